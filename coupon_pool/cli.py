@@ -1,0 +1,34 @@
+"""The ``coupon-pool`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+from .settings import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coupon-pool", description="A Redis-native coupon pool service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service (configured by environment variables)")
+    serve.add_argument("--host", help="overrides HOST")
+    serve.add_argument("--port", type=int, help="overrides PORT")
+    serve.add_argument("--workers", type=int, help="overrides WORKERS")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"coupon-pool: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "coupon_pool.app:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers or settings.workers,
+        log_level=settings.log_level,
+    )
+    return 0

@@ -1,0 +1,77 @@
+"""The errors the service reports; each becomes one application/problem+json response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CouponError(Exception):
+    """An error with a stable machine-readable ``code`` and its HTTP ``status``."""
+
+    code = "internal_error"
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra  # further members of the problem document
+
+
+class InvalidJson(CouponError):
+    code, status, title = "invalid_json", 400, "Malformed JSON"
+
+
+class NotFound(CouponError):
+    code, status, title = "not_found", 404, "Not found"
+
+
+class MethodNotAllowed(CouponError):
+    code, status, title = "method_not_allowed", 405, "Method not allowed"
+
+
+class UnsupportedMediaType(CouponError):
+    code, status, title = "unsupported_media_type", 415, "Unsupported media type"
+
+
+class ValidationFailed(CouponError):
+    code, status, title = "validation_error", 422, "Invalid request"
+
+
+class TooManyCoupons(CouponError):
+    code, status, title = "too_many_coupons", 413, "Too many coupons"
+
+
+class CouponNotFound(CouponError):
+    code, status, title = "coupon_not_found", 404, "Coupon not found"
+
+
+class CouponExpired(CouponError):
+    code, status, title = "coupon_expired", 410, "Coupon expired"
+
+
+class TypeMismatch(CouponError):
+    code, status, title = "type_mismatch", 409, "Coupon type mismatch"
+
+
+class NotAllocated(CouponError):
+    code, status, title = "not_allocated", 409, "Coupon not allocated to this user"
+
+
+class AlreadyRedeemed(CouponError):
+    code, status, title = "already_redeemed", 409, "Coupon already redeemed"
+
+
+class PoolEmpty(CouponError):
+    code, status, title = "pool_empty", 409, "No coupon available"
+
+
+class StoreUnavailable(CouponError):
+    code, status, title = "store_unavailable", 503, "Store unavailable"
+
+
+# The error replies of the Lua scripts, by the status word they return.
+BY_SCRIPT_REPLY: dict[str, type[CouponError]] = {
+    cls.code: cls
+    for cls in (CouponNotFound, CouponExpired, TypeMismatch, NotAllocated, AlreadyRedeemed, PoolEmpty)
+}

@@ -1,0 +1,29 @@
+"""Every Redis key name the service uses, built in one place.
+
+All keys of one pool share the hash tag ``{<namespace>}``, so every script call touches a
+single Redis Cluster slot. The same table is in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from .models import CouponType
+
+
+class Keys:
+    def __init__(self, namespace: str) -> None:
+        tag = "{" + namespace + "}"
+        self.stats = f"{tag}:stats"
+        self.expiry = f"{tag}:expiry"
+        self.coupon_prefix = f"{tag}:c:"
+        self._available = {t: f"{tag}:avail:{t.value}" for t in CouponType}
+
+    def coupon(self, code: str) -> str:
+        """The hash of one coupon; ``code`` must already be validated."""
+        return self.coupon_prefix + code
+
+    def available(self, coupon_type: CouponType) -> str:
+        return self._available[coupon_type]
+
+    def all_available(self) -> list[str]:
+        """The available sets in the fixed order FREE, STANDARD, MEGADEAL."""
+        return [self._available[t] for t in CouponType]

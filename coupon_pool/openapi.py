@@ -1,0 +1,91 @@
+"""The OpenAPI 3.1 document, generated from the route table and the pydantic models."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import __version__
+from .errors import CouponError, StoreUnavailable
+from .models import Problem
+
+_REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route, with what the OpenAPI document says of it."""
+
+    method: str
+    path: str
+    endpoint: Callable[[Request], Awaitable[Response]]
+    summary: str
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    errors: tuple[type[CouponError], ...] = ()
+
+
+def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Any]] = [(Problem, "serialization")]
+    for op in operations:
+        if op.request:
+            models.append((op.request, "validation"))
+        if op.response:
+            models.append((op.response, "serialization"))
+    refs, schema = models_json_schema(models, ref_template=_REF)
+
+    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+        return refs[(model, mode)]  # type: ignore[index]
+
+    problem = {"application/problem+json": {"schema": ref(Problem, "serialization")}}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        responses: dict[str, Any] = {
+            str(op.status): {
+                "description": op.summary,
+                "content": {
+                    "application/json": {
+                        "schema": ref(op.response, "serialization") if op.response else {"type": "object"}
+                    }
+                },
+            }
+        }
+        by_status: dict[int, list[str]] = {}
+        documented: tuple[type[CouponError], ...] = (*op.errors, StoreUnavailable)
+        for error in documented:
+            by_status.setdefault(error.status, []).append(error.code)
+        for status, codes in sorted(by_status.items()):
+            responses[str(status)] = {"description": "code: " + ", ".join(codes), "content": problem}
+        entry: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": op.endpoint.__name__,
+            "responses": responses,
+        }
+        if op.path.endswith("{code}"):
+            entry["parameters"] = [
+                {
+                    "name": "code",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                }
+            ]
+        if op.request:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(op.request, "validation")}},
+            }
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "coupon-pool", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": schema.get("$defs", {})},
+    }

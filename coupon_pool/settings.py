@@ -1,0 +1,80 @@
+"""Service configuration, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_NAMESPACE = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_namespace: str = "cp"
+    redis_max_connections: int = 64
+    redis_timeout_s: float = 2.0
+    upload_chunk_size: int = 1000
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        default = cls()
+        settings = cls(
+            redis_url=env.get("REDIS_URL", default.redis_url),
+            key_namespace=env.get("KEY_NAMESPACE", default.key_namespace),
+            redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", default.redis_max_connections),
+            redis_timeout_s=_float(env, "REDIS_TIMEOUT_S", default.redis_timeout_s),
+            upload_chunk_size=_int(env, "UPLOAD_CHUNK_SIZE", default.upload_chunk_size),
+            host=env.get("HOST", default.host),
+            port=_int(env, "PORT", default.port),
+            workers=_int(env, "WORKERS", default.workers),
+            log_level=env.get("LOG_LEVEL", default.log_level).lower(),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse values that would only fail later, and more obscurely."""
+        if not _NAMESPACE.fullmatch(self.key_namespace):
+            raise SettingsError("KEY_NAMESPACE must be 1-32 characters of a-z 0-9 _ -")
+        for name, value in (
+            ("REDIS_MAX_CONNECTIONS", self.redis_max_connections),
+            ("UPLOAD_CHUNK_SIZE", self.upload_chunk_size),
+            ("WORKERS", self.workers),
+        ):
+            if value < 1:
+                raise SettingsError(f"{name} must be at least 1, not {value}")
+        if self.redis_timeout_s <= 0:
+            raise SettingsError("REDIS_TIMEOUT_S must be positive")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None

@@ -1,0 +1,184 @@
+"""The coupon store: Python calls to the Lua scripts in lua/, and their results decoded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from .errors import BY_SCRIPT_REPLY, CouponError, CouponNotFound
+from .keys import Keys
+from .models import (
+    Allocation,
+    Coupon,
+    CouponIn,
+    CouponType,
+    FlatDiscount,
+    PercentDiscount,
+    Redemption,
+    Stats,
+    TypeStats,
+    UploadResult,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_SCRIPTS = ("upload", "allocate", "redeem", "stats")
+
+
+def lua_dir() -> Path:
+    """The scripts ship inside the wheel as coupon_pool/lua, and live in lua/ in a checkout."""
+    packaged = Path(__file__).parent / "lua"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "lua"
+
+
+def to_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // _MS
+
+
+def from_ms(ms: int | str) -> datetime:
+    return EPOCH + timedelta(milliseconds=int(ms))
+
+
+def discount(kind: str, value: str) -> FlatDiscount | PercentDiscount:
+    if kind == "flat":
+        return FlatDiscount.model_construct(kind="flat", value=value)
+    return PercentDiscount.model_construct(kind="percent", value=int(value) if value.isdigit() else value)
+
+
+class Store:
+    """All coupon state lives in Redis; every change is one atomic script call."""
+
+    def __init__(self, redis: Redis, keys: Keys, upload_chunk_size: int = 1000) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.upload_chunk_size = upload_chunk_size
+        folder = lua_dir()
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script((folder / f"{name}.lua").read_text()) for name in _SCRIPTS
+        }
+
+    async def load_scripts(self) -> None:
+        """Load every script into Redis now, so the first requests need no NOSCRIPT retry."""
+        for script in self._scripts.values():
+            await self.redis.script_load(script.script)
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._scripts[name](keys=keys, args=args)
+
+    async def upload(self, coupons: Sequence[CouponIn]) -> UploadResult:
+        """Store new coupons in chunks, one script call each, so Redis serves others in between."""
+        created = 0
+        duplicates: list[str] = []
+        head = [self.keys.stats, self.keys.expiry, *self.keys.all_available()]
+        for start in range(0, len(coupons), self.upload_chunk_size):
+            chunk = coupons[start : start + self.upload_chunk_size]
+            keys = head + [self.keys.coupon(c.code) for c in chunk]
+            args: list[str | int] = []
+            for c in chunk:
+                args += (
+                    c.code,
+                    c.type.value,
+                    c.discount.kind,
+                    str(c.discount.value),
+                    to_ms(c.expires_at),
+                    c.max_usages,
+                )
+            reply = await self._run("upload", keys, args)
+            created += int(reply[0])
+            duplicates += [chunk[int(i) - 1].code for i in reply[1:]]
+        return UploadResult.model_construct(created=created, duplicates=duplicates)
+
+    async def allocate(self, user_id: str, coupon_type: CouponType) -> Allocation:
+        """Reserve one usage of the first-expiring available coupon for ``user_id``."""
+        reply = await self._run(
+            "allocate",
+            [self.keys.available(coupon_type), self.keys.stats],
+            [self.keys.coupon_prefix, user_id, coupon_type.value],
+        )
+        _raise_if_error(reply, f"no {coupon_type.value} coupon is available for this user")
+        _, code, kind, value, expires, allocated = reply
+        return Allocation.model_construct(
+            code=code,
+            type=coupon_type,
+            discount=discount(kind, value),
+            expires_at=from_ms(expires),
+            user_id=user_id,
+            allocated_at=from_ms(allocated),
+        )
+
+    async def redeem(self, code: str, user_id: str, coupon_type: CouponType | None) -> Redemption:
+        """Record that ``user_id`` used the coupon ``code`` allocated to them."""
+        reply = await self._run(
+            "redeem",
+            [self.keys.coupon(code), self.keys.stats],
+            [user_id, coupon_type.value if coupon_type else ""],
+        )
+        _raise_if_error(reply, _REDEEM_DETAIL.get(reply[0], "").format(code=code))
+        _, ctype, used, max_usages, redeemed = reply
+        return Redemption.model_construct(
+            code=code,
+            type=CouponType(ctype),
+            user_id=user_id,
+            redeemed_at=from_ms(redeemed),
+            used=int(used),
+            max_usages=int(max_usages),
+        )
+
+    async def get_coupon(self, code: str) -> Coupon:
+        fields: list[Any] = await self.redis.hmget(
+            self.keys.coupon(code), ["type", "dk", "dv", "exp", "max", "alloc", "used", "ct"]
+        )
+        if fields[0] is None:
+            raise CouponNotFound(f"there is no coupon {code!r}")
+        ctype, kind, value, expires, max_usages, allocated, used, created = fields
+        return Coupon.model_construct(
+            code=code,
+            type=CouponType(ctype),
+            discount=discount(kind, value),
+            expires_at=from_ms(expires),
+            max_usages=int(max_usages),
+            allocated=int(allocated),
+            used=int(used),
+            created_at=from_ms(created),
+        )
+
+    async def stats(self) -> Stats:
+        reply = await self._run("stats", [self.keys.stats, *self.keys.all_available()], [])
+        counters = dict(zip(reply[3::2], reply[4::2], strict=True))
+        types = {
+            t: TypeStats.model_construct(
+                created=int(counters.get(f"{t.value}:created", 0)),
+                allocated=int(counters.get(f"{t.value}:allocated", 0)),
+                used=int(counters.get(f"{t.value}:used", 0)),
+                available=int(reply[i]),
+            )
+            for i, t in enumerate(CouponType)
+        }
+        totals = TypeStats.model_construct(
+            **{f: sum(getattr(s, f) for s in types.values()) for f in TypeStats.model_fields}
+        )
+        return Stats.model_construct(types=types, totals=totals)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+
+_REDEEM_DETAIL = {
+    "coupon_not_found": "there is no coupon {code!r}",
+    "type_mismatch": "coupon {code!r} is of another type",
+    "not_allocated": "coupon {code!r} is not allocated to this user",
+    "already_redeemed": "this user already redeemed coupon {code!r}",
+    "coupon_expired": "coupon {code!r} has expired",
+}
+
+
+def _raise_if_error(reply: list[Any], detail: str) -> None:
+    status = reply[0]
+    if status != "ok":
+        error: type[CouponError] = BY_SCRIPT_REPLY[status]
+        raise error(detail)

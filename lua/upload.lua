@@ -1,0 +1,46 @@
+-- upload.lua: store a chunk of new coupons; codes that already exist are skipped.
+--
+-- KEYS[1]      stats hash (counters "<TYPE>:created", ...)
+-- KEYS[2]      expiry index (sorted set: code -> expires_at ms)
+-- KEYS[3..5]   available sets for FREE, STANDARD, MEGADEAL (sorted set: code -> expires_at ms)
+-- KEYS[6..]    one coupon hash per coupon, in the order of the ARGV groups
+-- ARGV         six values per coupon: code, type, discount kind, discount value,
+--              expires_at (ms since epoch), max_usages
+--
+-- Returns {created, i, j, ...}: the number stored, then the 1-based positions in this
+-- chunk of the coupons not stored because their code already existed (in Redis, or
+-- earlier in the same chunk).
+-- Errors: none of its own; the caller validates every value beforehand.
+
+local available = { FREE = KEYS[3], STANDARD = KEYS[4], MEGADEAL = KEYS[5] }
+local now = redis.call('TIME')
+local created_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+
+local created = 0
+local created_by_type = {}
+local duplicates = {}
+
+for i = 1, #KEYS - 5 do
+  local key = KEYS[5 + i]
+  local a = (i - 1) * 6
+  local code, ctype, kind, value, expires, max = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+      ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  if redis.call('EXISTS', key) == 1 then
+    duplicates[#duplicates + 1] = i
+  else
+    redis.call('HSET', key, 'type', ctype, 'dk', kind, 'dv', value, 'exp', expires,
+      'max', max, 'alloc', 0, 'used', 0, 'ct', created_ms)
+    redis.call('ZADD', KEYS[2], expires, code)
+    redis.call('ZADD', available[ctype], expires, code)
+    created = created + 1
+    created_by_type[ctype] = (created_by_type[ctype] or 0) + 1
+  end
+end
+
+for ctype, n in pairs(created_by_type) do
+  redis.call('HINCRBY', KEYS[1], ctype .. ':created', n)
+end
+
+local result = { created }
+for _, i in ipairs(duplicates) do result[#result + 1] = i end
+return result
