@@ -1,0 +1,152 @@
+"""Fixtures: real redis-server processes started by the suite, the app, and a live server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import fakeredis
+import httpx
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from coupon_pool.app import create_app
+from coupon_pool.keys import Keys
+from coupon_pool.settings import Settings
+from coupon_pool.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"gave up waiting for {check}")
+
+
+class RedisServer:
+    """A redis-server process with the project's redis.conf, on a free port and its own dir."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not on PATH: run `make test`, which installs it")
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, str(REPO / "redis.conf"), "--port", str(self.port),
+             "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "redis.log"), *self.extra],
+        )  # fmt: skip
+        client = SyncRedis(port=self.port)
+        wait_until(client.ping)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        """A clean shutdown: Redis flushes and fsyncs the append-only file first."""
+        if self.process and self.process.poll() is None:
+            with SyncRedis(port=self.port) as client, contextlib.suppress(Exception):
+                client.shutdown(nosave=True)
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["redis-server", "fakeredis"])
+async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
+    """The store on a real Redis, and again on fakeredis (which runs the Lua through lupa)."""
+    if request.param == "redis-server":
+        client: Redis = Redis.from_url(redis_server.url, decode_responses=True)
+        await client.flushall()
+    else:
+        client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    store = Store(client, Keys("cp"), upload_chunk_size=100)
+    await store.load_scripts()
+    yield store
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return Settings(redis_url=redis_server.url)
+
+
+@pytest.fixture
+async def client(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process, with its lifespan run, on a flushed real Redis."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
+        yield http
+
+
+class LiveServer:
+    """``coupon-pool serve`` in a subprocess: real HTTP, real uvicorn."""
+
+    def __init__(self, redis_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {**os.environ, "REDIS_URL": redis_url, "PORT": str(self.port),
+                   "LOG_LEVEL": "warning", **env}  # fmt: skip
+        self.process = subprocess.Popen([sys.executable, "-m", "coupon_pool", "serve"], env=environ)
+        wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, timeout=20)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def live_server(redis_server: RedisServer) -> Iterator[LiveServer]:
+    server = LiveServer(redis_server.url)
+    yield server
+    server.stop()

@@ -1,0 +1,45 @@
+"""Builders for request bodies and validated coupons used across the tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from coupon_pool.models import CouponIn, CouponType, FlatDiscount
+
+
+def coupon_json(
+    code: str,
+    type: str | None = None,
+    expires_in: float = 3600,
+    max_usages: int | None = None,
+    discount: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "code": code,
+        "discount": discount or {"kind": "flat", "value": "12.50"},
+        "expires_at": (datetime.now(UTC) + timedelta(seconds=expires_in)).isoformat(),
+    }
+    if type is not None:
+        body["type"] = type
+    if max_usages is not None:
+        body["max_usages"] = max_usages
+    return body
+
+
+def coupon(code: str, **kwargs: Any) -> CouponIn:
+    """A CouponIn that passed the same validation as an uploaded one."""
+    return CouponIn.model_validate_json(orjson.dumps(coupon_json(code, **kwargs)))
+
+
+def expired_coupon(code: str, type: CouponType = CouponType.STANDARD, ago: float = 60) -> CouponIn:
+    """A coupon that expired ``ago`` seconds ago: the store accepts what the API would refuse."""
+    return CouponIn.model_construct(
+        code=code,
+        type=type,
+        discount=FlatDiscount.model_construct(kind="flat", value="5"),
+        expires_at=datetime.now(UTC) - timedelta(seconds=ago),
+        max_usages=1,
+    )
