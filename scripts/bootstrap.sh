@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Prepare a checkout: a .venv with the package (and dev tools), and a redis-server binary.
+# Used by `make run` and `make test`; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "bootstrap: Python 3.11 or newer is needed as '$PYTHON' (set PYTHON=...)" >&2; exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    apt_install "python${pyver}-venv" || { echo "bootstrap: '$PYTHON -m venv' failed; install python3-venv" >&2; exit 1; }
+    "$PYTHON" -m venv .venv
+  fi
+fi
+stamp=.venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e '.[dev]'
+  touch "$stamp"
+fi
+
+if ! command -v redis-server >/dev/null; then
+  echo "bootstrap: redis-server is missing; installing it with apt-get" >&2
+  apt_install redis-server || { echo "bootstrap: could not install redis-server; install Redis 7 and put redis-server on PATH" >&2; exit 1; }
+  # Debian starts a system Redis on 6379 on install; this project runs its own.
+fi
