@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -38,19 +38,23 @@ Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 
 
-def _no_float(value: Any) -> None:
-    if isinstance(value, float):
+def _exact_number(value: Any) -> str:
+    """The text of a JSON string or integer; floats are refused, as they cannot hold amounts exactly."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return str(value)
+    if kind is float:
         raise PydanticCustomError(
             "decimal_as_string",
             'send this amount as a decimal string such as "12.50": a JSON float is not exact',
         )
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise PydanticCustomError("decimal_type", "must be a decimal string or an integer")
+    raise PydanticCustomError("decimal_type", "must be a decimal string or an integer")
 
 
 def _flat_amount(value: Any) -> str:
-    _no_float(value)
-    text = str(value)
+    text = _exact_number(value)
     if not _FLAT.fullmatch(text) or Decimal(text) <= 0:
         raise PydanticCustomError(
             "flat_amount", "must be greater than 0, with at most 12 digits before the point and 4 after"
@@ -59,8 +63,7 @@ def _flat_amount(value: Any) -> str:
 
 
 def _percent(value: Any) -> int | str:
-    _no_float(value)
-    text = str(value)
+    text = _exact_number(value)
     if not _PERCENT.fullmatch(text) or not 0 < Decimal(text) <= 100:
         raise PydanticCustomError(
             "percent", "must be greater than 0 and at most 100, with at most 2 decimals"
@@ -71,7 +74,7 @@ def _percent(value: Any) -> int | str:
 def _in_future(value: datetime) -> datetime:
     if value.timestamp() <= time.time():
         raise PydanticCustomError("expired", "must be in the future")
-    return value.astimezone(UTC)
+    return value
 
 
 FlatAmount = Annotated[

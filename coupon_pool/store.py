@@ -74,20 +74,14 @@ class Store:
         """Store new coupons in chunks, one script call each, so Redis serves others in between."""
         created = 0
         duplicates: list[str] = []
-        head = [self.keys.stats, self.keys.expiry, *self.keys.all_available()]
+        keys = [self.keys.stats, self.keys.expiry, *self.keys.all_available()]
         for start in range(0, len(coupons), self.upload_chunk_size):
             chunk = coupons[start : start + self.upload_chunk_size]
-            keys = head + [self.keys.coupon(c.code) for c in chunk]
-            args: list[str | int] = []
-            for c in chunk:
-                args += (
-                    c.code,
-                    c.type.value,
-                    c.discount.kind,
-                    str(c.discount.value),
-                    to_ms(c.expires_at),
-                    c.max_usages,
-                )
+            args = [self.keys.coupon_prefix] + [
+                f"{c.code} {c.type.value} {c.discount.kind} {c.discount.value} "
+                f"{to_ms(c.expires_at)} {c.max_usages}"
+                for c in chunk
+            ]
             reply = await self._run("upload", keys, args)
             created += int(reply[0])
             duplicates += [chunk[int(i) - 1].code for i in reply[1:]]

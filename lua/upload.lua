@@ -3,9 +3,10 @@
 -- KEYS[1]      stats hash (counters "<TYPE>:created", ...)
 -- KEYS[2]      expiry index (sorted set: code -> expires_at ms)
 -- KEYS[3..5]   available sets for FREE, STANDARD, MEGADEAL (sorted set: code -> expires_at ms)
--- KEYS[6..]    one coupon hash per coupon, in the order of the ARGV groups
--- ARGV         six values per coupon: code, type, discount kind, discount value,
---              expires_at (ms since epoch), max_usages
+-- ARGV[1]      key prefix of coupon hashes (a coupon's key is ARGV[1] .. code; it shares
+--              the hash tag of KEYS, so the script stays within one cluster slot)
+-- ARGV[2..]    one coupon each, as "code type kind value expires_at_ms max_usages"
+--              (space-separated; no field can hold a space)
 --
 -- Returns {created, i, j, ...}: the number stored, then the 1-based positions in this
 -- chunk of the coupons not stored because their code already existed (in Redis, or
@@ -20,13 +21,12 @@ local created = 0
 local created_by_type = {}
 local duplicates = {}
 
-for i = 1, #KEYS - 5 do
-  local key = KEYS[5 + i]
-  local a = (i - 1) * 6
-  local code, ctype, kind, value, expires, max = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-      ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+for i = 2, #ARGV do
+  local code, ctype, kind, value, expires, max =
+      string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local key = ARGV[1] .. code
   if redis.call('EXISTS', key) == 1 then
-    duplicates[#duplicates + 1] = i
+    duplicates[#duplicates + 1] = i - 1
   else
     redis.call('HSET', key, 'type', ctype, 'dk', kind, 'dv', value, 'exp', expires,
       'max', max, 'alloc', 0, 'used', 0, 'ct', created_ms)
