@@ -36,6 +36,12 @@ def lua_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "lua"
 
 
+def register(redis: Redis, name: str) -> AsyncScript:
+    """The script lua/<name>.lua, with lua/lib.lua (the helpers it calls) put before it."""
+    folder = lua_dir()
+    return redis.register_script((folder / "lib.lua").read_text() + (folder / f"{name}.lua").read_text())
+
+
 def to_ms(moment: datetime) -> int:
     return (moment - EPOCH) // _MS
 
@@ -57,10 +63,7 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.upload_chunk_size = upload_chunk_size
-        folder = lua_dir()
-        self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script((folder / f"{name}.lua").read_text()) for name in _SCRIPTS
-        }
+        self._scripts = {name: register(redis, name) for name in _SCRIPTS}
 
     async def load_scripts(self) -> None:
         """Load every script into Redis now, so the first requests need no NOSCRIPT retry."""

@@ -5,12 +5,12 @@
 --
 -- Returns {available FREE, available STANDARD, available MEGADEAL, field, value, ...}:
 -- the number of unexpired coupons with a free usage per type, then the stats hash.
+-- Uses now_ms() from lib.lua.
 
-local now = redis.call('TIME')
-local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local now = now_ms()
 local result = {}
 for i = 2, 4 do
-  result[#result + 1] = redis.call('ZCOUNT', KEYS[i], '(' .. now_ms, '+inf')
+  result[#result + 1] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf')
 end
 local counters = redis.call('HGETALL', KEYS[1])
 for _, v in ipairs(counters) do result[#result + 1] = v end

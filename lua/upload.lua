@@ -12,10 +12,10 @@
 -- chunk of the coupons not stored because their code already existed (in Redis, or
 -- earlier in the same chunk).
 -- Errors: none of its own; the caller validates every value beforehand.
+-- Uses now_ms() from lib.lua.
 
 local available = { FREE = KEYS[3], STANDARD = KEYS[4], MEGADEAL = KEYS[5] }
-local now = redis.call('TIME')
-local created_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local created_ms = now_ms()
 
 local created = 0
 local created_by_type = {}

@@ -1,0 +1,39 @@
+-- lib.lua: helpers shared by the scripts. The store prepends this file to every script
+-- it loads, so each script can call these functions; it does nothing on its own.
+
+-- Redis server time in milliseconds since the epoch: one clock for every app process.
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+
+-- Reserve one usage of the first-expiring coupon in `available` that `user` does not hold
+-- yet, counting it in `stats` under "<ctype>:allocated". Coupon hashes are prefix .. code.
+-- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
+--      or {"pool_empty"}.
+local function allocate_one(available, stats, prefix, user, ctype, now)
+  local holder = 'u:' .. user
+  local batch_size = 16
+  local offset = 0
+  while true do
+    -- "(" excludes now: a coupon whose expiry is now is already expired.
+    local codes = redis.call('ZRANGE', available, '(' .. now, '+inf', 'BYSCORE',
+      'LIMIT', offset, batch_size)
+    if #codes == 0 then
+      return { 'pool_empty' }
+    end
+    for _, code in ipairs(codes) do
+      local key = prefix .. code
+      if redis.call('HSETNX', key, holder, now) == 1 then
+        local allocated = redis.call('HINCRBY', key, 'alloc', 1)
+        local c = redis.call('HMGET', key, 'dk', 'dv', 'exp', 'max')
+        if allocated >= tonumber(c[4]) then
+          redis.call('ZREM', available, code)
+        end
+        redis.call('HINCRBY', stats, ctype .. ':allocated', 1)
+        return { 'ok', code, c[1], c[2], c[3], now }
+      end
+    end
+    offset = offset + batch_size
+  end
+end
