@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from . import errors
 from .keys import Keys
+from .megadeal import HEARTBEAT_MS
 from .models import (
     CODE_PATTERN,
     Allocation,
@@ -145,7 +146,7 @@ OPERATIONS = (
         AllocationRequest,
         Allocation,
         201,
-        (*_BODY_ERRORS, errors.PoolEmpty),
+        (*_BODY_ERRORS, errors.PoolEmpty, errors.MegadealBusy),
     ),
     Operation(
         "POST",
@@ -201,13 +202,13 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(errors.CouponError("an unexpected error occurred"))
 
 
-def connect(settings: Settings) -> Redis:
+def connect(settings: Settings, max_connections: int, command_timeout_s: float) -> Redis:
     """A Redis client whose calls fail fast and are never retried (a script may have run)."""
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
-        max_connections=settings.redis_max_connections,
+        max_connections=max_connections,
         timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
+        socket_timeout=command_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
@@ -220,8 +221,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = connect(settings)
-        app.state.store = Store(redis, Keys(settings.key_namespace), settings.upload_chunk_size)
+        redis = connect(settings, settings.redis_max_connections, settings.redis_timeout_s)
+        # MEGADEAL waiters block on their own connections, so they never starve other requests.
+        blocking = connect(
+            settings, settings.megadeal.max_waiters, HEARTBEAT_MS / 1000 + settings.redis_timeout_s
+        )
+        app.state.store = Store(
+            redis, Keys(settings.key_namespace), settings.upload_chunk_size, settings.megadeal, blocking
+        )
         try:
             await app.state.store.load_scripts()
         except RedisError as exc:
@@ -230,6 +237,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await redis.aclose()
+            await blocking.aclose()
 
     app = Starlette(
         routes=[Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS],

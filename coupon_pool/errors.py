@@ -12,9 +12,10 @@ class CouponError(Exception):
     status = 500
     title = "Internal error"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra  # further members of the problem document
 
 
@@ -64,6 +65,10 @@ class AlreadyRedeemed(CouponError):
 
 class PoolEmpty(CouponError):
     code, status, title = "pool_empty", 409, "No coupon available"
+
+
+class MegadealBusy(CouponError):
+    code, status, title = "megadeal_busy", 429, "MEGADEAL limit reached"
 
 
 class StoreUnavailable(CouponError):

@@ -16,10 +16,21 @@ class Keys:
         self.expiry = f"{tag}:expiry"
         self.coupon_prefix = f"{tag}:c:"
         self._available = {t: f"{tag}:avail:{t.value}" for t in CouponType}
+        self.megadeal_queue = f"{tag}:mega:queue"
+        self.megadeal_alive = f"{tag}:mega:alive"
+        self.megadeal_slots = f"{tag}:mega:slots"
+        self.megadeal_window = f"{tag}:mega:window"
+        self.megadeal_ticket = f"{tag}:mega:ticket"
+        self.megadeal_high_water = f"{tag}:mega:hwm"
+        self.megadeal_wake_prefix = f"{tag}:mega:wake:"
 
     def coupon(self, code: str) -> str:
         """The hash of one coupon; ``code`` must already be validated."""
         return self.coupon_prefix + code
+
+    def megadeal_wake(self, ticket: str) -> str:
+        """The list a MEGADEAL waiter blocks on; ``ticket`` comes from the ticket counter."""
+        return self.megadeal_wake_prefix + ticket
 
     def available(self, coupon_type: CouponType) -> str:
         return self._available[coupon_type]

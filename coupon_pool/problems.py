@@ -24,7 +24,9 @@ def problem_response(error: CouponError) -> Response:
         "code": error.code,
         **error.extra,
     }
-    return Response(orjson.dumps(body), status_code=error.status, media_type=MEDIA_TYPE)
+    return Response(
+        orjson.dumps(body), status_code=error.status, headers=error.headers, media_type=MEDIA_TYPE
+    )
 
 
 def from_validation_error(exc: ValidationError) -> CouponError:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .megadeal import MegadealLimits
 
 _NAMESPACE = re.compile(r"[a-z0-9_-]{1,32}")
 
@@ -21,6 +23,7 @@ class Settings:
     redis_max_connections: int = 64
     redis_timeout_s: float = 2.0
     upload_chunk_size: int = 1000
+    megadeal: MegadealLimits = field(default_factory=MegadealLimits)
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -37,6 +40,13 @@ class Settings:
             redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", default.redis_max_connections),
             redis_timeout_s=_float(env, "REDIS_TIMEOUT_S", default.redis_timeout_s),
             upload_chunk_size=_int(env, "UPLOAD_CHUNK_SIZE", default.upload_chunk_size),
+            megadeal=MegadealLimits(
+                max_concurrent=_int(env, "MEGADEAL_MAX_CONCURRENT", default.megadeal.max_concurrent),
+                rate_per_s=_int(env, "MEGADEAL_RATE_PER_S", default.megadeal.rate_per_s),
+                max_wait_s=_float(env, "MEGADEAL_MAX_WAIT_S", default.megadeal.max_wait_s),
+                lease_s=_float(env, "MEGADEAL_LEASE_S", default.megadeal.lease_s),
+                max_waiters=_int(env, "MEGADEAL_MAX_WAITERS", default.megadeal.max_waiters),
+            ),
             host=env.get("HOST", default.host),
             port=_int(env, "PORT", default.port),
             workers=_int(env, "WORKERS", default.workers),
@@ -53,11 +63,19 @@ class Settings:
             ("REDIS_MAX_CONNECTIONS", self.redis_max_connections),
             ("UPLOAD_CHUNK_SIZE", self.upload_chunk_size),
             ("WORKERS", self.workers),
+            ("MEGADEAL_MAX_CONCURRENT", self.megadeal.max_concurrent),
+            ("MEGADEAL_RATE_PER_S", self.megadeal.rate_per_s),
+            ("MEGADEAL_MAX_WAITERS", self.megadeal.max_waiters),
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be at least 1, not {value}")
-        if self.redis_timeout_s <= 0:
-            raise SettingsError("REDIS_TIMEOUT_S must be positive")
+        for name, seconds in (
+            ("REDIS_TIMEOUT_S", self.redis_timeout_s),
+            ("MEGADEAL_MAX_WAIT_S", self.megadeal.max_wait_s),
+            ("MEGADEAL_LEASE_S", self.megadeal.lease_s),
+        ):
+            if not seconds > 0:
+                raise SettingsError(f"{name} must be positive, not {seconds}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

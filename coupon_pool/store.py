@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from .errors import BY_SCRIPT_REPLY, CouponError, CouponNotFound
 from .keys import Keys
+from .megadeal import MegadealGate, MegadealLimits
 from .models import (
     Allocation,
     Coupon,
@@ -24,22 +23,11 @@ from .models import (
     TypeStats,
     UploadResult,
 )
+from .scripts import register
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _SCRIPTS = ("upload", "allocate", "redeem", "stats")
-
-
-def lua_dir() -> Path:
-    """The scripts ship inside the wheel as coupon_pool/lua, and live in lua/ in a checkout."""
-    packaged = Path(__file__).parent / "lua"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "lua"
-
-
-def register(redis: Redis, name: str) -> AsyncScript:
-    """The script lua/<name>.lua, with lua/lib.lua (the helpers it calls) put before it."""
-    folder = lua_dir()
-    return redis.register_script((folder / "lib.lua").read_text() + (folder / f"{name}.lua").read_text())
 
 
 def to_ms(moment: datetime) -> int:
@@ -59,15 +47,24 @@ def discount(kind: str, value: str) -> FlatDiscount | PercentDiscount:
 class Store:
     """All coupon state lives in Redis; every change is one atomic script call."""
 
-    def __init__(self, redis: Redis, keys: Keys, upload_chunk_size: int = 1000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        upload_chunk_size: int = 1000,
+        megadeal: MegadealLimits | None = None,
+        blocking_redis: Redis | None = None,
+    ) -> None:
+        """``blocking_redis`` serves the MEGADEAL waits (BLPOP); give it its own pool in a server."""
         self.redis = redis
         self.keys = keys
         self.upload_chunk_size = upload_chunk_size
+        self.megadeal = MegadealGate(redis, blocking_redis or redis, keys, megadeal or MegadealLimits())
         self._scripts = {name: register(redis, name) for name in _SCRIPTS}
 
     async def load_scripts(self) -> None:
         """Load every script into Redis now, so the first requests need no NOSCRIPT retry."""
-        for script in self._scripts.values():
+        for script in (*self._scripts.values(), *self.megadeal.scripts):
             await self.redis.script_load(script.script)
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -91,22 +88,20 @@ class Store:
         return UploadResult.model_construct(created=created, duplicates=duplicates)
 
     async def allocate(self, user_id: str, coupon_type: CouponType) -> Allocation:
-        """Reserve one usage of the first-expiring available coupon for ``user_id``."""
+        """Reserve one usage of the first-expiring available coupon for ``user_id``.
+
+        MEGADEAL allocations pass the MEGADEAL gate first (and may wait for it).
+        """
+        if coupon_type is CouponType.MEGADEAL:
+            async with self.megadeal.slot(user_id) as allocated:
+                return _allocation(allocated, user_id, coupon_type)
         reply = await self._run(
             "allocate",
             [self.keys.available(coupon_type), self.keys.stats],
             [self.keys.coupon_prefix, user_id, coupon_type.value],
         )
         _raise_if_error(reply, f"no {coupon_type.value} coupon is available for this user")
-        _, code, kind, value, expires, allocated = reply
-        return Allocation.model_construct(
-            code=code,
-            type=coupon_type,
-            discount=discount(kind, value),
-            expires_at=from_ms(expires),
-            user_id=user_id,
-            allocated_at=from_ms(allocated),
-        )
+        return _allocation(reply[1:], user_id, coupon_type)
 
     async def redeem(self, code: str, user_id: str, coupon_type: CouponType | None) -> Redemption:
         """Record that ``user_id`` used the coupon ``code`` allocated to them."""
@@ -172,6 +167,19 @@ _REDEEM_DETAIL = {
     "already_redeemed": "this user already redeemed coupon {code!r}",
     "coupon_expired": "coupon {code!r} has expired",
 }
+
+
+def _allocation(fields: Sequence[Any], user_id: str, coupon_type: CouponType) -> Allocation:
+    """An Allocation from a script's {code, kind, value, expires_at ms, allocated_at ms}."""
+    code, kind, value, expires, allocated = fields
+    return Allocation.model_construct(
+        code=code,
+        type=coupon_type,
+        discount=discount(kind, value),
+        expires_at=from_ms(expires),
+        user_id=user_id,
+        allocated_at=from_ms(allocated),
+    )
 
 
 def _raise_if_error(reply: list[Any], detail: str) -> None:

@@ -1,0 +1,139 @@
+"""The MEGADEAL gate: system-wide concurrency and rate limits with bounded, fair waiting.
+
+All state is in Redis (lua/megadeal_enter.lua, lua/megadeal_leave.lua), so the limits hold
+across every app process. docs/architecture.md describes the algorithm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .errors import MegadealBusy, PoolEmpty
+from .keys import Keys
+from .models import CouponType
+from .scripts import register
+
+log = logging.getLogger("coupon_pool.megadeal")
+
+WINDOW_MS = 1000  # the rate limit is per rolling second
+HEARTBEAT_MS = 1000  # a waiter calls Redis again at least this often
+GRACE_MS = 1000  # a waiter silent this long past its heartbeat has died: its place is freed
+
+
+@dataclass(frozen=True)
+class MegadealLimits:
+    max_concurrent: int = 5
+    rate_per_s: int = 10
+    max_wait_s: float = 10.0
+    lease_s: float = 5.0  # a slot whose holder died frees itself after this long
+    max_waiters: int = 500  # waiting requests per app process; more are refused at once
+
+
+class MegadealGate:
+    def __init__(self, redis: Redis, blocking_redis: Redis, keys: Keys, limits: MegadealLimits) -> None:
+        self.redis = redis
+        self.blocking_redis = blocking_redis
+        self.keys = keys
+        self.limits = limits
+        self._enter = register(redis, "megadeal_enter")
+        self._leave = register(redis, "megadeal_leave")
+        self._enter_keys = [
+            keys.available(CouponType.MEGADEAL), keys.stats, keys.megadeal_queue, keys.megadeal_alive,
+            keys.megadeal_slots, keys.megadeal_window, keys.megadeal_ticket, keys.megadeal_high_water,
+        ]  # fmt: skip
+        self._leave_keys = [
+            keys.megadeal_queue,
+            keys.megadeal_alive,
+            keys.megadeal_slots,
+            keys.megadeal_window,
+        ]
+        self.waiting = 0  # in this process
+
+    @property
+    def scripts(self) -> tuple[Any, ...]:
+        return (self._enter, self._leave)
+
+    @asynccontextmanager
+    async def slot(self, user_id: str) -> AsyncIterator[Sequence[Any]]:
+        """Wait for a slot, allocating a MEGADEAL coupon on admission; hold the slot inside.
+
+        Yields {code, kind, value, expires_at ms, allocated_at ms}. Raises PoolEmpty at once
+        when no MEGADEAL coupon is left, MegadealBusy when no slot came within max_wait_s.
+        """
+        ticket, allocated = await self._wait_for_admission(user_id)
+        try:
+            yield allocated
+        finally:
+            await self._leave_quietly(ticket)
+
+    async def _wait_for_admission(self, user_id: str) -> tuple[str, Sequence[Any]]:
+        if self.waiting >= self.limits.max_waiters:
+            raise MegadealBusy(
+                f"{self.waiting} MEGADEAL requests are already waiting here", headers={"Retry-After": "1"}
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.max_wait_s
+        ticket = ""
+        self.waiting += 1
+        try:
+            while True:
+                reply = await self._enter(keys=self._enter_keys, args=self._enter_args(user_id, ticket))
+                ticket = reply[1]
+                if reply[0] == "ok":
+                    return ticket, reply[2:]
+                if reply[0] == "pool_empty":
+                    raise PoolEmpty("no MEGADEAL coupon is available for this user")
+                _, _, wait_ms, reason, rank = reply
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    retry_after = max(1, math.ceil((int(rank) + 1) / self.limits.rate_per_s))
+                    raise MegadealBusy(
+                        f"no MEGADEAL slot within {self.limits.max_wait_s:g} s; {rank} requests are ahead",
+                        headers={"Retry-After": str(retry_after)},
+                    )
+                wait = min(int(wait_ms) / 1000, remaining)
+                if reason == "rate":
+                    await asyncio.sleep(wait)  # the window opens at a known moment
+                else:
+                    await self.blocking_redis.blpop([self.keys.megadeal_wake(ticket)], timeout=wait)
+        except BaseException:
+            if ticket:
+                await self._leave_quietly(ticket)
+            raise
+        finally:
+            self.waiting -= 1
+
+    async def _leave_quietly(self, ticket: str) -> None:
+        # When Redis is unreachable the lease and the heartbeat free the place instead.
+        try:
+            await self._leave(keys=self._leave_keys, args=self._leave_args(ticket))
+        except RedisError as exc:
+            log.warning("could not leave the MEGADEAL gate (ticket %s): %s", ticket, exc)
+
+    def _enter_args(self, user_id: str, ticket: str) -> list[str | int]:
+        lim = self.limits
+        return [
+            self.keys.coupon_prefix, user_id, ticket, lim.max_concurrent, lim.rate_per_s, WINDOW_MS,
+            int(lim.lease_s * 1000), HEARTBEAT_MS, GRACE_MS,
+        ]  # fmt: skip
+
+    def _leave_args(self, ticket: str) -> list[str | int]:
+        lim = self.limits
+        keep_ms = HEARTBEAT_MS + GRACE_MS
+        return [
+            ticket,
+            self.keys.megadeal_wake_prefix,
+            lim.max_concurrent,
+            lim.rate_per_s,
+            WINDOW_MS,
+            keep_ms,
+        ]

@@ -1,0 +1,27 @@
+"""Take MEGADEAL slots and hold them until killed: python megadeal_holder.py REDIS_URL SLOTS LEASE_S"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from contextlib import AsyncExitStack
+
+from redis.asyncio import Redis
+
+from coupon_pool.keys import Keys
+from coupon_pool.megadeal import MegadealLimits
+from coupon_pool.store import Store
+
+
+async def main(url: str, slots: int, lease_s: float) -> None:
+    redis = Redis.from_url(url, decode_responses=True)
+    store = Store(redis, Keys("cp"), megadeal=MegadealLimits(max_concurrent=slots, lease_s=lease_s))
+    async with AsyncExitStack() as stack:
+        for i in range(slots):
+            await stack.enter_async_context(store.megadeal.slot(f"holder-{i}"))
+        print("held", flush=True)
+        await asyncio.sleep(3600)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))

@@ -1,0 +1,238 @@
+"""The MEGADEAL gate on a real redis-server: concurrency, rolling-second rate, bounded FIFO waits."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import LiveServer, RedisServer
+from factories import coupon
+from redis.asyncio import Redis
+
+from coupon_pool.app import create_app
+from coupon_pool.errors import MegadealBusy, PoolEmpty
+from coupon_pool.keys import Keys
+from coupon_pool.megadeal import MegadealLimits
+from coupon_pool.models import Allocation, CouponType
+from coupon_pool.settings import Settings
+from coupon_pool.store import Store
+
+MakeStore = Callable[..., Awaitable[Store]]
+HIGH_WATER = "{cp}:mega:hwm"
+
+
+@pytest.fixture
+async def make_store(redis_server: RedisServer, redis: Redis) -> AsyncIterator[MakeStore]:
+    """Stores with MEGADEAL limits of the test's choosing, on the flushed real Redis."""
+    clients: list[Redis] = []
+
+    async def make(coupons: int = 300, **limits: float) -> Store:
+        client, blocking = (Redis.from_url(redis_server.url, decode_responses=True) for _ in range(2))
+        clients.extend((client, blocking))
+        store = Store(client, Keys("cp"), megadeal=MegadealLimits(**limits), blocking_redis=blocking)  # type: ignore[arg-type]
+        await store.load_scripts()
+        if coupons and not await redis.exists("{cp}:avail:MEGADEAL"):
+            await store.upload([coupon(f"MEGA-{i:04d}", type="MEGADEAL") for i in range(coupons)])
+        return store
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def max_in_rolling_second(times: Sequence[datetime]) -> int:
+    """The most allocations in any window [t, t + 1 s) starting at an allocation."""
+    ms = sorted(round(t.timestamp() * 1000) for t in times)
+    return max((sum(1 for u in ms if t <= u < t + 1000) for t in ms), default=0)
+
+
+async def allocate_timed(store: Store, user: str, start: float) -> tuple[Allocation | Exception, float]:
+    try:
+        result: Allocation | Exception = await store.allocate(user, CouponType.MEGADEAL)
+    except (MegadealBusy, PoolEmpty) as exc:
+        result = exc
+    return result, time.monotonic() - start
+
+
+async def test_concurrent_slots_never_exceed_the_limit(make_store: MakeStore, redis: Redis) -> None:
+    store = await make_store(max_concurrent=3, rate_per_s=1000)
+    inside = peak = 0
+
+    async def hold(user: str) -> None:
+        nonlocal inside, peak
+        async with store.megadeal.slot(user):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.05)
+            inside -= 1
+
+    await asyncio.gather(*(hold(f"u{i}") for i in range(15)))
+    assert peak == 3
+    assert await redis.get(HIGH_WATER) == "3"
+
+
+async def test_no_rolling_second_holds_more_allocations_than_the_rate(make_store: MakeStore) -> None:
+    store = await make_store(rate_per_s=5, max_wait_s=2.5)
+    start = time.monotonic()
+    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(30)))
+    served = [r for r, _ in results if isinstance(r, Allocation)]
+    assert max_in_rolling_second([a.allocated_at for a in served]) == 5
+    assert 10 <= len(served) <= 15  # 5 at once, then 5 as each second of the window ends
+    assert len({a.code for a in served}) == len(served)
+
+
+async def test_a_waiter_gives_up_at_the_wait_cap(make_store: MakeStore) -> None:
+    store = await make_store(rate_per_s=1, max_wait_s=1.0)
+    start = time.monotonic()
+    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(6)))
+    failed = [elapsed for r, elapsed in results if isinstance(r, MegadealBusy)]
+    assert len(failed) >= 4
+    assert all(1.0 <= elapsed <= 1.5 for elapsed in failed), failed
+
+
+async def test_busy_is_429_with_retry_after(settings: Settings, redis: Redis, make_store: MakeStore) -> None:
+    await make_store()  # the coupons
+    limits = MegadealLimits(rate_per_s=1, max_wait_s=0.5)
+    app = create_app(Settings(redis_url=settings.redis_url, megadeal=limits))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
+        body = {"user_id": "u", "type": "MEGADEAL"}
+        responses = await asyncio.gather(*(http.post("/v1/allocations", json=body) for _ in range(3)))
+    busy = [r for r in responses if r.status_code == 429]
+    assert len(busy) == 2
+    assert busy[0].json()["code"] == "megadeal_busy"
+    assert busy[0].headers["content-type"] == "application/problem+json"
+    assert int(busy[0].headers["retry-after"]) >= 1
+
+
+async def test_waiters_are_served_in_arrival_order(make_store: MakeStore) -> None:
+    store = await make_store(rate_per_s=2, max_wait_s=6)
+    start = time.monotonic()
+    tasks = []
+    for i in range(8):
+        tasks.append(asyncio.create_task(allocate_timed(store, f"u{i}", start)))
+        await asyncio.sleep(0.03)
+    results = [r for r, _ in await asyncio.gather(*tasks)]
+    assert all(isinstance(r, Allocation) for r in results)
+    order = sorted(results, key=lambda a: (a.allocated_at, int(a.user_id[1:])))  # type: ignore[union-attr]
+    assert [a.user_id for a in order] == [f"u{i}" for i in range(8)]  # type: ignore[union-attr]
+
+
+async def test_an_empty_megadeal_pool_answers_at_once(make_store: MakeStore) -> None:
+    store = await make_store(coupons=0, rate_per_s=1)
+    start = time.monotonic()
+    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(20)))
+    assert all(isinstance(r, PoolEmpty) for r, _ in results)
+    assert max(elapsed for _, elapsed in results) < 1.0  # no queueing (the cap here is 10 s)
+
+
+async def test_waiters_learn_the_pool_ran_dry_without_waiting_out_the_cap(make_store: MakeStore) -> None:
+    store = await make_store(coupons=3, rate_per_s=2)
+    start = time.monotonic()
+    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(6)))
+    outcome = Counter(type(r).__name__ for r, _ in results)
+    assert outcome == {"Allocation": 3, "PoolEmpty": 3}
+    assert max(elapsed for _, elapsed in results) < 2.5
+
+
+async def test_slots_of_a_killed_process_come_back_after_the_lease(
+    make_store: MakeStore, redis_server: RedisServer, redis: Redis
+) -> None:
+    store = await make_store(max_concurrent=2, rate_per_s=100, lease_s=1.5, max_wait_s=5)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).parent / "megadeal_holder.py"), redis_server.url, "2", "1.5",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert (await holder.stdout.readline()).strip() == b"held"
+    assert await redis.zcard("{cp}:mega:slots") == 2
+    holder.kill()  # SIGKILL: no chance to give the slots back
+    await holder.wait()
+    killed_at = time.monotonic()
+    result, _ = await allocate_timed(store, "after", killed_at)
+    waited = time.monotonic() - killed_at
+    assert isinstance(result, Allocation)
+    assert waited <= 1.5 + 0.5  # the lease, plus at most one heartbeat's rounding
+
+
+async def test_waiting_megadeal_requests_do_not_starve_other_types(
+    settings: Settings, make_store: MakeStore
+) -> None:
+    store = await make_store(max_concurrent=1)
+    await store.upload([coupon(f"STD-{i:03d}") for i in range(50)])
+    limits = MegadealLimits(max_concurrent=1, max_wait_s=3)
+    app = create_app(Settings(redis_url=settings.redis_url, redis_max_connections=4, megadeal=limits))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+        store.megadeal.slot("holder"),  # the only slot is taken: waiters block on Redis
+    ):
+        mega = [
+            asyncio.create_task(http.post("/v1/allocations", json={"user_id": f"m{i}", "type": "MEGADEAL"}))
+            for i in range(100)
+        ]
+        await asyncio.sleep(0.3)
+        assert store.megadeal.waiting == 0  # this store is not the app's
+        standard = await asyncio.gather(
+            *(http.post("/v1/allocations", json={"user_id": f"s{i}"}) for i in range(50))
+        )
+        assert Counter(r.status_code for r in standard) == {201: 50}
+        assert not any(t.done() for t in mega)  # they were still waiting all along
+        for t in mega:
+            t.cancel()
+        await asyncio.gather(*mega, return_exceptions=True)
+
+
+async def test_two_app_processes_share_the_limits(redis_server: RedisServer, make_store: MakeStore) -> None:
+    await make_store()
+    env = {"MEGADEAL_RATE_PER_S": "4", "MEGADEAL_MAX_WAIT_S": "2.2", "MEGADEAL_MAX_CONCURRENT": "3"}
+    servers = [LiveServer(redis_server.url, **env) for _ in range(2)]
+    try:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
+            results = await asyncio.gather(
+                *(
+                    http.post(f"{s.url}/v1/allocations", json={"user_id": f"u{i}", "type": "MEGADEAL"})
+                    for s in servers
+                    for i in range(15)
+                )
+            )
+    finally:
+        for s in servers:
+            s.stop()
+    served = [r.json() for r in results if r.status_code == 201]
+    assert set(Counter(r.status_code for r in results)) == {201, 429}
+    assert max_in_rolling_second([datetime.fromisoformat(a["allocated_at"]) for a in served]) == 4
+    assert 8 <= len(served) <= 12  # 4 at once, then 4 per second, across both processes
+
+
+async def test_150_at_once_on_the_default_limits(redis_server: RedisServer, make_store: MakeStore) -> None:
+    await make_store(coupons=300)
+    server = LiveServer(redis_server.url)  # MEGADEAL defaults: 5 at once, 10 per second, 10 s wait
+    try:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
+            start = time.monotonic()
+
+            async def one(i: int) -> tuple[httpx.Response, float]:
+                response = await http.post(
+                    f"{server.url}/v1/allocations", json={"user_id": f"u{i}", "type": "MEGADEAL"}
+                )
+                return response, time.monotonic() - start
+
+            results = await asyncio.gather(*(one(i) for i in range(150)))
+    finally:
+        server.stop()
+    served = [r.json() for r, _ in results if r.status_code == 201]
+    failed = [elapsed for r, elapsed in results if r.status_code == 429]
+    assert len(served) + len(failed) == 150
+    assert 95 <= len(served) <= 110  # the limits allow 10 per second for 10 s (+10 at the edge)
+    assert max_in_rolling_second([datetime.fromisoformat(a["allocated_at"]) for a in served]) <= 10
+    assert all(10.0 <= elapsed <= 10.5 for elapsed in failed), (min(failed), max(failed))
