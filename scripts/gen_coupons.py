@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -13,7 +13,7 @@ TYPES = ("STANDARD", "FREE", "MEGADEAL")
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     prefix = sys.argv[2] if len(sys.argv) > 2 else "GEN"
-    expires = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
     coupons = [
         {
             "code": f"{prefix}-{i:07d}",
