@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 import anyio.to_thread
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,11 +28,17 @@ from starlette.routing import Route
 from . import errors
 from .keys import Keys
 from .megadeal import HEARTBEAT_MS
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import RequestMetrics
+from .middleware import RequestTelemetry, access_logger, log_line, note
 from .models import (
     CODE_PATTERN,
     Allocation,
     AllocationRequest,
+    AuditPage,
+    AuditQuery,
     Coupon,
+    PurgeResult,
     Redemption,
     RedemptionRequest,
     Stats,
@@ -73,19 +81,52 @@ def store_of(request: Request) -> Store:
     return store
 
 
+def parse_query(request: Request, model: type[Body]) -> Body:
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
 async def upload_coupons(request: Request) -> Response:
     body = await parse(request, UploadRequest)
-    return json_response(await store_of(request).upload(body.coupons), 201)
+    note(request, coupons=len(body.coupons))
+    result = await store_of(request).upload(body.coupons)
+    note(request, created=result.created, duplicates=len(result.duplicates))
+    return json_response(result, 201)
 
 
 async def allocate(request: Request) -> Response:
     body = await parse(request, AllocationRequest)
-    return json_response(await store_of(request).allocate(body.user_id, body.type), 201)
+    note(request, type=body.type, user_id=body.user_id)
+    allocation = await store_of(request).allocate(body.user_id, body.type)
+    note(request, code=allocation.code)
+    return json_response(allocation, 201)
 
 
 async def redeem(request: Request) -> Response:
     body = await parse(request, RedemptionRequest)
-    return json_response(await store_of(request).redeem(body.code, body.user_id, body.type), 201)
+    note(request, code=body.code, user_id=body.user_id)
+    redemption = await store_of(request).redeem(body.code, body.user_id, body.type)
+    note(request, type=redemption.type, used=redemption.used)
+    return json_response(redemption, 201)
+
+
+async def purge(request: Request) -> Response:
+    result = await store_of(request).purge()
+    note(request, purged=sum(result.purged.values()), retired=sum(result.retired.values()))
+    return json_response(result)
+
+
+async def audit(request: Request) -> Response:
+    query = parse_query(request, AuditQuery)
+    return json_response(await store_of(request).audit(query.limit, query.after))
+
+
+async def metrics(request: Request) -> Response:
+    store = store_of(request)
+    stats, gate = await store.stats(), await store.megadeal.status()
+    return Response(request.app.state.metrics.render(stats, gate), media_type=METRICS_CONTENT_TYPE)
 
 
 async def get_coupon(request: Request) -> Response:
@@ -166,6 +207,18 @@ OPERATIONS = (
         ),
     ),
     Operation("GET", "/v1/stats", stats, "Counters by coupon type", None, Stats),
+    Operation("POST", "/v1/purge", purge, "Remove expired coupons now", None, PurgeResult),
+    Operation(
+        "GET",
+        "/v1/audit",
+        audit,
+        "The audit trail, oldest first",
+        None,
+        AuditPage,
+        errors=(errors.ValidationFailed,),
+        query=AuditQuery,
+    ),
+    Operation("GET", "/metrics", metrics, "Prometheus metrics", media_type=METRICS_CONTENT_TYPE),
     Operation("GET", "/healthz", healthz, "The process is up"),
     Operation("GET", "/readyz", readyz, "Redis answers"),
     Operation("GET", "/openapi.json", openapi, "This document"),
@@ -174,6 +227,7 @@ OPERATIONS = (
 
 async def on_coupon_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.CouponError)
+    note(request, error=exc.code)
     return problem_response(exc)
 
 
@@ -192,9 +246,9 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def on_redis_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        return problem_response(errors.StoreUnavailable(f"Redis did not answer: {exc}"))
+        return await on_coupon_error(request, errors.StoreUnavailable(f"Redis did not answer: {exc}"))
     log.error("Redis error on %s %s: %r", request.method, request.url.path, exc)
-    return problem_response(errors.CouponError("the store answered with an error"))
+    return await on_coupon_error(request, errors.CouponError("the store answered with an error"))
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -216,8 +270,23 @@ def connect(settings: Settings, max_connections: int, command_timeout_s: float) 
     return Redis(connection_pool=pool)
 
 
+async def purge_periodically(store: Store, interval_s: float, logger: logging.Logger) -> None:
+    """Every ``interval_s``, purge expired coupons if no other process claimed this round."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            if not await store.try_purge_lock(interval_s):
+                continue
+            result = await store.purge()
+        except RedisError as exc:
+            logger.warning(log_line(level="warning", event="purge", error=repr(exc)))
+            continue
+        logger.info(log_line(level="info", event="purge", **result.model_dump(mode="json")))
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    access_log = access_logger()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -226,19 +295,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
         blocking = connect(
             settings, settings.megadeal.max_waiters, HEARTBEAT_MS / 1000 + settings.redis_timeout_s
         )
-        app.state.store = Store(
-            redis, Keys(settings.key_namespace), settings.upload_chunk_size, settings.megadeal, blocking
+        store = app.state.store = Store(
+            redis,
+            Keys(settings.key_namespace),
+            upload_chunk_size=settings.upload_chunk_size,
+            purge_batch_size=settings.purge_batch_size,
+            audit_max_len=settings.audit_max_len,
+            megadeal=settings.megadeal,
+            blocking_redis=blocking,
         )
         try:
-            await app.state.store.load_scripts()
+            await store.load_scripts()
         except RedisError as exc:
             log.warning("could not load the Lua scripts at start-up (%s); /readyz will say so", exc)
+        purging = asyncio.create_task(purge_periodically(store, settings.purge_interval_s, access_log))
         try:
             yield
         finally:
+            purging.cancel()
+            with suppress(asyncio.CancelledError):
+                await purging
             await redis.aclose()
             await blocking.aclose()
 
+    request_metrics = RequestMetrics()
     app = Starlette(
         routes=[Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS],
         exception_handlers={
@@ -247,8 +327,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             RedisError: on_redis_error,
             Exception: on_unexpected,
         },
+        middleware=[Middleware(RequestTelemetry, metrics=request_metrics, logger=access_log)],
         lifespan=lifespan,
     )
+    app.state.metrics = request_metrics
     app.state.openapi = orjson.dumps(openapi_document(OPERATIONS))
     return app
 

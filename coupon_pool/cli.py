@@ -30,5 +30,6 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port or settings.port,
         workers=args.workers or settings.workers,
         log_level=settings.log_level,
+        access_log=False,  # the app writes its own JSON access line per request
     )
     return 0

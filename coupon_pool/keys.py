@@ -15,6 +15,8 @@ class Keys:
         self.stats = f"{tag}:stats"
         self.expiry = f"{tag}:expiry"
         self.coupon_prefix = f"{tag}:c:"
+        self.audit = f"{tag}:audit"
+        self.purge_lock = f"{tag}:purge:lock"
         self._available = {t: f"{tag}:avail:{t.value}" for t in CouponType}
         self.megadeal_queue = f"{tag}:mega:queue"
         self.megadeal_alive = f"{tag}:mega:alive"

@@ -30,6 +30,13 @@ GRACE_MS = 1000  # a waiter silent this long past its heartbeat has died: its pl
 
 
 @dataclass(frozen=True)
+class GateStatus:
+    slots: int  # held, all processes (as of the last gate call: ended leases count until then)
+    queued: int  # all processes
+    waiting: int  # in this process
+
+
+@dataclass(frozen=True)
 class MegadealLimits:
     max_concurrent: int = 5
     rate_per_s: int = 10
@@ -39,8 +46,11 @@ class MegadealLimits:
 
 
 class MegadealGate:
-    def __init__(self, redis: Redis, blocking_redis: Redis, keys: Keys, limits: MegadealLimits) -> None:
+    def __init__(
+        self, redis: Redis, blocking_redis: Redis, keys: Keys, limits: MegadealLimits, audit_max_len: int
+    ) -> None:
         self.redis = redis
+        self.audit_max_len = audit_max_len
         self.blocking_redis = blocking_redis
         self.keys = keys
         self.limits = limits
@@ -49,6 +59,7 @@ class MegadealGate:
         self._enter_keys = [
             keys.available(CouponType.MEGADEAL), keys.stats, keys.megadeal_queue, keys.megadeal_alive,
             keys.megadeal_slots, keys.megadeal_window, keys.megadeal_ticket, keys.megadeal_high_water,
+            keys.audit,
         ]  # fmt: skip
         self._leave_keys = [
             keys.megadeal_queue,
@@ -61,6 +72,13 @@ class MegadealGate:
     @property
     def scripts(self) -> tuple[Any, ...]:
         return (self._enter, self._leave)
+
+    async def status(self) -> GateStatus:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.megadeal_slots)
+            pipe.zcard(self.keys.megadeal_queue)
+            slots, queued = await pipe.execute()
+        return GateStatus(slots=slots, queued=queued, waiting=self.waiting)
 
     @asynccontextmanager
     async def slot(self, user_id: str) -> AsyncIterator[Sequence[Any]]:
@@ -123,7 +141,7 @@ class MegadealGate:
         lim = self.limits
         return [
             self.keys.coupon_prefix, user_id, ticket, lim.max_concurrent, lim.rate_per_s, WINDOW_MS,
-            int(lim.lease_s * 1000), HEARTBEAT_MS, GRACE_MS,
+            int(lim.lease_s * 1000), HEARTBEAT_MS, GRACE_MS, self.audit_max_len,
         ]  # fmt: skip
 
     def _leave_args(self, ticket: str) -> list[str | int]:

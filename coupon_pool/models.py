@@ -22,6 +22,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 MAX_UPLOAD = 50_000
+MAX_LISTED_HOLDERS = 1000
+MAX_AUDIT_PAGE = 1000
+AUDIT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
 CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 USER_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"  # visible ASCII: no spaces, controls or non-ASCII
 _FLAT = re.compile(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,4})?")
@@ -144,6 +147,12 @@ class UploadResult(_Body):
     duplicates: list[str] = Field(description="codes not stored because they already existed")
 
 
+class Holder(_Body):
+    user_id: str
+    allocated_at: datetime
+    redeemed_at: datetime | None
+
+
 class Coupon(_Body):
     code: str
     type: CouponType
@@ -153,6 +162,9 @@ class Coupon(_Body):
     allocated: int
     used: int
     created_at: datetime
+    allocations: list[Holder] = Field(
+        description=f"who holds it, oldest allocation first; at most {MAX_LISTED_HOLDERS} listed"
+    )
 
 
 class Allocation(_Body):
@@ -177,12 +189,53 @@ class TypeStats(_Body):
     created: int
     allocated: int
     used: int
+    purged: int = Field(description="expired coupons deleted unused by the purge")
     available: int = Field(description="unexpired coupons with at least one free usage")
 
 
 class Stats(_Body):
     types: dict[CouponType, TypeStats]
     totals: TypeStats
+
+
+class PurgeResult(_Body):
+    purged: dict[CouponType, int] = Field(description="expired, never redeemed: deleted")
+    retired: dict[CouponType, int] = Field(
+        description="expired, redeemed at least once: out of the pool, record kept"
+    )
+
+
+class AuditEntry(_Body):
+    """One entry of the audit stream; fields beyond these depend on ``op``."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    time: datetime
+    op: str
+
+
+def _stream_id(value: str) -> str:
+    if any(int(part) >= 2**64 for part in value.split("-")):
+        raise PydanticCustomError("stream_id", "each part of an entry id must be below 2^64")
+    return value
+
+
+StreamId = Annotated[str, StringConstraints(pattern=AUDIT_ID_PATTERN), AfterValidator(_stream_id)]
+
+
+class AuditQuery(_Body):
+    """The query of GET /v1/audit (query values are text, so not strict)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    limit: int = Field(default=100, ge=1, le=MAX_AUDIT_PAGE, description="most entries to return")
+    after: StreamId | None = Field(
+        default=None, description="an entry id: only entries after it (else the latest `limit` entries)"
+    )
+
+
+class AuditPage(_Body):
+    entries: list[AuditEntry] = Field(description="oldest first")
+    next: str | None = Field(description="pass as `after` for the entries that follow")
 
 
 class FieldError(_Body):

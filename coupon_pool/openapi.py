@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from . import __version__
 from .errors import CouponError, StoreUnavailable
-from .models import Problem
+from .models import CODE_PATTERN, Problem
 
 _REF = "#/components/schemas/{model}"
 
@@ -30,6 +30,8 @@ class Operation:
     response: type[BaseModel] | None = None
     status: int = 200
     errors: tuple[type[CouponError], ...] = ()
+    query: type[BaseModel] | None = None
+    media_type: str = "application/json"
 
 
 def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
@@ -47,15 +49,12 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
     problem = {"application/problem+json": {"schema": ref(Problem, "serialization")}}
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
+        if op.response:
+            body = ref(op.response, "serialization")
+        else:
+            body = {"type": "object"} if op.media_type == "application/json" else {"type": "string"}
         responses: dict[str, Any] = {
-            str(op.status): {
-                "description": op.summary,
-                "content": {
-                    "application/json": {
-                        "schema": ref(op.response, "serialization") if op.response else {"type": "object"}
-                    }
-                },
-            }
+            str(op.status): {"description": op.summary, "content": {op.media_type: {"schema": body}}}
         }
         by_status: dict[int, list[str]] = {}
         documented: tuple[type[CouponError], ...] = (*op.errors, StoreUnavailable)
@@ -74,9 +73,11 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
                     "name": "code",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                    "schema": {"type": "string", "pattern": CODE_PATTERN},
                 }
             ]
+        if op.query:
+            entry["parameters"] = _query_parameters(op.query)
         if op.request:
             entry["requestBody"] = {
                 "required": True,
@@ -89,3 +90,28 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schema.get("$defs", {})},
     }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(mode="validation")
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", ()),
+            "description": prop.get("description", ""),
+            "schema": _query_schema(prop),
+        }
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _query_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A property's schema as a query parameter: an absent parameter, not null, stands for None."""
+    schema = {k: v for k, v in prop.items() if k not in ("title", "description", "anyOf")}
+    present = [s for s in prop.get("anyOf", ()) if s.get("type") != "null"]
+    if len(present) == 1:
+        schema.update(present[0])
+    if schema.get("default", 0) is None:
+        del schema["default"]
+    return schema

@@ -23,6 +23,9 @@ class Settings:
     redis_max_connections: int = 64
     redis_timeout_s: float = 2.0
     upload_chunk_size: int = 1000
+    audit_max_len: int = 100_000
+    purge_interval_s: float = 60.0
+    purge_batch_size: int = 1000
     megadeal: MegadealLimits = field(default_factory=MegadealLimits)
     host: str = "127.0.0.1"
     port: int = 8080
@@ -40,6 +43,9 @@ class Settings:
             redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", default.redis_max_connections),
             redis_timeout_s=_float(env, "REDIS_TIMEOUT_S", default.redis_timeout_s),
             upload_chunk_size=_int(env, "UPLOAD_CHUNK_SIZE", default.upload_chunk_size),
+            audit_max_len=_int(env, "AUDIT_MAX_LEN", default.audit_max_len),
+            purge_interval_s=_float(env, "PURGE_INTERVAL_S", default.purge_interval_s),
+            purge_batch_size=_int(env, "PURGE_BATCH_SIZE", default.purge_batch_size),
             megadeal=MegadealLimits(
                 max_concurrent=_int(env, "MEGADEAL_MAX_CONCURRENT", default.megadeal.max_concurrent),
                 rate_per_s=_int(env, "MEGADEAL_RATE_PER_S", default.megadeal.rate_per_s),
@@ -62,6 +68,8 @@ class Settings:
         for name, value in (
             ("REDIS_MAX_CONNECTIONS", self.redis_max_connections),
             ("UPLOAD_CHUNK_SIZE", self.upload_chunk_size),
+            ("AUDIT_MAX_LEN", self.audit_max_len),
+            ("PURGE_BATCH_SIZE", self.purge_batch_size),
             ("WORKERS", self.workers),
             ("MEGADEAL_MAX_CONCURRENT", self.megadeal.max_concurrent),
             ("MEGADEAL_RATE_PER_S", self.megadeal.rate_per_s),
@@ -71,6 +79,7 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1, not {value}")
         for name, seconds in (
             ("REDIS_TIMEOUT_S", self.redis_timeout_s),
+            ("PURGE_INTERVAL_S", self.purge_interval_s),
             ("MEGADEAL_MAX_WAIT_S", self.megadeal.max_wait_s),
             ("MEGADEAL_LEASE_S", self.megadeal.lease_s),
         ):

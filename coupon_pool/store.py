@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -12,12 +14,17 @@ from .errors import BY_SCRIPT_REPLY, CouponError, CouponNotFound
 from .keys import Keys
 from .megadeal import MegadealGate, MegadealLimits
 from .models import (
+    MAX_LISTED_HOLDERS,
     Allocation,
+    AuditEntry,
+    AuditPage,
     Coupon,
     CouponIn,
     CouponType,
     FlatDiscount,
+    Holder,
     PercentDiscount,
+    PurgeResult,
     Redemption,
     Stats,
     TypeStats,
@@ -27,7 +34,7 @@ from .scripts import register
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-_SCRIPTS = ("upload", "allocate", "redeem", "stats")
+_SCRIPTS = ("upload", "allocate", "redeem", "stats", "purge")
 
 
 def to_ms(moment: datetime) -> int:
@@ -51,7 +58,10 @@ class Store:
         self,
         redis: Redis,
         keys: Keys,
+        *,
         upload_chunk_size: int = 1000,
+        purge_batch_size: int = 1000,
+        audit_max_len: int = 100_000,
         megadeal: MegadealLimits | None = None,
         blocking_redis: Redis | None = None,
     ) -> None:
@@ -59,7 +69,11 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.upload_chunk_size = upload_chunk_size
-        self.megadeal = MegadealGate(redis, blocking_redis or redis, keys, megadeal or MegadealLimits())
+        self.purge_batch_size = purge_batch_size
+        self.audit_max_len = audit_max_len
+        self.megadeal = MegadealGate(
+            redis, blocking_redis or redis, keys, megadeal or MegadealLimits(), audit_max_len
+        )
         self._scripts = {name: register(redis, name) for name in _SCRIPTS}
 
     async def load_scripts(self) -> None:
@@ -74,10 +88,13 @@ class Store:
         """Store new coupons in chunks, one script call each, so Redis serves others in between."""
         created = 0
         duplicates: list[str] = []
-        keys = [self.keys.stats, self.keys.expiry, *self.keys.all_available()]
-        for start in range(0, len(coupons), self.upload_chunk_size):
+        keys = [self.keys.stats, self.keys.expiry, *self.keys.all_available(), self.keys.audit]
+        upload_id = uuid.uuid4().hex[:16]
+        parts = max(1, math.ceil(len(coupons) / self.upload_chunk_size))
+        for part, start in enumerate(range(0, len(coupons), self.upload_chunk_size), 1):
             chunk = coupons[start : start + self.upload_chunk_size]
-            args = [self.keys.coupon_prefix] + [
+            head = [self.keys.coupon_prefix, self.audit_max_len, upload_id, f"{part}/{parts}"]
+            args = head + [
                 f"{c.code} {c.type.value} {c.discount.kind} {c.discount.value} "
                 f"{to_ms(c.expires_at)} {c.max_usages}"
                 for c in chunk
@@ -97,8 +114,8 @@ class Store:
                 return _allocation(allocated, user_id, coupon_type)
         reply = await self._run(
             "allocate",
-            [self.keys.available(coupon_type), self.keys.stats],
-            [self.keys.coupon_prefix, user_id, coupon_type.value],
+            [self.keys.available(coupon_type), self.keys.stats, self.keys.audit],
+            [self.keys.coupon_prefix, user_id, coupon_type.value, self.audit_max_len],
         )
         _raise_if_error(reply, f"no {coupon_type.value} coupon is available for this user")
         return _allocation(reply[1:], user_id, coupon_type)
@@ -107,8 +124,8 @@ class Store:
         """Record that ``user_id`` used the coupon ``code`` allocated to them."""
         reply = await self._run(
             "redeem",
-            [self.keys.coupon(code), self.keys.stats],
-            [user_id, coupon_type.value if coupon_type else ""],
+            [self.keys.coupon(code), self.keys.stats, self.keys.audit],
+            [user_id, coupon_type.value if coupon_type else "", code, self.audit_max_len],
         )
         _raise_if_error(reply, _REDEEM_DETAIL.get(reply[0], "").format(code=code))
         _, ctype, used, max_usages, redeemed = reply
@@ -122,12 +139,26 @@ class Store:
         )
 
     async def get_coupon(self, code: str) -> Coupon:
+        """A coupon with its counts and who holds it."""
+        key = self.keys.coupon(code)
         fields: list[Any] = await self.redis.hmget(
-            self.keys.coupon(code), ["type", "dk", "dv", "exp", "max", "alloc", "used", "ct"]
+            key, ["type", "dk", "dv", "exp", "max", "alloc", "used", "ct"]
         )
         if fields[0] is None:
             raise CouponNotFound(f"there is no coupon {code!r}")
         ctype, kind, value, expires, max_usages, allocated, used, created = fields
+        holders = []
+        async for field, state in self.redis.hscan_iter(key, match="u:*", count=MAX_LISTED_HOLDERS):
+            allocated_ms, _, redeemed_ms = state.partition(":")
+            holders.append(
+                Holder.model_construct(
+                    user_id=field[2:],
+                    allocated_at=from_ms(allocated_ms),
+                    redeemed_at=from_ms(redeemed_ms) if redeemed_ms else None,
+                )
+            )
+            if len(holders) == MAX_LISTED_HOLDERS:
+                break
         return Coupon.model_construct(
             code=code,
             type=CouponType(ctype),
@@ -137,6 +168,7 @@ class Store:
             allocated=int(allocated),
             used=int(used),
             created_at=from_ms(created),
+            allocations=sorted(holders, key=lambda h: h.allocated_at),
         )
 
     async def stats(self) -> Stats:
@@ -147,6 +179,7 @@ class Store:
                 created=int(counters.get(f"{t.value}:created", 0)),
                 allocated=int(counters.get(f"{t.value}:allocated", 0)),
                 used=int(counters.get(f"{t.value}:used", 0)),
+                purged=int(counters.get(f"{t.value}:purged", 0)),
                 available=int(reply[i]),
             )
             for i, t in enumerate(CouponType)
@@ -156,10 +189,38 @@ class Store:
         )
         return Stats.model_construct(types=types, totals=totals)
 
+    async def purge(self) -> PurgeResult:
+        """Remove expired coupons, a batch per script call, until none is left."""
+        purged = dict.fromkeys(CouponType, 0)
+        retired = dict.fromkeys(CouponType, 0)
+        keys = [self.keys.expiry, self.keys.stats, *self.keys.all_available(), self.keys.audit]
+        args = [self.keys.coupon_prefix, self.purge_batch_size, self.audit_max_len]
+        while True:
+            reply = await self._run("purge", keys, args)
+            for i, t in enumerate(CouponType):
+                purged[t] += int(reply[1 + i])
+                retired[t] += int(reply[4 + i])
+            if int(reply[0]) < self.purge_batch_size:
+                return PurgeResult.model_construct(purged=purged, retired=retired)
+
+    async def try_purge_lock(self, seconds: float) -> bool:
+        """Claim the purge for the next ``seconds``: True for one caller across all processes."""
+        return bool(await self.redis.set(self.keys.purge_lock, "1", nx=True, px=max(1, int(seconds * 1000))))
+
+    async def audit(self, limit: int, after: str | None) -> AuditPage:
+        """Audit entries after the id ``after``, or the last ``limit`` ones; oldest first."""
+        if after is None:
+            raw = list(reversed(await self.redis.xrevrange(self.keys.audit, count=limit) or []))
+        else:
+            raw = await self.redis.xrange(self.keys.audit, min=f"({after}", count=limit) or []
+        entries = [_audit_entry(cast(str, id_), cast(dict[str, str], fields)) for id_, fields in raw]
+        return AuditPage.model_construct(entries=entries, next=entries[-1].id if entries else after)
+
     async def ping(self) -> None:
         await self.redis.ping()
 
 
+_COUNT_FIELDS = frozenset({"created", "duplicates", "used"})
 _REDEEM_DETAIL = {
     "coupon_not_found": "there is no coupon {code!r}",
     "type_mismatch": "coupon {code!r} is of another type",
@@ -167,6 +228,15 @@ _REDEEM_DETAIL = {
     "already_redeemed": "this user already redeemed coupon {code!r}",
     "coupon_expired": "coupon {code!r} has expired",
 }
+
+
+def _audit_entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
+    """An AuditEntry from a stream entry; counts become integers."""
+    values: dict[str, Any] = {
+        k: int(v) if k in _COUNT_FIELDS or k.startswith(("purged_", "retired_")) else v
+        for k, v in fields.items()
+    }
+    return AuditEntry.model_construct(id=entry_id, time=from_ms(entry_id.partition("-")[0]), **values)
 
 
 def _allocation(fields: Sequence[Any], user_id: str, coupon_type: CouponType) -> Allocation:

@@ -37,3 +37,18 @@ local function allocate_one(available, stats, prefix, user, ctype, now)
     offset = offset + batch_size
   end
 end
+
+-- Append one entry to the audit stream, trimmed to about `maxlen` entries. Called by the
+-- script whose operation it records, so the trail can never disagree with the data.
+local function audit(stream, maxlen, ...)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
+end
+
+-- The audit entry of an allocation: its code, or the error it ended with.
+local function audit_allocation(stream, maxlen, ctype, user, result)
+  if result[1] == 'ok' then
+    audit(stream, maxlen, 'op', 'allocate', 'type', ctype, 'user_id', user, 'code', result[2])
+  else
+    audit(stream, maxlen, 'op', 'allocate', 'type', ctype, 'user_id', user, 'error', result[1])
+  end
+end

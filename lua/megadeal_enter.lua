@@ -16,12 +16,14 @@
 -- KEYS[6]  admissions in the window (sorted set: ticket -> admitted at ms)
 -- KEYS[7]  ticket counter (string)
 -- KEYS[8]  high-water mark of slots held at once (string)
+-- KEYS[9]  audit stream
 -- ARGV[1]  key prefix of coupon hashes
 -- ARGV[2]  user id
 -- ARGV[3]  ticket, or "" on the first call
 -- ARGV[4]  max concurrent     ARGV[5] max admissions per window    ARGV[6] window ms
 -- ARGV[7]  lease ms           ARGV[8] longest sleep before calling again (heartbeat) ms
 -- ARGV[9]  grace ms added to a waiter's heartbeat
+-- ARGV[10] audit stream length cap (approximate)
 --
 -- Returns {"ok", ticket, code, kind, value, expires_at ms, allocated_at ms}: admitted,
 --          allocated, and holding a slot until megadeal_leave.lua or the lease ends;
@@ -29,7 +31,8 @@
 --      or {"wait", ticket, wait ms, reason, rank}: call again after wait ms at the latest;
 --          reason "rate" (the window opens then: sleep) or "slot" (a slot frees at the
 --          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner).
--- Uses now_ms() and allocate_one() from lib.lua.
+-- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
+-- Uses now_ms(), allocate_one() and audit_allocation() from lib.lua.
 
 local queue, alive, slots, window = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local max_concurrent, rate, window_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -56,6 +59,7 @@ end
 
 if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') == 0 then
   leave_queue()
+  audit_allocation(KEYS[9], ARGV[10], 'MEGADEAL', ARGV[2], { 'pool_empty' })
   return { 'pool_empty', ticket }
 end
 
@@ -68,6 +72,7 @@ local free_rate = rate - redis.call('ZCARD', window)
 if rank < free_slots and rank < free_rate then
   local result = allocate_one(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 'MEGADEAL', now)
   leave_queue()
+  audit_allocation(KEYS[9], ARGV[10], 'MEGADEAL', ARGV[2], result)
   if result[1] ~= 'ok' then
     return { 'pool_empty', ticket }
   end

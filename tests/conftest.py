@@ -132,12 +132,16 @@ async def client(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncC
 class LiveServer:
     """``coupon-pool serve`` in a subprocess: real HTTP, real uvicorn."""
 
-    def __init__(self, redis_url: str, **env: str) -> None:
+    def __init__(self, redis_url: str, log: Path | None = None, **env: str) -> None:
+        """``log``: a file for the server's stdout (its JSON log lines); else they are dropped."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "REDIS_URL": redis_url, "PORT": str(self.port),
                    "LOG_LEVEL": "warning", **env}  # fmt: skip
-        self.process = subprocess.Popen([sys.executable, "-m", "coupon_pool", "serve"], env=environ)
+        with open(log or os.devnull, "wb") as stdout:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "coupon_pool", "serve"], env=environ, stdout=stdout
+            )
         wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, timeout=20)
 
     def stop(self) -> None:

@@ -100,9 +100,12 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
         "/v1/coupons", "/v1/coupons/{code}", "/v1/allocations", "/v1/redemptions",
-        "/v1/stats", "/healthz", "/readyz", "/openapi.json",
+        "/v1/stats", "/v1/purge", "/v1/audit", "/metrics", "/healthz", "/readyz", "/openapi.json",
     }  # fmt: skip
     upload = doc["paths"]["/v1/coupons"]["post"]
     assert upload["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("UploadRequest")
     assert set(upload["responses"]) == {"201", "400", "413", "415", "422", "503"}
     assert {"CouponIn", "FlatDiscount", "PercentDiscount", "Problem"} <= set(doc["components"]["schemas"])
+    audit = doc["paths"]["/v1/audit"]["get"]
+    assert {p["name"]: p["in"] for p in audit["parameters"]} == {"limit": "query", "after": "query"}
+    assert "text/plain" in next(iter(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]))

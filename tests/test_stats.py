@@ -18,11 +18,11 @@ async def test_stats_count_created_allocated_used_and_available_per_type(client:
     stats = (await client.get("/v1/stats")).json()
     assert stats == {
         "types": {
-            "FREE": {"created": 1, "allocated": 1, "used": 1, "available": 1},
-            "STANDARD": {"created": 2, "allocated": 1, "used": 0, "available": 1},
-            "MEGADEAL": {"created": 0, "allocated": 0, "used": 0, "available": 0},
+            "FREE": {"created": 1, "allocated": 1, "used": 1, "purged": 0, "available": 1},
+            "STANDARD": {"created": 2, "allocated": 1, "used": 0, "purged": 0, "available": 1},
+            "MEGADEAL": {"created": 0, "allocated": 0, "used": 0, "purged": 0, "available": 0},
         },
-        "totals": {"created": 3, "allocated": 2, "used": 1, "available": 2},
+        "totals": {"created": 3, "allocated": 2, "used": 1, "purged": 0, "available": 2},
     }
 
 
