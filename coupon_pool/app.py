@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import orjson
 from pydantic import BaseModel, ValidationError
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,11 +24,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import errors
+from .connection import connect
 from .keys import Keys
 from .megadeal import HEARTBEAT_MS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import RequestMetrics
-from .middleware import RequestTelemetry, access_logger, log_line, note
+from .middleware import JsonLines, RequestTelemetry, note
 from .models import (
     CODE_PATTERN,
     Allocation,
@@ -56,8 +55,19 @@ _CODE = re.compile(CODE_PATTERN)
 _INLINE_BODY_BYTES = 64 * 1024
 
 
-def json_response(model: BaseModel, status: int = 200) -> Response:
-    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+def json_response(result: BaseModel | Allocation | Redemption, status: int = 200) -> Response:
+    if isinstance(result, BaseModel):
+        body = result.model_dump_json().encode()
+    else:
+        body = orjson.dumps(result, default=_model_fields, option=orjson.OPT_UTC_Z)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _model_fields(value: object) -> dict[str, Any]:
+    """orjson's fallback for a pydantic model inside a dataclass (a discount: plain fields)."""
+    if isinstance(value, BaseModel):
+        return vars(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 async def parse(request: Request, model: type[Body]) -> Body:
@@ -256,21 +266,20 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(errors.CouponError("an unexpected error occurred"))
 
 
-def connect(settings: Settings, max_connections: int, command_timeout_s: float) -> Redis:
-    """A Redis client whose calls fail fast and are never retried (a script may have run)."""
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=settings.redis_timeout_s,
-        socket_timeout=command_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return Redis(connection_pool=pool)
+def tune_gc() -> None:
+    """Keep Python's cyclic garbage collector off the request path.
+
+    Each collection walks the objects it tracks: the hundreds of thousands that the
+    libraries create at start-up live forever, so they are frozen out of its sight, and
+    young objects (a request's, nearly all freed by reference counting) are collected
+    less often. Measured: +15% allocations per second (docs/benchmarks.md).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
-async def purge_periodically(store: Store, interval_s: float, logger: logging.Logger) -> None:
+async def purge_periodically(store: Store, interval_s: float, lines: JsonLines) -> None:
     """Every ``interval_s``, purge expired coupons if no other process claimed this round."""
     while True:
         await asyncio.sleep(interval_s)
@@ -279,14 +288,14 @@ async def purge_periodically(store: Store, interval_s: float, logger: logging.Lo
                 continue
             result = await store.purge()
         except RedisError as exc:
-            logger.warning(log_line(level="warning", event="purge", error=repr(exc)))
+            lines.write(level="warning", event="purge", error=repr(exc))
             continue
-        logger.info(log_line(level="info", event="purge", **result.model_dump(mode="json")))
+        lines.write(level="info", event="purge", **result.model_dump(mode="json"))
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
-    access_log = access_logger()
+    access_log = JsonLines()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -308,6 +317,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await store.load_scripts()
         except RedisError as exc:
             log.warning("could not load the Lua scripts at start-up (%s); /readyz will say so", exc)
+        tune_gc()
         purging = asyncio.create_task(purge_periodically(store, settings.purge_interval_s, access_log))
         try:
             yield
@@ -317,6 +327,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await purging
             await redis.aclose()
             await blocking.aclose()
+            access_log.flush()
 
     request_metrics = RequestMetrics()
     app = Starlette(
@@ -327,7 +338,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             RedisError: on_redis_error,
             Exception: on_unexpected,
         },
-        middleware=[Middleware(RequestTelemetry, metrics=request_metrics, logger=access_log)],
+        middleware=[Middleware(RequestTelemetry, metrics=request_metrics, log=access_log)],
         lifespan=lifespan,
     )
     app.state.metrics = request_metrics

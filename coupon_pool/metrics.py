@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -18,23 +18,26 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class RequestMetrics:
-    """This process's request counters and latency histograms, on a registry of its own."""
+    """This process's request latency histograms, on a registry of its own.
+
+    A histogram's ``_count`` is the request count, so there is no separate counter.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "coupon_pool_http_requests", "HTTP requests answered", ["method", "route", "status"],
-            registry=self.registry,
-        )  # fmt: skip
         self.latency = Histogram(
             "coupon_pool_http_request_duration_seconds", "Time to answer an HTTP request",
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        # labels() takes a lock and builds a key per call: look each series up once.
+        self._series: dict[tuple[str, str, int], Histogram] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        code = str(status)
-        self.requests.labels(method, route, code).inc()
-        self.latency.labels(method, route, code).observe(seconds)
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self.latency.labels(method, route, str(status))
+        series.observe(seconds)
 
     def render(self, stats: Stats, gate: GateStatus) -> bytes:
         """The exposition text: these request metrics, then the pool's state read just now."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import itertools
+import os
 import re
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,43 +19,63 @@ from .metrics import RequestMetrics
 
 LOG_FIELDS = "coupon_pool.log"  # the scope key handlers add operation fields under
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+_ID_PREFIX = uuid.uuid4().hex[:16]  # random per process: ids stay unique across processes
+_sequence = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    global _ID_PREFIX, _sequence
+    _ID_PREFIX, _sequence = uuid.uuid4().hex[:16], itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def note(request: Request, **fields: Any) -> None:
-    """Add fields about the operation to this request's log line."""
+    """Add fields about the operation to this request's log line (not the line's own keys)."""
     request.scope.setdefault(LOG_FIELDS, {}).update(fields)
 
 
-def log_line(**fields: Any) -> str:
-    """One JSON log line: the time (RFC 3339 UTC, milliseconds), then ``fields`` in order."""
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return orjson.dumps({"time": now, **fields}).decode()
+class JsonLines:
+    """JSON log lines on stdout, each starting with the time (RFC 3339 UTC, milliseconds).
 
+    The lines of one event-loop turn go out in one write at the end of that turn: a busy
+    server makes one system call per turn, not one per request, and no line waits longer.
+    """
 
-class _Stdout(logging.Handler):
-    """Writes each record to the current sys.stdout, one line each."""
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self._second = (0, "1970-01-01T00:00:00")
 
-    def emit(self, record: logging.LogRecord) -> None:
-        sys.stdout.write(record.getMessage() + "\n")
-        sys.stdout.flush()
+    def write(self, **fields: Any) -> None:
+        self._pending.append(orjson.dumps({"time": self._now(), **fields}))
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop running: write at once
+                self.flush()
 
+    def _now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int((now - second) * 1000):03d}Z"
 
-def access_logger() -> logging.Logger:
-    logger = logging.getLogger("coupon_pool.access")
-    if not logger.handlers:
-        logger.addHandler(_Stdout())
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+    def flush(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            sys.stdout.write(b"\n".join(lines).decode() + "\n")
+            sys.stdout.flush()
 
 
 class RequestTelemetry:
     """Pure ASGI middleware, so it adds no task or body copy to a request."""
 
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics, logger: logging.Logger) -> None:
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics, log: JsonLines) -> None:
         self.app = app
         self.metrics = metrics
-        self.logger = logger
+        self.log = log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,12 +86,13 @@ class RequestTelemetry:
         fields: dict[str, Any] = {}
         scope[LOG_FIELDS] = fields
         status = 500
+        id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         try:
@@ -79,19 +101,20 @@ class RequestTelemetry:
             seconds = time.perf_counter() - start
             route = scope.get("route")
             self.metrics.observe(scope["method"], route.path if route else "unmatched", status, seconds)
-            line = {
-                "level": "error" if status >= 500 else "info",
-                "request_id": request_id,
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "latency_ms": round(seconds * 1000, 3),
-            }
-            self.logger.info(log_line(**line, **{k: v for k, v in fields.items() if k not in line}))
+            self.log.write(
+                level="error" if status >= 500 else "info",
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                latency_ms=round(seconds * 1000, 3),
+                **fields,
+            )
 
 
 def _request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID if usable, else this process's prefix and a sequence number."""
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return str(value.decode())
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}-{next(_sequence)}"

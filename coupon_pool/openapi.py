@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,7 +27,7 @@ class Operation:
     endpoint: Callable[[Request], Awaitable[Response]]
     summary: str
     request: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
+    response: type[Any] | None = None  # a pydantic model or a dataclass
     status: int = 200
     errors: tuple[type[CouponError], ...] = ()
     query: type[BaseModel] | None = None
@@ -35,16 +35,20 @@ class Operation:
 
 
 def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
-    models: list[tuple[type[BaseModel], Any]] = [(Problem, "serialization")]
+    models: dict[tuple[str, JsonSchemaMode], TypeAdapter[Any]] = {
+        (Problem.__name__, "serialization"): TypeAdapter(Problem)
+    }
     for op in operations:
         if op.request:
-            models.append((op.request, "validation"))
+            models[(op.request.__name__, "validation")] = TypeAdapter(op.request)
         if op.response:
-            models.append((op.response, "serialization"))
-    refs, schema = models_json_schema(models, ref_template=_REF)
+            models[(op.response.__name__, "serialization")] = TypeAdapter(op.response)
+    refs, schema = TypeAdapter.json_schemas(
+        [(name, mode, adapter) for (name, mode), adapter in models.items()], ref_template=_REF
+    )
 
-    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
-        return refs[(model, mode)]  # type: ignore[index]
+    def ref(model: type[Any], mode: JsonSchemaMode) -> dict[str, Any]:
+        return refs[(model.__name__, mode)]
 
     problem = {"application/problem+json": {"schema": ref(Problem, "serialization")}}
     paths: dict[str, dict[str, Any]] = {}

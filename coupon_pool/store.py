@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ def from_ms(ms: int | str) -> datetime:
     return EPOCH + timedelta(milliseconds=int(ms))
 
 
+@functools.lru_cache(maxsize=4096)  # discounts are immutable, and most pools have few distinct ones
 def discount(kind: str, value: str) -> FlatDiscount | PercentDiscount:
     if kind == "flat":
         return FlatDiscount.model_construct(kind="flat", value=value)
@@ -75,13 +77,21 @@ class Store:
             redis, blocking_redis or redis, keys, megadeal or MegadealLimits(), audit_max_len
         )
         self._scripts = {name: register(redis, name) for name in _SCRIPTS}
+        # Constant script arguments of the hot paths, encoded once (redis-py passes bytes as is).
+        self._allocate_keys = {
+            t: [k.encode() for k in (keys.available(t), keys.stats, keys.audit)] for t in CouponType
+        }
+        self._coupon_prefix = keys.coupon_prefix.encode()
+        self._stats_audit = [keys.stats.encode(), keys.audit.encode()]
+        self._audit_cap = str(audit_max_len).encode()
+        self._type_names = {t: t.value.encode() for t in CouponType}
 
     async def load_scripts(self) -> None:
         """Load every script into Redis now, so the first requests need no NOSCRIPT retry."""
         for script in (*self._scripts.values(), *self.megadeal.scripts):
             await self.redis.script_load(script.script)
 
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _run(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=keys, args=args)
 
     async def upload(self, coupons: Sequence[CouponIn]) -> UploadResult:
@@ -114,8 +124,8 @@ class Store:
                 return _allocation(allocated, user_id, coupon_type)
         reply = await self._run(
             "allocate",
-            [self.keys.available(coupon_type), self.keys.stats, self.keys.audit],
-            [self.keys.coupon_prefix, user_id, coupon_type.value, self.audit_max_len],
+            self._allocate_keys[coupon_type],
+            [self._coupon_prefix, user_id, self._type_names[coupon_type], self._audit_cap],
         )
         _raise_if_error(reply, f"no {coupon_type.value} coupon is available for this user")
         return _allocation(reply[1:], user_id, coupon_type)
@@ -124,12 +134,12 @@ class Store:
         """Record that ``user_id`` used the coupon ``code`` allocated to them."""
         reply = await self._run(
             "redeem",
-            [self.keys.coupon(code), self.keys.stats, self.keys.audit],
-            [user_id, coupon_type.value if coupon_type else "", code, self.audit_max_len],
+            [self.keys.coupon(code), *self._stats_audit],
+            [user_id, self._type_names[coupon_type] if coupon_type else b"", code, self._audit_cap],
         )
         _raise_if_error(reply, _REDEEM_DETAIL.get(reply[0], "").format(code=code))
         _, ctype, used, max_usages, redeemed = reply
-        return Redemption.model_construct(
+        return Redemption(
             code=code,
             type=CouponType(ctype),
             user_id=user_id,
@@ -242,7 +252,7 @@ def _audit_entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
 def _allocation(fields: Sequence[Any], user_id: str, coupon_type: CouponType) -> Allocation:
     """An Allocation from a script's {code, kind, value, expires_at ms, allocated_at ms}."""
     code, kind, value, expires, allocated = fields
-    return Allocation.model_construct(
+    return Allocation(
         code=code,
         type=coupon_type,
         discount=discount(kind, value),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from conftest import free_port
 from factories import coupon_json
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from coupon_pool.app import create_app
 from coupon_pool.models import Allocation, Coupon, Problem, Redemption, Stats, UploadResult
@@ -84,9 +86,9 @@ async def test_redis_unreachable_is_503_store_unavailable() -> None:
 
 
 async def test_responses_match_their_documented_models(client: httpx.AsyncClient) -> None:
-    def check(response: httpx.Response, model: type[BaseModel]) -> None:
+    def check(response: httpx.Response, model: type[Any]) -> None:
         assert response.status_code in (200, 201), response.text
-        model.model_validate_json(response.content, strict=False)
+        TypeAdapter(model).validate_json(response.content, strict=False)
 
     check(await client.post("/v1/coupons", json={"coupons": [coupon_json("C")]}), UploadResult)
     check(await client.get("/v1/coupons/C"), Coupon)

@@ -18,7 +18,7 @@ async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, 
     }
 
 
-async def test_metrics_count_requests_per_route_and_status(client: httpx.AsyncClient) -> None:
+async def test_metrics_count_and_time_requests_per_route_and_status(client: httpx.AsyncClient) -> None:
     await client.post("/v1/coupons", json={"coupons": [coupon_json("M1"), coupon_json("M2")]})
     for user in ("a", "b", "c"):
         await client.post("/v1/allocations", json={"user_id": user})
@@ -28,14 +28,13 @@ async def test_metrics_count_requests_per_route_and_status(client: httpx.AsyncCl
 
     def requests(route: str, status: str, method: str = "POST") -> float:
         labels = (("method", method), ("route", route), ("status", status))
-        return samples[("coupon_pool_http_requests_total", labels)]
+        return samples[("coupon_pool_http_request_duration_seconds_count", labels)]
 
     assert requests("/v1/allocations", "201") == 2
     assert requests("/v1/allocations", "409") == 1
     assert requests("/v1/coupons/{code}", "200", "GET") == 1
-    count = ("coupon_pool_http_request_duration_seconds_count",
-             (("method", "POST"), ("route", "/v1/allocations"), ("status", "201")))  # fmt: skip
-    assert samples[count] == 2
+    labels = (("le", "+Inf"), ("method", "POST"), ("route", "/v1/allocations"), ("status", "201"))
+    assert samples[("coupon_pool_http_request_duration_seconds_bucket", labels)] == 2
 
 
 async def test_metrics_show_coupon_counters_by_type(client: httpx.AsyncClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -11,18 +12,19 @@ import pytest
 from factories import coupon_json
 
 
-def log_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+async def log_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    await asyncio.sleep(0)  # lines are written at the end of the event-loop turn
     return [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
 
 async def test_the_log_line_of_a_request_carries_its_request_id(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    capsys.readouterr()
+    await log_lines(capsys)
     response = await client.get("/v1/stats", headers={"X-Request-ID": "trace-42"})
 
     assert response.headers["x-request-id"] == "trace-42"
-    [line] = log_lines(capsys)
+    [line] = await log_lines(capsys)
     assert line["request_id"] == "trace-42"
     assert (line["method"], line["path"], line["status"], line["level"]) == ("GET", "/v1/stats", 200, "info")
     assert line["latency_ms"] >= 0
@@ -32,17 +34,19 @@ async def test_the_log_line_of_a_request_carries_its_request_id(
 async def test_a_request_without_an_id_gets_one_in_its_response_and_log_line(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    capsys.readouterr()
+    await log_lines(capsys)
     response = await client.get("/healthz")
-    [line] = log_lines(capsys)
-    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    [line] = await log_lines(capsys)
+    assert re.fullmatch(r"[0-9a-f]{16}-[0-9]+", response.headers["x-request-id"])
     assert line["request_id"] == response.headers["x-request-id"]
+    again = await client.get("/healthz")
+    assert again.headers["x-request-id"] != response.headers["x-request-id"]
 
 
 async def test_an_unusable_request_id_is_replaced(client: httpx.AsyncClient) -> None:
     for bad in ("x" * 129, "has space", ""):
         response = await client.get("/healthz", headers={"X-Request-ID": bad})
-        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+        assert re.fullmatch(r"[0-9a-f]{16}-[0-9]+", response.headers["x-request-id"])
 
 
 async def test_the_log_lines_name_each_operations_fields(
@@ -52,12 +56,12 @@ async def test_the_log_lines_name_each_operations_fields(
     await client.post("/v1/coupons", json={"coupons": coupons})
     await client.post("/v1/allocations", json={"user_id": "ann", "type": "FREE"})
     await client.post("/v1/redemptions", json={"code": "L1", "user_id": "ann"})
-    capsys.readouterr()  # the lines so far, and the fixture's, are not the point below
+    await log_lines(capsys)  # the lines so far, and the fixture's, are not the point below
     await client.post("/v1/coupons", json={"coupons": coupons})
     await client.post("/v1/allocations", json={"user_id": "ann", "type": "FREE"})
     await client.post("/v1/redemptions", json={"code": "L1", "user_id": "ann"})
 
-    upload, allocate, redeem = log_lines(capsys)
+    upload, allocate, redeem = await log_lines(capsys)
     assert (upload["coupons"], upload["created"], upload["duplicates"]) == (2, 0, 2)
     assert allocate["status"] == 409
     assert {k: allocate[k] for k in ("type", "user_id", "error")} == {
@@ -73,10 +77,10 @@ async def test_a_successful_operation_logs_its_outcome(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await client.post("/v1/coupons", json={"coupons": [coupon_json("OK1")]})
-    capsys.readouterr()
+    await log_lines(capsys)
     await client.post("/v1/allocations", json={"user_id": "bo"})
     await client.post("/v1/redemptions", json={"code": "OK1", "user_id": "bo"})
-    allocate, redeem = log_lines(capsys)
+    allocate, redeem = await log_lines(capsys)
     assert (allocate["status"], allocate["code"], allocate["type"]) == (201, "OK1", "STANDARD")
     assert (redeem["status"], redeem["type"], redeem["used"]) == (201, "STANDARD", 1)
     assert "error" not in allocate
@@ -86,7 +90,7 @@ async def test_a_successful_operation_logs_its_outcome(
 async def test_a_refused_body_logs_its_error_code(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    capsys.readouterr()
+    await log_lines(capsys)
     await client.post("/v1/allocations", content=b"{", headers={"content-type": "application/json"})
-    [line] = log_lines(capsys)
+    [line] = await log_lines(capsys)
     assert (line["status"], line["error"]) == (400, "invalid_json")
