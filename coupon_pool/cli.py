@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="overrides HOST")
     serve.add_argument("--port", type=int, help="overrides PORT")
     serve.add_argument("--workers", type=int, help="overrides WORKERS")
+    commands.add_parser("bench", help="load-test a running service (see: coupon-pool bench --help)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench.cli import main as bench  # the bench's own modules load only when asked for
+
+        return bench(argv[1:])
     args = parser.parse_args(argv)
 
     try:

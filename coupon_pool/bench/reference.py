@@ -1,0 +1,77 @@
+"""The ceiling: a bare Starlette endpoint doing one EVALSHA per request on the same Redis.
+
+It answers every path and method the way the service would at best: read the body, run
+one tiny script, answer JSON. Served by the same uvicorn as ``coupon-pool serve``, it is
+what the service's figures are divided by.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..connection import connect
+from ..settings import Settings
+
+SCRIPT = "return redis.call('INCR', KEYS[1])"
+KEY = "{cp-reference}:n"
+
+
+def create_reference_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = connect(settings, settings.redis_max_connections, settings.redis_timeout_s)
+        app.state.script = redis.register_script(SCRIPT)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    async def endpoint(request: Request) -> Response:
+        await request.body()
+        n = await request.app.state.script(keys=[KEY])
+        return Response(orjson.dumps({"n": n}), status_code=201, media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])], lifespan=lifespan)
+
+
+app = create_reference_app()
+
+
+class ReferenceServer:
+    """The reference app under uvicorn in a subprocess, on ``port`` with ``workers``."""
+
+    def __init__(self, port: int, workers: int, redis_url: str) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        command = [
+            sys.executable, "-m", "uvicorn", "coupon_pool.bench.reference:app", "--port", str(port),
+            "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+        ]  # fmt: skip
+        env = {**os.environ, "REDIS_URL": redis_url}
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ready").status_code == 201:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the reference server did not start on port {port}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)

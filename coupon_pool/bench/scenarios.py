@@ -1,0 +1,150 @@
+"""What the bench sends: the requests of each scenario and the coupons it uploads first."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import deque
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from ..models import CouponType
+from .http import Target
+
+UPLOAD_SIZE = 50_000
+MAX_USAGES = 1_000_000
+
+
+def coupons_body(prefix: str, count: int, types: tuple[CouponType, ...], max_usages: int = 1) -> bytes:
+    """An upload body of ``count`` coupons named ``<prefix>-<i>``, types taken in turn."""
+    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    return orjson.dumps(
+        {
+            "coupons": [
+                {
+                    "code": f"{prefix}-{i}",
+                    "type": types[i % len(types)].value,
+                    "discount": {"kind": "percent", "value": 10},
+                    "expires_at": expires,
+                    "max_usages": max_usages,
+                }
+                for i in range(count)
+            ]
+        }
+    )
+
+
+def parse_mix(text: str) -> dict[CouponType, int]:
+    """``STANDARD=8,FREE=2`` as weights by type."""
+    mix: dict[CouponType, int] = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        try:
+            mix[CouponType(name.strip().upper())] = int(weight or 1)
+        except ValueError:
+            raise ValueError(f"--mix takes TYPE=WEIGHT,... with types {', '.join(CouponType)}") from None
+    if not mix or min(mix.values()) < 1:
+        raise ValueError("--mix needs at least one type with a weight of 1 or more")
+    return mix
+
+
+class Allocate:
+    """Allocations of a type mix, each for a new user, from coupons of 1,000,000 usages.
+
+    Multi-usage coupons keep the pool from running dry however long the run; each
+    allocation still takes the full path (a free usage, a new holder, the counters).
+    """
+
+    def __init__(self, target: Target, run_id: str, mix: dict[CouponType, int]) -> None:
+        self.target = target
+        self.run_id = run_id
+        self.types = tuple(mix)
+        self._cycle = itertools.cycle([t for t, w in mix.items() for _ in range(w)])
+        self._users = itertools.count()
+
+    def setup_requests(self) -> list[bytes]:
+        body = coupons_body(f"B{self.run_id}", 10 * len(self.types), self.types, MAX_USAGES)
+        return [self.target.request("POST", "/v1/coupons", body)]
+
+    def allocation(self) -> bytes:
+        body = b'{"user_id":"b%s-%d","type":"%s"}' % (
+            self.run_id.encode(),
+            next(self._users),
+            next(self._cycle).value.encode(),
+        )
+        return self.target.request("POST", "/v1/allocations", body)
+
+    def next_request(self) -> tuple[str, bytes] | None:
+        return "allocate", self.allocation()
+
+    def on_response(self, op: str, status: int, body: bytes) -> None:
+        pass
+
+
+class Redeem:
+    """Redemptions of allocations made beforehand (in the preparation, not measured)."""
+
+    def __init__(self, allocations: list[tuple[str, str]], target: Target) -> None:
+        self.target = target
+        self._pending = deque(allocations)
+
+    def next_request(self) -> tuple[str, bytes] | None:
+        if not self._pending:
+            return None
+        code, user = self._pending.popleft()
+        body = b'{"code":"%s","user_id":"%s"}' % (code.encode(), user.encode())
+        return "redeem", self.target.request("POST", "/v1/redemptions", body)
+
+    def on_response(self, op: str, status: int, body: bytes) -> None:
+        pass
+
+
+class Collect:
+    """Allocations whose answers are kept, to be redeemed later."""
+
+    def __init__(self, allocate: Allocate, count: int) -> None:
+        self.allocate = allocate
+        self.left = count
+        self.allocations: list[tuple[str, str]] = []
+
+    def next_request(self) -> tuple[str, bytes] | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        return "allocate", self.allocate.allocation()
+
+    def on_response(self, op: str, status: int, body: bytes) -> None:
+        if status == 201:
+            answer = orjson.loads(body)
+            self.allocations.append((answer["code"], answer["user_id"]))
+
+
+class Mixed:
+    """Per 20 requests: 10 allocations, 6 redemptions of earlier ones, 2 stats, 2 coupon reads."""
+
+    PLAN = ("allocate",) * 10 + ("redeem",) * 6 + ("stats",) * 2 + ("coupon",) * 2
+
+    def __init__(self, allocate: Allocate) -> None:
+        self.allocate = allocate
+        self.target = allocate.target
+        self._allocated: deque[tuple[str, str]] = deque(maxlen=10_000)
+        self._plan = itertools.cycle(random.Random(7).sample(self.PLAN, len(self.PLAN)))
+        self._stats = self.target.request("GET", "/v1/stats")
+
+    def next_request(self) -> tuple[str, bytes] | None:
+        op = next(self._plan)
+        if op == "stats":
+            return op, self._stats
+        if op in ("redeem", "coupon") and self._allocated:
+            code, user = self._allocated.popleft()
+            if op == "coupon":
+                return op, self.target.request("GET", f"/v1/coupons/{code}")
+            body = b'{"code":"%s","user_id":"%s"}' % (code.encode(), user.encode())
+            return op, self.target.request("POST", "/v1/redemptions", body)
+        return "allocate", self.allocate.allocation()
+
+    def on_response(self, op: str, status: int, body: bytes) -> None:
+        if op == "allocate" and status == 201:
+            answer = orjson.loads(body)
+            self._allocated.append((answer["code"], answer["user_id"]))
