@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
-import anyio.to_thread
 import orjson
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -48,11 +47,12 @@ from .openapi import Operation, openapi_document
 from .problems import from_validation_error, problem_response
 from .settings import Settings
 from .store import Store
+from .uploads import UploadWorker
 
 log = logging.getLogger("coupon_pool")
 Body = TypeVar("Body", bound=BaseModel)
 _CODE = re.compile(CODE_PATTERN)
-_INLINE_BODY_BYTES = 64 * 1024
+_INLINE_BODY_BYTES = 64 * 1024  # larger uploads go to the upload worker process
 
 
 def json_response(result: BaseModel | Allocation | Redemption, status: int = 200) -> Response:
@@ -70,20 +70,24 @@ def _model_fields(value: object) -> dict[str, Any]:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-async def parse(request: Request, model: type[Body]) -> Body:
-    """Validate a JSON request body against ``model``, or raise the matching CouponError."""
+async def read_json(request: Request) -> bytes:
+    """The body of a JSON request, or UnsupportedMediaType."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise errors.UnsupportedMediaType("send the body as application/json")
-    body = await request.body()
+    return await request.body()
+
+
+def validate(body: bytes, model: type[Body]) -> Body:
     try:
-        if len(body) < _INLINE_BODY_BYTES:
-            return model.model_validate_json(body)
-        # A large upload takes a CPU-second-scale share to validate: in a thread, the event
-        # loop keeps serving other requests between the GIL's switch intervals.
-        return await anyio.to_thread.run_sync(model.model_validate_json, body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
+
+
+async def parse(request: Request, model: type[Body]) -> Body:
+    """Validate a JSON request body against ``model``, or raise the matching CouponError."""
+    return validate(await read_json(request), model)
 
 
 def store_of(request: Request) -> Store:
@@ -99,11 +103,23 @@ def parse_query(request: Request, model: type[Body]) -> Body:
 
 
 async def upload_coupons(request: Request) -> Response:
-    body = await parse(request, UploadRequest)
-    note(request, coupons=len(body.coupons))
-    result = await store_of(request).upload(body.coupons)
-    note(request, created=result.created, duplicates=len(result.duplicates))
+    body = await read_json(request)
+    if len(body) < _INLINE_BODY_BYTES:
+        result = await store_of(request).upload(validate(body, UploadRequest).coupons)
+    else:
+        result = await upload_worker_of(request).upload(body)
+    duplicates = len(result.duplicates)
+    note(request, coupons=result.created + duplicates, created=result.created, duplicates=duplicates)
     return json_response(result, 201)
+
+
+def upload_worker_of(request: Request) -> UploadWorker:
+    """The app's upload worker, started on the first large upload (it takes a second to start)."""
+    state = request.app.state
+    if state.upload_worker is None:
+        state.upload_worker = UploadWorker(state.settings)
+    worker: UploadWorker = state.upload_worker
+    return worker
 
 
 async def allocate(request: Request) -> Response:
@@ -327,6 +343,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await purging
             await redis.aclose()
             await blocking.aclose()
+            if app.state.upload_worker:
+                app.state.upload_worker.close()
             access_log.flush()
 
     request_metrics = RequestMetrics()
@@ -342,6 +360,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.metrics = request_metrics
+    app.state.settings = settings
+    app.state.upload_worker = None
     app.state.openapi = orjson.dumps(openapi_document(OPERATIONS))
     return app
 

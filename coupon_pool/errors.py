@@ -18,6 +18,16 @@ class CouponError(Exception):
         self.headers = headers or {}
         self.extra = extra  # further members of the problem document
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (the upload worker process raises these), not just its message.
+        return (_rebuild, (type(self), self.detail, self.headers, self.extra))
+
+
+def _rebuild(
+    cls: type[CouponError], detail: str, headers: dict[str, str], extra: dict[str, Any]
+) -> CouponError:
+    return cls(detail, headers, **extra)
+
 
 class InvalidJson(CouponError):
     code, status, title = "invalid_json", 400, "Malformed JSON"
@@ -73,6 +83,10 @@ class MegadealBusy(CouponError):
 
 class StoreUnavailable(CouponError):
     code, status, title = "store_unavailable", 503, "Store unavailable"
+
+
+class UploadWorkerLost(CouponError):
+    code, status, title = "upload_worker_lost", 503, "Upload worker lost"
 
 
 # The error replies of the Lua scripts, by the status word they return.

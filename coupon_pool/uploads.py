@@ -1,0 +1,79 @@
+"""Large uploads are validated and written by a worker process, off the server's event loop.
+
+Validating 50,000 coupons is a few hundred milliseconds of CPU that holds the GIL; in the
+serving process it would stall every other request for that long (in a thread, it still
+takes the GIL from the event loop in 5 ms slices). The worker has its own Redis client
+and runs the same Store.upload; only the body goes in and the small result comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from pydantic import ValidationError
+
+from .connection import connect
+from .errors import CouponError, UploadWorkerLost
+from .keys import Keys
+from .models import UploadRequest, UploadResult
+from .problems import from_validation_error
+from .settings import Settings
+from .store import Store
+
+
+class UploadWorker:
+    """One worker process per app process, started with the app and replaced if it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=(self.settings,))
+
+    async def upload(self, body: bytes) -> UploadResult:
+        """Validate ``body`` as an upload and store it; raise its CouponError if it is refused."""
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(self._pool, _upload, body)
+        except BrokenProcessPool:
+            self._pool = self._start()
+            raise UploadWorkerLost(
+                "the upload worker stopped; send the upload again (stored coupons come back as duplicates)",
+                headers={"Retry-After": "1"},
+            ) from None
+        if isinstance(outcome, CouponError):
+            raise outcome
+        return outcome
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# In the worker process: one event loop and one store, made by _init.
+_loop: asyncio.AbstractEventLoop
+_store: Store
+
+
+def _init(settings: Settings) -> None:
+    global _loop, _store
+    _loop = asyncio.new_event_loop()
+    redis = connect(settings, 2, settings.redis_timeout_s)
+    _store = Store(
+        redis,
+        Keys(settings.key_namespace),
+        upload_chunk_size=settings.upload_chunk_size,
+        audit_max_len=settings.audit_max_len,
+    )
+
+
+def _upload(body: bytes) -> UploadResult | CouponError:
+    try:
+        coupons = UploadRequest.model_validate_json(body).coupons
+    except ValidationError as exc:
+        return from_validation_error(exc)
+    return _loop.run_until_complete(_store.upload(coupons))
