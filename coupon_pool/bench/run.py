@@ -69,9 +69,8 @@ async def drive(
     remaining = requests
     stop = False
 
-    async def worker() -> None:
+    async def worker(conn: Connection | None) -> None:
         nonlocal remaining
-        conn: Connection | None = None
         while not stop:
             if measuring and remaining is not None:
                 if remaining <= 0:
@@ -102,7 +101,7 @@ async def drive(
         if conn:
             conn.close()
 
-    tasks = [asyncio.create_task(worker()) for _ in range(connections)]
+    tasks = [asyncio.create_task(worker(conn)) for conn in await _open(target, connections)]
     all_done = asyncio.gather(*tasks)
     if warmup_s > 0:
         await asyncio.wait([all_done], timeout=warmup_s)
@@ -119,6 +118,19 @@ async def drive(
             progress(_progress_line(ops, time.perf_counter() - started))
     await all_done
     return Measured(seconds=time.perf_counter() - started, ops=ops)
+
+
+async def _open(target: Target, count: int) -> list[Connection | None]:
+    """Open the connections one by one: opened all at once, one server worker of several
+    may accept them all, and keep-alive would pin the whole load to it."""
+    opened: list[Connection | None] = []
+    for _ in range(count):
+        try:
+            opened.append(await target.connect())
+        except OSError:
+            opened.append(None)  # the worker reconnects, and counts the failure if it fails again
+        await asyncio.sleep(0.002)
+    return opened
 
 
 def _progress_line(ops: dict[str, OpRecord], seconds: float) -> str:
