@@ -13,7 +13,7 @@ class Keys:
     def __init__(self, namespace: str) -> None:
         tag = "{" + namespace + "}"
         self.stats = f"{tag}:stats"
-        self.expiry = f"{tag}:expiry"
+        self.exhausted = f"{tag}:exhausted"
         self.coupon_prefix = f"{tag}:c:"
         self.audit = f"{tag}:audit"
         self.purge_lock = f"{tag}:purge:lock"

@@ -59,7 +59,7 @@ class MegadealGate:
         self._enter_keys = [
             keys.available(CouponType.MEGADEAL), keys.stats, keys.megadeal_queue, keys.megadeal_alive,
             keys.megadeal_slots, keys.megadeal_window, keys.megadeal_ticket, keys.megadeal_high_water,
-            keys.audit,
+            keys.audit, keys.exhausted,
         ]  # fmt: skip
         self._leave_keys = [
             keys.megadeal_queue,

@@ -79,7 +79,8 @@ class Store:
         self._scripts = {name: register(redis, name) for name in _SCRIPTS}
         # Constant script arguments of the hot paths, encoded once (redis-py passes bytes as is).
         self._allocate_keys = {
-            t: [k.encode() for k in (keys.available(t), keys.stats, keys.audit)] for t in CouponType
+            t: [k.encode() for k in (keys.available(t), keys.exhausted, keys.stats, keys.audit)]
+            for t in CouponType
         }
         self._coupon_prefix = keys.coupon_prefix.encode()
         self._stats_audit = [keys.stats.encode(), keys.audit.encode()]
@@ -98,7 +99,7 @@ class Store:
         """Store new coupons in chunks, one script call each, so Redis serves others in between."""
         created = 0
         duplicates: list[str] = []
-        keys = [self.keys.stats, self.keys.expiry, *self.keys.all_available(), self.keys.audit]
+        keys = [self.keys.stats, *self.keys.all_available(), self.keys.audit]
         upload_id = uuid.uuid4().hex[:16]
         parts = max(1, math.ceil(len(coupons) / self.upload_chunk_size))
         for part, start in enumerate(range(0, len(coupons), self.upload_chunk_size), 1):
@@ -203,7 +204,7 @@ class Store:
         """Remove expired coupons, a batch per script call, until none is left."""
         purged = dict.fromkeys(CouponType, 0)
         retired = dict.fromkeys(CouponType, 0)
-        keys = [self.keys.expiry, self.keys.stats, *self.keys.all_available(), self.keys.audit]
+        keys = [*self.keys.all_available(), self.keys.exhausted, self.keys.stats, self.keys.audit]
         args = [self.keys.coupon_prefix, self.purge_batch_size, self.audit_max_len]
         while True:
             reply = await self._run("purge", keys, args)

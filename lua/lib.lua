@@ -9,9 +9,11 @@ end
 
 -- Reserve one usage of the first-expiring coupon in `available` that `user` does not hold
 -- yet, counting it in `stats` under "<ctype>:allocated". Coupon hashes are prefix .. code.
+-- A coupon whose last usage this reserves moves from `available` to `exhausted` (same
+-- score, its expiry), so each coupon is in exactly one sorted set for the purge to find.
 -- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
 --      or {"pool_empty"}.
-local function allocate_one(available, stats, prefix, user, ctype, now)
+local function allocate_one(available, exhausted, stats, prefix, user, ctype, now)
   local holder = 'u:' .. user
   local batch_size = 16
   local offset = 0
@@ -29,6 +31,7 @@ local function allocate_one(available, stats, prefix, user, ctype, now)
         local c = redis.call('HMGET', key, 'dk', 'dv', 'exp', 'max')
         if allocated >= tonumber(c[4]) then
           redis.call('ZREM', available, code)
+          redis.call('ZADD', exhausted, c[3], code)
         end
         redis.call('HINCRBY', stats, ctype .. ':allocated', 1)
         return { 'ok', code, c[1], c[2], c[3], now }

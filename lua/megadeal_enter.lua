@@ -17,6 +17,7 @@
 -- KEYS[7]  ticket counter (string)
 -- KEYS[8]  high-water mark of slots held at once (string)
 -- KEYS[9]  audit stream
+-- KEYS[10] exhausted set (where allocate_one moves a coupon with no free usage left)
 -- ARGV[1]  key prefix of coupon hashes
 -- ARGV[2]  user id
 -- ARGV[3]  ticket, or "" on the first call
@@ -70,7 +71,7 @@ local free_slots = max_concurrent - redis.call('ZCARD', slots)
 local free_rate = rate - redis.call('ZCARD', window)
 
 if rank < free_slots and rank < free_rate then
-  local result = allocate_one(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 'MEGADEAL', now)
+  local result = allocate_one(KEYS[1], KEYS[10], KEYS[2], ARGV[1], ARGV[2], 'MEGADEAL', now)
   leave_queue()
   audit_allocation(KEYS[9], ARGV[10], 'MEGADEAL', ARGV[2], result)
   if result[1] ~= 'ok' then

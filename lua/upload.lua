@@ -1,9 +1,8 @@
 -- upload.lua: store a chunk of new coupons; codes that already exist are skipped.
 --
 -- KEYS[1]      stats hash (counters "<TYPE>:created", ...)
--- KEYS[2]      expiry index (sorted set: code -> expires_at ms)
--- KEYS[3..5]   available sets for FREE, STANDARD, MEGADEAL (sorted set: code -> expires_at ms)
--- KEYS[6]      audit stream
+-- KEYS[2..4]   available sets for FREE, STANDARD, MEGADEAL (sorted set: code -> expires_at ms)
+-- KEYS[5]      audit stream
 -- ARGV[1]      key prefix of coupon hashes (a coupon's key is ARGV[1] .. code; it shares
 --              the hash tag of KEYS, so the script stays within one cluster slot)
 -- ARGV[2]      audit stream length cap (approximate)
@@ -18,7 +17,7 @@
 -- Writes one audit entry: op=upload, upload, part, created, duplicates.
 -- Uses now_ms() and audit() from lib.lua.
 
-local available = { FREE = KEYS[3], STANDARD = KEYS[4], MEGADEAL = KEYS[5] }
+local available = { FREE = KEYS[2], STANDARD = KEYS[3], MEGADEAL = KEYS[4] }
 local created_ms = now_ms()
 
 local created = 0
@@ -34,7 +33,6 @@ for i = 5, #ARGV do
   else
     redis.call('HSET', key, 'type', ctype, 'dk', kind, 'dv', value, 'exp', expires,
       'max', max, 'alloc', 0, 'used', 0, 'ct', created_ms)
-    redis.call('ZADD', KEYS[2], expires, code)
     redis.call('ZADD', available[ctype], expires, code)
     created = created + 1
     created_by_type[ctype] = (created_by_type[ctype] or 0) + 1
@@ -45,7 +43,7 @@ for ctype, n in pairs(created_by_type) do
   redis.call('HINCRBY', KEYS[1], ctype .. ':created', n)
 end
 
-audit(KEYS[6], ARGV[2], 'op', 'upload', 'upload', ARGV[3], 'part', ARGV[4],
+audit(KEYS[5], ARGV[2], 'op', 'upload', 'upload', ARGV[3], 'part', ARGV[4],
   'created', created, 'duplicates', #duplicates)
 
 local result = { created }

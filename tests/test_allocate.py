@@ -40,6 +40,23 @@ async def test_a_multi_use_coupon_goes_to_distinct_users_up_to_its_limit(store: 
     assert (await store.get_coupon("MULTI")).allocated == 3
 
 
+async def test_a_coupon_moves_to_the_exhausted_set_with_its_last_usage(store: Store) -> None:
+    await store.upload([coupon("PAIR", max_usages=2)])
+    available, exhausted = store.keys.available(CouponType.STANDARD), store.keys.exhausted
+    expires_ms = await store.redis.zscore(available, "PAIR")
+
+    await store.allocate("u1", CouponType.STANDARD)
+    assert (await store.redis.zscore(available, "PAIR"), await store.redis.zscore(exhausted, "PAIR")) == (
+        expires_ms,
+        None,
+    )
+    await store.allocate("u2", CouponType.STANDARD)
+    assert (await store.redis.zscore(available, "PAIR"), await store.redis.zscore(exhausted, "PAIR")) == (
+        None,
+        expires_ms,
+    )
+
+
 async def test_a_user_never_gets_the_same_coupon_twice(store: Store) -> None:
     await store.upload([coupon("MULTI", max_usages=5)])
     await store.allocate("alice", CouponType.STANDARD)

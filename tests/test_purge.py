@@ -36,7 +36,8 @@ async def test_unused_expired_coupons_are_deleted_with_their_allocations(store: 
     for code in ("GONE", "HELD"):
         with pytest.raises(CouponNotFound):
             await store.get_coupon(code)
-    assert await store.redis.zcard(store.keys.expiry) == 0
+    assert await store.redis.zcard(store.keys.exhausted) == 0  # GONE was there
+    assert await store.redis.zcard(store.keys.available(STANDARD)) == 0  # HELD was there
 
 
 async def test_redeemed_expired_coupons_leave_the_pool_but_keep_their_history(store: Store) -> None:
@@ -57,7 +58,7 @@ async def test_redeemed_expired_coupons_leave_the_pool_but_keep_their_history(st
         ("bob", False),
     ]
     assert await store.redis.zscore(store.keys.available(FREE), "USED") is None
-    assert await store.redis.zscore(store.keys.expiry, "USED") is None
+    assert await store.redis.zscore(store.keys.exhausted, "USED") is None
 
 
 async def test_purge_leaves_unexpired_coupons_and_other_counters_alone(store: Store) -> None:
@@ -79,7 +80,7 @@ async def test_purge_leaves_unexpired_coupons_and_other_counters_alone(store: St
             old.available,
         )
     assert (await store.get_coupon("LIVE")).allocated == 1
-    assert await store.redis.zscore(store.keys.expiry, "LIVE") is not None
+    assert await store.redis.zscore(store.keys.available(STANDARD), "LIVE") is not None
 
 
 async def test_a_second_purge_finds_nothing_to_remove(store: Store) -> None:

@@ -143,4 +143,5 @@ async def test_a_50000_coupon_upload_is_stored_whole_in_chunked_script_calls(
     stats = (await client.get("/v1/stats")).json()
     assert stats["totals"]["created"] == 50_000
     assert stats["types"]["FREE"]["available"] == 25_000
-    assert await redis.zcard("{cp}:expiry") == 50_000
+    assert await redis.zcard("{cp}:avail:STANDARD") == 25_000
+    assert not await redis.exists("{cp}:exhausted")  # only coupons with no free usage go there
