@@ -24,7 +24,7 @@ from . import report
 from .http import HttpError, Target
 from .reference import ReferenceServer
 from .run import Scenario, drive, stderr_progress
-from .scenarios import UPLOAD_SIZE, Allocate, Collect, Mixed, Redeem, coupons_body, parse_mix
+from .scenarios import MIXED_POOL, UPLOAD_SIZE, Allocate, Collect, Mixed, Redeem, coupons_body, parse_mix
 
 SCENARIOS = ("allocate", "redeem", "upload", "megadeal", "mixed")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts
@@ -101,13 +101,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     mix = parse_mix(args.mix)
 
+    def allocate_on(on: Target) -> Allocate:
+        return Allocate(on, run_id, mix, **(MIXED_POOL if args.scenario == "mixed" else {}))
+
     def scenario_for(on: Target) -> Scenario:
-        allocate = Allocate(on, run_id, mix)
         if args.scenario == "redeem":
             return Redeem(allocations, on)
-        return Mixed(allocate) if args.scenario == "mixed" else allocate
+        return Mixed(allocate_on(on)) if args.scenario == "mixed" else allocate_on(on)
 
-    for request in Allocate(target, run_id, mix).setup_requests():
+    for request in allocate_on(target).setup_requests():
         await _expect(target, request, 201)
     allocations: list[tuple[str, str]] = []
     if args.scenario == "redeem":
