@@ -185,26 +185,7 @@ async def openapi(request: Request) -> Response:
 
 _BODY_ERRORS = (errors.InvalidJson, errors.UnsupportedMediaType, errors.ValidationFailed)
 OPERATIONS = (
-    Operation(
-        "POST",
-        "/v1/coupons",
-        upload_coupons,
-        "Upload up to 50,000 coupons",
-        UploadRequest,
-        UploadResult,
-        201,
-        (*_BODY_ERRORS, errors.TooManyCoupons),
-    ),
-    Operation(
-        "GET",
-        "/v1/coupons/{code}",
-        get_coupon,
-        "A coupon with its usage counts",
-        None,
-        Coupon,
-        200,
-        (errors.CouponNotFound, errors.ValidationFailed),
-    ),
+    # The hot routes first: the router tries routes in order.
     Operation(
         "POST",
         "/v1/allocations",
@@ -231,6 +212,26 @@ OPERATIONS = (
             errors.NotAllocated,
             errors.AlreadyRedeemed,
         ),
+    ),
+    Operation(
+        "POST",
+        "/v1/coupons",
+        upload_coupons,
+        "Upload up to 50,000 coupons",
+        UploadRequest,
+        UploadResult,
+        201,
+        (*_BODY_ERRORS, errors.TooManyCoupons),
+    ),
+    Operation(
+        "GET",
+        "/v1/coupons/{code}",
+        get_coupon,
+        "A coupon with its usage counts",
+        None,
+        Coupon,
+        200,
+        (errors.CouponNotFound, errors.ValidationFailed),
     ),
     Operation("GET", "/v1/stats", stats, "Counters by coupon type", None, Stats),
     Operation("POST", "/v1/purge", purge, "Remove expired coupons now", None, PurgeResult),

@@ -65,8 +65,11 @@ class JsonLines:
     def flush(self) -> None:
         if self._pending:
             lines, self._pending = self._pending, []
-            sys.stdout.write(b"\n".join(lines).decode() + "\n")
-            sys.stdout.flush()
+            lines.append(b"")
+            sys.stdout.flush()  # anything printed as text goes first
+            out = sys.stdout.buffer  # bytes as orjson made them: no decode and encode again
+            out.write(b"\n".join(lines))
+            out.flush()
 
 
 class RequestTelemetry:

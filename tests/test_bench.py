@@ -43,12 +43,25 @@ def assert_clean_load(figures: dict[str, Any], requests: int) -> None:
 def test_load_scenarios_with_the_reference(
     scenario: str, live_server: LiveServer, redis_server: RedisServer
 ) -> None:
-    result = bench(live_server, redis_server, scenario, *SMALL, "--reference", "--mix", "STANDARD=8,FREE=2")
+    result = bench(
+        live_server,
+        redis_server,
+        scenario,
+        *SMALL,
+        "--reference",
+        "--rounds",
+        "2",
+        "--mix",
+        "STANDARD=8,FREE=2",
+    )
 
     assert (result["scenario"], result["connections"], result["reference_workers"]) == (scenario, 20, 1)
     assert_clean_load(result["service"], 300)
     assert_clean_load(result["reference"], 300)
     assert set(result["ratios"]) == {"throughput", "p99"}
+    # Two rounds each way; a redeem round never repeats what an earlier one redeemed (no errors).
+    assert len(result["rounds"]) == 2
+    assert result["ratios"] in result["rounds"]
     expected_ops = {
         "allocate": {"allocate"},
         "redeem": {"redeem"},

@@ -82,4 +82,7 @@ def load_table(result: dict[str, Any]) -> str:
     if result.get("ratios"):
         r = result["ratios"]
         rows.append(f"service / reference: throughput {r['throughput']:.0%}, p99 {r['p99']:.2f}x")
+    if result.get("rounds"):
+        each = ", ".join(f"{r['throughput']:.0%} / {r['p99']:.2f}x" for r in result["rounds"])
+        rows.append(f"  rounds (throughput / p99): {each}; the median round is shown")
     return "\n".join(rows)

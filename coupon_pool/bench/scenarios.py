@@ -99,9 +99,10 @@ class Allocate:
 class Redeem:
     """Redemptions of allocations made beforehand (in the preparation, not measured)."""
 
-    def __init__(self, allocations: list[tuple[str, str]], target: Target) -> None:
+    def __init__(self, allocations: deque[tuple[str, str]], target: Target) -> None:
+        """``allocations`` is consumed: what one run redeemed, the next does not send again."""
         self.target = target
-        self._pending = deque(allocations)
+        self._pending = allocations
 
     def next_request(self) -> tuple[str, bytes] | None:
         if not self._pending:
