@@ -22,7 +22,7 @@ class Settings:
     key_namespace: str = "cp"
     redis_max_connections: int = 64
     redis_timeout_s: float = 2.0
-    upload_chunk_size: int = 250
+    upload_chunk_size: int = 100
     audit_max_len: int = 100_000
     purge_interval_s: float = 60.0
     purge_batch_size: int = 1000

@@ -112,14 +112,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if args.scenario == "redeem":
             # The service redeems each allocation once, over all rounds; the reference (which
             # only counts) gets the same requests again.
-            return Redeem(allocations if on is target else deque(allocations), on)
+            return Redeem(allocations if on is target else deque(for_reference), on)
         return Mixed(allocate_on(on)) if args.scenario == "mixed" else allocate_on(on)
 
     for request in allocate_on(target).setup_requests():
         await _expect(target, request, 201)
     allocations: deque[tuple[str, str]] = deque()
+    for_reference: list[tuple[str, str]] = []
     if args.scenario == "redeem":
-        allocations = deque(await _allocations_to_redeem(target, run_id, mix, args))
+        for_reference = await _allocations_to_redeem(target, run_id, mix, args)
+        allocations = deque(for_reference)
 
     async def measure(on: Target) -> dict[str, Any]:
         measured = await drive(
@@ -140,6 +142,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(max(1, args.rounds)):
             reference = await measure(Target(server.url))
             service = await measure(target)
+            if not (reference["requests"] and service["requests"]):
+                raise BenchError("a round measured no requests: give --prepare more allocations")
             rounds.append({"reference": reference, "service": service,
                            "ratios": report.ratios(service, reference)})  # fmt: skip
     finally:
@@ -155,7 +159,7 @@ async def _allocations_to_redeem(
     target: Target, run_id: str, mix: dict[CouponType, int], args: argparse.Namespace
 ) -> list[tuple[str, str]]:
     """Allocate beforehand what the measured run redeems (and the warm-up, and the reference)."""
-    rate_guess = 5_000
+    rate_guess = 6_000 * args.workers  # allocations per second, roughly, on a 2-core machine
     needed = args.requests if args.requests is not None else int((args.duration or 0) * rate_guess)
     needed += int(args.warmup * rate_guess)
     needed *= max(1, args.rounds) if args.reference else 1

@@ -1,8 +1,9 @@
 """The ceiling: a bare Starlette endpoint doing one EVALSHA per request on the same Redis.
 
 It answers every path and method the way the service would at best: read the body, run
-one tiny script, answer JSON. Served by the same uvicorn as ``coupon-pool serve``, it is
-what the service's figures are divided by.
+one tiny script, answer JSON (201 to a POST, 200 to a GET). So the bench can also drive
+it directly, e.g. to compare its client with wrk on the same endpoint. Served by the same
+uvicorn as ``coupon-pool serve``, it is what the service's figures are divided by.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,7 +44,8 @@ def create_reference_app(settings: Settings | None = None) -> Starlette:
     async def endpoint(request: Request) -> Response:
         await request.body()
         n = await request.app.state.script(keys=[KEY])
-        return Response(orjson.dumps({"n": n}), status_code=201, media_type="application/json")
+        status = 201 if request.method == "POST" else 200  # as the service answers
+        return Response(orjson.dumps({"n": n}), status_code=status, media_type="application/json")
 
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])], lifespan=lifespan)
 
@@ -65,9 +67,10 @@ class ReferenceServer:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/ready").status_code == 201:
-                    return
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{self.url}/ready", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:  # not listening yet (URLError is an OSError)
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"the reference server did not start on port {port}")
