@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import errors
+from .auth import ApiKeys, Role
 from .connection import connect
 from .keys import Keys
 from .megadeal import HEARTBEAT_MS
@@ -222,6 +223,7 @@ OPERATIONS = (
         UploadResult,
         201,
         (*_BODY_ERRORS, errors.TooManyCoupons),
+        role=Role.ADMIN,
     ),
     Operation(
         "GET",
@@ -234,7 +236,7 @@ OPERATIONS = (
         (errors.CouponNotFound, errors.ValidationFailed),
     ),
     Operation("GET", "/v1/stats", stats, "Counters by coupon type", None, Stats),
-    Operation("POST", "/v1/purge", purge, "Remove expired coupons now", None, PurgeResult),
+    Operation("POST", "/v1/purge", purge, "Remove expired coupons now", None, PurgeResult, role=Role.ADMIN),
     Operation(
         "GET",
         "/v1/audit",
@@ -244,11 +246,12 @@ OPERATIONS = (
         AuditPage,
         errors=(errors.ValidationFailed,),
         query=AuditQuery,
+        role=Role.ADMIN,
     ),
     Operation("GET", "/metrics", metrics, "Prometheus metrics", media_type=METRICS_CONTENT_TYPE),
-    Operation("GET", "/healthz", healthz, "The process is up"),
-    Operation("GET", "/readyz", readyz, "Redis answers"),
-    Operation("GET", "/openapi.json", openapi, "This document"),
+    Operation("GET", "/healthz", healthz, "The process is up", role=None),
+    Operation("GET", "/readyz", readyz, "Redis answers", role=None),
+    Operation("GET", "/openapi.json", openapi, "This document", role=None),
 )
 
 
@@ -334,6 +337,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await store.load_scripts()
         except RedisError as exc:
             log.warning("could not load the Lua scripts at start-up (%s); /readyz will say so", exc)
+        if not api_keys.enabled:
+            access_log.write(
+                level="warning",
+                event="auth_disabled",
+                message="no API keys configured (COUPON_POOL_ADMIN_KEYS, COUPON_POOL_CLIENT_KEYS): "
+                "EVERY ROUTE IS OPEN TO ANYONE WHO CAN REACH THIS PORT. Set keys outside local development.",
+            )
+            log.warning("no API keys configured: every route is open (local development only)")
         tune_gc()
         purging = asyncio.create_task(purge_periodically(store, settings.purge_interval_s, access_log))
         try:
@@ -349,8 +360,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             access_log.flush()
 
     request_metrics = RequestMetrics()
+    api_keys = ApiKeys(settings.admin_keys, settings.client_keys)
     app = Starlette(
-        routes=[Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS],
+        routes=[
+            Route(op.path, api_keys.guard(op.endpoint, op.role), methods=[op.method]) for op in OPERATIONS
+        ],
         exception_handlers={
             errors.CouponError: on_coupon_error,
             HTTPException: on_http_exception,

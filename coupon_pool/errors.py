@@ -33,6 +33,14 @@ class InvalidJson(CouponError):
     code, status, title = "invalid_json", 400, "Malformed JSON"
 
 
+class Unauthenticated(CouponError):
+    code, status, title = "unauthenticated", 401, "API key missing or not valid"
+
+
+class Forbidden(CouponError):
+    code, status, title = "forbidden", 403, "Not allowed with this API key"
+
+
 class NotFound(CouponError):
     code, status, title = "not_found", 404, "Not found"
 

@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import __version__
-from .errors import CouponError, StoreUnavailable
+from .auth import Role
+from .errors import CouponError, Forbidden, StoreUnavailable, Unauthenticated
 from .models import CODE_PATTERN, Problem
 
 _REF = "#/components/schemas/{model}"
@@ -32,6 +33,7 @@ class Operation:
     errors: tuple[type[CouponError], ...] = ()
     query: type[BaseModel] | None = None
     media_type: str = "application/json"
+    role: Role | None = Role.CLIENT  # the API key it needs; None: open to anyone
 
 
 def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
@@ -62,6 +64,8 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
         }
         by_status: dict[int, list[str]] = {}
         documented: tuple[type[CouponError], ...] = (*op.errors, StoreUnavailable)
+        if op.role is not None:
+            documented += (Unauthenticated,) if op.role is Role.CLIENT else (Unauthenticated, Forbidden)
         for error in documented:
             by_status.setdefault(error.status, []).append(error.code)
         for status, codes in sorted(by_status.items()):
@@ -70,7 +74,11 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
             "summary": op.summary,
             "operationId": op.endpoint.__name__,
             "responses": responses,
+            # With keys configured (the deployment default); without any, every route is open.
+            "security": [{"apiKey": []}] if op.role is not None else [],
         }
+        if op.role is Role.ADMIN:
+            entry["description"] = "Needs an admin API key."
         if op.path.endswith("{code}"):
             entry["parameters"] = [
                 {
@@ -92,7 +100,16 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "coupon-pool", "version": __version__},
         "paths": paths,
-        "components": {"schemas": schema.get("$defs", {})},
+        "components": {
+            "schemas": schema.get("$defs", {}),
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key: admin (everything) or client (allocate, redeem, read).",
+                }
+            },
+        },
     }
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from .megadeal import MegadealLimits
 
+KEY_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")  # RFC 6750 token68, and long
+
 _NAMESPACE = re.compile(r"[a-z0-9_-]{1,32}")
 
 
@@ -31,6 +33,9 @@ class Settings:
     port: int = 8080
     workers: int = 1
     log_level: str = "info"
+    # Secrets: never in a repr, a log line or an error message.
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    client_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +62,8 @@ class Settings:
             port=_int(env, "PORT", default.port),
             workers=_int(env, "WORKERS", default.workers),
             log_level=env.get("LOG_LEVEL", default.log_level).lower(),
+            admin_keys=_keys(env, "COUPON_POOL_ADMIN_KEYS"),
+            client_keys=_keys(env, "COUPON_POOL_CLIENT_KEYS"),
         )
         settings.check()
         return settings
@@ -65,6 +72,17 @@ class Settings:
         """Refuse values that would only fail later, and more obscurely."""
         if not _NAMESPACE.fullmatch(self.key_namespace):
             raise SettingsError("KEY_NAMESPACE must be 1-32 characters of a-z 0-9 _ -")
+        for name, keys in (
+            ("COUPON_POOL_ADMIN_KEYS", self.admin_keys),
+            ("COUPON_POOL_CLIENT_KEYS", self.client_keys),
+        ):
+            for i, key in enumerate(keys, 1):
+                if not KEY_PATTERN.fullmatch(key):  # the key itself is never echoed
+                    raise SettingsError(
+                        f"{name}: key {i} must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -"
+                    )
+        if set(self.admin_keys) & set(self.client_keys):
+            raise SettingsError("a key is in both COUPON_POOL_ADMIN_KEYS and COUPON_POOL_CLIENT_KEYS")
         for name, value in (
             ("REDIS_MAX_CONNECTIONS", self.redis_max_connections),
             ("UPLOAD_CHUNK_SIZE", self.upload_chunk_size),
@@ -105,3 +123,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of API keys; blanks around and between commas are ignored."""
+    return tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())

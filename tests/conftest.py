@@ -136,8 +136,10 @@ class LiveServer:
         """``log``: a file for the server's stdout (its JSON log lines); else they are dropped."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # No periodic purge unless a test asks for one: a session-long server purging every
+        # minute would add keys and script calls under other tests' feet.
         environ = {**os.environ, "REDIS_URL": redis_url, "PORT": str(self.port),
-                   "LOG_LEVEL": "warning", **env}  # fmt: skip
+                   "LOG_LEVEL": "warning", "PURGE_INTERVAL_S": "3600", **env}  # fmt: skip
         with open(log or os.devnull, "wb") as stdout:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "coupon_pool", "serve"], env=environ, stdout=stdout
@@ -145,8 +147,14 @@ class LiveServer:
         wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, timeout=20)
 
     def stop(self) -> None:
+        """SIGTERM, as a deployment stops it; a server that does not exit in 30 s fails the test."""
         self.process.terminate()
-        self.process.wait(10)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"coupon-pool serve on port {self.port} ignored SIGTERM for 30 s") from None
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coupon-pool bench", description=__doc__)
     p.add_argument("scenario", choices=SCENARIOS)
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the running service")
+    p.add_argument("--api-key", default=os.environ.get("COUPON_POOL_API_KEY"),
+                   help="an admin key, if the service has keys (COUPON_POOL_API_KEY)")  # fmt: skip
     p.add_argument("--connections", type=int, default=100, help="concurrent keep-alive connections")
     p.add_argument("--duration", type=float, default=10.0, help="seconds to measure (default 10)")
     p.add_argument("--requests", type=int, help="measure this many requests instead of a duration")
@@ -94,7 +96,7 @@ def _table(result: dict[str, Any]) -> str:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    target = Target(args.url)
+    target = Target(args.url, args.api_key)
     await _expect(target, target.request("GET", "/healthz"), 200)
     run_id = uuid.uuid4().hex[:8]
     progress = None if args.quiet else stderr_progress
@@ -140,7 +142,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     rounds = []
     try:
         for _ in range(max(1, args.rounds)):
-            reference = await measure(Target(server.url))
+            reference = await measure(Target(server.url, args.api_key))  # the same request bytes
             service = await measure(target)
             if not (reference["requests"] and service["requests"]):
                 raise BenchError("a round measured no requests: give --prepare more allocations")

@@ -17,7 +17,8 @@ class HttpError(Exception):
 class Target:
     """Where to send requests, and request bytes built once for it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        """``api_key`` goes into every request as ``Authorization: Bearer <key>``."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"need an http:// URL, not {url!r}")
@@ -25,11 +26,13 @@ class Target:
         self.port = parts.port or 80
         self.base_path = parts.path.rstrip("/")
         self._host_header = f"{self.host}:{self.port}".encode()
+        self._auth = [f"Authorization: Bearer {api_key}".encode()] if api_key else []
 
     def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
         lines = [
             f"{method} {self.base_path}{path} HTTP/1.1".encode(),
             b"Host: " + self._host_header,
+            *self._auth,
         ]
         if body is not None:
             lines += [b"Content-Type: application/json", b"Content-Length: " + str(len(body)).encode()]

@@ -1,0 +1,83 @@
+"""API keys: who may call what.
+
+Two roles. ``client`` may allocate, redeem and read (coupons, stats, metrics); ``admin``
+may also upload, purge and read the audit trail. A caller sends ``Authorization: Bearer
+<key>``. Keys are kept only as SHA-256 digests and compared in constant time, each
+presented key against every configured one, so the answer's timing says nothing about
+how close a guess was. With no key configured at all, every route is open (local
+development); the service warns at start-up.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+from collections.abc import Awaitable, Callable, Iterable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import Forbidden, Unauthenticated
+from .middleware import note
+
+_BEARER = re.compile(r"Bearer +(\S+)", re.IGNORECASE)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="coupon-pool"'}
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Role(enum.IntEnum):
+    """Ordered: a role may do everything a lower one may."""
+
+    CLIENT = 1
+    ADMIN = 2
+
+
+def key_id(key: str) -> str:
+    """A short, safe-to-log name of a key: the start of its SHA-256, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class ApiKeys:
+    def __init__(self, admin: Iterable[str], client: Iterable[str]) -> None:
+        self._digests = [(_digest(k), Role.ADMIN, key_id(k)) for k in admin]
+        self._digests += [(_digest(k), Role.CLIENT, key_id(k)) for k in client]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def identify(self, authorization: str | None) -> tuple[Role, str]:
+        """The role and key id of an Authorization header, or Unauthenticated."""
+        match = _BEARER.fullmatch(authorization.strip()) if authorization else None
+        if match is None:
+            raise Unauthenticated("send an API key as 'Authorization: Bearer <key>'", headers=_CHALLENGE)
+        presented = _digest(match.group(1))
+        found: tuple[Role, str] | None = None
+        for digest, role, kid in self._digests:  # no early exit: every key is compared
+            if hmac.compare_digest(digest, presented):
+                found = (role, kid)
+        if found is None:
+            raise Unauthenticated("this API key is not valid", headers=_CHALLENGE)
+        return found
+
+    def guard(self, endpoint: Endpoint, needs: Role | None) -> Endpoint:
+        """``endpoint`` behind a key check for ``needs``; unchanged if open or keys are off."""
+        if needs is None or not self.enabled:
+            return endpoint
+
+        async def guarded(request: Request) -> Response:
+            role, kid = self.identify(request.headers.get("authorization"))
+            note(request, key_id=kid)
+            if role < needs:
+                raise Forbidden(f"this route needs an {needs.name.lower()} key")
+            return await endpoint(request)
+
+        guarded.__name__ = endpoint.__name__
+        return guarded
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
