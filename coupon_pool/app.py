@@ -54,6 +54,7 @@ log = logging.getLogger("coupon_pool")
 Body = TypeVar("Body", bound=BaseModel)
 _CODE = re.compile(CODE_PATTERN)
 _INLINE_BODY_BYTES = 64 * 1024  # larger uploads go to the upload worker process
+SMALL_BODY_BYTES = 64 * 1024  # the most any body but an upload's may hold
 
 
 def json_response(result: BaseModel | Allocation | Redemption, status: int = 200) -> Response:
@@ -71,12 +72,30 @@ def _model_fields(value: object) -> dict[str, Any]:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-async def read_json(request: Request) -> bytes:
-    """The body of a JSON request, or UnsupportedMediaType."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def read_json(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
+    """The body of a JSON request; UnsupportedMediaType, or BodyTooLarge past ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before any of the body is read; a
+    body sent without one (chunked) is refused as soon as it passes the limit.
+    """
+    headers = request.headers
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise errors.UnsupportedMediaType("send the body as application/json")
-    return await request.body()
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise errors.BadContentLength("Content-Length must be a number of bytes")
+        if int(declared) > limit:
+            raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def validate(body: bytes, model: type[Body]) -> Body:
@@ -104,7 +123,7 @@ def parse_query(request: Request, model: type[Body]) -> Body:
 
 
 async def upload_coupons(request: Request) -> Response:
-    body = await read_json(request)
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
     if len(body) < _INLINE_BODY_BYTES:
         result = await store_of(request).upload(validate(body, UploadRequest).coupons)
     else:
@@ -184,7 +203,13 @@ async def openapi(request: Request) -> Response:
     return Response(request.app.state.openapi, media_type="application/json")
 
 
-_BODY_ERRORS = (errors.InvalidJson, errors.UnsupportedMediaType, errors.ValidationFailed)
+_BODY_ERRORS = (
+    errors.InvalidJson,
+    errors.BadContentLength,
+    errors.BodyTooLarge,
+    errors.UnsupportedMediaType,
+    errors.ValidationFailed,
+)
 OPERATIONS = (
     # The hot routes first: the router tries routes in order.
     Operation(

@@ -57,6 +57,14 @@ class ValidationFailed(CouponError):
     code, status, title = "validation_error", 422, "Invalid request"
 
 
+class BodyTooLarge(CouponError):
+    code, status, title = "body_too_large", 413, "Request body too large"
+
+
+class BadContentLength(CouponError):
+    code, status, title = "invalid_content_length", 400, "Invalid Content-Length"
+
+
 class TooManyCoupons(CouponError):
     code, status, title = "too_many_coupons", 413, "Too many coupons"
 

@@ -25,6 +25,7 @@ class Settings:
     redis_max_connections: int = 64
     redis_timeout_s: float = 2.0
     upload_chunk_size: int = 100
+    max_body_bytes: int = 32 * 1024 * 1024  # an upload's; 50,000 coupons take 7-15 MB of JSON
     audit_max_len: int = 100_000
     purge_interval_s: float = 60.0
     purge_batch_size: int = 1000
@@ -48,6 +49,7 @@ class Settings:
             redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", default.redis_max_connections),
             redis_timeout_s=_float(env, "REDIS_TIMEOUT_S", default.redis_timeout_s),
             upload_chunk_size=_int(env, "UPLOAD_CHUNK_SIZE", default.upload_chunk_size),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", default.max_body_bytes),
             audit_max_len=_int(env, "AUDIT_MAX_LEN", default.audit_max_len),
             purge_interval_s=_float(env, "PURGE_INTERVAL_S", default.purge_interval_s),
             purge_batch_size=_int(env, "PURGE_BATCH_SIZE", default.purge_batch_size),
@@ -86,6 +88,7 @@ class Settings:
         for name, value in (
             ("REDIS_MAX_CONNECTIONS", self.redis_max_connections),
             ("UPLOAD_CHUNK_SIZE", self.upload_chunk_size),
+            ("MAX_BODY_BYTES", self.max_body_bytes),
             ("AUDIT_MAX_LEN", self.audit_max_len),
             ("PURGE_BATCH_SIZE", self.purge_batch_size),
             ("WORKERS", self.workers),
