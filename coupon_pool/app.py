@@ -6,6 +6,8 @@ import asyncio
 import gc
 import logging
 import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -90,11 +92,18 @@ async def read_json(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
             raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
-        chunks.append(chunk)
+    seconds = request.app.state.settings.body_timeout_s
+    try:
+        # A client that sends headers and then nothing (or a trickle) must not hold a task
+        # and its memory forever: uvicorn itself has no timeout for reading a body.
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.BodyTimeout(f"the body did not arrive within {seconds} s") from None
     return b"".join(chunks)
 
 
@@ -205,6 +214,7 @@ async def openapi(request: Request) -> Response:
 
 _BODY_ERRORS = (
     errors.InvalidJson,
+    errors.BodyTimeout,
     errors.BadContentLength,
     errors.BodyTooLarge,
     errors.UnsupportedMediaType,
@@ -324,10 +334,19 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
-async def purge_periodically(store: Store, interval_s: float, lines: JsonLines) -> None:
-    """Every ``interval_s``, purge expired coupons if no other process claimed this round."""
-    while True:
-        await asyncio.sleep(interval_s)
+async def purge_periodically(store: Store, interval_s: float, lines: JsonLines, stop: asyncio.Event) -> None:
+    """Every ``interval_s``, purge expired coupons if no other process claimed this round.
+
+    Ends when ``stop`` is set. (Cancelling alone is not enough on Python 3.11: redis-py's
+    calls go through asyncio.wait_for, which can swallow a cancellation that arrives as
+    the call completes, and the loop would go on forever, holding up the shutdown.)
+    """
+    while not stop.is_set():
+        with suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
+        if stop.is_set():
+            return
         try:
             if not await store.try_purge_lock(interval_s):
                 continue
@@ -336,6 +355,24 @@ async def purge_periodically(store: Store, interval_s: float, lines: JsonLines) 
             lines.write(level="warning", event="purge", error=repr(exc))
             continue
         lines.write(level="info", event="purge", **result.model_dump(mode="json"))
+
+
+def dump_tasks() -> None:
+    """Print every asyncio task of this process, with its chain of awaits, to stderr.
+
+    Wired to SIGUSR1: ``kill -USR1 <pid>`` shows what a stuck process is waiting for.
+    """
+    tasks = asyncio.all_tasks()
+    lines = [f"coupon-pool: {len(tasks)} asyncio tasks"]
+    for task in tasks:
+        lines.append(f"{task.get_name()}: {task!r}")
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -370,14 +407,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "EVERY ROUTE IS OPEN TO ANYONE WHO CAN REACH THIS PORT. Set keys outside local development.",
             )
             log.warning("no API keys configured: every route is open (local development only)")
+        with suppress(NotImplementedError, RuntimeError):  # not on every platform or loop
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
         tune_gc()
-        purging = asyncio.create_task(purge_periodically(store, settings.purge_interval_s, access_log))
+        stop_purging = asyncio.Event()
+        purging = asyncio.create_task(
+            purge_periodically(store, settings.purge_interval_s, access_log, stop_purging)
+        )
         try:
             yield
         finally:
+            stop_purging.set()
             purging.cancel()
-            with suppress(asyncio.CancelledError):
-                await purging
+            await asyncio.wait({purging}, timeout=2 * settings.redis_timeout_s + 1)
             await redis.aclose()
             await blocking.aclose()
             if app.state.upload_worker:

@@ -37,5 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers or settings.workers,
         log_level=settings.log_level,
         access_log=False,  # the app writes its own JSON access line per request
+        # After SIGTERM, requests still running get this long, then are cancelled: a
+        # stuck request never keeps a deployment from stopping.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
     return 0

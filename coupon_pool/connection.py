@@ -26,6 +26,10 @@ class FairConnectionPool(ConnectionPool):
         super().__init__(**kwargs)
         self.wait_timeout = wait_timeout
         self._free = asyncio.Semaphore(self.max_connections)
+        # The connections handed out, each holding one permit of ``_free``. redis-py's own
+        # get_connection releases a connection it failed to set up (calling release()
+        # before we hold it): only connections in here give a permit back.
+        self._permitted: set[AbstractConnection] = set()
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         if self._free.locked():
@@ -41,16 +45,19 @@ class FairConnectionPool(ConnectionPool):
             await self._free.acquire()
         try:
             connection: AbstractConnection = await super().get_connection()  # type: ignore[no-untyped-call]
-            return connection
         except BaseException:
             self._free.release()
             raise
+        self._permitted.add(connection)
+        return connection
 
     async def release(self, connection: AbstractConnection) -> None:
         try:
             await super().release(connection)
         finally:
-            self._free.release()
+            if connection in self._permitted:
+                self._permitted.remove(connection)
+                self._free.release()
 
 
 def connect(settings: Settings, max_connections: int, command_timeout_s: float) -> Redis:

@@ -61,6 +61,10 @@ class BodyTooLarge(CouponError):
     code, status, title = "body_too_large", 413, "Request body too large"
 
 
+class BodyTimeout(CouponError):
+    code, status, title = "request_timeout", 408, "Request body not received in time"
+
+
 class BadContentLength(CouponError):
     code, status, title = "invalid_content_length", 400, "Invalid Content-Length"
 

@@ -25,6 +25,8 @@ class Settings:
     redis_max_connections: int = 64
     redis_timeout_s: float = 2.0
     upload_chunk_size: int = 100
+    body_timeout_s: float = 10.0  # to receive a request's body, once its headers are in
+    shutdown_timeout_s: float = 15.0  # for requests in flight to finish after SIGTERM
     max_body_bytes: int = 32 * 1024 * 1024  # an upload's; 50,000 coupons take 7-15 MB of JSON
     audit_max_len: int = 100_000
     purge_interval_s: float = 60.0
@@ -50,6 +52,8 @@ class Settings:
             redis_timeout_s=_float(env, "REDIS_TIMEOUT_S", default.redis_timeout_s),
             upload_chunk_size=_int(env, "UPLOAD_CHUNK_SIZE", default.upload_chunk_size),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", default.max_body_bytes),
+            body_timeout_s=_float(env, "BODY_TIMEOUT_S", default.body_timeout_s),
+            shutdown_timeout_s=_float(env, "SHUTDOWN_TIMEOUT_S", default.shutdown_timeout_s),
             audit_max_len=_int(env, "AUDIT_MAX_LEN", default.audit_max_len),
             purge_interval_s=_float(env, "PURGE_INTERVAL_S", default.purge_interval_s),
             purge_batch_size=_int(env, "PURGE_BATCH_SIZE", default.purge_batch_size),
@@ -101,6 +105,8 @@ class Settings:
         for name, seconds in (
             ("REDIS_TIMEOUT_S", self.redis_timeout_s),
             ("PURGE_INTERVAL_S", self.purge_interval_s),
+            ("BODY_TIMEOUT_S", self.body_timeout_s),
+            ("SHUTDOWN_TIMEOUT_S", self.shutdown_timeout_s),
             ("MEGADEAL_MAX_WAIT_S", self.megadeal.max_wait_s),
             ("MEGADEAL_LEASE_S", self.megadeal.lease_s),
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -152,6 +153,8 @@ class LiveServer:
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)  # its asyncio tasks' stacks, to stderr
+            time.sleep(1)
             self.process.kill()
             self.process.wait(10)
             raise AssertionError(f"coupon-pool serve on port {self.port} ignored SIGTERM for 30 s") from None

@@ -46,3 +46,29 @@ async def test_a_wait_past_the_timeout_is_a_connection_error(redis_server: Redis
     for c in (connection, held[1]):
         await pool.release(c)
     await pool.disconnect()
+
+
+async def test_a_connection_that_fails_to_set_up_gives_back_exactly_one_place(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py releases a connection it could not set up; the place must not come back twice."""
+    pool = FairConnectionPool.from_url(redis_server.url, max_connections=2, wait_timeout=0.2)
+    failing = 3
+
+    async def flaky_setup(connection: object) -> None:
+        nonlocal failing
+        if failing:
+            failing -= 1
+            raise RedisConnectionError("handshake timed out")
+
+    monkeypatch.setattr(pool, "ensure_connection", flaky_setup)
+    for _ in range(3):
+        with pytest.raises(RedisConnectionError, match="handshake"):
+            await pool.get_connection()
+
+    held = [await pool.get_connection() for _ in range(2)]
+    with pytest.raises(RedisConnectionError, match="no Redis connection came free"):
+        await pool.get_connection()  # still only 2 places, not 2 + one per failure
+    for connection in held:
+        await pool.release(connection)
+    await pool.disconnect()

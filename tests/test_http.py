@@ -106,7 +106,7 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     }  # fmt: skip
     upload = doc["paths"]["/v1/coupons"]["post"]
     assert upload["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("UploadRequest")
-    assert set(upload["responses"]) == {"201", "400", "401", "403", "413", "415", "422", "503"}
+    assert set(upload["responses"]) == {"201", "400", "401", "403", "408", "413", "415", "422", "503"}
     assert {"CouponIn", "FlatDiscount", "PercentDiscount", "Problem"} <= set(doc["components"]["schemas"])
     audit = doc["paths"]["/v1/audit"]["get"]
     assert {p["name"]: p["in"] for p in audit["parameters"]} == {"limit": "query", "after": "query"}

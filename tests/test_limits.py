@@ -18,6 +18,26 @@ from coupon_pool.settings import Settings
 JSON = {"content-type": "application/json"}
 
 
+def read_answer(conn: socket.socket) -> bytes:
+    """One whole HTTP response from a raw socket: its head, then Content-Length bytes."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        more = conn.recv(65536)
+        if not more:
+            raise AssertionError(f"the connection closed before a whole answer: {answer!r}")
+        answer += more
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+    )
+    while len(body) < length:
+        more = conn.recv(65536)
+        if not more:
+            break
+        body += more
+    return head + b"\r\n\r\n" + body
+
+
 @pytest.fixture
 async def small_uploads(redis_server: RedisServer, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
     """The app with uploads capped at 2,000 bytes."""
@@ -81,9 +101,28 @@ def test_a_declared_oversize_body_is_refused_before_it_is_sent(live_server: Live
             b"POST /v1/coupons HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000000000\r\n\r\n" + b'{"coupons": ['
         )
-        answer = conn.recv(65536)
+        answer = read_answer(conn)
         elapsed = time.monotonic() - started
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
     assert b'"code":"body_too_large"' in rest
     assert elapsed < 5
+
+
+def test_a_body_that_does_not_arrive_is_408_after_body_timeout(redis_server: RedisServer) -> None:
+    """Headers, then a trickle that stops: the request is ended, not kept forever."""
+    server = LiveServer(redis_server.url, BODY_TIMEOUT_S="1")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            started = time.monotonic()
+            conn.sendall(
+                b"POST /v1/allocations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 40\r\n\r\n" + b'{"user'
+            )
+            answer = read_answer(conn)
+            elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code":"request_timeout"' in answer
+    assert 0.9 < elapsed < 5

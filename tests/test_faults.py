@@ -1,0 +1,217 @@
+"""Redis killed (SIGKILL) under load and started again, against real processes.
+
+What these prove: while Redis is down the API answers 503 store_unavailable at once (not
+after a hang); it recovers by itself when Redis is back, without an app restart; and no
+acknowledged allocation is lost across the kill, with `appendfsync always` and also with
+the shipped `everysec` (a killed Redis process has already handed every acknowledged write
+to the kernel; the everysec window is about the machine losing power, see docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from conftest import LiveServer, RedisServer, wait_until
+from factories import coupon_json
+from redis import Redis as SyncRedis
+
+
+def start_pair(tmp_path: Path, *redis_args: str) -> tuple[RedisServer, LiveServer]:
+    redis = RedisServer(tmp_path / "redis", *redis_args).start()
+    return redis, LiveServer(redis.url, REDIS_TIMEOUT_S="1")
+
+
+async def raw_allocate(port: int, user: str) -> tuple[int, dict[str, Any]]:
+    """One allocation on a connection of its own, with no client library in between.
+
+    500 of these open and send within a few milliseconds; through httpx they trickle out
+    over seconds on a loaded 2-core machine, and a connection that waits more than
+    uvicorn's keep-alive timeout (5 s) for its request is closed by the server.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = orjson.dumps({"user_id": user, "type": "STANDARD"})
+    writer.write(
+        b"POST /v1/allocations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    answer = await reader.read()  # the server closes after the answer
+    writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(payload)
+
+
+async def allocate(http: httpx.AsyncClient, user: str) -> httpx.Response:
+    return await http.post("/v1/allocations", json={"user_id": user, "type": "STANDARD"})
+
+
+async def test_redis_down_is_a_fast_503_and_the_app_recovers_by_itself(tmp_path: Path) -> None:
+    redis, app = start_pair(tmp_path)
+    try:
+        async with httpx.AsyncClient(base_url=app.url, timeout=10) as http:
+            coupons = [coupon_json(f"F{i}", max_usages=1000) for i in range(5)]
+            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+            assert (await allocate(http, "before")).status_code == 201
+
+            redis.kill()
+            for user in ("down-1", "down-2", "down-3"):
+                started = time.monotonic()
+                response = await allocate(http, user)
+                assert time.monotonic() - started < 1.0
+                assert response.status_code == 503
+                assert response.json()["code"] == "store_unavailable"
+            assert (await http.get("/readyz")).status_code == 503
+            assert (await http.get("/healthz")).status_code == 200  # the process itself is fine
+
+            redis.start()  # same port, same data directory: the AOF is replayed
+            wait_until(lambda: httpx.get(f"{app.url}/readyz").status_code == 200)
+            assert (await allocate(http, "after")).status_code == 201  # scripts reloaded by themselves
+            stats = (await http.get("/v1/stats")).json()
+            assert stats["types"]["STANDARD"]["allocated"] == 2  # before and after; none while down
+    finally:
+        app.stop()
+        redis.stop()
+
+
+async def test_a_paused_redis_is_a_503_within_the_timeout_not_a_pile_up(tmp_path: Path) -> None:
+    """SIGSTOP: connections are still accepted by the kernel, but nothing answers."""
+    redis, app = start_pair(tmp_path)  # REDIS_TIMEOUT_S=1
+    assert redis.process is not None
+    try:
+        async with httpx.AsyncClient(base_url=app.url, timeout=10) as http:
+            coupons = [coupon_json(f"P{i}", max_usages=1000) for i in range(5)]
+            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+            os.kill(redis.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                answers = await asyncio.gather(*(allocate(http, f"slow-{i}") for i in range(40)))
+                elapsed = time.monotonic() - started
+            finally:
+                os.kill(redis.process.pid, signal.SIGCONT)
+            assert {(r.status_code, r.json()["code"]) for r in answers} == {(503, "store_unavailable")}
+            assert "timeout" in answers[0].json()["detail"].lower()
+            assert 0.9 < elapsed < 3.0  # each waited the 1 s timeout, all at once, none queued behind
+            wait_until(lambda: httpx.get(f"{app.url}/readyz").status_code == 200)
+            assert (await allocate(http, "after")).status_code == 201
+    finally:
+        app.stop()
+        redis.stop()
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec"])
+async def test_no_acknowledged_allocation_is_lost_when_redis_is_killed_under_load(
+    tmp_path: Path, fsync: str
+) -> None:
+    redis, app = start_pair(tmp_path, "--appendfsync", fsync)
+    acknowledged: list[tuple[str, str]] = []
+    refused = 0
+    try:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=app.url, timeout=10, limits=limits) as http:
+            coupons = [coupon_json(f"K{i}", max_usages=100_000) for i in range(10)]
+            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+            stop = asyncio.Event()
+
+            async def client(n: int) -> None:
+                nonlocal refused
+                i = 0
+                while not stop.is_set():
+                    user = f"c{n}-{i}"
+                    i += 1
+                    response = await allocate(http, user)
+                    if response.status_code == 201:
+                        acknowledged.append((response.json()["code"], user))
+                    else:
+                        assert response.json()["code"] == "store_unavailable"
+                        refused += 1
+
+            clients = [asyncio.create_task(client(n)) for n in range(30)]
+            await asyncio.sleep(1.5)
+            redis.kill()  # SIGKILL: no shutdown, no final fsync
+            killed_after = len(acknowledged)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*clients)
+    finally:
+        app.stop()
+    assert killed_after > 100  # it was under load
+    assert refused > 0  # and requests kept coming while Redis was down
+
+    redis.start()
+    try:
+        with SyncRedis(port=redis.port, decode_responses=True) as check:
+            pipe = check.pipeline(transaction=False)
+            for code, user in acknowledged:
+                pipe.hexists(f"{{cp}}:c:{code}", f"u:{user}")
+            lost = [pair for pair, kept in zip(acknowledged, pipe.execute(), strict=True) if not kept]
+            assert lost == []
+            allocated = int(check.hget("{cp}:stats", "STANDARD:allocated") or 0)
+            assert allocated >= len(acknowledged)  # a reply lost in the kill may still have been stored
+    finally:
+        redis.stop()
+
+
+async def test_500_concurrent_requests_are_queued_for_connections_and_all_answered(tmp_path: Path) -> None:
+    redis, app = start_pair(tmp_path)  # 64 Redis connections per process (the default)
+    try:
+        async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+            coupons = [coupon_json(f"Q{i}", max_usages=1000) for i in range(5)]
+            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+            answers = await asyncio.gather(*(raw_allocate(app.port, f"crowd-{i}") for i in range(500)))
+            assert [status for status, _ in answers] == [201] * 500
+            assert (await http.get("/v1/stats")).json()["types"]["STANDARD"]["allocated"] == 500
+    finally:
+        app.stop()
+        redis.stop()
+
+
+async def test_an_exhausted_pool_refuses_with_a_clear_error_and_carries_on(tmp_path: Path) -> None:
+    """Two connections held by a paused Redis: the others give up waiting after the timeout."""
+    redis = RedisServer(tmp_path / "redis").start()
+    app = LiveServer(redis.url, REDIS_MAX_CONNECTIONS="2", REDIS_TIMEOUT_S="0.5")
+    assert redis.process is not None
+    try:
+        async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+            coupons = [coupon_json(f"E{i}", max_usages=1000) for i in range(5)]
+            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+            os.kill(redis.process.pid, signal.SIGSTOP)
+            try:
+                answers = await asyncio.gather(*(raw_allocate(app.port, f"wait-{i}") for i in range(500)))
+            finally:
+                os.kill(redis.process.pid, signal.SIGCONT)
+            assert {status for status, _ in answers} == {503}
+            details = {answer["detail"] for _, answer in answers}
+            assert any("no Redis connection came free within 0.5 s" in d for d in details), details
+            wait_until(lambda: httpx.get(f"{app.url}/readyz").status_code == 200)
+            assert (await allocate(http, "after")).status_code == 201
+    finally:
+        app.stop()
+        redis.stop()
+
+
+def test_sigterm_ends_the_process_even_with_a_request_stuck(tmp_path: Path) -> None:
+    """A request waiting for a body that never comes does not hold up the stop."""
+    redis = RedisServer(tmp_path / "redis").start()
+    app = LiveServer(redis.url, BODY_TIMEOUT_S="120", SHUTDOWN_TIMEOUT_S="1")
+    try:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /v1/allocations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 40\r\n\r\n"
+            )
+            time.sleep(0.3)  # the request is in the app, reading its body
+            started = time.monotonic()
+            app.process.terminate()
+            app.process.wait(10)
+            assert time.monotonic() - started < 5
+    finally:
+        app.stop()
+        redis.stop()
