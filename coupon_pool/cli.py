@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from .settings import Settings, SettingsError
+from .settings import settings_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,17 +18,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="overrides PORT")
     serve.add_argument("--workers", type=int, help="overrides WORKERS")
     commands.add_parser("bench", help="load-test a running service (see: coupon-pool bench --help)")
+    commands.add_parser("check", help="check the pool in Redis against its rules (exit 1 on a violation)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         from .bench.cli import main as bench  # the bench's own modules load only when asked for
 
         return bench(argv[1:])
+    if argv[:1] == ["check"]:
+        from .check import main as check
+
+        return check(argv[1:])
     args = parser.parse_args(argv)
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"coupon-pool: {exc}", file=sys.stderr)
+    settings = settings_for("coupon-pool")
+    if settings is None:
         return 2
     uvicorn.run(
         "coupon_pool.app:app",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -137,3 +138,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """A comma-separated list of API keys; blanks around and between commas are ignored."""
     return tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+
+
+def settings_for(command: str) -> Settings | None:
+    """Settings.from_env() for a command line; on a bad value, say so on stderr and give None."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
