@@ -47,10 +47,11 @@ from .models import (
     UploadResult,
 )
 from .openapi import Operation, openapi_document
-from .problems import from_validation_error, problem_response
+from .problems import field_error, from_validation_error, invalid_fields, problem_response
 from .settings import Settings
 from .store import Store
 from .uploads import UploadWorker
+from .validation import validate_json
 
 log = logging.getLogger("coupon_pool")
 Body = TypeVar("Body", bound=BaseModel)
@@ -107,16 +108,9 @@ async def read_json(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def validate(body: bytes, model: type[Body]) -> Body:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
-
-
 async def parse(request: Request, model: type[Body]) -> Body:
     """Validate a JSON request body against ``model``, or raise the matching CouponError."""
-    return validate(await read_json(request), model)
+    return validate_json(await read_json(request), model)
 
 
 def store_of(request: Request) -> Store:
@@ -125,8 +119,13 @@ def store_of(request: Request) -> Store:
 
 
 def parse_query(request: Request, model: type[Body]) -> Body:
+    """Validate the query against ``model``; a parameter given twice is refused, as in a body."""
+    params = request.query_params
+    for name in params:
+        if len(params.getlist(name)) > 1:
+            raise invalid_fields([field_error((name,), "appears more than once: send it once")], 1)
     try:
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(dict(params))
     except ValidationError as exc:
         raise from_validation_error(exc) from None
 
@@ -134,7 +133,7 @@ def parse_query(request: Request, model: type[Body]) -> Body:
 async def upload_coupons(request: Request) -> Response:
     body = await read_json(request, request.app.state.settings.max_body_bytes)
     if len(body) < _INLINE_BODY_BYTES:
-        result = await store_of(request).upload(validate(body, UploadRequest).coupons)
+        result = await store_of(request).upload(validate_json(body, UploadRequest).coupons)
     else:
         result = await upload_worker_of(request).upload(body)
     duplicates = len(result.duplicates)
@@ -300,7 +299,9 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         return problem_response(
-            errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            errors.MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {})
+            )
         )
     if exc.status_code == 404:
         return problem_response(errors.NotFound(f"no route {request.url.path}"))

@@ -36,17 +36,21 @@ def from_validation_error(exc: ValidationError) -> CouponError:
         return InvalidJson(f"the body is not valid JSON: {errors[0]['msg']}")
     if any(e["type"] == "too_long" and e["loc"] == ("coupons",) for e in errors):
         return TooManyCoupons(f"an upload holds at most {MAX_UPLOAD} coupons")
-    listed = [_field_error(e["loc"], e["msg"]) for e in errors[:MAX_LISTED_ERRORS]]
+    return invalid_fields([field_error(e["loc"], e["msg"]) for e in errors[:MAX_LISTED_ERRORS]], len(errors))
+
+
+def invalid_fields(listed: list[dict[str, Any]], count: int) -> ValidationFailed:
+    """The 422 for ``count`` invalid fields, of which ``listed`` (made by field_error) are shown."""
     first = listed[0]
     where = f"coupon {first['index']}, " if "index" in first else ""
     return ValidationFailed(
-        f"{len(errors)} invalid field(s); first: {where}{first['field']}: {first['message']}",
+        f"{count} invalid field(s); first: {where}{first['field']}: {first['message']}",
         errors=listed,
-        error_count=len(errors),
+        error_count=count,
     )
 
 
-def _field_error(loc: tuple[int | str, ...], message: str) -> dict[str, Any]:
+def field_error(loc: tuple[int | str, ...], message: str) -> dict[str, Any]:
     error: dict[str, Any] = {}
     if len(loc) >= 2 and loc[0] == "coupons" and isinstance(loc[1], int):
         error["index"] = loc[1]

@@ -13,15 +13,13 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from pydantic import ValidationError
-
 from .connection import connect
 from .errors import CouponError, UploadWorkerLost
 from .keys import Keys
 from .models import UploadRequest, UploadResult
-from .problems import from_validation_error
 from .settings import Settings
 from .store import Store
+from .validation import validate_json
 
 
 class UploadWorker:
@@ -73,7 +71,7 @@ def _init(settings: Settings) -> None:
 
 def _upload(body: bytes) -> UploadResult | CouponError:
     try:
-        coupons = UploadRequest.model_validate_json(body).coupons
-    except ValidationError as exc:
-        return from_validation_error(exc)
+        coupons = validate_json(body, UploadRequest).coupons
+    except CouponError as error:
+        return error
     return _loop.run_until_complete(_store.upload(coupons))

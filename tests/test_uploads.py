@@ -7,6 +7,7 @@ import pickle
 import signal
 
 import httpx
+import orjson
 from factories import coupon_json
 from redis.asyncio import Redis
 
@@ -32,6 +33,19 @@ async def test_a_large_invalid_upload_is_refused_whole_naming_the_item(
     assert response.status_code == 422
     assert response.json()["errors"] == [
         {"index": 777, "field": "max_usages", "message": "Input should be greater than or equal to 1"}
+    ]
+    assert await redis.dbsize() == 0
+
+
+async def test_a_large_upload_with_a_repeated_field_is_refused_whole_naming_it(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    coupons = [coupon_json(f"W{i}") for i in range(LARGE)]
+    body = orjson.dumps({"coupons": coupons}).replace(b'{"code":"W900"', b'{"code":"W900","code":"X"')
+    response = await client.post("/v1/coupons", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"index": 900, "field": "code", "message": "appears more than once in the same object: send it once"}
     ]
     assert await redis.dbsize() == 0
 
