@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -20,6 +23,8 @@ from .models import UploadRequest, UploadResult
 from .settings import Settings
 from .store import Store
 from .validation import validate_json
+
+PARENT_CHECK_S = 0.5  # how soon a worker notices its app process has died
 
 
 class UploadWorker:
@@ -59,6 +64,7 @@ _store: Store
 
 def _init(settings: Settings) -> None:
     global _loop, _store
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _loop = asyncio.new_event_loop()
     redis = connect(settings, 2, settings.redis_timeout_s)
     _store = Store(
@@ -67,6 +73,14 @@ def _init(settings: Settings) -> None:
         upload_chunk_size=settings.upload_chunk_size,
         audit_max_len=settings.audit_max_len,
     )
+
+
+def _exit_with_parent(parent: int) -> None:
+    # An app process that is killed (SIGKILL, OOM) cannot stop its worker: without this
+    # the worker would live on, orphaned, with its Redis connections, one per restart.
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _upload(body: bytes) -> UploadResult | CouponError:

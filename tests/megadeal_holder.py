@@ -1,4 +1,9 @@
-"""Take MEGADEAL slots and hold them until killed: python megadeal_holder.py REDIS_URL SLOTS LEASE_S"""
+"""Take MEGADEAL slots and hold them until killed.
+
+    python megadeal_holder.py REDIS_URL SLOTS LEASE_S [CAPACITY]
+
+CAPACITY is the gate's limit of concurrent slots (default: SLOTS).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,9 @@ from coupon_pool.megadeal import MegadealLimits
 from coupon_pool.store import Store
 
 
-async def main(url: str, slots: int, lease_s: float) -> None:
+async def main(url: str, slots: int, lease_s: float, capacity: int) -> None:
     redis = Redis.from_url(url, decode_responses=True)
-    store = Store(redis, Keys("cp"), megadeal=MegadealLimits(max_concurrent=slots, lease_s=lease_s))
+    store = Store(redis, Keys("cp"), megadeal=MegadealLimits(max_concurrent=capacity, lease_s=lease_s))
     async with AsyncExitStack() as stack:
         for i in range(slots):
             await stack.enter_async_context(store.megadeal.slot(f"holder-{i}"))
@@ -24,4 +29,7 @@ async def main(url: str, slots: int, lease_s: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+    slots = int(sys.argv[2])
+    asyncio.run(
+        main(sys.argv[1], slots, float(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else slots)
+    )

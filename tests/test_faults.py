@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ import pytest
 from conftest import LiveServer, RedisServer, wait_until
 from factories import coupon_json
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
+
+from coupon_pool.check import check
+from coupon_pool.keys import Keys
 
 
 def start_pair(tmp_path: Path, *redis_args: str) -> tuple[RedisServer, LiveServer]:
@@ -215,3 +220,79 @@ def test_sigterm_ends_the_process_even_with_a_request_stuck(tmp_path: Path) -> N
     finally:
         app.stop()
         redis.stop()
+
+
+async def test_a_server_killed_mid_request_leaves_no_half_allocation_and_its_megadeal_slots_expire(
+    redis_server: RedisServer, redis: AsyncRedis
+) -> None:
+    """SIGKILL one app process while it holds MEGADEAL slots; another process carries on.
+
+    Every allocation is one script call, so a kill leaves each coupon either allocated to
+    a user or not: the invariant checker finds nothing, and every allocation answered 201
+    before the kill is in Redis. The dead process's slots count against the limit until
+    their lease ends, and no longer: with the other slots held, the survivor's MEGADEAL
+    request is served when the lease runs out.
+    """
+    lease_s = 3.0
+    limits = {"MEGADEAL_LEASE_S": str(lease_s), "MEGADEAL_RATE_PER_S": "1000", "MEGADEAL_MAX_WAIT_S": "10"}
+    doomed, survivor = LiveServer(redis_server.url, **limits), LiveServer(redis_server.url, **limits)
+    acknowledged: list[tuple[str, str]] = []
+    try:
+        async with httpx.AsyncClient(base_url=doomed.url, timeout=30) as http:
+            coupons = [coupon_json(f"S{i}", max_usages=100) for i in range(100)]
+            coupons += [coupon_json(f"M{i}", type="MEGADEAL", max_usages=100) for i in range(100)]
+            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+
+            async def client(n: int) -> None:
+                for i in range(10_000):
+                    user, kind = f"c{n}-{i}", "MEGADEAL" if i % 2 else "STANDARD"
+                    try:
+                        response = await http.post("/v1/allocations", json={"user_id": user, "type": kind})
+                    except httpx.TransportError:
+                        return  # the server is gone
+                    if response.status_code == 201:
+                        acknowledged.append((response.json()["code"], user))
+
+            clients = [asyncio.create_task(client(n)) for n in range(40)]
+            await asyncio.sleep(1.0)
+            held = 0
+            for _ in range(500):  # stop the server until it is caught holding a MEGADEAL slot
+                doomed.process.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(0.02)  # commands it already sent finish in Redis
+                held = await redis.zcard("{cp}:mega:slots")
+                if held:
+                    break
+                doomed.process.send_signal(signal.SIGCONT)
+                await asyncio.sleep(0.01)
+            doomed.process.kill()
+            doomed.process.wait(10)
+            killed_at = time.monotonic()
+            assert held, "the server was never caught holding a MEGADEAL slot"
+            await asyncio.gather(*clients)
+
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).parent / "megadeal_holder.py"),
+            redis_server.url, str(5 - held), "60", "5", stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            assert (await holder.stdout.readline()).strip() == b"held"  # every slot is now taken
+            async with httpx.AsyncClient(base_url=survivor.url, timeout=30) as http:
+                response = await http.post("/v1/allocations", json={"user_id": "after", "type": "MEGADEAL"})
+                served_after = time.monotonic() - killed_at
+                assert response.status_code == 201
+                assert lease_s - 1.0 <= served_after <= lease_s + 1.0
+
+                report = await check(redis, Keys("cp"))
+                assert report.violations == []
+                for code, user in acknowledged:
+                    holders = (await http.get(f"/v1/coupons/{code}")).json()["allocations"]
+                    assert user in {h["user_id"] for h in holders}
+        finally:
+            holder.kill()
+            await holder.wait()
+    finally:
+        if doomed.process.poll() is None:
+            doomed.process.kill()
+        survivor.stop()
+    assert len(acknowledged) > 100  # the kill came in the middle of real work

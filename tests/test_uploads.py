@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+from contextlib import suppress
+from pathlib import Path
 
 import httpx
 import orjson
+from conftest import LiveServer, RedisServer, wait_until
 from factories import coupon_json
 from redis.asyncio import Redis
 
@@ -72,3 +75,36 @@ def test_errors_cross_the_process_boundary_whole() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert isinstance(copy, CouponError)
     assert (type(copy), copy.detail, copy.extra) == (ValidationFailed, "bad", error.extra)
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)"
+            if int(fields[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_the_worker_of_a_killed_app_process_exits_too(redis_server: RedisServer, redis: Redis) -> None:
+    server = LiveServer(redis_server.url)
+    try:
+        coupons = [coupon_json(f"O{i}") for i in range(LARGE)]
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+        workers = children_of(server.process.pid)  # the upload worker (and multiprocessing's tracker)
+        assert workers
+    finally:
+        server.process.kill()  # SIGKILL: the app cannot stop its worker itself
+        server.process.wait(10)
+    wait_until(lambda: not any(is_running(pid) for pid in workers), timeout=5)
