@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from . import errors
 from .auth import ApiKeys, Role
+from .bodies import BodyDeadlines, read_json
 from .connection import connect
 from .keys import Keys
 from .megadeal import HEARTBEAT_MS
@@ -57,7 +58,6 @@ log = logging.getLogger("coupon_pool")
 Body = TypeVar("Body", bound=BaseModel)
 _CODE = re.compile(CODE_PATTERN)
 _INLINE_BODY_BYTES = 64 * 1024  # larger uploads go to the upload worker process
-SMALL_BODY_BYTES = 64 * 1024  # the most any body but an upload's may hold
 
 
 def json_response(result: BaseModel | Allocation | Redemption, status: int = 200) -> Response:
@@ -73,39 +73,6 @@ def _model_fields(value: object) -> dict[str, Any]:
     if isinstance(value, BaseModel):
         return vars(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-async def read_json(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
-    """The body of a JSON request; UnsupportedMediaType, or BodyTooLarge past ``limit`` bytes.
-
-    A declared Content-Length over the limit is refused before any of the body is read; a
-    body sent without one (chunked) is refused as soon as it passes the limit.
-    """
-    headers = request.headers
-    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise errors.UnsupportedMediaType("send the body as application/json")
-    declared = headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise errors.BadContentLength("Content-Length must be a number of bytes")
-        if int(declared) > limit:
-            raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
-    chunks = []
-    size = 0
-    seconds = request.app.state.settings.body_timeout_s
-    try:
-        # A client that sends headers and then nothing (or a trickle) must not hold a task
-        # and its memory forever: uvicorn itself has no timeout for reading a body.
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise errors.BodyTimeout(f"the body did not arrive within {seconds} s") from None
-    return b"".join(chunks)
 
 
 async def parse(request: Request, model: type[Body]) -> Body:
@@ -411,6 +378,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         with suppress(NotImplementedError, RuntimeError):  # not on every platform or loop
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
         tune_gc()
+        sweeping = asyncio.create_task(app.state.body_deadlines.sweep())
         stop_purging = asyncio.Event()
         purging = asyncio.create_task(
             purge_periodically(store, settings.purge_interval_s, access_log, stop_purging)
@@ -420,6 +388,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             stop_purging.set()
             purging.cancel()
+            sweeping.cancel()
             await asyncio.wait({purging}, timeout=2 * settings.redis_timeout_s + 1)
             await redis.aclose()
             await blocking.aclose()
@@ -445,6 +414,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.metrics = request_metrics
     app.state.settings = settings
     app.state.upload_worker = None
+    app.state.body_deadlines = BodyDeadlines(settings.body_timeout_s)
     app.state.openapi = orjson.dumps(openapi_document(OPERATIONS))
     return app
 

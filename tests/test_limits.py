@@ -12,7 +12,8 @@ from conftest import LiveServer, RedisServer
 from factories import coupon_json
 from redis.asyncio import Redis
 
-from coupon_pool.app import SMALL_BODY_BYTES, create_app
+from coupon_pool.app import create_app
+from coupon_pool.bodies import SMALL_BODY_BYTES
 from coupon_pool.settings import Settings
 
 JSON = {"content-type": "application/json"}

@@ -113,8 +113,9 @@ async def drive(
         if deadline and now >= deadline:
             stop = True
             break
-        await asyncio.wait([all_done], timeout=min(1.0, deadline - now) if deadline else 1.0)
-        if progress and not all_done.done():
+        wait = min(1.0, deadline - now) if deadline else 1.0
+        await asyncio.wait([all_done], timeout=wait)
+        if progress and wait == 1.0 and not all_done.done():  # once a second, not in the last instant
             progress(_progress_line(ops, time.perf_counter() - started))
     await all_done
     return Measured(seconds=time.perf_counter() - started, ops=ops)
