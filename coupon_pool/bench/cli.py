@@ -175,11 +175,14 @@ async def _allocations_to_redeem(
 async def bench_upload(
     args: argparse.Namespace, target: Target, run_id: str, progress: Callable[[str], None] | None
 ) -> dict[str, Any]:
-    """Time repeated 50,000-coupon uploads; probe allocation latency idle and while they run."""
+    """Time repeated 50,000-coupon uploads alone (as the reference runs), then again while
+    an allocation probe runs, whose latency is compared with its idle latency."""
     types = tuple(CouponType)
     bodies = [coupons_body(f"U{run_id}{i}", UPLOAD_SIZE, types) for i in range(args.uploads)]
+    probed_bodies = [coupons_body(f"UP{run_id}{i}", UPLOAD_SIZE, types) for i in range(args.uploads)]
     # Built before the probe starts: a 10 MB concatenation would stall this process's loop.
     uploads = [target.request("POST", "/v1/coupons", body) for body in bodies]
+    probed_uploads = [target.request("POST", "/v1/coupons", body) for body in probed_bodies]
     probe = Allocate(target, run_id, {CouponType.STANDARD: 1})
     for request in probe.setup_requests():
         await _expect(target, request, 201)
@@ -188,6 +191,7 @@ async def bench_upload(
     await _expect(target, target.request("POST", "/v1/coupons", warmup), 201)
 
     idle = await drive(target, probe, args.probe_connections, 3.0, None, 1.0)
+    times = await upload_all(target, uploads)
     uploads_done = False
 
     class Probe:
@@ -197,25 +201,12 @@ async def bench_upload(
         def on_response(self, op: str, status: int, body: bytes) -> None:
             pass
 
-    async def upload_all() -> list[float]:
-        nonlocal uploads_done
-        times = []
-        conn = await target.connect()
-        try:
-            for request in uploads:
-                started = time.perf_counter()
-                status, answer = await conn.send(request)
-                times.append(time.perf_counter() - started)
-                if status != 201:
-                    raise BenchError(f"upload answered {status}: {answer[:200]!r}")
-        finally:
-            conn.close()
-            uploads_done = True
-        return times
-
     probing = asyncio.create_task(drive(target, Probe(), args.probe_connections, None, None, 0))
     await asyncio.sleep(0.5)  # the probe runs before the first upload starts
-    times = await upload_all()
+    try:
+        probed_times = await upload_all(target, probed_uploads)
+    finally:
+        uploads_done = True
     during = await probing
     idle_summary, during_summary = report.summary(idle), report.summary(during)
     result: dict[str, Any] = {
@@ -224,6 +215,7 @@ async def bench_upload(
         "coupons_per_upload": UPLOAD_SIZE,
         "upload_s": [round(t, 3) for t in times],
         "upload_median_s": round(statistics.median(times), 3),
+        "upload_during_probe_s": [round(t, 3) for t in probed_times],
         "probe": {
             "connections": args.probe_connections,
             "idle": idle_summary,
@@ -237,6 +229,22 @@ async def bench_upload(
         result["reference_median_s"] = round(statistics.median(reference), 3)
         result["ratio"] = round(result["upload_median_s"] / result["reference_median_s"], 3)
     return result
+
+
+async def upload_all(target: Target, uploads: list[bytes]) -> list[float]:
+    """Send the uploads one after another on one connection; the time of each."""
+    times = []
+    conn = await target.connect()
+    try:
+        for request in uploads:
+            started = time.perf_counter()
+            status, answer = await conn.send(request)
+            times.append(time.perf_counter() - started)
+            if status != 201:
+                raise BenchError(f"upload answered {status}: {answer[:200]!r}")
+    finally:
+        conn.close()
+    return times
 
 
 async def _reference_uploads(bodies: list[bytes], redis_url: str) -> list[float]:
@@ -315,7 +323,8 @@ def _upload_table(r: dict[str, Any]) -> str:
         lines.append(f"  reference (validate + same scripts, no HTTP): median {r['reference_median_s']:.3f} s"
                      f"  -> ratio {r['ratio']:.2f}x")  # fmt: skip
     lines.append(f"  allocation p99 idle {idle['p99']:.2f} ms, during uploads {during['p99']:.2f} ms"
-                 f"  -> {r['probe']['p99_ratio']:.2f}x")  # fmt: skip
+                 f"  -> {r['probe']['p99_ratio']:.2f}x"
+                 f"  (those uploads: {', '.join(map(str, r['upload_during_probe_s']))} s)")  # fmt: skip
     errors = {**r["probe"]["idle"]["errors"], **r["probe"]["during_upload"]["errors"]}
     lines += [f"  probe error {code}: {n}" for code, n in errors.items()]
     return "\n".join(lines)
