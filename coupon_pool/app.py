@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -52,10 +52,9 @@ from .problems import field_error, from_validation_error, invalid_fields, proble
 from .settings import Settings
 from .store import Store
 from .uploads import UploadWorker
-from .validation import validate_json
+from .validation import Body, validate_json
 
 log = logging.getLogger("coupon_pool")
-Body = TypeVar("Body", bound=BaseModel)
 _CODE = re.compile(CODE_PATTERN)
 _INLINE_BODY_BYTES = 64 * 1024  # larger uploads go to the upload worker process
 
