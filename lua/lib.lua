@@ -15,7 +15,9 @@ end
 --      or {"pool_empty"}.
 local function allocate_one(available, exhausted, stats, prefix, user, ctype, now)
   local holder = 'u:' .. user
-  local batch_size = 16
+  -- Nearly always the first coupon will do (the user does not hold it yet): fetch one,
+  -- then more at a time while the user turns out to hold them (1, 4, 16, 64, 64, ...).
+  local batch_size = 1
   local offset = 0
   while true do
     -- "(" excludes now: a coupon whose expiry is now is already expired.
@@ -38,6 +40,7 @@ local function allocate_one(available, exhausted, stats, prefix, user, ctype, no
       end
     end
     offset = offset + batch_size
+    batch_size = math.min(batch_size * 4, 64)
   end
 end
 

@@ -65,11 +65,14 @@ async def test_a_user_never_gets_the_same_coupon_twice(store: Store) -> None:
 
 
 async def test_a_user_holding_many_coupons_still_finds_the_next_one(store: Store) -> None:
-    # More held coupons than one scan batch of the script (16) sit before the free one.
-    await store.upload([coupon(f"M{i:02d}", max_usages=2, expires_in=600 + i) for i in range(40)])
-    held = {(await store.allocate("alice", CouponType.STANDARD)).code for _ in range(40)}
-    assert len(held) == 40
-    assert (await store.allocate("bob", CouponType.STANDARD)).code == "M00"
+    # The script scans in growing batches (1, 4, 16, 64, 64): the 100th allocation must look
+    # past 99 held coupons, through every batch size and the cap.
+    await store.upload([coupon(f"M{i:03d}", max_usages=2, expires_in=600 + i) for i in range(100)])
+    held = [(await store.allocate("alice", CouponType.STANDARD)).code for _ in range(100)]
+    assert held == [f"M{i:03d}" for i in range(100)]  # each time the first one not held
+    with pytest.raises(PoolEmpty):
+        await store.allocate("alice", CouponType.STANDARD)
+    assert (await store.allocate("bob", CouponType.STANDARD)).code == "M000"
 
 
 async def test_allocation_counts_by_type(store: Store) -> None:
