@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from . import errors
 
@@ -50,7 +50,8 @@ class BodyDeadlines:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    raise ClientDisconnect
+                    # Not a server error: no traceback, no 500 in the log, nothing to answer.
+                    raise errors.ClientDisconnected("the client closed the connection before its whole body")
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:

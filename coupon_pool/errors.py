@@ -65,6 +65,12 @@ class BodyTimeout(CouponError):
     code, status, title = "request_timeout", 408, "Request body not received in time"
 
 
+class ClientDisconnected(CouponError):
+    """The client went away before its body was in: 499 (as nginx logs it), seen only in logs."""
+
+    code, status, title = "client_disconnected", 499, "Client closed the request"
+
+
 class BadContentLength(CouponError):
     code, status, title = "invalid_content_length", 400, "Invalid Content-Length"
 

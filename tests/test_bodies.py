@@ -10,7 +10,7 @@ import pytest
 from starlette.requests import Request
 
 from coupon_pool.bodies import BodyDeadlines
-from coupon_pool.errors import BodyTimeout
+from coupon_pool.errors import BodyTimeout, ClientDisconnected
 
 SCOPE = {"type": "http", "method": "POST", "path": "/", "headers": []}
 
@@ -78,3 +78,12 @@ async def test_reads_within_their_deadline_are_left_alone(deadlines: BodyDeadlin
 
     results = await asyncio.gather(*(slow_but_in_time(i) for i in range(50)))
     assert results == [b"%d" % i for i in range(50)]
+
+
+async def test_a_client_that_goes_away_mid_body_is_not_a_server_error(deadlines: BodyDeadlines) -> None:
+    request = request_receiving(
+        {"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.disconnect"}
+    )
+    with pytest.raises(ClientDisconnected):
+        await deadlines.read(request, 100)
+    assert not deadlines._reading

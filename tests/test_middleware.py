@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -94,3 +95,28 @@ async def test_a_refused_body_logs_its_error_code(
     await client.post("/v1/allocations", content=b"{", headers={"content-type": "application/json"})
     [line] = await log_lines(capsys)
     assert (line["status"], line["error"]) == (400, "invalid_json")
+
+
+async def test_a_client_gone_mid_body_is_logged_as_499_not_as_a_server_error(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    await log_lines(capsys)
+    app = client._transport.app  # type: ignore[attr-defined]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "path": "/v1/allocations", "raw_path": b"/v1/allocations", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http",
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": b'{"us', "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app(scope, receive, send)  # returns: nothing raised out of the app
+    [line] = await log_lines(capsys)
+    assert (line["status"], line["level"], line["error"]) == (499, "info", "client_disconnected")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
