@@ -42,6 +42,7 @@ class BodyDeadlines:
         """The whole body; BodyTooLarge past ``limit`` bytes, BodyTimeout past the deadline."""
         task = asyncio.current_task()
         assert task is not None
+        cancelling = task.cancelling()
         self._reading[task] = time.monotonic() + self.seconds
         chunks = []
         size = 0
@@ -62,9 +63,9 @@ class BodyDeadlines:
         except asyncio.CancelledError:
             # A read is only ever suspended in receive(), so the cancellation of a sweep
             # arrives here, never later in the request.
-            if task not in self._expired:
+            # As asyncio.timeout does: a cancellation from elsewhere as well (shutdown) wins.
+            if task not in self._expired or task.uncancel() > cancelling:
                 raise
-            task.uncancel()
             raise errors.BodyTimeout(f"the body did not arrive within {self.seconds:g} s") from None
         finally:
             del self._reading[task]

@@ -87,3 +87,13 @@ async def test_a_client_that_goes_away_mid_body_is_not_a_server_error(deadlines:
     with pytest.raises(ClientDisconnected):
         await deadlines.read(request, 100)
     assert not deadlines._reading
+
+
+async def test_a_shutdown_that_lands_with_the_deadline_still_cancels(deadlines: BodyDeadlines) -> None:
+    reading = asyncio.create_task(deadlines.read(request_receiving(), 100))
+    await asyncio.sleep(0)  # it waits in receive()
+    deadlines._expired.add(reading)  # what the sweep does at the deadline
+    reading.cancel()
+    reading.cancel()  # and the server shuts down before the read has run again
+    with pytest.raises(asyncio.CancelledError):
+        await reading
