@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from .autopipeline import AutoPipeline
 from .errors import BY_SCRIPT_REPLY, CouponError, CouponNotFound
 from .keys import Keys
 from .megadeal import MegadealGate, MegadealLimits
@@ -77,6 +78,7 @@ class Store:
             redis, blocking_redis or redis, keys, megadeal or MegadealLimits(), audit_max_len
         )
         self._scripts = {name: register(redis, name) for name in _SCRIPTS}
+        self._hot = AutoPipeline(redis)  # allocations and redemptions, the calls made by the thousand
         # Constant script arguments of the hot paths, encoded once (redis-py passes bytes as is).
         self._allocate_keys = {
             t: [k.encode() for k in (keys.available(t), keys.exhausted, keys.stats, keys.audit)]
@@ -123,8 +125,8 @@ class Store:
         if coupon_type is CouponType.MEGADEAL:
             async with self.megadeal.slot(user_id) as allocated:
                 return _allocation(allocated, user_id, coupon_type)
-        reply = await self._run(
-            "allocate",
+        reply = await self._hot.run(
+            self._scripts["allocate"],
             self._allocate_keys[coupon_type],
             [self._coupon_prefix, user_id, self._type_names[coupon_type], self._audit_cap],
         )
@@ -133,8 +135,8 @@ class Store:
 
     async def redeem(self, code: str, user_id: str, coupon_type: CouponType | None) -> Redemption:
         """Record that ``user_id`` used the coupon ``code`` allocated to them."""
-        reply = await self._run(
-            "redeem",
+        reply = await self._hot.run(
+            self._scripts["redeem"],
             [self.keys.coupon(code), *self._stats_audit],
             [user_id, self._type_names[coupon_type] if coupon_type else b"", code, self._audit_cap],
         )

@@ -1,0 +1,81 @@
+"""Auto-pipelining: the script calls made in one event-loop turn go to Redis together.
+
+Under load many requests reach their script call in the same turn of the event loop.
+Sent one by one, each takes a pooled connection, a write, a read and two timers, and
+Redis answers each with a read and a write of its own. Queued for the rest of the turn
+and sent as one pipeline (not a transaction: each script is still atomic on its own),
+they share one connection, one write and one read, on both sides. A lone call waits for
+nothing but the end of the turn it was made in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+MAX_BATCH = 128  # calls per pipeline: a bigger turn is split over several connections
+
+_Call = tuple[AsyncScript, Sequence[str | bytes], Sequence[Any], "asyncio.Future[Any]"]
+
+
+class AutoPipeline:
+    """Runs scripts by SHA for many concurrent callers, a pipeline per event-loop turn."""
+
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
+        self.redis = redis
+        self.max_batch = max_batch
+        self._queued: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def run(self, script: AsyncScript, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
+        """The script's reply, or the error Redis or the connection gave for it."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((script, keys, args, reply))
+        if len(self._queued) == 1:
+            loop.call_soon(self._flush)
+        return await reply
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, []
+        for start in range(0, len(queued), self.max_batch):
+            task = asyncio.create_task(self._send(queued[start : start + self.max_batch]))
+            self._sending.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        calls = [call for call in calls if not call[3].done()]  # a caller cancelled in this turn
+        if not calls:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for script, keys, args, _ in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            for *_, reply in calls:
+                reply.cancel()
+            raise
+        except Exception as exc:  # the connection failed or timed out: every call shares it
+            for *_, reply in calls:
+                if not reply.done():
+                    reply.set_exception(copy.copy(exc))
+            return
+        for (script, keys, args, reply), result in zip(calls, replies, strict=True):
+            if isinstance(result, NoScriptError):  # Redis restarted: the call did not run
+                try:
+                    result = await script(keys=keys, args=args)  # loads the script, then runs it
+                except Exception as exc:
+                    result = exc
+            if reply.done():  # its caller was cancelled
+                continue
+            if isinstance(result, Exception):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)

@@ -1,0 +1,106 @@
+"""Auto-pipelining on a real Redis: one pipeline per event-loop turn, each reply to its caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from conftest import RedisServer
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from coupon_pool.autopipeline import AutoPipeline
+
+ECHO = "if ARGV[1] == 'fail' then return redis.error_reply('failed as asked') end return ARGV[1]"
+COUNT = "return redis.call('INCR', KEYS[1])"
+SLOW = "local x = 0 for i = 1, 80000000 do x = x + i end return x"  # about 0.4 s
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=True, client_name="autopipeline-test")
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+async def connections_named(redis: Redis, name: str) -> int:
+    return sum(1 for c in await redis.client_list() if c["name"] == name)
+
+
+async def test_each_caller_gets_its_own_reply(redis: Redis) -> None:
+    pipeline = AutoPipeline(redis)
+    echo = redis.register_script(ECHO)
+    replies = await asyncio.gather(*(pipeline.run(echo, [], [f"call-{i}"]) for i in range(300)))
+    assert replies == [f"call-{i}" for i in range(300)]
+
+
+async def test_calls_of_one_turn_share_a_connection_per_batch(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(
+        redis_server.url, decode_responses=True, client_name="batched", max_connections=300
+    )
+    pipeline = AutoPipeline(redis, max_batch=100)
+    echo = redis.register_script(ECHO)
+    await echo(args=["load"])
+    # 250 callers in one turn: three pipelines (100, 100, 50), three connections at most.
+    await asyncio.gather(*(pipeline.run(echo, [], [str(i)]) for i in range(250)))
+    assert await connections_named(redis, "batched") <= 3
+    # The same calls one by one, as redis-py makes them: a connection each while all wait.
+    await asyncio.gather(*(echo(args=[str(i)]) for i in range(250)))
+    assert await connections_named(redis, "batched") > 50
+    await redis.aclose()
+
+
+async def test_a_script_error_goes_to_its_caller_alone(redis: Redis) -> None:
+    pipeline = AutoPipeline(redis)
+    echo = redis.register_script(ECHO)
+    replies = await asyncio.gather(
+        pipeline.run(echo, [], ["a"]),
+        pipeline.run(echo, [], ["fail"]),
+        pipeline.run(echo, [], ["b"]),
+        return_exceptions=True,
+    )
+    assert (replies[0], replies[2]) == ("a", "b")
+    assert isinstance(replies[1], ResponseError)
+    assert "failed as asked" in str(replies[1])
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again_and_run_once_each(redis: Redis) -> None:
+    pipeline = AutoPipeline(redis)
+    count = redis.register_script(COUNT)
+    await pipeline.run(count, ["n"], [])
+    await redis.script_flush()  # as after a Redis restart: every call of the next turn gets NOSCRIPT
+    replies = await asyncio.gather(*(pipeline.run(count, ["n"], []) for _ in range(50)))
+    assert sorted(replies) == list(range(2, 52))
+    assert await redis.get("n") == "51"
+
+
+async def test_a_timed_out_batch_fails_each_of_its_callers_with_a_timeout(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=0.05)
+    pipeline = AutoPipeline(redis)
+    slow, echo = redis.register_script(SLOW), redis.register_script(ECHO)
+    await echo(args=["load"])
+    await redis.script_load(SLOW)
+    replies = await asyncio.gather(
+        pipeline.run(slow, [], []), pipeline.run(echo, [], ["x"]), return_exceptions=True
+    )
+    assert all(isinstance(r, RedisTimeoutError) for r in replies)
+    assert replies[0] is not replies[1]  # each caller raises an exception of its own
+    await asyncio.sleep(1)  # the slow script ends; the next turn works on a new connection
+    assert await pipeline.run(echo, [], ["after"]) == "after"
+    await redis.aclose()
+
+
+async def test_a_call_cancelled_before_it_is_sent_does_not_run(redis: Redis) -> None:
+    pipeline = AutoPipeline(redis)
+    count = redis.register_script(COUNT)
+    await count(keys=["n"])
+    calls = [asyncio.create_task(pipeline.run(count, ["n"], [])) for _ in range(10)]
+    await asyncio.sleep(0)  # every call is queued for this turn's pipeline
+    calls[3].cancel()
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(replies[3], asyncio.CancelledError)
+    assert sorted(r for r in replies if isinstance(r, int)) == list(range(2, 11))
+    assert await redis.get("n") == "10"
