@@ -56,6 +56,7 @@ def test_load_scenarios_with_the_reference(
     )
 
     assert (result["scenario"], result["connections"], result["reference_workers"]) == (scenario, 20, 1)
+    assert result["reference_pipelined"] is False
     assert_clean_load(result["service"], 300)
     assert_clean_load(result["reference"], 300)
     assert set(result["ratios"]) == {"throughput", "p99"}
@@ -68,6 +69,16 @@ def test_load_scenarios_with_the_reference(
         "mixed": {"allocate", "redeem", "stats", "coupon"},
     }
     assert set(result["service"]["ops"]) <= expected_ops[scenario]
+
+
+def test_the_reference_can_pipeline_its_calls_as_the_service_does(
+    live_server: LiveServer, redis_server: RedisServer
+) -> None:
+    result = bench(live_server, redis_server, "allocate", *SMALL, "--reference", "--pipelined-reference")
+
+    assert result["reference_pipelined"] is True
+    assert_clean_load(result["reference"], 300)
+    assert_clean_load(result["service"], 300)
     assert sum(op["requests"] for op in result["service"]["ops"].values()) == 300
 
 

@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--mix", default="STANDARD=1", help="allocation types and weights: STANDARD=8,FREE=2")
     p.add_argument("--reference", action="store_true", help="run the ceiling too, and report ratios")
+    p.add_argument("--pipelined-reference", action="store_true",
+                   help="with --reference: auto-pipeline the ceiling's script calls too")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="uvicorn workers of the reference server")
     p.add_argument("--rounds", type=int, default=1,
                    help="with --reference: measure reference and service this many times, in turn, "
@@ -138,7 +140,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         result["service"] = await measure(target)
         return result
     # Reference and service take turns, so a noisy neighbour slows both rather than one.
-    server = ReferenceServer(_free_port(), args.workers, args.redis_url)
+    pipelined = args.pipelined_reference
+    server = ReferenceServer(_free_port(), args.workers, args.redis_url, autopipeline=pipelined)
     rounds = []
     try:
         for _ in range(max(1, args.rounds)):
@@ -151,7 +154,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
     median = sorted(rounds, key=lambda r: r["ratios"]["throughput"])[(len(rounds) - 1) // 2]
-    result.update(reference_workers=args.workers, **median)
+    result.update(reference_workers=args.workers, reference_pipelined=pipelined, **median)
     if len(rounds) > 1:
         result["rounds"] = [r["ratios"] for r in rounds]
     return result

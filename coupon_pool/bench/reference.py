@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..autopipeline import AutoPipeline
 from ..connection import connect
 from ..settings import Settings
 
@@ -29,13 +30,15 @@ SCRIPT = "return redis.call('INCR', KEYS[1])"
 KEY = "{cp-reference}:n"
 
 
-def create_reference_app(settings: Settings | None = None) -> Starlette:
+def create_reference_app(settings: Settings | None = None, *, autopipeline: bool = False) -> Starlette:
+    """The ceiling; with ``autopipeline``, its EVALSHA goes through the service's AutoPipeline."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings, settings.redis_max_connections, settings.redis_timeout_s)
         app.state.script = redis.register_script(SCRIPT)
+        app.state.pipeline = AutoPipeline(redis) if autopipeline else None
         try:
             yield
         finally:
@@ -43,7 +46,11 @@ def create_reference_app(settings: Settings | None = None) -> Starlette:
 
     async def endpoint(request: Request) -> Response:
         await request.body()
-        n = await request.app.state.script(keys=[KEY])
+        state = request.app.state
+        if state.pipeline:
+            n = await state.pipeline.run(state.script, [KEY], [])
+        else:
+            n = await state.script(keys=[KEY])
         status = 201 if request.method == "POST" else 200  # as the service answers
         return Response(orjson.dumps({"n": n}), status_code=status, media_type="application/json")
 
@@ -51,15 +58,17 @@ def create_reference_app(settings: Settings | None = None) -> Starlette:
 
 
 app = create_reference_app()
+pipelined_app = create_reference_app(autopipeline=True)
 
 
 class ReferenceServer:
     """The reference app under uvicorn in a subprocess, on ``port`` with ``workers``."""
 
-    def __init__(self, port: int, workers: int, redis_url: str) -> None:
+    def __init__(self, port: int, workers: int, redis_url: str, *, autopipeline: bool = False) -> None:
         self.url = f"http://127.0.0.1:{port}"
+        name = "pipelined_app" if autopipeline else "app"
         command = [
-            sys.executable, "-m", "uvicorn", "coupon_pool.bench.reference:app", "--port", str(port),
+            sys.executable, "-m", "uvicorn", f"coupon_pool.bench.reference:{name}", "--port", str(port),
             "--workers", str(workers), "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
         env = {**os.environ, "REDIS_URL": redis_url}

@@ -61,7 +61,8 @@ def load_table(result: dict[str, Any]) -> str:
     """The human table of a load scenario, with the reference beside it when there is one."""
     columns = [("service", result["service"])]
     if result.get("reference"):
-        columns.append(("reference", result["reference"]))
+        name = "pipelined ref" if result.get("reference_pipelined") else "reference"
+        columns.append((name, result["reference"]))
     head = f"{'':<14}" + "".join(f"{name:>14}" for name, _ in columns)
     rows = [f"{result['scenario']}: {result['connections']} connections, target {result['target']}", head]
 
