@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 MAX_BATCH = 128  # calls per pipeline: a bigger turn is split over several connections
 
@@ -51,17 +51,20 @@ class AutoPipeline:
 
     async def _send(self, calls: list[_Call]) -> None:
         calls = [call for call in calls if not call[3].done()]  # a caller cancelled in this turn
-        if not calls:
-            return
+        try:
+            if calls:
+                await self._answer(calls)
+        finally:  # whatever happened, no caller waits forever
+            for *_, reply in calls:
+                if not reply.done():
+                    reply.set_exception(RedisError("the pipeline ended without this call's reply"))
+
+    async def _answer(self, calls: list[_Call]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for script, keys, args, _ in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             replies = await pipe.execute(raise_on_error=False)
-        except asyncio.CancelledError:
-            for *_, reply in calls:
-                reply.cancel()
-            raise
         except Exception as exc:  # the connection failed or timed out: every call shares it
             for *_, reply in calls:
                 if not reply.done():

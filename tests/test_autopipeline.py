@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from conftest import RedisServer
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coupon_pool.autopipeline import AutoPipeline
@@ -104,3 +104,18 @@ async def test_a_call_cancelled_before_it_is_sent_does_not_run(redis: Redis) -> 
     assert isinstance(replies[3], asyncio.CancelledError)
     assert sorted(r for r in replies if isinstance(r, int)) == list(range(2, 11))
     assert await redis.get("n") == "10"
+
+
+async def test_the_callers_of_a_pipeline_cut_short_get_an_error_rather_than_wait_forever(
+    redis: Redis,
+) -> None:
+    pipeline = AutoPipeline(redis)
+    slow = redis.register_script(SLOW)
+    await redis.script_load(SLOW)
+    call = asyncio.create_task(pipeline.run(slow, [], []))
+    await asyncio.sleep(0.05)  # its pipeline is in flight, waiting for Redis
+    for sending in pipeline._sending:  # as a shutdown cancelling every task would
+        sending.cancel()
+    with pytest.raises(RedisError, match="ended without this call's reply"):
+        await asyncio.wait_for(call, 2)
+    await asyncio.sleep(0.5)  # let the slow script end before the next test
