@@ -10,11 +10,13 @@ to the kernel; the everysec window is about the machine losing power, see docs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +60,28 @@ async def allocate(http: httpx.AsyncClient, user: str) -> httpx.Response:
     return await http.post("/v1/allocations", json={"user_id": user, "type": "STANDARD"})
 
 
+async def stock(http: httpx.AsyncClient, prefix: str) -> None:
+    """Five STANDARD coupons of 1,000 usages: enough for every allocation of a test."""
+    coupons = [coupon_json(f"{prefix}{i}", max_usages=1000) for i in range(5)]
+    assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+
+
+@contextlib.contextmanager
+def paused(redis: RedisServer) -> Iterator[None]:
+    """Redis stopped (SIGSTOP) for the block: the kernel still accepts connections, nothing answers."""
+    assert redis.process is not None
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+
+
 async def test_redis_down_is_a_fast_503_and_the_app_recovers_by_itself(tmp_path: Path) -> None:
     redis, app = start_pair(tmp_path)
     try:
         async with httpx.AsyncClient(base_url=app.url, timeout=10) as http:
-            coupons = [coupon_json(f"F{i}", max_usages=1000) for i in range(5)]
-            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+            await stock(http, "F")
             assert (await allocate(http, "before")).status_code == 201
 
             redis.kill()
@@ -89,18 +107,13 @@ async def test_redis_down_is_a_fast_503_and_the_app_recovers_by_itself(tmp_path:
 async def test_a_paused_redis_is_a_503_within_the_timeout_not_a_pile_up(tmp_path: Path) -> None:
     """SIGSTOP: connections are still accepted by the kernel, but nothing answers."""
     redis, app = start_pair(tmp_path)  # REDIS_TIMEOUT_S=1
-    assert redis.process is not None
     try:
         async with httpx.AsyncClient(base_url=app.url, timeout=10) as http:
-            coupons = [coupon_json(f"P{i}", max_usages=1000) for i in range(5)]
-            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
-            os.kill(redis.process.pid, signal.SIGSTOP)
-            try:
+            await stock(http, "P")
+            with paused(redis):
                 started = time.monotonic()
                 answers = await asyncio.gather(*(allocate(http, f"slow-{i}") for i in range(40)))
                 elapsed = time.monotonic() - started
-            finally:
-                os.kill(redis.process.pid, signal.SIGCONT)
             assert {(r.status_code, r.json()["code"]) for r in answers} == {(503, "store_unavailable")}
             assert "timeout" in answers[0].json()["detail"].lower()
             assert 0.9 < elapsed < 3.0  # each waited the 1 s timeout, all at once, none queued behind
@@ -168,8 +181,7 @@ async def test_500_concurrent_requests_are_queued_for_connections_and_all_answer
     redis, app = start_pair(tmp_path)  # 64 Redis connections per process (the default)
     try:
         async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
-            coupons = [coupon_json(f"Q{i}", max_usages=1000) for i in range(5)]
-            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
+            await stock(http, "Q")
             answers = await asyncio.gather(*(raw_allocate(app.port, f"crowd-{i}") for i in range(500)))
             assert [status for status, _ in answers] == [201] * 500
             assert (await http.get("/v1/stats")).json()["types"]["STANDARD"]["allocated"] == 500
@@ -182,16 +194,11 @@ async def test_an_exhausted_pool_refuses_with_a_clear_error_and_carries_on(tmp_p
     """Two connections held by a paused Redis: the others give up waiting after the timeout."""
     redis = RedisServer(tmp_path / "redis").start()
     app = LiveServer(redis.url, REDIS_MAX_CONNECTIONS="2", REDIS_TIMEOUT_S="0.5")
-    assert redis.process is not None
     try:
         async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
-            coupons = [coupon_json(f"E{i}", max_usages=1000) for i in range(5)]
-            assert (await http.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
-            os.kill(redis.process.pid, signal.SIGSTOP)
-            try:
+            await stock(http, "E")
+            with paused(redis):
                 answers = await asyncio.gather(*(raw_allocate(app.port, f"wait-{i}") for i in range(500)))
-            finally:
-                os.kill(redis.process.pid, signal.SIGCONT)
             assert {status for status, _ in answers} == {503}
             details = {answer["detail"] for _, answer in answers}
             assert any("no Redis connection came free within 0.5 s" in d for d in details), details
