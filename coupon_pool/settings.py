@@ -1,143 +1,168 @@
-"""Service configuration, read from the environment once at start-up."""
+"""Service configuration, read from the environment once at start-up.
+
+Each setting is declared once, as a field of ``Settings``: its environment variable, its
+default, how its text is parsed and what it must satisfy. README's configuration table
+lists the same variables (a test checks it does).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
-from .megadeal import MegadealLimits
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")  # RFC 6750 token68, and long
-
 _NAMESPACE = re.compile(r"[a-z0-9_-]{1,32}")
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
+def _number(kind: type[int] | type[float]) -> Callable[[str, str], Any]:
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(name: str, raw: str) -> Any:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be {noun}, not {raw!r}") from None
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _lower(name: str, raw: str) -> str:
+    return raw.lower()
+
+
+def _keys(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of API keys; blanks around and between commas are ignored."""
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _valid_keys(keys: tuple[str, ...]) -> str | None:
+    for i, key in enumerate(keys, 1):
+        if not KEY_PATTERN.fullmatch(key):
+            return f"key {i} must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -"
+    return None
+
+
+def _at_least_1(value: int) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def _namespace(value: str) -> str | None:
+    return None if _NAMESPACE.fullmatch(value) else "must be 1-32 characters of a-z 0-9 _ -"
+
+
+def _log_level(value: str) -> str | None:
+    return None if value in _LOG_LEVELS else "must be one of " + ", ".join(_LOG_LEVELS)
+
+
+def env(
+    name: str,
+    default: Any,
+    parse: Callable[[str, str], Any],
+    check: Callable[[Any], str | None] | None = None,
+    *,
+    secret: bool = False,
+) -> Any:
+    """A Settings field read from the variable ``name``: parsed by ``parse``, then checked."""
+    metadata = {"env": name, "parse": parse, "check": check, "secret": secret}
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
+
+
+_int, _float = _number(int), _number(float)
+
+
+@dataclass(frozen=True)
+class MegadealLimits:
+    max_concurrent: int = 5
+    rate_per_s: int = 10
+    max_wait_s: float = 10.0
+    lease_s: float = 5.0  # a slot whose holder died frees itself after this long
+    max_waiters: int = 500  # waiting requests per app process; more are refused at once
+
+
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_namespace: str = "cp"
-    redis_max_connections: int = 64
-    redis_timeout_s: float = 2.0
-    upload_chunk_size: int = 100
-    body_timeout_s: float = 10.0  # to receive a request's body, once its headers are in
-    shutdown_timeout_s: float = 15.0  # for requests in flight to finish after SIGTERM
-    max_body_bytes: int = 32 * 1024 * 1024  # an upload's; 50,000 coupons take 7-15 MB of JSON
-    audit_max_len: int = 100_000
-    purge_interval_s: float = 60.0
-    purge_batch_size: int = 1000
-    megadeal: MegadealLimits = field(default_factory=MegadealLimits)
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    log_level: str = "info"
+    redis_url: str = env("REDIS_URL", "redis://127.0.0.1:6379/0", _text)
+    key_namespace: str = env("KEY_NAMESPACE", "cp", _text, _namespace)
+    redis_max_connections: int = env("REDIS_MAX_CONNECTIONS", 64, _int, _at_least_1)
+    redis_timeout_s: float = env("REDIS_TIMEOUT_S", 2.0, _float, _positive)
+    upload_chunk_size: int = env("UPLOAD_CHUNK_SIZE", 100, _int, _at_least_1)
+    # To receive a request's body, once its headers are in.
+    body_timeout_s: float = env("BODY_TIMEOUT_S", 10.0, _float, _positive)
+    # For requests in flight to finish after SIGTERM.
+    shutdown_timeout_s: float = env("SHUTDOWN_TIMEOUT_S", 15.0, _float, _positive)
+    # An upload's; 50,000 coupons take 7-15 MB of JSON.
+    max_body_bytes: int = env("MAX_BODY_BYTES", 32 * 1024 * 1024, _int, _at_least_1)
+    audit_max_len: int = env("AUDIT_MAX_LEN", 100_000, _int, _at_least_1)
+    purge_interval_s: float = env("PURGE_INTERVAL_S", 60.0, _float, _positive)
+    purge_batch_size: int = env("PURGE_BATCH_SIZE", 1000, _int, _at_least_1)
+    megadeal_max_concurrent: int = env("MEGADEAL_MAX_CONCURRENT", 5, _int, _at_least_1)
+    megadeal_rate_per_s: int = env("MEGADEAL_RATE_PER_S", 10, _int, _at_least_1)
+    megadeal_max_wait_s: float = env("MEGADEAL_MAX_WAIT_S", 10.0, _float, _positive)
+    megadeal_lease_s: float = env("MEGADEAL_LEASE_S", 5.0, _float, _positive)
+    megadeal_max_waiters: int = env("MEGADEAL_MAX_WAITERS", 500, _int, _at_least_1)
+    host: str = env("HOST", "127.0.0.1", _text)
+    port: int = env("PORT", 8080, _int, _at_least_1)
+    workers: int = env("WORKERS", 1, _int, _at_least_1)
+    log_level: str = env("LOG_LEVEL", "info", _lower, _log_level)
     # Secrets: never in a repr, a log line or an error message.
-    admin_keys: tuple[str, ...] = field(default=(), repr=False)
-    client_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_keys: tuple[str, ...] = env("COUPON_POOL_ADMIN_KEYS", (), _keys, _valid_keys, secret=True)
+    client_keys: tuple[str, ...] = env("COUPON_POOL_CLIENT_KEYS", (), _keys, _valid_keys, secret=True)
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from environment variables; unset ones keep their defaults."""
-        env = os.environ if env is None else env
-        default = cls()
-        settings = cls(
-            redis_url=env.get("REDIS_URL", default.redis_url),
-            key_namespace=env.get("KEY_NAMESPACE", default.key_namespace),
-            redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", default.redis_max_connections),
-            redis_timeout_s=_float(env, "REDIS_TIMEOUT_S", default.redis_timeout_s),
-            upload_chunk_size=_int(env, "UPLOAD_CHUNK_SIZE", default.upload_chunk_size),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", default.max_body_bytes),
-            body_timeout_s=_float(env, "BODY_TIMEOUT_S", default.body_timeout_s),
-            shutdown_timeout_s=_float(env, "SHUTDOWN_TIMEOUT_S", default.shutdown_timeout_s),
-            audit_max_len=_int(env, "AUDIT_MAX_LEN", default.audit_max_len),
-            purge_interval_s=_float(env, "PURGE_INTERVAL_S", default.purge_interval_s),
-            purge_batch_size=_int(env, "PURGE_BATCH_SIZE", default.purge_batch_size),
-            megadeal=MegadealLimits(
-                max_concurrent=_int(env, "MEGADEAL_MAX_CONCURRENT", default.megadeal.max_concurrent),
-                rate_per_s=_int(env, "MEGADEAL_RATE_PER_S", default.megadeal.rate_per_s),
-                max_wait_s=_float(env, "MEGADEAL_MAX_WAIT_S", default.megadeal.max_wait_s),
-                lease_s=_float(env, "MEGADEAL_LEASE_S", default.megadeal.lease_s),
-                max_waiters=_int(env, "MEGADEAL_MAX_WAITERS", default.megadeal.max_waiters),
-            ),
-            host=env.get("HOST", default.host),
-            port=_int(env, "PORT", default.port),
-            workers=_int(env, "WORKERS", default.workers),
-            log_level=env.get("LOG_LEVEL", default.log_level).lower(),
-            admin_keys=_keys(env, "COUPON_POOL_ADMIN_KEYS"),
-            client_keys=_keys(env, "COUPON_POOL_CLIENT_KEYS"),
-        )
-        settings.check()
-        return settings
-
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """Refuse values that would only fail later, and more obscurely."""
-        if not _NAMESPACE.fullmatch(self.key_namespace):
-            raise SettingsError("KEY_NAMESPACE must be 1-32 characters of a-z 0-9 _ -")
-        for name, keys in (
-            ("COUPON_POOL_ADMIN_KEYS", self.admin_keys),
-            ("COUPON_POOL_CLIENT_KEYS", self.client_keys),
-        ):
-            for i, key in enumerate(keys, 1):
-                if not KEY_PATTERN.fullmatch(key):  # the key itself is never echoed
-                    raise SettingsError(
-                        f"{name}: key {i} must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -"
-                    )
+        for f in dataclasses.fields(self):
+            check = f.metadata["check"]
+            value = getattr(self, f.name)
+            problem = check(value) if check else None
+            if problem:  # a secret is never echoed
+                shown = "" if f.metadata["secret"] else f", not {value!r}"
+                raise SettingsError(f"{f.metadata['env']}: {problem}{shown}")
         if set(self.admin_keys) & set(self.client_keys):
             raise SettingsError("a key is in both COUPON_POOL_ADMIN_KEYS and COUPON_POOL_CLIENT_KEYS")
-        for name, value in (
-            ("REDIS_MAX_CONNECTIONS", self.redis_max_connections),
-            ("UPLOAD_CHUNK_SIZE", self.upload_chunk_size),
-            ("MAX_BODY_BYTES", self.max_body_bytes),
-            ("AUDIT_MAX_LEN", self.audit_max_len),
-            ("PURGE_BATCH_SIZE", self.purge_batch_size),
-            ("WORKERS", self.workers),
-            ("MEGADEAL_MAX_CONCURRENT", self.megadeal.max_concurrent),
-            ("MEGADEAL_RATE_PER_S", self.megadeal.rate_per_s),
-            ("MEGADEAL_MAX_WAITERS", self.megadeal.max_waiters),
-        ):
-            if value < 1:
-                raise SettingsError(f"{name} must be at least 1, not {value}")
-        for name, seconds in (
-            ("REDIS_TIMEOUT_S", self.redis_timeout_s),
-            ("PURGE_INTERVAL_S", self.purge_interval_s),
-            ("BODY_TIMEOUT_S", self.body_timeout_s),
-            ("SHUTDOWN_TIMEOUT_S", self.shutdown_timeout_s),
-            ("MEGADEAL_MAX_WAIT_S", self.megadeal.max_wait_s),
-            ("MEGADEAL_LEASE_S", self.megadeal.lease_s),
-        ):
-            if not seconds > 0:
-                raise SettingsError(f"{name} must be positive, not {seconds}")
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; unset ones keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None:
+                values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
+        return cls(**values)
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+    @classmethod
+    def variables(cls) -> list[str]:
+        """Every environment variable the service reads."""
+        return [f.metadata["env"] for f in dataclasses.fields(cls)]
 
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
-
-
-def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    """A comma-separated list of API keys; blanks around and between commas are ignored."""
-    return tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+    @property
+    def megadeal(self) -> MegadealLimits:
+        return MegadealLimits(
+            max_concurrent=self.megadeal_max_concurrent,
+            rate_per_s=self.megadeal_rate_per_s,
+            max_wait_s=self.megadeal_max_wait_s,
+            lease_s=self.megadeal_lease_s,
+            max_waiters=self.megadeal_max_waiters,
+        )
 
 
 def settings_for(command: str) -> Settings | None:

@@ -20,7 +20,7 @@ def test_environment_overrides_defaults() -> None:
     ("env", "message"),
     [
         ({"PORT": "eighty"}, "PORT must be an integer"),
-        ({"UPLOAD_CHUNK_SIZE": "0"}, "UPLOAD_CHUNK_SIZE must be at least 1"),
+        ({"UPLOAD_CHUNK_SIZE": "0"}, "UPLOAD_CHUNK_SIZE: must be at least 1"),
         ({"KEY_NAMESPACE": "a}b"}, "KEY_NAMESPACE"),
         ({"REDIS_TIMEOUT_S": "-1"}, "REDIS_TIMEOUT_S"),
     ],
