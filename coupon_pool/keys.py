@@ -1,10 +1,12 @@
-"""Every Redis key name the service uses, built in one place.
+"""The Redis layout, written once: every key name, and the fields of a coupon hash.
 
 All keys of one pool share the hash tag ``{<namespace>}``, so every script call touches a
-single Redis Cluster slot. The same table is in docs/architecture.md.
+single Redis Cluster slot. The same tables are in docs/architecture.md.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from .models import CouponType
 
@@ -38,5 +40,25 @@ class Keys:
         return self._available[coupon_type]
 
     def all_available(self) -> list[str]:
-        """The available sets in the fixed order FREE, STANDARD, MEGADEAL."""
+        """The available sets, in the order of CouponType."""
         return [self._available[t] for t in CouponType]
+
+
+class CouponField(StrEnum):
+    """The fields of a coupon hash ``{ns}:c:<code>``; short, so the hash stays a listpack.
+
+    The Lua scripts see each as a constant ``F_<NAME>`` (scripts.py puts them before
+    every script), so neither side spells a field name of its own.
+    """
+
+    TYPE = "type"
+    DISCOUNT_KIND = "dk"
+    DISCOUNT_VALUE = "dv"
+    EXPIRES = "exp"  # expires_at, ms since the epoch
+    MAX_USAGES = "max"
+    ALLOCATED = "alloc"  # usages allocated
+    USED = "used"  # usages redeemed
+    CREATED = "ct"  # created_at, ms
+    # One field per holder, "u:<user_id>": "<allocated_at ms>", then
+    # "<allocated_at ms>:<redeemed_at ms>" once redeemed.
+    HOLDER = "u:"

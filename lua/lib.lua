@@ -1,5 +1,6 @@
--- lib.lua: helpers shared by the scripts. The store prepends this file to every script
--- it loads, so each script can call these functions; it does nothing on its own.
+-- lib.lua: helpers shared by the scripts. scripts.py puts this file before every script
+-- it loads (after the F_* constants, the coupon hash's field names from keys.py), so each
+-- script can call these functions; it does nothing on its own.
 
 -- Redis server time in milliseconds since the epoch: one clock for every app process.
 local function now_ms()
@@ -14,7 +15,7 @@ end
 -- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
 --      or {"pool_empty"}.
 local function allocate_one(available, exhausted, stats, prefix, user, ctype, now)
-  local holder = 'u:' .. user
+  local holder = F_HOLDER .. user
   -- Nearly always the first coupon will do (the user does not hold it yet): fetch one,
   -- then more at a time while the user turns out to hold them (1, 4, 16, 64, 64, ...).
   local batch_size = 1
@@ -29,8 +30,8 @@ local function allocate_one(available, exhausted, stats, prefix, user, ctype, no
     for _, code in ipairs(codes) do
       local key = prefix .. code
       if redis.call('HSETNX', key, holder, now) == 1 then
-        local allocated = redis.call('HINCRBY', key, 'alloc', 1)
-        local c = redis.call('HMGET', key, 'dk', 'dv', 'exp', 'max')
+        local allocated = redis.call('HINCRBY', key, F_ALLOCATED, 1)
+        local c = redis.call('HMGET', key, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, F_MAX_USAGES)
         if allocated >= tonumber(c[4]) then
           redis.call('ZREM', available, code)
           redis.call('ZADD', exhausted, c[3], code)

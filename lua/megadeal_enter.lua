@@ -1,30 +1,32 @@
 -- megadeal_enter.lua: take a place in the MEGADEAL queue, or be admitted and allocated.
 --
--- The limits: at most ARGV[4] admitted requests hold a slot at once, and at most ARGV[5]
--- admissions in any rolling window of ARGV[6] ms. Waiters are admitted in ticket order
+-- The limits: at most max_concurrent admitted requests hold a slot at once, and at most
+-- rate admissions in any rolling window of window_ms. Waiters are admitted in ticket order
 -- (first come, first served): a ticket is admitted only when its rank in the queue is
 -- below both the free slots and the free places in the window, so no later ticket takes
 -- capacity an earlier live one could use.
 --
--- KEYS[1]  available set of MEGADEAL coupons
--- KEYS[2]  stats hash
--- KEYS[3]  queue (sorted set: ticket -> ticket, i.e. arrival order)
--- KEYS[4]  waiter heartbeats (sorted set: ticket -> alive until ms); a waiter that stops
---          calling (its process died) is dropped from the queue when this passes
--- KEYS[5]  slots (sorted set: ticket -> lease end ms); a slot whose holder died frees
---          itself when its lease ends
--- KEYS[6]  admissions in the window (sorted set: ticket -> admitted at ms)
--- KEYS[7]  ticket counter (string)
--- KEYS[8]  high-water mark of slots held at once (string)
--- KEYS[9]  audit stream
--- KEYS[10] exhausted set (where allocate_one moves a coupon with no free usage left)
--- ARGV[1]  key prefix of coupon hashes
--- ARGV[2]  user id
--- ARGV[3]  ticket, or "" on the first call
--- ARGV[4]  max concurrent     ARGV[5] max admissions per window    ARGV[6] window ms
--- ARGV[7]  lease ms           ARGV[8] longest sleep before calling again (heartbeat) ms
--- ARGV[9]  grace ms added to a waiter's heartbeat
--- ARGV[10] audit stream length cap (approximate)
+-- KEYS: available     the available set of MEGADEAL coupons
+--       exhausted     coupons with no free usage (where allocate_one moves a coupon)
+--       stats         the stats hash
+--       audit_stream  the audit stream
+--       queue         waiting tickets (sorted set: ticket -> ticket, i.e. arrival order)
+--       alive         waiter heartbeats (sorted set: ticket -> alive until ms); a waiter
+--                     that stops calling (its process died) is dropped when this passes
+--       slots         admitted tickets (sorted set: ticket -> lease end ms); a slot whose
+--                     holder died frees itself when its lease ends
+--       window        admissions in the window (sorted set: ticket -> admitted at ms)
+--       counter       the ticket counter (string)
+--       high_water    the most slots held at once (string)
+-- ARGV: prefix        key prefix of coupon hashes
+--       user          the user id
+--       ctype         the coupon type (MEGADEAL; for the counters and the audit entry)
+--       ticket        this request's ticket, or "" on its first call
+--       max_concurrent, rate (admissions per window), window_ms
+--       lease_ms      how long an admitted slot is held at most
+--       max_sleep_ms  longest sleep before calling again (the heartbeat)
+--       grace_ms      added to a waiter's heartbeat before it counts as dead
+--       audit_cap     audit stream length cap (approximate)
 --
 -- Returns {"ok", ticket, code, kind, value, expires_at ms, allocated_at ms}: admitted,
 --          allocated, and holding a slot until megadeal_leave.lua or the lease ends;
@@ -35,9 +37,13 @@
 -- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
 -- Uses now_ms(), allocate_one() and audit_allocation() from lib.lua.
 
-local queue, alive, slots, window = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local max_concurrent, rate, window_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease_ms, max_sleep_ms, grace_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local available, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local queue, alive, slots, window = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local counter, high_water = KEYS[9], KEYS[10]
+local prefix, user, ctype, ticket = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local max_concurrent, rate, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local lease_ms, max_sleep_ms, grace_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local audit_cap = ARGV[11]
 local now = now_ms()
 
 -- Forget waiters that stopped calling, leases that ended and admissions out of the window.
@@ -48,9 +54,8 @@ redis.call('ZREMRANGEBYSCORE', alive, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', window, '-inf', now - window_ms)
 
-local ticket = ARGV[3]
 if ticket == '' then
-  ticket = tostring(redis.call('INCR', KEYS[7]))
+  ticket = tostring(redis.call('INCR', counter))
 end
 
 local function leave_queue()
@@ -58,9 +63,9 @@ local function leave_queue()
   redis.call('ZREM', alive, ticket)
 end
 
-if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') == 0 then
+if redis.call('ZCOUNT', available, '(' .. now, '+inf') == 0 then
   leave_queue()
-  audit_allocation(KEYS[9], ARGV[10], 'MEGADEAL', ARGV[2], { 'pool_empty' })
+  audit_allocation(audit_stream, audit_cap, ctype, user, { 'pool_empty' })
   return { 'pool_empty', ticket }
 end
 
@@ -71,17 +76,17 @@ local free_slots = max_concurrent - redis.call('ZCARD', slots)
 local free_rate = rate - redis.call('ZCARD', window)
 
 if rank < free_slots and rank < free_rate then
-  local result = allocate_one(KEYS[1], KEYS[10], KEYS[2], ARGV[1], ARGV[2], 'MEGADEAL', now)
+  local result = allocate_one(available, exhausted, stats, prefix, user, ctype, now)
   leave_queue()
-  audit_allocation(KEYS[9], ARGV[10], 'MEGADEAL', ARGV[2], result)
+  audit_allocation(audit_stream, audit_cap, ctype, user, result)
   if result[1] ~= 'ok' then
     return { 'pool_empty', ticket }
   end
   redis.call('ZADD', slots, now + lease_ms, ticket)
   redis.call('ZADD', window, now, ticket)
   local held = redis.call('ZCARD', slots)
-  if held > tonumber(redis.call('GET', KEYS[8]) or '0') then
-    redis.call('SET', KEYS[8], held)
+  if held > tonumber(redis.call('GET', high_water) or '0') then
+    redis.call('SET', high_water, held)
   end
   return { 'ok', ticket, result[2], result[3], result[4], result[5], result[6] }
 end

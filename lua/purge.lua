@@ -1,41 +1,51 @@
--- purge.lua: remove up to ARGV[2] expired coupons from the pool, oldest expiry first
+-- purge.lua: remove up to `limit` expired coupons from the pool, oldest expiry first
 -- within each sorted set.
 --
--- KEYS[1..3]   available sets for FREE, STANDARD, MEGADEAL (code -> expires_at ms)
--- KEYS[4]      exhausted set (code -> expires_at ms of coupons with no free usage)
--- KEYS[5]      stats hash (counters "<TYPE>:purged")
--- KEYS[6]      audit stream
--- ARGV[1]      key prefix of coupon hashes
--- ARGV[2]      most coupons to look at in this call
--- ARGV[3]      audit stream length cap (approximate)
+-- KEYS: stats         the stats hash (counters "<TYPE>:purged")
+--       audit_stream  the audit stream
+--       exhausted     coupons with no free usage (code -> expires_at ms)
+--       KEYS[4..]     the available set of each type named in ARGV[4..], in that order
+-- ARGV: prefix        key prefix of coupon hashes
+--       limit         most coupons to look at in this call
+--       audit_cap     audit stream length cap (approximate)
+--       ARGV[4..]     the coupon types, one each
 --
--- Every stored coupon is in exactly one of KEYS[1..4] until it expires and is purged, so
--- walking those four sets up to now finds each expired coupon once.
+-- Every stored coupon is in exactly one of the available sets and `exhausted` until it
+-- expires and is purged, so walking those sets up to now finds each expired coupon once.
 -- A coupon never redeemed is deleted with its allocation records ("purged"). One redeemed
 -- at least once leaves its sorted set but keeps its hash and history ("retired"). No other
 -- counter changes.
--- Returns {examined, purged FREE, purged STANDARD, purged MEGADEAL, retired FREE,
---          retired STANDARD, retired MEGADEAL}; examined < ARGV[2] means nothing is left.
+-- Returns {"examined", n, "purged:<TYPE>", n, "retired:<TYPE>", n, ...} for every type;
+-- examined < limit means nothing is left.
 -- Writes one audit entry (op=purge, purged_<TYPE>, retired_<TYPE>) if it removed anything.
 -- Uses now_ms() and audit() from lib.lua.
 
-local types = { 'FREE', 'STANDARD', 'MEGADEAL' }
-local purged = { FREE = 0, STANDARD = 0, MEGADEAL = 0 }
-local retired = { FREE = 0, STANDARD = 0, MEGADEAL = 0 }
-local limit = tonumber(ARGV[2])
+local stats, audit_stream, exhausted = KEYS[1], KEYS[2], KEYS[3]
+local prefix, limit, audit_cap = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local FIRST_TYPE = 4
+
+local types, sets = {}, {}
+local purged, retired = {}, {}
+for i = FIRST_TYPE, #ARGV do
+  local ctype = ARGV[i]
+  types[#types + 1] = ctype
+  sets[#sets + 1] = KEYS[i]
+  purged[ctype], retired[ctype] = 0, 0
+end
+sets[#sets + 1] = exhausted
 local now = now_ms()
 
 local examined = 0
-for i = 1, 4 do
+for _, set in ipairs(sets) do
   if examined == limit then break end
-  local codes = redis.call('ZRANGE', KEYS[i], '-inf', now, 'BYSCORE', 'LIMIT', 0, limit - examined)
+  local codes = redis.call('ZRANGE', set, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit - examined)
   examined = examined + #codes
   for _, code in ipairs(codes) do
-    local key = ARGV[1] .. code
-    local c = redis.call('HMGET', key, 'type', 'used')
+    local key = prefix .. code
+    local c = redis.call('HMGET', key, F_TYPE, F_USED)
     local ctype, used = c[1], c[2]
-    redis.call('ZREM', KEYS[i], code)
-    if ctype then
+    redis.call('ZREM', set, code)
+    if ctype and purged[ctype] then
       if tonumber(used) == 0 then
         redis.call('DEL', key)
         purged[ctype] = purged[ctype] + 1
@@ -46,24 +56,23 @@ for i = 1, 4 do
   end
 end
 
-local result = { examined }
+local result = { 'examined', examined }
 local entry = { 'op', 'purge' }
-for _, t in ipairs(types) do
-  if purged[t] > 0 then
-    redis.call('HINCRBY', KEYS[5], t .. ':purged', purged[t])
-    entry[#entry + 1] = 'purged_' .. t
-    entry[#entry + 1] = purged[t]
+for _, kind in ipairs({ 'purged', 'retired' }) do
+  local counts = kind == 'purged' and purged or retired
+  for _, t in ipairs(types) do
+    if counts[t] > 0 then
+      if kind == 'purged' then
+        redis.call('HINCRBY', stats, t .. ':purged', counts[t])
+      end
+      entry[#entry + 1] = kind .. '_' .. t
+      entry[#entry + 1] = counts[t]
+    end
+    result[#result + 1] = kind .. ':' .. t
+    result[#result + 1] = counts[t]
   end
-  result[#result + 1] = purged[t]
-end
-for _, t in ipairs(types) do
-  if retired[t] > 0 then
-    entry[#entry + 1] = 'retired_' .. t
-    entry[#entry + 1] = retired[t]
-  end
-  result[#result + 1] = retired[t]
 end
 if #entry > 2 then
-  audit(KEYS[6], ARGV[3], unpack(entry))
+  audit(audit_stream, audit_cap, unpack(entry))
 end
 return result

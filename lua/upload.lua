@@ -1,14 +1,17 @@
 -- upload.lua: store a chunk of new coupons; codes that already exist are skipped.
 --
--- KEYS[1]      stats hash (counters "<TYPE>:created", ...)
--- KEYS[2..4]   available sets for FREE, STANDARD, MEGADEAL (sorted set: code -> expires_at ms)
--- KEYS[5]      audit stream
--- ARGV[1]      key prefix of coupon hashes (a coupon's key is ARGV[1] .. code; it shares
---              the hash tag of KEYS, so the script stays within one cluster slot)
--- ARGV[2]      audit stream length cap (approximate)
--- ARGV[3]      upload id, ARGV[4] this chunk as "i/n" (for the audit entry)
--- ARGV[5..]    one coupon each, as "code type kind value expires_at_ms max_usages"
---              (space-separated; no field can hold a space)
+-- KEYS: stats         the stats hash (counters "<TYPE>:created", ...)
+--       audit_stream  the audit stream
+--       KEYS[3..]     the available set of each type named in `types`, in that order
+--                     (sorted set: code -> expires_at ms)
+-- ARGV: prefix        key prefix of coupon hashes (a coupon's key is prefix .. code; it
+--                     shares the hash tag of KEYS, so the script stays in one cluster slot)
+--       audit_cap     audit stream length cap (approximate)
+--       upload_id     the id of the whole upload, and part: this chunk as "i/n" (for the
+--       part          audit entry)
+--       types         the coupon types, space-separated
+--       ARGV[6..]     one coupon each, as "code type kind value expires_at_ms max_usages"
+--                     (space-separated; no field can hold a space)
 --
 -- Returns {created, i, j, ...}: the number stored, then the 1-based positions in this
 -- chunk of the coupons not stored because their code already existed (in Redis, or
@@ -17,22 +20,31 @@
 -- Writes one audit entry: op=upload, upload, part, created, duplicates.
 -- Uses now_ms() and audit() from lib.lua.
 
-local available = { FREE = KEYS[2], STANDARD = KEYS[3], MEGADEAL = KEYS[4] }
-local created_ms = now_ms()
+local stats, audit_stream = KEYS[1], KEYS[2]
+local prefix, audit_cap, upload_id, part, types = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local FIRST_COUPON = 6
 
+local available = {}
+local n = 0
+for ctype in string.gmatch(types, '%S+') do
+  available[ctype] = KEYS[3 + n]
+  n = n + 1
+end
+
+local created_ms = now_ms()
 local created = 0
 local created_by_type = {}
 local duplicates = {}
 
-for i = 5, #ARGV do
+for i = FIRST_COUPON, #ARGV do
   local code, ctype, kind, value, expires, max =
       string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-  local key = ARGV[1] .. code
+  local key = prefix .. code
   if redis.call('EXISTS', key) == 1 then
-    duplicates[#duplicates + 1] = i - 4
+    duplicates[#duplicates + 1] = i - FIRST_COUPON + 1
   else
-    redis.call('HSET', key, 'type', ctype, 'dk', kind, 'dv', value, 'exp', expires,
-      'max', max, 'alloc', 0, 'used', 0, 'ct', created_ms)
+    redis.call('HSET', key, F_TYPE, ctype, F_DISCOUNT_KIND, kind, F_DISCOUNT_VALUE, value,
+      F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms)
     redis.call('ZADD', available[ctype], expires, code)
     created = created + 1
     created_by_type[ctype] = (created_by_type[ctype] or 0) + 1
@@ -40,10 +52,10 @@ for i = 5, #ARGV do
 end
 
 for ctype, n in pairs(created_by_type) do
-  redis.call('HINCRBY', KEYS[1], ctype .. ':created', n)
+  redis.call('HINCRBY', stats, ctype .. ':created', n)
 end
 
-audit(KEYS[5], ARGV[2], 'op', 'upload', 'upload', ARGV[3], 'part', ARGV[4],
+audit(audit_stream, audit_cap, 'op', 'upload', 'upload', upload_id, 'part', part,
   'created', created, 'duplicates', #duplicates)
 
 local result = { created }
