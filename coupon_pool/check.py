@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from .keys import Keys
 from .models import CouponType
 from .settings import Settings, settings_for
+from .store import Store
 
 _BATCH = 500
 _TYPES = tuple(t.value for t in CouponType)
@@ -212,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(settings: Settings) -> Report:
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = Store.from_settings(settings, max_connections=2)
     try:
-        return await check(redis, Keys(settings.key_namespace))
+        return await check(store.redis, store.keys)
     finally:
-        await redis.aclose()
+        await store.aclose()

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     uvicorn.run(
-        "coupon_pool.app:app",
+        "coupon_pool.app:create_app",
+        factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers or settings.workers,

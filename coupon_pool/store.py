@@ -12,31 +12,32 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from .autopipeline import AutoPipeline
-from .errors import BY_SCRIPT_REPLY, CouponError, CouponNotFound
-from .keys import Keys
-from .megadeal import MegadealGate, MegadealLimits
-from .models import (
-    MAX_LISTED_HOLDERS,
+from .connection import connect
+from .errors import BY_CODE, CouponNotFound
+from .keys import CouponField, Keys
+from .models import MAX_LISTED_HOLDERS, CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
+from .results import (
     Allocation,
     AuditEntry,
     AuditPage,
     Coupon,
-    CouponIn,
-    CouponType,
-    FlatDiscount,
     Holder,
-    PercentDiscount,
     PurgeResult,
     Redemption,
     Stats,
     TypeStats,
     UploadResult,
 )
-from .scripts import register
+from .scripts import Allocated, Redeemed, Scripts, pairs
+from .settings import Settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-_SCRIPTS = ("upload", "allocate", "redeem", "stats", "purge")
+_TYPES = [t.value for t in CouponType]
+_COUPON_FIELDS = [
+    CouponField.TYPE, CouponField.DISCOUNT_KIND, CouponField.DISCOUNT_VALUE, CouponField.EXPIRES,
+    CouponField.MAX_USAGES, CouponField.ALLOCATED, CouponField.USED, CouponField.CREATED,
+]  # fmt: skip
 
 
 def to_ms(moment: datetime) -> int:
@@ -51,7 +52,24 @@ def from_ms(ms: int | str) -> datetime:
 def discount(kind: str, value: str) -> FlatDiscount | PercentDiscount:
     if kind == "flat":
         return FlatDiscount.model_construct(kind="flat", value=value)
-    return PercentDiscount.model_construct(kind="percent", value=int(value) if value.isdigit() else value)
+    return PercentDiscount.model_construct(kind="percent", value=percent_value(value))
+
+
+def allocation(reply: Allocated, user_id: str, coupon_type: CouponType) -> Allocation:
+    return Allocation(
+        code=reply.code,
+        type=coupon_type,
+        discount=discount(reply.discount_kind, reply.discount_value),
+        expires_at=from_ms(reply.expires_ms),
+        user_id=user_id,
+        allocated_at=from_ms(reply.allocated_ms),
+    )
+
+
+def raise_if_error(reply: list[Any], detail: str) -> None:
+    """A script's error reply ({error code}) as the CouponError of that code."""
+    if reply[0] != "ok":
+        raise BY_CODE[reply[0]](detail)
 
 
 class Store:
@@ -62,22 +80,16 @@ class Store:
         redis: Redis,
         keys: Keys,
         *,
-        upload_chunk_size: int = 1000,
+        upload_chunk_size: int = 100,
         purge_batch_size: int = 1000,
         audit_max_len: int = 100_000,
-        megadeal: MegadealLimits | None = None,
-        blocking_redis: Redis | None = None,
     ) -> None:
-        """``blocking_redis`` serves the MEGADEAL waits (BLPOP); give it its own pool in a server."""
         self.redis = redis
         self.keys = keys
+        self.scripts = Scripts(redis)
         self.upload_chunk_size = upload_chunk_size
         self.purge_batch_size = purge_batch_size
         self.audit_max_len = audit_max_len
-        self.megadeal = MegadealGate(
-            redis, blocking_redis or redis, keys, megadeal or MegadealLimits(), audit_max_len
-        )
-        self._scripts = {name: register(redis, name) for name in _SCRIPTS}
         self._hot = AutoPipeline(redis)  # allocations and redemptions, the calls made by the thousand
         # Constant script arguments of the hot paths, encoded once (redis-py passes bytes as is).
         self._allocate_keys = {
@@ -89,30 +101,49 @@ class Store:
         self._audit_cap = str(audit_max_len).encode()
         self._type_names = {t: t.value.encode() for t in CouponType}
 
+    @classmethod
+    def from_settings(cls, settings: Settings, max_connections: int | None = None) -> Store:
+        """The store of ``settings``' pool, on a client of its own (``max_connections``)."""
+        redis = connect(settings, max_connections or settings.redis_max_connections, settings.redis_timeout_s)
+        return cls(
+            redis,
+            Keys(settings.key_namespace),
+            upload_chunk_size=settings.upload_chunk_size,
+            purge_batch_size=settings.purge_batch_size,
+            audit_max_len=settings.audit_max_len,
+        )
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
     async def load_scripts(self) -> None:
         """Load every script into Redis now, so the first requests need no NOSCRIPT retry."""
-        for script in (*self._scripts.values(), *self.megadeal.scripts):
+        for script in self.scripts.all():
             await self.redis.script_load(script.script)
-
-    async def _run(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
-        return await self._scripts[name](keys=keys, args=args)
 
     async def upload(self, coupons: Sequence[CouponIn]) -> UploadResult:
         """Store new coupons in chunks, one script call each, so Redis serves others in between."""
         created = 0
         duplicates: list[str] = []
-        keys = [self.keys.stats, *self.keys.all_available(), self.keys.audit]
+        keys = [self.keys.stats, self.keys.audit, *self.keys.all_available()]
         upload_id = uuid.uuid4().hex[:16]
         parts = max(1, math.ceil(len(coupons) / self.upload_chunk_size))
+        types = " ".join(_TYPES)
         for part, start in enumerate(range(0, len(coupons), self.upload_chunk_size), 1):
             chunk = coupons[start : start + self.upload_chunk_size]
-            head = [self.keys.coupon_prefix, self.audit_max_len, upload_id, f"{part}/{parts}"]
+            head: list[str | int] = [
+                self.keys.coupon_prefix,
+                self.audit_max_len,
+                upload_id,
+                f"{part}/{parts}",
+                types,
+            ]
             args = head + [
                 f"{c.code} {c.type.value} {c.discount.kind} {c.discount.value} "
                 f"{to_ms(c.expires_at)} {c.max_usages}"
                 for c in chunk
             ]
-            reply = await self._run("upload", keys, args)
+            reply = await self.scripts.upload(keys=keys, args=args)
             created += int(reply[0])
             duplicates += [chunk[int(i) - 1].code for i in reply[1:]]
         return UploadResult.model_construct(created=created, duplicates=duplicates)
@@ -120,52 +151,52 @@ class Store:
     async def allocate(self, user_id: str, coupon_type: CouponType) -> Allocation:
         """Reserve one usage of the first-expiring available coupon for ``user_id``.
 
-        MEGADEAL allocations pass the MEGADEAL gate first (and may wait for it).
+        MEGADEAL coupons are allocated by the MEGADEAL gate instead (megadeal.py).
         """
         if coupon_type is CouponType.MEGADEAL:
-            async with self.megadeal.slot(user_id) as allocated:
-                return _allocation(allocated, user_id, coupon_type)
+            raise ValueError(
+                "MEGADEAL allocations go through MegadealGate.allocate, which applies the limits"
+            )
         reply = await self._hot.run(
-            self._scripts["allocate"],
+            self.scripts.allocate,
             self._allocate_keys[coupon_type],
             [self._coupon_prefix, user_id, self._type_names[coupon_type], self._audit_cap],
         )
-        _raise_if_error(reply, f"no {coupon_type.value} coupon is available for this user")
-        return _allocation(reply[1:], user_id, coupon_type)
+        raise_if_error(reply, f"no {coupon_type.value} coupon is available for this user")
+        return allocation(Allocated(*reply[1:]), user_id, coupon_type)
 
     async def redeem(self, code: str, user_id: str, coupon_type: CouponType | None) -> Redemption:
         """Record that ``user_id`` used the coupon ``code`` allocated to them."""
         reply = await self._hot.run(
-            self._scripts["redeem"],
+            self.scripts.redeem,
             [self.keys.coupon(code), *self._stats_audit],
             [user_id, self._type_names[coupon_type] if coupon_type else b"", code, self._audit_cap],
         )
-        _raise_if_error(reply, _REDEEM_DETAIL.get(reply[0], "").format(code=code))
-        _, ctype, used, max_usages, redeemed = reply
+        raise_if_error(reply, _REDEEM_DETAIL.get(reply[0], "").format(code=code))
+        redeemed = Redeemed(*reply[1:])
         return Redemption(
             code=code,
-            type=CouponType(ctype),
+            type=CouponType(redeemed.type),
             user_id=user_id,
-            redeemed_at=from_ms(redeemed),
-            used=int(used),
-            max_usages=int(max_usages),
+            redeemed_at=from_ms(redeemed.redeemed_ms),
+            used=int(redeemed.used),
+            max_usages=int(redeemed.max_usages),
         )
 
     async def get_coupon(self, code: str) -> Coupon:
         """A coupon with its counts and who holds it."""
         key = self.keys.coupon(code)
-        fields: list[Any] = await self.redis.hmget(
-            key, ["type", "dk", "dv", "exp", "max", "alloc", "used", "ct"]
-        )
+        fields: list[Any] = await self.redis.hmget(key, _COUPON_FIELDS)
         if fields[0] is None:
             raise CouponNotFound(f"there is no coupon {code!r}")
-        ctype, kind, value, expires, max_usages, allocated, used, created = fields
+        c = dict(zip(_COUPON_FIELDS, fields, strict=True))
         holders = []
-        async for field, state in self.redis.hscan_iter(key, match="u:*", count=MAX_LISTED_HOLDERS):
+        prefix = CouponField.HOLDER.value
+        async for field, state in self.redis.hscan_iter(key, match=f"{prefix}*", count=MAX_LISTED_HOLDERS):
             allocated_ms, _, redeemed_ms = state.partition(":")
             holders.append(
                 Holder.model_construct(
-                    user_id=field[2:],
+                    user_id=field[len(prefix) :],
                     allocated_at=from_ms(allocated_ms),
                     redeemed_at=from_ms(redeemed_ms) if redeemed_ms else None,
                 )
@@ -174,28 +205,24 @@ class Store:
                 break
         return Coupon.model_construct(
             code=code,
-            type=CouponType(ctype),
-            discount=discount(kind, value),
-            expires_at=from_ms(expires),
-            max_usages=int(max_usages),
-            allocated=int(allocated),
-            used=int(used),
-            created_at=from_ms(created),
+            type=CouponType(c[CouponField.TYPE]),
+            discount=discount(c[CouponField.DISCOUNT_KIND], c[CouponField.DISCOUNT_VALUE]),
+            expires_at=from_ms(c[CouponField.EXPIRES]),
+            max_usages=int(c[CouponField.MAX_USAGES]),
+            allocated=int(c[CouponField.ALLOCATED]),
+            used=int(c[CouponField.USED]),
+            created_at=from_ms(c[CouponField.CREATED]),
             allocations=sorted(holders, key=lambda h: h.allocated_at),
         )
 
     async def stats(self) -> Stats:
-        reply = await self._run("stats", [self.keys.stats, *self.keys.all_available()], [])
-        counters = dict(zip(reply[3::2], reply[4::2], strict=True))
+        keys = [self.keys.stats, *self.keys.all_available()]
+        counters = pairs(await self.scripts.stats(keys=keys, args=_TYPES))
         types = {
-            t: TypeStats.model_construct(
-                created=int(counters.get(f"{t.value}:created", 0)),
-                allocated=int(counters.get(f"{t.value}:allocated", 0)),
-                used=int(counters.get(f"{t.value}:used", 0)),
-                purged=int(counters.get(f"{t.value}:purged", 0)),
-                available=int(reply[i]),
+            t: TypeStats.model_validate(
+                {name: int(counters.get(f"{t.value}:{name}", 0)) for name in TypeStats.model_fields}
             )
-            for i, t in enumerate(CouponType)
+            for t in CouponType
         }
         totals = TypeStats.model_construct(
             **{f: sum(getattr(s, f) for s in types.values()) for f in TypeStats.model_fields}
@@ -206,14 +233,14 @@ class Store:
         """Remove expired coupons, a batch per script call, until none is left."""
         purged = dict.fromkeys(CouponType, 0)
         retired = dict.fromkeys(CouponType, 0)
-        keys = [*self.keys.all_available(), self.keys.exhausted, self.keys.stats, self.keys.audit]
-        args = [self.keys.coupon_prefix, self.purge_batch_size, self.audit_max_len]
+        keys = [self.keys.stats, self.keys.audit, self.keys.exhausted, *self.keys.all_available()]
+        args: list[str | int] = [self.keys.coupon_prefix, self.purge_batch_size, self.audit_max_len, *_TYPES]
         while True:
-            reply = await self._run("purge", keys, args)
-            for i, t in enumerate(CouponType):
-                purged[t] += int(reply[1 + i])
-                retired[t] += int(reply[4 + i])
-            if int(reply[0]) < self.purge_batch_size:
+            reply = pairs(await self.scripts.purge(keys=keys, args=args))
+            for t in CouponType:
+                purged[t] += int(reply[f"purged:{t.value}"])
+                retired[t] += int(reply[f"retired:{t.value}"])
+            if int(reply["examined"]) < self.purge_batch_size:
                 return PurgeResult.model_construct(purged=purged, retired=retired)
 
     async def try_purge_lock(self, seconds: float) -> bool:
@@ -250,23 +277,3 @@ def _audit_entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
         for k, v in fields.items()
     }
     return AuditEntry.model_construct(id=entry_id, time=from_ms(entry_id.partition("-")[0]), **values)
-
-
-def _allocation(fields: Sequence[Any], user_id: str, coupon_type: CouponType) -> Allocation:
-    """An Allocation from a script's {code, kind, value, expires_at ms, allocated_at ms}."""
-    code, kind, value, expires, allocated = fields
-    return Allocation(
-        code=code,
-        type=coupon_type,
-        discount=discount(kind, value),
-        expires_at=from_ms(expires),
-        user_id=user_id,
-        allocated_at=from_ms(allocated),
-    )
-
-
-def _raise_if_error(reply: list[Any], detail: str) -> None:
-    status = reply[0]
-    if status != "ok":
-        error: type[CouponError] = BY_SCRIPT_REPLY[status]
-        raise error(detail)

@@ -16,10 +16,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .connection import connect
 from .errors import CouponError, UploadWorkerLost
-from .keys import Keys
-from .models import UploadRequest, UploadResult
+from .models import UploadRequest
+from .results import UploadResult
 from .settings import Settings
 from .store import Store
 from .validation import validate_json
@@ -66,13 +65,7 @@ def _init(settings: Settings) -> None:
     global _loop, _store
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _loop = asyncio.new_event_loop()
-    redis = connect(settings, 2, settings.redis_timeout_s)
-    _store = Store(
-        redis,
-        Keys(settings.key_namespace),
-        upload_chunk_size=settings.upload_chunk_size,
-        audit_max_len=settings.audit_max_len,
-    )
+    _store = Store.from_settings(settings, max_connections=2)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -40,7 +40,7 @@ async def main(count: int, url: str) -> None:
     redis = Redis.from_url(url, decode_responses=True)
     store = Store(redis, Keys("purge-timing"))
     calls: list[float] = []
-    run = store._run
+    run = store.scripts.purge
 
     async def timed(*args: object, **kwargs: object) -> object:
         start = time.perf_counter()
@@ -50,7 +50,7 @@ async def main(count: int, url: str) -> None:
             calls.append(time.perf_counter() - start)
 
     await store.upload(expired(count))
-    store._run = timed  # type: ignore[method-assign]
+    store.scripts.purge = timed  # type: ignore[assignment]
     start = time.perf_counter()
     result = await store.purge()
     total = time.perf_counter() - start

@@ -14,16 +14,16 @@ from contextlib import AsyncExitStack
 from redis.asyncio import Redis
 
 from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealLimits
-from coupon_pool.store import Store
+from coupon_pool.megadeal import MegadealGate
+from coupon_pool.settings import MegadealLimits
 
 
 async def main(url: str, slots: int, lease_s: float, capacity: int) -> None:
     redis = Redis.from_url(url, decode_responses=True)
-    store = Store(redis, Keys("cp"), megadeal=MegadealLimits(max_concurrent=capacity, lease_s=lease_s))
+    gate = MegadealGate(redis, Keys("cp"), MegadealLimits(max_concurrent=capacity, lease_s=lease_s))
     async with AsyncExitStack() as stack:
         for i in range(slots):
-            await stack.enter_async_context(store.megadeal.slot(f"holder-{i}"))
+            await stack.enter_async_context(gate.slot(f"holder-{i}"))
         print("held", flush=True)
         await asyncio.sleep(3600)
 

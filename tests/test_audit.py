@@ -9,7 +9,7 @@ from factories import coupon, coupon_json, expired_coupon
 from redis.asyncio import Redis
 
 from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealLimits
+from coupon_pool.megadeal import MegadealGate
 from coupon_pool.models import CouponType
 from coupon_pool.store import Store
 
@@ -48,9 +48,9 @@ async def test_every_operation_of_a_scenario_has_one_entry_in_order(
 
 
 async def test_megadeal_allocations_are_audited_too(redis: Redis) -> None:
-    store = Store(redis, Keys("cp"), megadeal=MegadealLimits())
+    store = Store(redis, Keys("cp"))
     await store.upload([coupon("M", type="MEGADEAL")])
-    await store.allocate("u1", CouponType.MEGADEAL)
+    await MegadealGate(redis, Keys("cp")).allocate("u1")
     entries = (await store.audit(10, None)).entries
     assert [(e.op, e.model_extra) for e in entries[1:]] == [
         ("allocate", {"type": "MEGADEAL", "user_id": "u1", "code": "M"})

@@ -18,8 +18,9 @@ from redis.exceptions import RedisError
 from coupon_pool.check import check
 from coupon_pool.errors import CouponError
 from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealLimits
+from coupon_pool.megadeal import MegadealGate
 from coupon_pool.models import CouponType
+from coupon_pool.settings import MegadealLimits
 from coupon_pool.store import Store
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
@@ -91,7 +92,8 @@ async def test_a_randomized_concurrent_workload_with_a_redis_restart_ends_clean(
     server = RedisServer(tmp_path / "redis", "--appendfsync", "always").start()
     redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=1)
     limits = MegadealLimits(max_concurrent=2, rate_per_s=20, max_wait_s=1, lease_s=2)
-    store = Store(redis, Keys("cp"), upload_chunk_size=7, purge_batch_size=5, megadeal=limits)
+    store = Store(redis, Keys("cp"), upload_chunk_size=7, purge_batch_size=5)
+    gate = MegadealGate(redis, Keys("cp"), limits)
     rng = random.Random(2026)
     uploaded = 0
     done: dict[str, int] = {}
@@ -121,7 +123,10 @@ async def test_a_randomized_concurrent_workload_with_a_redis_restart_ends_clean(
                 elif op in ("allocate", "mega"):
                     ctype = MEGADEAL if op == "mega" else rng.choice([FREE, STANDARD])
                     user = f"u{rng.randint(0, 40)}"
-                    allocation = await store.allocate(user, ctype)
+                    if ctype is MEGADEAL:
+                        allocation = await gate.allocate(user)
+                    else:
+                        allocation = await store.allocate(user, ctype)
                     held.append((allocation.code, user, ctype))
                 elif op == "redeem" and held:
                     code, user, ctype = held.pop(rng.randrange(len(held)))

@@ -19,28 +19,29 @@ from redis.asyncio import Redis
 from coupon_pool.app import create_app
 from coupon_pool.errors import MegadealBusy, PoolEmpty
 from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealLimits
-from coupon_pool.models import Allocation, CouponType
-from coupon_pool.settings import Settings
+from coupon_pool.megadeal import MegadealGate
+from coupon_pool.results import Allocation
+from coupon_pool.settings import MegadealLimits, Settings
 from coupon_pool.store import Store
 
-MakeStore = Callable[..., Awaitable[Store]]
+MakeGate = Callable[..., Awaitable[MegadealGate]]
 HIGH_WATER = "{cp}:mega:hwm"
 
 
 @pytest.fixture
-async def make_store(redis_server: RedisServer, redis: Redis) -> AsyncIterator[MakeStore]:
-    """Stores with MEGADEAL limits of the test's choosing, on the flushed real Redis."""
+async def make_gate(redis_server: RedisServer, redis: Redis) -> AsyncIterator[MakeGate]:
+    """MEGADEAL gates with limits of the test's choosing, on the flushed real Redis."""
     clients: list[Redis] = []
 
-    async def make(coupons: int = 300, **limits: float) -> Store:
+    async def make(coupons: int = 300, **limits: float) -> MegadealGate:
         client, blocking = (Redis.from_url(redis_server.url, decode_responses=True) for _ in range(2))
         clients.extend((client, blocking))
-        store = Store(client, Keys("cp"), megadeal=MegadealLimits(**limits), blocking_redis=blocking)  # type: ignore[arg-type]
+        gate = MegadealGate(client, Keys("cp"), MegadealLimits(**limits), blocking_redis=blocking)  # type: ignore[arg-type]
+        store = Store(client, Keys("cp"))
         await store.load_scripts()
         if coupons and not await redis.exists("{cp}:avail:MEGADEAL"):
             await store.upload([coupon(f"MEGA-{i:04d}", type="MEGADEAL") for i in range(coupons)])
-        return store
+        return gate
 
     yield make
     for client in clients:
@@ -53,21 +54,21 @@ def max_in_rolling_second(times: Sequence[datetime]) -> int:
     return max((sum(1 for u in ms if t <= u < t + 1000) for t in ms), default=0)
 
 
-async def allocate_timed(store: Store, user: str, start: float) -> tuple[Allocation | Exception, float]:
+async def allocate_timed(gate: MegadealGate, user: str, start: float) -> tuple[Allocation | Exception, float]:
     try:
-        result: Allocation | Exception = await store.allocate(user, CouponType.MEGADEAL)
+        result: Allocation | Exception = await gate.allocate(user)
     except (MegadealBusy, PoolEmpty) as exc:
         result = exc
     return result, time.monotonic() - start
 
 
-async def test_concurrent_slots_never_exceed_the_limit(make_store: MakeStore, redis: Redis) -> None:
-    store = await make_store(max_concurrent=3, rate_per_s=1000)
+async def test_concurrent_slots_never_exceed_the_limit(make_gate: MakeGate, redis: Redis) -> None:
+    gate = await make_gate(max_concurrent=3, rate_per_s=1000)
     inside = peak = 0
 
     async def hold(user: str) -> None:
         nonlocal inside, peak
-        async with store.megadeal.slot(user):
+        async with gate.slot(user):
             inside += 1
             peak = max(peak, inside)
             await asyncio.sleep(0.05)
@@ -78,29 +79,28 @@ async def test_concurrent_slots_never_exceed_the_limit(make_store: MakeStore, re
     assert await redis.get(HIGH_WATER) == "3"
 
 
-async def test_no_rolling_second_holds_more_allocations_than_the_rate(make_store: MakeStore) -> None:
-    store = await make_store(rate_per_s=5, max_wait_s=2.5)
+async def test_no_rolling_second_holds_more_allocations_than_the_rate(make_gate: MakeGate) -> None:
+    gate = await make_gate(rate_per_s=5, max_wait_s=2.5)
     start = time.monotonic()
-    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(30)))
+    results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(30)))
     served = [r for r, _ in results if isinstance(r, Allocation)]
     assert max_in_rolling_second([a.allocated_at for a in served]) == 5
     assert 10 <= len(served) <= 15  # 5 at once, then 5 as each second of the window ends
     assert len({a.code for a in served}) == len(served)
 
 
-async def test_a_waiter_gives_up_at_the_wait_cap(make_store: MakeStore) -> None:
-    store = await make_store(rate_per_s=1, max_wait_s=1.0)
+async def test_a_waiter_gives_up_at_the_wait_cap(make_gate: MakeGate) -> None:
+    gate = await make_gate(rate_per_s=1, max_wait_s=1.0)
     start = time.monotonic()
-    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(6)))
+    results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(6)))
     failed = [elapsed for r, elapsed in results if isinstance(r, MegadealBusy)]
     assert len(failed) >= 4
     assert all(1.0 <= elapsed <= 1.5 for elapsed in failed), failed
 
 
-async def test_busy_is_429_with_retry_after(settings: Settings, redis: Redis, make_store: MakeStore) -> None:
-    await make_store()  # the coupons
-    limits = MegadealLimits(rate_per_s=1, max_wait_s=0.5)
-    app = create_app(Settings(redis_url=settings.redis_url, megadeal=limits))
+async def test_busy_is_429_with_retry_after(settings: Settings, redis: Redis, make_gate: MakeGate) -> None:
+    await make_gate()  # the coupons
+    app = create_app(Settings(redis_url=settings.redis_url, megadeal_rate_per_s=1, megadeal_max_wait_s=0.5))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
@@ -114,12 +114,12 @@ async def test_busy_is_429_with_retry_after(settings: Settings, redis: Redis, ma
     assert int(busy[0].headers["retry-after"]) >= 1
 
 
-async def test_waiters_are_served_in_arrival_order(make_store: MakeStore) -> None:
-    store = await make_store(rate_per_s=2, max_wait_s=6)
+async def test_waiters_are_served_in_arrival_order(make_gate: MakeGate) -> None:
+    gate = await make_gate(rate_per_s=2, max_wait_s=6)
     start = time.monotonic()
     tasks = []
     for i in range(8):
-        tasks.append(asyncio.create_task(allocate_timed(store, f"u{i}", start)))
+        tasks.append(asyncio.create_task(allocate_timed(gate, f"u{i}", start)))
         await asyncio.sleep(0.03)
     results = [r for r, _ in await asyncio.gather(*tasks)]
     assert all(isinstance(r, Allocation) for r in results)
@@ -127,27 +127,27 @@ async def test_waiters_are_served_in_arrival_order(make_store: MakeStore) -> Non
     assert [a.user_id for a in order] == [f"u{i}" for i in range(8)]  # type: ignore[union-attr]
 
 
-async def test_an_empty_megadeal_pool_answers_at_once(make_store: MakeStore) -> None:
-    store = await make_store(coupons=0, rate_per_s=1)
+async def test_an_empty_megadeal_pool_answers_at_once(make_gate: MakeGate) -> None:
+    gate = await make_gate(coupons=0, rate_per_s=1)
     start = time.monotonic()
-    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(20)))
+    results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(20)))
     assert all(isinstance(r, PoolEmpty) for r, _ in results)
     assert max(elapsed for _, elapsed in results) < 1.0  # no queueing (the cap here is 10 s)
 
 
-async def test_waiters_learn_the_pool_ran_dry_without_waiting_out_the_cap(make_store: MakeStore) -> None:
-    store = await make_store(coupons=3, rate_per_s=2)
+async def test_waiters_learn_the_pool_ran_dry_without_waiting_out_the_cap(make_gate: MakeGate) -> None:
+    gate = await make_gate(coupons=3, rate_per_s=2)
     start = time.monotonic()
-    results = await asyncio.gather(*(allocate_timed(store, f"u{i}", start) for i in range(6)))
+    results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(6)))
     outcome = Counter(type(r).__name__ for r, _ in results)
     assert outcome == {"Allocation": 3, "PoolEmpty": 3}
     assert max(elapsed for _, elapsed in results) < 2.5
 
 
 async def test_slots_of_a_killed_process_come_back_after_the_lease(
-    make_store: MakeStore, redis_server: RedisServer, redis: Redis
+    make_gate: MakeGate, redis_server: RedisServer, redis: Redis
 ) -> None:
-    store = await make_store(max_concurrent=2, rate_per_s=100, lease_s=1.5, max_wait_s=5)
+    gate = await make_gate(max_concurrent=2, rate_per_s=100, lease_s=1.5, max_wait_s=5)
     holder = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).parent / "megadeal_holder.py"), redis_server.url, "2", "1.5",
         stdout=asyncio.subprocess.PIPE,
@@ -158,30 +158,36 @@ async def test_slots_of_a_killed_process_come_back_after_the_lease(
     holder.kill()  # SIGKILL: no chance to give the slots back
     await holder.wait()
     killed_at = time.monotonic()
-    result, _ = await allocate_timed(store, "after", killed_at)
+    result, _ = await allocate_timed(gate, "after", killed_at)
     waited = time.monotonic() - killed_at
     assert isinstance(result, Allocation)
     assert waited <= 1.5 + 0.5  # the lease, plus at most one heartbeat's rounding
 
 
 async def test_waiting_megadeal_requests_do_not_starve_other_types(
-    settings: Settings, make_store: MakeStore
+    settings: Settings, make_gate: MakeGate
 ) -> None:
-    store = await make_store(max_concurrent=1)
-    await store.upload([coupon(f"STD-{i:03d}") for i in range(50)])
-    limits = MegadealLimits(max_concurrent=1, max_wait_s=3)
-    app = create_app(Settings(redis_url=settings.redis_url, redis_max_connections=4, megadeal=limits))
+    gate = await make_gate(max_concurrent=1)
+    await Store(gate.redis, Keys("cp")).upload([coupon(f"STD-{i:03d}") for i in range(50)])
+    app = create_app(
+        Settings(
+            redis_url=settings.redis_url,
+            redis_max_connections=4,
+            megadeal_max_concurrent=1,
+            megadeal_max_wait_s=3,
+        )
+    )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
-        store.megadeal.slot("holder"),  # the only slot is taken: waiters block on Redis
+        gate.slot("holder"),  # the only slot is taken: waiters block on Redis
     ):
         mega = [
             asyncio.create_task(http.post("/v1/allocations", json={"user_id": f"m{i}", "type": "MEGADEAL"}))
             for i in range(100)
         ]
         await asyncio.sleep(0.3)
-        assert store.megadeal.waiting == 0  # this store is not the app's
+        assert gate.waiting == 0  # this gate is not the app's
         standard = await asyncio.gather(
             *(http.post("/v1/allocations", json={"user_id": f"s{i}"}) for i in range(50))
         )
@@ -192,8 +198,8 @@ async def test_waiting_megadeal_requests_do_not_starve_other_types(
         await asyncio.gather(*mega, return_exceptions=True)
 
 
-async def test_two_app_processes_share_the_limits(redis_server: RedisServer, make_store: MakeStore) -> None:
-    await make_store()
+async def test_two_app_processes_share_the_limits(redis_server: RedisServer, make_gate: MakeGate) -> None:
+    await make_gate()
     env = {"MEGADEAL_RATE_PER_S": "4", "MEGADEAL_MAX_WAIT_S": "2.2", "MEGADEAL_MAX_CONCURRENT": "3"}
     servers = [LiveServer(redis_server.url, **env) for _ in range(2)]
     try:
@@ -214,8 +220,8 @@ async def test_two_app_processes_share_the_limits(redis_server: RedisServer, mak
     assert 8 <= len(served) <= 12  # 4 at once, then 4 per second, across both processes
 
 
-async def test_150_at_once_on_the_default_limits(redis_server: RedisServer, make_store: MakeStore) -> None:
-    await make_store(coupons=300)
+async def test_150_at_once_on_the_default_limits(redis_server: RedisServer, make_gate: MakeGate) -> None:
+    await make_gate(coupons=300)
     server = LiveServer(redis_server.url)  # MEGADEAL defaults: 5 at once, 10 per second, 10 s wait
     try:
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:

@@ -57,8 +57,14 @@ def create_reference_app(settings: Settings | None = None, *, autopipeline: bool
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])], lifespan=lifespan)
 
 
-app = create_reference_app()
-pipelined_app = create_reference_app(autopipeline=True)
+def app() -> Starlette:
+    """The ceiling, for uvicorn's --factory."""
+    return create_reference_app()
+
+
+def pipelined_app() -> Starlette:
+    """The ceiling with auto-pipelining, for uvicorn's --factory."""
+    return create_reference_app(autopipeline=True)
 
 
 class ReferenceServer:
@@ -68,8 +74,8 @@ class ReferenceServer:
         self.url = f"http://127.0.0.1:{port}"
         name = "pipelined_app" if autopipeline else "app"
         command = [
-            sys.executable, "-m", "uvicorn", f"coupon_pool.bench.reference:{name}", "--port", str(port),
-            "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+            sys.executable, "-m", "uvicorn", f"coupon_pool.bench.reference:{name}", "--factory",
+            "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
         env = {**os.environ, "REDIS_URL": redis_url}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
