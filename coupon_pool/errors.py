@@ -11,6 +11,7 @@ class CouponError(Exception):
     code = "internal_error"
     status = 500
     title = "Internal error"
+    sends: tuple[str, ...] = ()  # the response headers it always carries, for the OpenAPI document
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -35,6 +36,7 @@ class InvalidJson(CouponError):
 
 class Unauthenticated(CouponError):
     code, status, title = "unauthenticated", 401, "API key missing or not valid"
+    sends = ("WWW-Authenticate",)
 
 
 class Forbidden(CouponError):
@@ -47,6 +49,7 @@ class NotFound(CouponError):
 
 class MethodNotAllowed(CouponError):
     code, status, title = "method_not_allowed", 405, "Method not allowed"
+    sends = ("Allow",)
 
 
 class UnsupportedMediaType(CouponError):
@@ -105,6 +108,7 @@ class PoolEmpty(CouponError):
 
 class MegadealBusy(CouponError):
     code, status, title = "megadeal_busy", 429, "MEGADEAL limit reached"
+    sends = ("Retry-After",)
 
 
 class StoreUnavailable(CouponError):
@@ -113,10 +117,13 @@ class StoreUnavailable(CouponError):
 
 class UploadWorkerLost(CouponError):
     code, status, title = "upload_worker_lost", 503, "Upload worker lost"
+    sends = ("Retry-After",)
 
 
-# The error replies of the Lua scripts, by the status word they return.
-BY_SCRIPT_REPLY: dict[str, type[CouponError]] = {
-    cls.code: cls
-    for cls in (CouponNotFound, CouponExpired, TypeMismatch, NotAllocated, AlreadyRedeemed, PoolEmpty)
-}
+def _every(cls: type[CouponError]) -> list[type[CouponError]]:
+    return [cls] + [c for sub in cls.__subclasses__() for c in _every(sub)]
+
+
+# Every error by its code: a Lua script's error reply, or a model's error_codes, names
+# the error to raise.
+BY_CODE: dict[str, type[CouponError]] = {cls.code: cls for cls in _every(CouponError)}

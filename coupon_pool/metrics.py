@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .megadeal import GateStatus
-from .models import Stats
+from .results import Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # No "_created" timestamp series beside every counter and histogram: noise for a scraper.

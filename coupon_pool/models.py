@@ -1,14 +1,15 @@
-"""Request and response bodies of the v1 API, with every validation rule on input."""
+"""Request bodies and parameters of the v1 API, with every validation rule on input.
+
+The answers are in results.py; both share the coupon types and discounts defined here.
+"""
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -28,8 +29,14 @@ MAX_AUDIT_PAGE = 1000
 AUDIT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
 CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 USER_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"  # visible ASCII: no spaces, controls or non-ASCII
-_FLAT = re.compile(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,4})?")
-_PERCENT = re.compile(r"(0|[1-9][0-9]{0,2})(\.[0-9]{1,2})?")
+# The published patterns say exactly what the validators accept: > 0, no leading zeros.
+FLAT_PATTERN = (
+    r"^([1-9][0-9]{0,11}(\.[0-9]{1,4})?|0\.([1-9][0-9]{0,3}|0[1-9][0-9]{0,2}|00[1-9][0-9]?|000[1-9]))$"
+)
+PERCENT_PATTERN = r"^([1-9][0-9]?(\.[0-9]{1,2})?|100(\.00?)?|0\.([1-9][0-9]?|0[1-9]))$"
+MAX_FLAT_INTEGER = 999_999_999_999
+_FLAT = re.compile(FLAT_PATTERN)
+_PERCENT = re.compile(PERCENT_PATTERN)
 
 
 class CouponType(StrEnum):
@@ -59,7 +66,7 @@ def _exact_number(value: Any) -> str:
 
 def _flat_amount(value: Any) -> str:
     text = _exact_number(value)
-    if not _FLAT.fullmatch(text) or Decimal(text) <= 0:
+    if not _FLAT.fullmatch(text):
         raise PydanticCustomError(
             "flat_amount", "must be greater than 0, with at most 12 digits before the point and 4 after"
         )
@@ -68,11 +75,17 @@ def _flat_amount(value: Any) -> str:
 
 def _percent(value: Any) -> int | str:
     text = _exact_number(value)
-    if not _PERCENT.fullmatch(text) or not 0 < Decimal(text) <= 100:
+    if not _PERCENT.fullmatch(text):
         raise PydanticCustomError(
             "percent", "must be greater than 0 and at most 100, with at most 2 decimals"
         )
-    return int(text) if text.isdigit() else text
+    return percent_value(text)
+
+
+def percent_value(text: str) -> int | str:
+    """A stored percent as answered: an integer when whole ("100.00" -> 100), else its text."""
+    whole, _, fraction = text.partition(".")
+    return int(whole) if fraction.strip("0") == "" else text
 
 
 def _in_future(value: datetime) -> datetime:
@@ -85,8 +98,15 @@ FlatAmount = Annotated[
     str,
     BeforeValidator(_flat_amount),
     WithJsonSchema(
-        {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,4})?$", "examples": ["12.50"]}
+        {
+            "oneOf": [
+                {"type": "string", "pattern": FLAT_PATTERN, "examples": ["12.50"]},
+                {"type": "integer", "minimum": 1, "maximum": MAX_FLAT_INTEGER},
+            ]
+        },
+        mode="validation",
     ),
+    WithJsonSchema({"type": "string", "pattern": FLAT_PATTERN}, mode="serialization"),
 ]
 Percent = Annotated[
     int | str,
@@ -95,9 +115,19 @@ Percent = Annotated[
         {
             "oneOf": [
                 {"type": "integer", "minimum": 1, "maximum": 100},
-                {"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]{1,2})?$"},
+                {"type": "string", "pattern": PERCENT_PATTERN},
             ]
-        }
+        },
+        mode="validation",
+    ),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": 100, "description": "a whole percent"},
+                {"type": "string", "pattern": PERCENT_PATTERN, "description": "with decimals"},
+            ]
+        },
+        mode="serialization",
     ),
 ]
 FutureTime = Annotated[AwareDatetime, AfterValidator(_in_future)]
@@ -118,17 +148,23 @@ class PercentDiscount(_Body):
 
 
 Discount = Annotated[FlatDiscount | PercentDiscount, Field(discriminator="kind")]
+# The tags of the discriminated unions, which pydantic puts into an error's location.
+UNION_TAGS = frozenset(
+    get_args(m.model_fields["kind"].annotation)[0] for m in (FlatDiscount, PercentDiscount)
+)
 
 
 class CouponIn(_Body):
     code: Code
     type: CouponType = CouponType.STANDARD
     discount: Discount
-    expires_at: FutureTime
+    expires_at: FutureTime = Field(examples=["2099-12-31T23:59:59Z"])
     max_usages: int = Field(default=1, ge=1, le=1_000_000)
 
 
 class UploadRequest(_Body):
+    # Refused with an error of its own rather than a 422: pydantic's error type -> the error's code.
+    error_codes: ClassVar[dict[str, str]] = {"too_long": "too_many_coupons"}
     coupons: list[CouponIn] = Field(max_length=MAX_UPLOAD)
 
 
@@ -143,81 +179,10 @@ class RedemptionRequest(_Body):
     type: CouponType | None = None
 
 
-class UploadResult(_Body):
-    created: int
-    duplicates: list[str] = Field(description="codes not stored because they already existed")
+class CouponPath(_Body):
+    """The path of GET /v1/coupons/{code}."""
 
-
-class Holder(_Body):
-    user_id: str
-    allocated_at: datetime
-    redeemed_at: datetime | None
-
-
-class Coupon(_Body):
-    code: str
-    type: CouponType
-    discount: Discount
-    expires_at: datetime
-    max_usages: int
-    allocated: int
-    used: int
-    created_at: datetime
-    allocations: list[Holder] = Field(
-        description=f"who holds it, oldest allocation first; at most {MAX_LISTED_HOLDERS} listed"
-    )
-
-
-# The answers of the hot paths are plain dataclasses, which orjson writes directly: a
-# pydantic model costs several microseconds more to build and serialize per request (and
-# a frozen dataclass one more: its __init__ goes through object.__setattr__).
-@dataclass(slots=True)
-class Allocation:
-    code: str
-    type: CouponType
-    discount: Discount
-    expires_at: datetime
-    user_id: str
-    allocated_at: datetime
-
-
-@dataclass(slots=True)
-class Redemption:
-    code: str
-    type: CouponType
-    user_id: str
-    redeemed_at: datetime
-    used: int
-    max_usages: int
-
-
-class TypeStats(_Body):
-    created: int
-    allocated: int
-    used: int
-    purged: int = Field(description="expired coupons deleted unused by the purge")
-    available: int = Field(description="unexpired coupons with at least one free usage")
-
-
-class Stats(_Body):
-    types: dict[CouponType, TypeStats]
-    totals: TypeStats
-
-
-class PurgeResult(_Body):
-    purged: dict[CouponType, int] = Field(description="expired, never redeemed: deleted")
-    retired: dict[CouponType, int] = Field(
-        description="expired, redeemed at least once: out of the pool, record kept"
-    )
-
-
-class AuditEntry(_Body):
-    """One entry of the audit stream; fields beyond these depend on ``op``."""
-
-    model_config = ConfigDict(extra="allow")
-    id: str
-    time: datetime
-    op: str
+    code: Code
 
 
 def _stream_id(value: str) -> str:
@@ -237,27 +202,3 @@ class AuditQuery(_Body):
     after: StreamId | None = Field(
         default=None, description="an entry id: only entries after it (else the latest `limit` entries)"
     )
-
-
-class AuditPage(_Body):
-    entries: list[AuditEntry] = Field(description="oldest first")
-    next: str | None = Field(description="pass as `after` for the entries that follow")
-
-
-class FieldError(_Body):
-    index: int | None = Field(default=None, description="position of the coupon in an upload")
-    field: str
-    message: str
-
-
-class Problem(_Body):
-    """An RFC 9457 problem document; ``code`` is the stable machine-readable error."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str
-    errors: list[FieldError] | None = None
-    error_count: int | None = None

@@ -1,107 +1,79 @@
-"""The OpenAPI 3.1 document, generated from the route table and the pydantic models."""
+"""The OpenAPI 3.1 document, derived from the operations' declarations and the pydantic models."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
-from starlette.requests import Request
-from starlette.responses import Response
 
 from . import __version__
 from .auth import Role
-from .errors import CouponError, Forbidden, StoreUnavailable, Unauthenticated
-from .models import CODE_PATTERN, Problem
+from .errors import CouponError
+from .results import Problem
+from .routing import Operation
 
 _REF = "#/components/schemas/{model}"
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "The caller's X-Request-ID when it is 1-128 visible ASCII characters, "
+        "else one made by the service; the request's log line carries the same",
+        "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,128}$"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "WWW-Authenticate": {
+        "description": 'The scheme to authenticate with: Bearer realm="coupon-pool"',
+        "schema": {"type": "string"},
+    },
+    "Allow": {"description": "The methods the route allows", "schema": {"type": "string"}},
+}
+_TAGS = [
+    {"name": "coupons", "description": "Upload, allocate, redeem and look up coupons"},
+    {"name": "pool", "description": "The pool as a whole: counters, purge, audit trail"},
+    {"name": "operations", "description": "Health, readiness, metrics and this document"},
+]
+_INFO = {
+    "title": "coupon-pool",
+    "version": __version__,
+    "summary": "A Redis-native, high-throughput coupon pool",
+    "description": "Bulk-load coupons, allocate one to a user, record its use. Errors are "
+    "application/problem+json (RFC 9457) with a stable `code`.",
+    "contact": {"name": "coupon-pool maintainers"},
+    "license": {"name": "Proprietary", "identifier": "LicenseRef-Proprietary"},
+}
 
 
-@dataclass(frozen=True)
-class Operation:
-    """One route, with what the OpenAPI document says of it."""
-
-    method: str
-    path: str
-    endpoint: Callable[[Request], Awaitable[Response]]
-    summary: str
-    request: type[BaseModel] | None = None
-    response: type[Any] | None = None  # a pydantic model or a dataclass
-    status: int = 200
-    errors: tuple[type[CouponError], ...] = ()
-    query: type[BaseModel] | None = None
-    media_type: str = "application/json"
-    role: Role | None = Role.CLIENT  # the API key it needs; None: open to anyone
-
-
-def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
+def openapi_document(operations: Sequence[Operation], server_url: str = "/") -> dict[str, Any]:
     models: dict[tuple[str, JsonSchemaMode], TypeAdapter[Any]] = {
         (Problem.__name__, "serialization"): TypeAdapter(Problem)
     }
     for op in operations:
-        if op.request:
-            models[(op.request.__name__, "validation")] = TypeAdapter(op.request)
-        if op.response:
-            models[(op.response.__name__, "serialization")] = TypeAdapter(op.response)
+        for model, mode in ((op.body, "validation"), (op.response, "serialization")):
+            if model is not None:
+                models[(model.__name__, mode)] = TypeAdapter(model)  # type: ignore[index]
     refs, schema = TypeAdapter.json_schemas(
         [(name, mode, adapter) for (name, mode), adapter in models.items()], ref_template=_REF
     )
-
-    def ref(model: type[Any], mode: JsonSchemaMode) -> dict[str, Any]:
-        return refs[(model.__name__, mode)]
-
-    problem = {"application/problem+json": {"schema": ref(Problem, "serialization")}}
+    schemas = schema.get("$defs", {})
+    for name, definition in schemas.items():
+        if "-" in name:  # "Discount-Input" and "-Output" differ: give each a title of its own
+            definition["title"] = name.replace("-", "")
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        if op.response:
-            body = ref(op.response, "serialization")
-        else:
-            body = {"type": "object"} if op.media_type == "application/json" else {"type": "string"}
-        responses: dict[str, Any] = {
-            str(op.status): {"description": op.summary, "content": {op.media_type: {"schema": body}}}
-        }
-        by_status: dict[int, list[str]] = {}
-        documented: tuple[type[CouponError], ...] = (*op.errors, StoreUnavailable)
-        if op.role is not None:
-            documented += (Unauthenticated,) if op.role is Role.CLIENT else (Unauthenticated, Forbidden)
-        for error in documented:
-            by_status.setdefault(error.status, []).append(error.code)
-        for status, codes in sorted(by_status.items()):
-            responses[str(status)] = {"description": "code: " + ", ".join(codes), "content": problem}
-        entry: dict[str, Any] = {
-            "summary": op.summary,
-            "operationId": op.endpoint.__name__,
-            "responses": responses,
-            # With keys configured (the deployment default); without any, every route is open.
-            "security": [{"apiKey": []}] if op.role is not None else [],
-        }
-        if op.role is Role.ADMIN:
-            entry["description"] = "Needs an admin API key."
-        if op.path.endswith("{code}"):
-            entry["parameters"] = [
-                {
-                    "name": "code",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": CODE_PATTERN},
-                }
-            ]
-        if op.query:
-            entry["parameters"] = _query_parameters(op.query)
-        if op.request:
-            entry["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": ref(op.request, "validation")}},
-            }
-        paths.setdefault(op.path, {})[op.method.lower()] = entry
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "coupon-pool", "version": __version__},
+        "info": _INFO,
+        "servers": [{"url": server_url, "description": "this service"}],
+        "tags": _TAGS,
         "paths": paths,
         "components": {
-            "schemas": schema.get("$defs", {}),
+            "schemas": schemas,
+            "headers": _HEADERS,
             "securitySchemes": {
                 "apiKey": {
                     "type": "http",
@@ -113,22 +85,74 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
     }
 
 
-def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    if op.response is not None:
+        body = refs[(op.response.__name__, "serialization")]
+    else:
+        body = {"type": "object"} if op.media_type == "application/json" else {"type": "string"}
+    responses = {
+        str(op.status): {
+            "description": op.summary,
+            "headers": _header_refs(()),
+            "content": {op.media_type: {"schema": body}},
+        }
+    }
+    problem = {"application/problem+json": {"schema": refs[(Problem.__name__, "serialization")]}}
+    by_status: dict[int, list[type[CouponError]]] = {}
+    for error in op.all_errors():
+        by_status.setdefault(error.status, []).append(error)
+    for status, found in sorted(by_status.items()):
+        responses[str(status)] = {
+            "description": "code: " + ", ".join(e.code for e in found),
+            "headers": _header_refs(h for e in found for h in e.sends),
+            "content": problem,
+        }
+    entry: dict[str, Any] = {
+        "summary": op.summary,
+        "description": "",
+        "operationId": op.handler.__name__,
+        "tags": [op.tag],
+        "responses": responses,
+        # With keys configured (the deployment default); without any, every route is open.
+        "security": [{"apiKey": []}] if op.role is not None else [],
+    }
+    entry["description"] = " ".join((op.handler.__doc__ or "").split())
+    if op.role is Role.ADMIN:
+        entry["description"] += " Needs an admin API key."
+    parameters = [
+        *(_parameters(op.path_params, "path") if op.path_params else ()),
+        *(_parameters(op.query, "query") if op.query else ()),
+    ]
+    if parameters:
+        entry["parameters"] = parameters
+    if op.body:
+        entry["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(op.body.__name__, "validation")]}},
+        }
+    return entry
+
+
+def _header_refs(names: Any) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in ("X-Request-ID", *names)}
+
+
+def _parameters(model: type[BaseModel], where: str) -> list[dict[str, Any]]:
     schema = model.model_json_schema(mode="validation")
     return [
         {
             "name": name,
-            "in": "query",
+            "in": where,
             "required": name in schema.get("required", ()),
-            "description": prop.get("description", ""),
-            "schema": _query_schema(prop),
+            "description": prop.get("description", name),
+            "schema": _parameter_schema(prop),
         }
         for name, prop in schema["properties"].items()
     ]
 
 
-def _query_schema(prop: dict[str, Any]) -> dict[str, Any]:
-    """A property's schema as a query parameter: an absent parameter, not null, stands for None."""
+def _parameter_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A property's schema as a parameter: an absent parameter, not null, stands for None."""
     schema = {k: v for k, v in prop.items() if k not in ("title", "description", "anyOf")}
     present = [s for s in prop.get("anyOf", ()) if s.get("type") != "null"]
     if len(present) == 1:

@@ -1,21 +1,29 @@
-"""Turning errors into RFC 9457 application/problem+json responses, and pydantic errors into data."""
+"""Errors as RFC 9457 application/problem+json: the exception handlers, and the one 422 builder."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import CouponError, InvalidJson, TooManyCoupons, ValidationFailed
-from .models import MAX_UPLOAD
+from . import errors
+from .middleware import note
+from .models import UNION_TAGS
 
 MAX_LISTED_ERRORS = 100
 MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("coupon_pool")
 
 
-def problem_response(error: CouponError) -> Response:
+def problem_response(error: errors.CouponError) -> Response:
     body: dict[str, Any] = {
         "type": f"urn:coupon-pool:problem:{error.code}",
         "title": error.title,
@@ -29,21 +37,27 @@ def problem_response(error: CouponError) -> Response:
     )
 
 
-def from_validation_error(exc: ValidationError) -> CouponError:
-    """The CouponError for a body pydantic refused: 400, 413 or 422 with the bad fields listed."""
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    if any(e["type"] == "json_invalid" for e in errors):
-        return InvalidJson(f"the body is not valid JSON: {errors[0]['msg']}")
-    if any(e["type"] == "too_long" and e["loc"] == ("coupons",) for e in errors):
-        return TooManyCoupons(f"an upload holds at most {MAX_UPLOAD} coupons")
-    return invalid_fields([field_error(e["loc"], e["msg"]) for e in errors[:MAX_LISTED_ERRORS]], len(errors))
+def from_validation_error(exc: ValidationError, model: type[BaseModel]) -> errors.CouponError:
+    """The CouponError for input ``model`` refused: 400, 413 or 422 with the bad fields listed.
+
+    A model's ``error_codes`` maps a pydantic error type to the error it stands for there
+    (an upload's list too long: 413 too_many_coupons).
+    """
+    found = exc.errors(include_url=False, include_context=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in found):
+        return errors.InvalidJson(f"the body is not valid JSON: {found[0]['msg']}")
+    own_codes: dict[str, str] = getattr(model, "error_codes", {})
+    for e in found:
+        if e["type"] in own_codes:
+            return errors.BY_CODE[own_codes[e["type"]]](e["msg"])
+    return invalid_fields([field_error(e["loc"], e["msg"]) for e in found[:MAX_LISTED_ERRORS]], len(found))
 
 
-def invalid_fields(listed: list[dict[str, Any]], count: int) -> ValidationFailed:
+def invalid_fields(listed: list[dict[str, Any]], count: int) -> errors.ValidationFailed:
     """The 422 for ``count`` invalid fields, of which ``listed`` (made by field_error) are shown."""
     first = listed[0]
-    where = f"coupon {first['index']}, " if "index" in first else ""
-    return ValidationFailed(
+    where = f"item {first['index']}, " if "index" in first else ""
+    return errors.ValidationFailed(
         f"{count} invalid field(s); first: {where}{first['field']}: {first['message']}",
         errors=listed,
         error_count=count,
@@ -51,16 +65,55 @@ def invalid_fields(listed: list[dict[str, Any]], count: int) -> ValidationFailed
 
 
 def field_error(loc: tuple[int | str, ...], message: str) -> dict[str, Any]:
+    """One listed error: ``index`` when the field is inside an item of a list (an upload's
+    coupons), and the field's dotted path within the body (or within that item)."""
     error: dict[str, Any] = {}
-    if len(loc) >= 2 and loc[0] == "coupons" and isinstance(loc[1], int):
+    if len(loc) >= 2 and isinstance(loc[1], int):
         error["index"] = loc[1]
         loc = loc[2:]
     # A discriminated union puts the tag ("flat", "percent") into the location: leave it out.
-    parts = [
-        str(p)
-        for i, p in enumerate(loc)
-        if not (i > 0 and loc[i - 1] == "discount" and p in ("flat", "percent"))
-    ]
+    parts = [str(p) for i, p in enumerate(loc) if not (i > 0 and p in UNION_TAGS)]
     error["field"] = ".".join(parts) or "(body)"
     error["message"] = message
     return error
+
+
+async def on_coupon_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.CouponError)
+    note(request, error=exc.code)
+    return problem_response(exc)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: errors.CouponError
+    if exc.status_code == 405:
+        error = errors.MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {})
+        )
+    elif exc.status_code == 404:
+        error = errors.NotFound(f"no route {request.url.path}")
+    else:
+        error = errors.CouponError(str(exc.detail))
+        error.status, error.code, error.title = exc.status_code, "http_error", str(exc.detail)
+    return await on_coupon_error(request, error)
+
+
+async def on_redis_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return await on_coupon_error(request, errors.StoreUnavailable(f"Redis did not answer: {exc}"))
+    log.error("Redis error on %s %s: %r", request.method, request.url.path, exc)
+    return await on_coupon_error(request, errors.CouponError("the store answered with an error"))
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return await on_coupon_error(request, errors.CouponError("an unexpected error occurred"))
+
+
+EXCEPTION_HANDLERS = {
+    errors.CouponError: on_coupon_error,
+    HTTPException: on_http_exception,
+    RedisError: on_redis_error,
+    Exception: on_unexpected,
+}

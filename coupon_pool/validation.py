@@ -27,7 +27,7 @@ def validate_json(body: bytes, model: type[Body]) -> Body:
     try:
         value = model.model_validate_json(body)
     except ValidationError as exc:
-        raise from_validation_error(exc) from None
+        raise from_validation_error(exc, model) from None
     try:
         jiter.from_json(body, catch_duplicate_keys=True, cache_mode="none")
     except ValueError:

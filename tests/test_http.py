@@ -11,7 +11,7 @@ from factories import coupon_json
 from pydantic import TypeAdapter
 
 from coupon_pool.app import create_app
-from coupon_pool.models import Allocation, Coupon, Problem, Redemption, Stats, UploadResult
+from coupon_pool.results import Allocation, Coupon, Problem, Redemption, Stats, UploadResult
 from coupon_pool.settings import Settings
 
 
@@ -108,8 +108,11 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     }  # fmt: skip
     upload = doc["paths"]["/v1/coupons"]["post"]
     assert upload["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("UploadRequest")
-    assert set(upload["responses"]) == {"201", "400", "401", "403", "408", "413", "415", "422", "503"}
-    assert {"CouponIn", "FlatDiscount", "PercentDiscount", "Problem"} <= set(doc["components"]["schemas"])
+    assert set(upload["responses"]) == {
+        "201", "400", "401", "403", "404", "405", "408", "413", "415", "422", "500", "503"
+    }  # fmt: skip
+    schemas = set(doc["components"]["schemas"])
+    assert {"CouponIn", "FlatDiscount-Input", "PercentDiscount-Output", "Problem"} <= schemas
     audit = doc["paths"]["/v1/audit"]["get"]
     assert {p["name"]: p["in"] for p in audit["parameters"]} == {"limit": "query", "after": "query"}
     assert "text/plain" in next(iter(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]))

@@ -1,0 +1,133 @@
+"""The bodies the v1 API answers with, successes and problems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import ConfigDict, Field
+
+from .models import MAX_LISTED_HOLDERS, CouponType, Discount, _Body
+
+
+class UploadResult(_Body):
+    created: int
+    duplicates: list[str] = Field(description="codes not stored because they already existed")
+
+
+class Holder(_Body):
+    user_id: str
+    allocated_at: datetime
+    redeemed_at: datetime | None
+
+
+class Coupon(_Body):
+    code: str
+    type: CouponType
+    discount: Discount
+    expires_at: datetime
+    max_usages: int
+    allocated: int
+    used: int
+    created_at: datetime
+    allocations: list[Holder] = Field(
+        description=f"who holds it, oldest allocation first; at most {MAX_LISTED_HOLDERS} listed"
+    )
+
+
+# The answers of the hot paths are plain dataclasses, which orjson writes directly: a
+# pydantic model costs several microseconds more to build and serialize per request (and
+# a frozen dataclass one more: its __init__ goes through object.__setattr__).
+@dataclass(slots=True)
+class Allocation:
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    code: str
+    type: CouponType
+    discount: Discount
+    expires_at: datetime
+    user_id: str
+    allocated_at: datetime
+
+
+@dataclass(slots=True)
+class Redemption:
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    code: str
+    type: CouponType
+    user_id: str
+    redeemed_at: datetime
+    used: int
+    max_usages: int
+
+
+class TypeStats(_Body):
+    created: int
+    allocated: int
+    used: int
+    purged: int = Field(description="expired coupons deleted unused by the purge")
+    available: int = Field(description="unexpired coupons with at least one free usage")
+
+
+def _every_type(schema: dict[str, Any]) -> None:
+    """A map keyed by coupon type, published as an object with one property per type."""
+    value = schema.pop("additionalProperties")
+    schema.pop("propertyNames", None)
+    schema["properties"] = {t.value: value for t in CouponType}
+    schema["required"] = [t.value for t in CouponType]
+    schema["additionalProperties"] = False
+
+
+V = TypeVar("V")
+ByType = Annotated[dict[CouponType, V], Field(json_schema_extra=_every_type)]
+
+
+class Stats(_Body):
+    types: ByType[TypeStats]
+    totals: TypeStats
+
+
+class PurgeResult(_Body):
+    purged: ByType[int] = Field(description="expired, never redeemed: deleted")
+    retired: ByType[int] = Field(description="expired, redeemed at least once: out of the pool, record kept")
+
+
+class Health(_Body):
+    status: Literal["ok"]
+
+
+class Readiness(_Body):
+    status: Literal["ready"]
+
+
+class AuditEntry(_Body):
+    """One entry of the audit stream; fields beyond these depend on ``op``."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    time: datetime
+    op: str
+
+
+class AuditPage(_Body):
+    entries: list[AuditEntry] = Field(description="oldest first")
+    next: str | None = Field(description="pass as `after` for the entries that follow")
+
+
+class FieldError(_Body):
+    index: int | None = Field(default=None, description="position of the coupon in an upload")
+    field: str
+    message: str
+
+
+class Problem(_Body):
+    """An RFC 9457 problem document; ``code`` is the stable machine-readable error."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+    error_count: int | None = None

@@ -1,0 +1,170 @@
+"""The v1 API: one handler per operation, and the table that declares each of them once."""
+
+from __future__ import annotations
+
+from . import errors
+from .auth import Role
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .models import AllocationRequest, AuditQuery, CouponPath, CouponType, RedemptionRequest, UploadRequest
+from .results import (
+    Allocation,
+    AuditPage,
+    Coupon,
+    Health,
+    PurgeResult,
+    Readiness,
+    Redemption,
+    Stats,
+    UploadResult,
+)
+from .routing import Call, Operation
+from .uploads import UploadWorker
+from .validation import validate_json
+
+INLINE_UPLOAD_BYTES = 64 * 1024  # larger uploads go to the upload worker process
+
+
+async def allocate(call: Call, body: AllocationRequest) -> Allocation:
+    """Of the unexpired coupons of the type with a free usage that the user does not hold yet,
+    the one expiring first. MEGADEAL requests pass the MEGADEAL gate first (and may wait)."""
+    call.note(type=body.type, user_id=body.user_id)
+    if body.type is CouponType.MEGADEAL:
+        allocation = await call.gate.allocate(body.user_id)
+    else:
+        allocation = await call.store.allocate(body.user_id, body.type)
+    call.note(code=allocation.code)
+    return allocation
+
+
+async def redeem(call: Call, body: RedemptionRequest) -> Redemption:
+    """The user must hold an unredeemed allocation of the unexpired coupon; each allocation
+    is redeemed once."""
+    call.note(code=body.code, user_id=body.user_id)
+    redemption = await call.store.redeem(body.code, body.user_id, body.type)
+    call.note(type=redemption.type, used=redemption.used)
+    return redemption
+
+
+async def upload_coupons(call: Call, body: bytes) -> UploadResult:
+    """One invalid item refuses the whole request; a code that already exists is not stored
+    and comes back in `duplicates`, so sending the same upload again stores nothing twice."""
+    if len(body) < INLINE_UPLOAD_BYTES:
+        result = await call.store.upload(validate_json(body, UploadRequest).coupons)
+    else:
+        result = await upload_worker(call).upload(body)
+    duplicates = len(result.duplicates)
+    call.note(coupons=result.created + duplicates, created=result.created, duplicates=duplicates)
+    return result
+
+
+def upload_worker(call: Call) -> UploadWorker:
+    """The app's upload worker, started on the first large upload (it takes a second to start)."""
+    state = call.request.app.state
+    if state.upload_worker is None:
+        state.upload_worker = UploadWorker(state.settings)
+    worker: UploadWorker = state.upload_worker
+    return worker
+
+
+async def get_coupon(call: Call, path: CouponPath) -> Coupon:
+    """Its counts, and who holds it (at most 1,000 listed)."""
+    return await call.store.get_coupon(path.code)
+
+
+async def stats(call: Call) -> Stats:
+    """Created, allocated, used, purged and available, per type and in total."""
+    return await call.store.stats()
+
+
+async def purge(call: Call) -> PurgeResult:
+    """Expired coupons never redeemed are deleted; those redeemed are retired (kept, out of the
+    pool). Also runs every PURGE_INTERVAL_S."""
+    result = await call.store.purge()
+    call.note(purged=sum(result.purged.values()), retired=sum(result.retired.values()))
+    return result
+
+
+async def audit(call: Call, query: AuditQuery) -> AuditPage:
+    """Without `after`, the latest `limit` entries; with it, the entries that follow it."""
+    return await call.store.audit(query.limit, query.after)
+
+
+async def metrics(call: Call) -> bytes:
+    """Request latencies of this process; the pool's counters and the MEGADEAL gate, from Redis."""
+    stats, gate = await call.store.stats(), await call.gate.status()
+    rendered: bytes = call.request.app.state.metrics.render(stats, gate)
+    return rendered
+
+
+async def healthz(call: Call) -> Health:
+    """Answers while the process serves, whatever the state of Redis."""
+    return Health(status="ok")
+
+
+async def readyz(call: Call) -> Readiness:
+    """Answers 200 when Redis answers, else 503 store_unavailable."""
+    await call.store.ping()
+    return Readiness(status="ready")
+
+
+async def openapi(call: Call) -> bytes:
+    """The OpenAPI 3.1 document of this service, derived from its route declarations."""
+    document: bytes = call.request.app.state.openapi
+    return document
+
+
+OPERATIONS = (
+    # The hot routes first: the router tries routes in order.
+    Operation(
+        method="POST", path="/v1/allocations", handler=allocate, tag="coupons",
+        summary="Allocate an available coupon to a user",
+        body=AllocationRequest, response=Allocation, status=201,
+        errors=(errors.PoolEmpty, errors.MegadealBusy),
+    ),
+    Operation(
+        method="POST", path="/v1/redemptions", handler=redeem, tag="coupons",
+        summary="Record the use of an allocated coupon",
+        body=RedemptionRequest, response=Redemption, status=201,
+        errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
+                errors.AlreadyRedeemed),
+    ),
+    Operation(
+        method="POST", path="/v1/coupons", handler=upload_coupons, tag="coupons",
+        summary="Upload up to 50,000 coupons", role=Role.ADMIN,
+        body=UploadRequest, large_body=True, response=UploadResult, status=201,
+        errors=(errors.TooManyCoupons, errors.UploadWorkerLost),
+    ),
+    Operation(
+        method="GET", path="/v1/coupons/{code}", handler=get_coupon, tag="coupons",
+        summary="A coupon with its usage counts",
+        path_params=CouponPath, response=Coupon, errors=(errors.CouponNotFound,),
+    ),
+    Operation(
+        method="GET", path="/v1/stats", handler=stats, tag="pool",
+        summary="Counters by coupon type", response=Stats,
+    ),
+    Operation(
+        method="POST", path="/v1/purge", handler=purge, tag="pool",
+        summary="Remove expired coupons now", role=Role.ADMIN, response=PurgeResult,
+    ),
+    Operation(
+        method="GET", path="/v1/audit", handler=audit, tag="pool",
+        summary="The audit trail, oldest first", role=Role.ADMIN, query=AuditQuery, response=AuditPage,
+    ),
+    Operation(
+        method="GET", path="/metrics", handler=metrics, tag="operations",
+        summary="Prometheus metrics", media_type=METRICS_CONTENT_TYPE,
+    ),
+    Operation(
+        method="GET", path="/healthz", handler=healthz, tag="operations",
+        summary="The process is up", role=None, uses_store=False, response=Health,
+    ),
+    Operation(
+        method="GET", path="/readyz", handler=readyz, tag="operations",
+        summary="Redis answers", role=None, response=Readiness,
+    ),
+    Operation(
+        method="GET", path="/openapi.json", handler=openapi, tag="operations",
+        summary="This document", role=None, uses_store=False,
+    ),
+)  # fmt: skip

@@ -1,0 +1,152 @@
+"""An operation declared once: method, path, inputs, answer and errors, by keyword.
+
+From an ``Operation`` come both its Starlette route (the inputs read and validated, the
+handler called, the answer encoded) and its part of the OpenAPI document (openapi.py), so
+the two cannot drift apart. A handler gets a ``Call`` and its validated inputs by name
+(``body``, ``query``, ``path``) and returns its answer: a model, a dataclass or bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import errors
+from .auth import Role
+from .bodies import read_json
+from .errors import CouponError
+from .megadeal import MegadealGate
+from .middleware import note
+from .problems import field_error, from_validation_error, invalid_fields
+from .store import Store
+from .validation import validate_json
+
+# The errors any operation with a JSON body can answer before its handler runs.
+BODY_ERRORS: tuple[type[errors.CouponError], ...] = (
+    errors.InvalidJson,
+    errors.BodyTimeout,
+    errors.BadContentLength,
+    errors.BodyTooLarge,
+    errors.UnsupportedMediaType,
+    errors.ValidationFailed,
+)
+# What every route can answer: no such route or method, or a fault of the service.
+ANY_ROUTE_ERRORS: tuple[type[errors.CouponError], ...] = (
+    errors.NotFound,
+    errors.MethodNotAllowed,
+    errors.CouponError,
+)
+
+
+@dataclass(slots=True)
+class Call:
+    """What a handler works with: the request, and the pool's store and MEGADEAL gate."""
+
+    request: Request
+    store: Store
+    gate: MegadealGate
+
+    def note(self, **fields: Any) -> None:
+        """Add fields about the operation to this request's log line."""
+        note(self.request, **fields)
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    path_params: type[BaseModel] | None = None
+    response: type[Any] | None = None  # a pydantic model or a dataclass; None: bytes of media_type
+    status: int = 200
+    media_type: str = "application/json"
+    errors: tuple[type[CouponError], ...] = ()  # those its handler raises
+    role: Role | None = Role.CLIENT  # the API key it needs; None: open to anyone
+    uses_store: bool = True  # it calls Redis, so it can answer 503 store_unavailable
+    large_body: bool = False  # its body may reach MAX_BODY_BYTES, and reaches the handler as bytes
+
+    def all_errors(self) -> tuple[type[CouponError], ...]:
+        """Every error this operation can answer, derived from what it declares."""
+        found: list[type[CouponError]] = list(self.errors)
+        if self.body:
+            found += BODY_ERRORS
+        if self.query or self.path_params:
+            found.append(errors.ValidationFailed)
+        if self.role is not None:
+            found.append(errors.Unauthenticated)
+        if self.role is Role.ADMIN:
+            found.append(errors.Forbidden)
+        if self.uses_store:
+            found.append(errors.StoreUnavailable)
+        found += ANY_ROUTE_ERRORS
+        return tuple(dict.fromkeys(found))
+
+    def endpoint(self) -> Callable[[Request], Awaitable[Response]]:
+        """The Starlette endpoint: inputs validated, the handler called, its answer encoded."""
+        handler, status, media_type = self.handler, self.status, self.media_type
+        body, query, path_params, large = self.body, self.query, self.path_params, self.large_body
+
+        async def endpoint(request: Request) -> Response:
+            state = request.app.state
+            inputs: dict[str, Any] = {}
+            if large:
+                inputs["body"] = await read_json(request, state.settings.max_body_bytes)
+            elif body is not None:
+                inputs["body"] = validate_json(await read_json(request), body)
+            if query is not None:
+                inputs["query"] = parse_query(request, query)
+            if path_params is not None:
+                inputs["path"] = parse_model(request.path_params, path_params)
+            result = await handler(Call(request, state.store, state.gate), **inputs)
+            return encode(result, status, media_type)
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+
+def encode(result: Any, status: int, media_type: str) -> Response:
+    if isinstance(result, BaseModel):
+        content = result.model_dump_json().encode()
+    elif isinstance(result, bytes):
+        content = result
+    else:
+        content = orjson.dumps(result, default=_model_fields, option=orjson.OPT_UTC_Z)
+    return Response(content, status_code=status, media_type=media_type)
+
+
+def _model_fields(value: object) -> dict[str, Any]:
+    """orjson's fallback for a pydantic model inside a dataclass (a discount: plain fields)."""
+    if isinstance(value, BaseModel):
+        return vars(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def parse_model(values: dict[str, Any], model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise from_validation_error(exc, model) from None
+
+
+def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
+    """Validate the query against ``model``; a parameter given twice is refused, as in a body."""
+    params = request.query_params.multi_items()
+    seen: set[str] = set()
+    for name, _ in params:  # one pass: the cost is linear in the query's length
+        if name in seen:
+            raise invalid_fields([field_error((name,), "appears more than once: send it once")], 1)
+        seen.add(name)
+    return parse_model(dict(params), model)
