@@ -35,3 +35,15 @@ if ! command -v redis-server >/dev/null; then
   apt_install redis-server || { echo "bootstrap: could not install redis-server; install Redis 7 and put redis-server on PATH" >&2; exit 1; }
   # Debian starts a system Redis on 6379 on install; this project runs its own.
 fi
+
+# The OpenAPI linters the tests run (Redocly CLI, Spectral), pinned in tools/openapi-lint.
+if ! command -v npm >/dev/null; then
+  echo "bootstrap: npm is missing; installing nodejs and npm with apt-get" >&2
+  apt_install nodejs npm || { echo "bootstrap: could not install npm; install Node.js 20+ with npm" >&2; exit 1; }
+fi
+lint=tools/openapi-lint
+lint_stamp=$lint/node_modules/.installed-$(cksum < $lint/package-lock.json | cut -d' ' -f1)
+if [ ! -f "$lint_stamp" ]; then
+  npm ci --prefix "$lint" --silent --no-audit --no-fund
+  touch "$lint_stamp"
+fi

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import httpx
 from factories import coupon_json
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from coupon_pool.app import create_app
+from coupon_pool.keys import Keys
+from coupon_pool.megadeal import MegadealGate
+from coupon_pool.settings import MegadealLimits, Settings
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -54,9 +63,25 @@ async def test_metrics_show_coupon_counters_by_type(client: httpx.AsyncClient) -
     assert coupons_of("created_total", "MEGADEAL") == 0
 
 
-async def test_metrics_show_the_megadeal_gate(client: httpx.AsyncClient) -> None:
-    await client.post("/v1/coupons", json={"coupons": [coupon_json("MD", type="MEGADEAL")]})
-    await client.post("/v1/allocations", json={"user_id": "a", "type": "MEGADEAL"})
-    samples = await scrape(client)
-    for name in ("slots_in_use", "queued", "waiting"):
-        assert samples[(f"coupon_pool_megadeal_{name}", ())] == 0
+async def test_metrics_show_the_megadeal_gate(settings: Settings, redis: Redis) -> None:
+    """One slot held elsewhere, one request of this process waiting for it, one idle gate."""
+    app = create_app(dataclasses.replace(settings, megadeal_max_concurrent=1, megadeal_max_wait_s=5))
+    holder = MegadealGate(redis, Keys("cp"), MegadealLimits(max_concurrent=1))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
+        body = {"coupons": [coupon_json(f"MD{i}", type="MEGADEAL") for i in range(3)]}
+        await http.post("/v1/coupons", json=body)
+        async with holder.slot("holder"):
+            waiter = asyncio.create_task(
+                http.post("/v1/allocations", json={"user_id": "w", "type": "MEGADEAL"})
+            )
+            await asyncio.sleep(0.3)
+            held = await scrape(http)
+        served = await waiter
+        after = await scrape(http)
+    assert served.status_code == 201
+    gauges = ("slots_in_use", "queued", "waiting")
+    assert [held[(f"coupon_pool_megadeal_{n}", ())] for n in gauges] == [1, 1, 1]
+    assert [after[(f"coupon_pool_megadeal_{n}", ())] for n in gauges] == [0, 0, 0]

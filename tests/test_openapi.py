@@ -8,16 +8,23 @@ document says, invalid input refused, missing auth refused. Bounded for CI by
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import orjson
+import pytest
 from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
+
+from coupon_pool.openapi import openapi_document
+from coupon_pool.routes import OPERATIONS
 
 ADMIN_KEY = "schemathesis-admin-key-0123456789"
 CLIENT_KEY = "schemathesis-client-key-0123456789"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
@@ -40,8 +47,38 @@ def test_every_answer_matches_the_openapi_document(
                 "--generation-database", "none", "--report-dir", str(tmp_path),
             ],
             capture_output=True, text=True, timeout=600, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py")),
+                 "PYTHONPATH": str(Path(__file__).parent)},
         )  # fmt: skip
     finally:
         server.stop()
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
     assert "10 selected / 10 total" in run.stdout  # every route was tested
+    assert "enabled = false" not in CONFIG.read_text()  # with every check on
+
+
+LINTERS = Path(__file__).resolve().parent.parent / "tools" / "openapi-lint"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["redocly", "lint", "--format", "stylish"],
+        ["spectral", "lint", "--fail-severity", "warn", "-r", ".spectral.yaml"],
+    ],
+    ids=["redocly", "spectral"],
+)
+def test_third_party_linters_find_nothing_in_the_document(command: list[str], tmp_path: Path) -> None:
+    """Redocly's recommended rules and Spectral's spectral:oas, as pinned in tools/openapi-lint."""
+    document = tmp_path / "openapi.json"
+    document.write_bytes(orjson.dumps(openapi_document(OPERATIONS)))
+    binary = LINTERS / "node_modules" / ".bin" / command[0]
+    assert binary.exists(), "run scripts/bootstrap.sh (make test does), which installs the linters"
+    run = subprocess.run(
+        [str(binary), *command[1:], str(document)],
+        capture_output=True, text=True, timeout=300, cwd=LINTERS,
+        env={**os.environ, "REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true"},
+    )  # fmt: skip
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "warning" not in output.replace("Deprecation warning", ""), output
