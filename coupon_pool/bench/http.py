@@ -112,3 +112,24 @@ def _parse_head(head: bytes) -> tuple[int, int]:
     if length is None:
         raise ValueError("the response has no Content-Length")
     return int(status_line[9:12]), length
+
+
+class BenchError(Exception):
+    """The bench cannot go on (service down, preparation refused)."""
+
+
+async def expect(target: Target, request: bytes, status: int) -> bytes:
+    """Send one request on a connection of its own; insist on ``status``."""
+    try:
+        conn = await target.connect()
+    except OSError as exc:
+        raise BenchError(f"cannot reach {target.host}:{target.port}: {exc}") from None
+    try:
+        got, answer = await conn.send(request)
+    except HttpError as exc:
+        raise BenchError(str(exc)) from None
+    finally:
+        conn.close()
+    if got != status:
+        raise BenchError(f"expected {status}, got {got}: {answer[:300]!r}")
+    return answer
