@@ -21,8 +21,9 @@ from .megadeal import MegadealGate
 from .metrics import RequestMetrics
 from .middleware import JsonLines, RequestTelemetry
 from .openapi import openapi_document
-from .problems import EXCEPTION_HANDLERS
+from .problems import EXCEPTION_HANDLERS, unexpected
 from .routes import OPERATIONS
+from .routing import Services
 from .settings import Settings
 from .store import Store
 
@@ -35,11 +36,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     access_log = JsonLines()
     api_keys = ApiKeys(settings.admin_keys, settings.client_keys)
     request_metrics = RequestMetrics()
+    services = Services()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = app.state.store = Store.from_settings(settings)
-        gate = app.state.gate = MegadealGate.from_settings(settings, store.redis)
+        store = services.store = Store.from_settings(settings)
+        gate = services.gate = MegadealGate.from_settings(settings, store.redis)
         try:
             await store.load_scripts()
         except RedisError as exc:
@@ -74,10 +76,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route(op.path, api_keys.guard(op.endpoint(), op.role), methods=[op.method]) for op in OPERATIONS
+            Route(op.path, api_keys.guard(op.endpoint(services), op.role), methods=[op.method])
+            for op in OPERATIONS
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(RequestTelemetry, metrics=request_metrics, log=access_log)],
+        middleware=[
+            Middleware(RequestTelemetry, metrics=request_metrics, log=access_log, on_error=unexpected)
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -69,7 +69,10 @@ class ApiKeys:
             return endpoint
 
         async def guarded(request: Request) -> Response:
-            role, kid = self.identify(request.headers.get("authorization"))
+            given = request.headers.getlist("authorization")
+            if len(given) > 1:  # which one would count? A proxy and the service could disagree
+                raise Unauthenticated("send one Authorization header, not several", headers=_CHALLENGE)
+            role, kid = self.identify(given[0] if given else None)
             note(request, key_id=kid)
             if role < needs:
                 raise Forbidden(f"this route needs an {needs.name.lower()} key")

@@ -39,7 +39,7 @@ class BodyDeadlines:
                     task.cancel()
 
     async def read(self, request: Request, limit: int) -> bytes:
-        """The whole body; BodyTooLarge past ``limit`` bytes, BodyTimeout past the deadline."""
+        """The whole body; BodyTooLarge past ``limit`` bytes, RequestTimeout past the deadline."""
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
@@ -66,7 +66,7 @@ class BodyDeadlines:
             # As asyncio.timeout does: a cancellation from elsewhere as well (shutdown) wins.
             if task not in self._expired or task.uncancel() > cancelling:
                 raise
-            raise errors.BodyTimeout(f"the body did not arrive within {self.seconds:g} s") from None
+            raise errors.RequestTimeout(f"the body did not arrive within {self.seconds:g} s") from None
         finally:
             del self._reading[task]
             self._expired.discard(task)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 
 import uvicorn
 
+from .server import ConnectionLimits, protocol
 from .settings import settings_for
+
+SPARE_DESCRIPTORS = 256  # beside the connections: Redis pools, the upload worker, files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for("coupon-pool")
     if settings is None:
         return 2
+    if not enough_file_descriptors(settings.max_connections):
+        return 2
+    limits = ConnectionLimits(
+        keep_alive_s=settings.keep_alive_s,
+        header_timeout_s=settings.header_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=settings.max_connections,
+    )
     uvicorn.run(
         "coupon_pool.app:create_app",
         factory=True,
@@ -41,8 +53,25 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers or settings.workers,
         log_level=settings.log_level,
         access_log=False,  # the app writes its own JSON access line per request
+        http=protocol(limits),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         # After SIGTERM, requests still running get this long, then are cancelled: a
         # stuck request never keeps a deployment from stopping.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
     return 0
+
+
+def enough_file_descriptors(connections: int) -> bool:
+    """Raise this process's descriptor limit to fit ``connections``, or say why it cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = connections + SPARE_DESCRIPTORS
+    if soft >= needed:
+        return True
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        print(f"coupon-pool: MAX_CONNECTIONS={connections} needs {needed} file descriptors, but this "
+              f"process may open at most {hard} (ulimit -Hn): lower MAX_CONNECTIONS",
+              file=sys.stderr)  # fmt: skip
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return True

@@ -60,12 +60,31 @@ class ValidationFailed(CouponError):
     code, status, title = "validation_error", 422, "Invalid request"
 
 
+class QueryTooLong(CouponError):
+    code, status, title = "query_too_long", 414, "Query too long"
+
+
 class BodyTooLarge(CouponError):
     code, status, title = "body_too_large", 413, "Request body too large"
 
 
-class BodyTimeout(CouponError):
-    code, status, title = "request_timeout", 408, "Request body not received in time"
+class RequestTimeout(CouponError):
+    """Its headers (server.py) or its body (bodies.py) did not arrive in time."""
+
+    code, status, title = "request_timeout", 408, "Request not received in time"
+
+
+class InvalidHttp(CouponError):
+    code, status, title = "invalid_http", 400, "Invalid HTTP request"
+
+
+class HeadersTooLarge(CouponError):
+    code, status, title = "headers_too_large", 431, "Request headers too large"
+
+
+class TooManyConnections(CouponError):
+    code, status, title = "too_many_connections", 503, "Too many connections"
+    sends = ("Retry-After",)
 
 
 class ClientDisconnected(CouponError):
@@ -113,6 +132,12 @@ class MegadealBusy(CouponError):
 
 class StoreUnavailable(CouponError):
     code, status, title = "store_unavailable", 503, "Store unavailable"
+
+
+class StoreFull(CouponError):
+    """Redis is at its maxmemory (or an upload at its share of it): writes are refused."""
+
+    code, status, title = "store_full", 507, "Store full"
 
 
 class UploadWorkerLost(CouponError):

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from .megadeal import GateStatus
 from .results import Stats
+from .store import Memory
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # No "_created" timestamp series beside every counter and histogram: noise for a scraper.
@@ -39,17 +40,18 @@ class RequestMetrics:
             series = self._series[key] = self.latency.labels(method, route, str(status))
         series.observe(seconds)
 
-    def render(self, stats: Stats, gate: GateStatus) -> bytes:
+    def render(self, stats: Stats, gate: GateStatus, memory: Memory) -> bytes:
         """The exposition text: these request metrics, then the pool's state read just now."""
         snapshot = CollectorRegistry(auto_describe=False)
-        snapshot.register(_Snapshot(stats, gate))
+        snapshot.register(_Snapshot(stats, gate, memory))
         return generate_latest(self.registry) + generate_latest(snapshot)
 
 
 class _Snapshot(Collector):
-    def __init__(self, stats: Stats, gate: GateStatus) -> None:
+    def __init__(self, stats: Stats, gate: GateStatus, memory: Memory) -> None:
         self.stats = stats
         self.gate = gate
+        self.memory = memory
 
     def collect(self) -> Iterable[Metric]:
         for name, doc in (
@@ -74,3 +76,8 @@ class _Snapshot(Collector):
             ("waiting", "MEGADEAL requests waiting in this process", self.gate.waiting),
         ):
             yield GaugeMetricFamily(f"coupon_pool_megadeal_{name}", doc, value=value)
+        for name, doc, value in (
+            ("used_memory_bytes", "Memory Redis uses", self.memory.used),
+            ("maxmemory_bytes", "Redis's maxmemory (0: no limit)", self.memory.max),
+        ):
+            yield GaugeMetricFamily(f"coupon_pool_redis_{name}", doc, value=value)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import RequestMetrics
 
+_log = logging.getLogger("coupon_pool")
 LOG_FIELDS = "coupon_pool.log"  # the scope key handlers add operation fields under
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _ID_PREFIX = uuid.uuid4().hex[:16]  # random per process: ids stay unique across processes
@@ -73,12 +77,21 @@ class JsonLines:
 
 
 class RequestTelemetry:
-    """Pure ASGI middleware, so it adds no task or body copy to a request."""
+    """Pure ASGI middleware, so it adds no task or body copy to a request.
 
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics, log: JsonLines) -> None:
+    It also answers an unexpected exception itself, with ``on_error``'s response: inside
+    it, so that answer carries the request id and its log line like any other, and the
+    exception goes no further (Starlette's outermost handler would answer too, then
+    re-raise, and the server would drop the keep-alive connection).
+    """
+
+    def __init__(
+        self, app: ASGIApp, metrics: RequestMetrics, log: JsonLines, on_error: Callable[[Exception], Response]
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log = log
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,15 +104,25 @@ class RequestTelemetry:
         status = 500
         id_header = (b"x-request-id", request_id.encode())
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # half an answer is out: nothing to do but let the server close
+                raise
+            _log.exception(
+                "unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id
+            )
+            fields["error"] = "internal_error"
+            await self.on_error(exc)(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             route = scope.get("route")
@@ -116,8 +139,13 @@ class RequestTelemetry:
 
 
 def _request_id(scope: Scope) -> str:
-    """The caller's X-Request-ID if usable, else this process's prefix and a sequence number."""
+    """The caller's X-Request-ID if usable, else a new one."""
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return str(value.decode())
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """This process's random prefix and a sequence number."""
     return f"{_ID_PREFIX}-{next(_sequence)}"

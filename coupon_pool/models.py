@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 MAX_UPLOAD = 50_000
+LATEST_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
 MAX_LISTED_HOLDERS = 1000
 MAX_AUDIT_PAGE = 1000
 AUDIT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
@@ -89,7 +90,16 @@ def percent_value(text: str) -> int | str:
 
 
 def _in_future(value: datetime) -> datetime:
-    if value.timestamp() <= time.time():
+    # Whatever is accepted must come back out: a time past year 9999 in UTC (such as
+    # 9999-12-31T23:59:59-23:59) could be stored but never answered.
+    too_late = PydanticCustomError("expiry_range", "must be at most 9999-12-31T23:59:59.999Z (in UTC)")
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:  # before year 1 or after year 9999, once in UTC
+        in_utc = None
+    if (in_utc is None and value.year > 1) or (in_utc is not None and in_utc > LATEST_EXPIRY):
+        raise too_late
+    if in_utc is None or in_utc.timestamp() <= time.time():
         raise PydanticCustomError("expired", "must be in the future")
     return value
 

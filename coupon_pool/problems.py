@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -102,18 +102,20 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 async def on_redis_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return await on_coupon_error(request, errors.StoreUnavailable(f"Redis did not answer: {exc}"))
+    if isinstance(exc, OutOfMemoryError):  # refused whole: a script over maxmemory does not start
+        full = errors.StoreFull("Redis is at its maxmemory and refuses writes; nothing was changed")
+        return await on_coupon_error(request, full)
     log.error("Redis error on %s %s: %r", request.method, request.url.path, exc)
     return await on_coupon_error(request, errors.CouponError("the store answered with an error"))
 
 
-async def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return await on_coupon_error(request, errors.CouponError("an unexpected error occurred"))
+def unexpected(exc: Exception) -> Response:
+    """The answer to an exception nothing else handled (RequestTelemetry logs it)."""
+    return problem_response(errors.CouponError("an unexpected error occurred"))
 
 
 EXCEPTION_HANDLERS = {
     errors.CouponError: on_coupon_error,
     HTTPException: on_http_exception,
     RedisError: on_redis_error,
-    Exception: on_unexpected,
 }

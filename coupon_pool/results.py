@@ -96,8 +96,18 @@ class Health(_Body):
     status: Literal["ok"]
 
 
+class MemoryStatus(_Body):
+    used_bytes: int = Field(description="what Redis uses now")
+    max_bytes: int = Field(description="Redis's maxmemory; 0: no limit")
+    uploads_stop_at_bytes: int | None = Field(
+        description="uploads are refused (507 store_full) from here on, so allocations and "
+        "redemptions keep the rest; null without a limit"
+    )
+
+
 class Readiness(_Body):
     status: Literal["ready"]
+    memory: MemoryStatus
 
 
 class AuditEntry(_Body):

@@ -11,6 +11,7 @@ from .results import (
     AuditPage,
     Coupon,
     Health,
+    MemoryStatus,
     PurgeResult,
     Readiness,
     Redemption,
@@ -90,9 +91,10 @@ async def audit(call: Call, query: AuditQuery) -> AuditPage:
 
 
 async def metrics(call: Call) -> bytes:
-    """Request latencies of this process; the pool's counters and the MEGADEAL gate, from Redis."""
-    stats, gate = await call.store.stats(), await call.gate.status()
-    rendered: bytes = call.request.app.state.metrics.render(stats, gate)
+    """Request latencies of this process; the pool's counters, the MEGADEAL gate and Redis's
+    memory, from Redis."""
+    stats, gate, memory = await call.store.stats(), await call.gate.status(), await call.store.memory()
+    rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory)
     return rendered
 
 
@@ -102,9 +104,11 @@ async def healthz(call: Call) -> Health:
 
 
 async def readyz(call: Call) -> Readiness:
-    """Answers 200 when Redis answers, else 503 store_unavailable."""
-    await call.store.ping()
-    return Readiness(status="ready")
+    """Answers 200 when Redis answers, with its memory headroom; else 503 store_unavailable."""
+    memory = await call.store.memory()
+    stop_at = int(memory.max * call.store.upload_memory_share) if memory.max else None
+    status = MemoryStatus(used_bytes=memory.used, max_bytes=memory.max, uploads_stop_at_bytes=stop_at)
+    return Readiness(status="ready", memory=status)
 
 
 async def openapi(call: Call) -> bytes:

@@ -30,18 +30,32 @@ from .validation import validate_json
 # The errors any operation with a JSON body can answer before its handler runs.
 BODY_ERRORS: tuple[type[errors.CouponError], ...] = (
     errors.InvalidJson,
-    errors.BodyTimeout,
+    errors.RequestTimeout,
     errors.BadContentLength,
     errors.BodyTooLarge,
     errors.UnsupportedMediaType,
     errors.ValidationFailed,
 )
+MAX_QUERY_BYTES = 1024
 # What every route can answer: no such route or method, or a fault of the service.
 ANY_ROUTE_ERRORS: tuple[type[errors.CouponError], ...] = (
     errors.NotFound,
     errors.MethodNotAllowed,
     errors.CouponError,
+    # Answered by the connection layer (server.py), before the app sees the request.
+    errors.InvalidHttp,
+    errors.RequestTimeout,
+    errors.HeadersTooLarge,
+    errors.TooManyConnections,
 )
+
+
+@dataclass(slots=True)
+class Services:
+    """What the app's lifespan opens for the handlers; the endpoints hold it from the start."""
+
+    store: Store = None  # type: ignore[assignment]
+    gate: MegadealGate = None  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -83,6 +97,8 @@ class Operation:
         found: list[type[CouponError]] = list(self.errors)
         if self.body:
             found += BODY_ERRORS
+        if self.query:
+            found.append(errors.QueryTooLong)
         if self.query or self.path_params:
             found.append(errors.ValidationFailed)
         if self.role is not None:
@@ -91,26 +107,27 @@ class Operation:
             found.append(errors.Forbidden)
         if self.uses_store:
             found.append(errors.StoreUnavailable)
+        if self.method == "POST":  # a change: refused when Redis is at its maxmemory
+            found.append(errors.StoreFull)
         found += ANY_ROUTE_ERRORS
         return tuple(dict.fromkeys(found))
 
-    def endpoint(self) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(self, services: Services) -> Callable[[Request], Awaitable[Response]]:
         """The Starlette endpoint: inputs validated, the handler called, its answer encoded."""
         handler, status, media_type = self.handler, self.status, self.media_type
         body, query, path_params, large = self.body, self.query, self.path_params, self.large_body
 
         async def endpoint(request: Request) -> Response:
-            state = request.app.state
             inputs: dict[str, Any] = {}
             if large:
-                inputs["body"] = await read_json(request, state.settings.max_body_bytes)
+                inputs["body"] = await read_json(request, request.app.state.settings.max_body_bytes)
             elif body is not None:
                 inputs["body"] = validate_json(await read_json(request), body)
             if query is not None:
                 inputs["query"] = parse_query(request, query)
             if path_params is not None:
                 inputs["path"] = parse_model(request.path_params, path_params)
-            result = await handler(Call(request, state.store, state.gate), **inputs)
+            result = await handler(Call(request, services.store, services.gate), **inputs)
             return encode(result, status, media_type)
 
         endpoint.__name__ = handler.__name__
@@ -142,7 +159,13 @@ def parse_model(values: dict[str, Any], model: type[BaseModel]) -> BaseModel:
 
 
 def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
-    """Validate the query against ``model``; a parameter given twice is refused, as in a body."""
+    """Validate the query against ``model``; a parameter given twice is refused, as in a body.
+
+    A query over MAX_QUERY_BYTES is refused before it is parsed, so no query costs more
+    than a few microseconds whatever it holds.
+    """
+    if len(request.scope["query_string"]) > MAX_QUERY_BYTES:
+        raise errors.QueryTooLong(f"a query may hold at most {MAX_QUERY_BYTES} bytes")
     params = request.query_params.multi_items()
     seen: set[str] = set()
     for name, _ in params:  # one pass: the cost is linear in the query's length

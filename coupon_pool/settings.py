@@ -64,6 +64,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be positive"
 
 
+def _share(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be above 0 and at most 1"
+
+
 def _namespace(value: str) -> str | None:
     return None if _NAMESPACE.fullmatch(value) else "must be 1-32 characters of a-z 0-9 _ -"
 
@@ -104,6 +108,10 @@ class Settings:
     redis_max_connections: int = env("REDIS_MAX_CONNECTIONS", 64, _int, _at_least_1)
     redis_timeout_s: float = env("REDIS_TIMEOUT_S", 2.0, _float, _positive)
     upload_chunk_size: int = env("UPLOAD_CHUNK_SIZE", 100, _int, _at_least_1)
+    # Uploads stop when Redis uses this share of its maxmemory, so allocations and
+    # redemptions (which need a little memory each) go on after uploads have filled it;
+    # 1: no share of their own (uploads then run until Redis refuses writes).
+    upload_memory_share: float = env("UPLOAD_MEMORY_SHARE", 0.9, _float, _share)
     # To receive a request's body, once its headers are in.
     body_timeout_s: float = env("BODY_TIMEOUT_S", 10.0, _float, _positive)
     # For requests in flight to finish after SIGTERM.
@@ -118,6 +126,11 @@ class Settings:
     megadeal_max_wait_s: float = env("MEGADEAL_MAX_WAIT_S", 10.0, _float, _positive)
     megadeal_lease_s: float = env("MEGADEAL_LEASE_S", 5.0, _float, _positive)
     megadeal_max_waiters: int = env("MEGADEAL_MAX_WAITERS", 500, _int, _at_least_1)
+    # Connections (server.py): idle limit, headers' deadline and size, how many at once.
+    keep_alive_s: float = env("KEEP_ALIVE_S", 5.0, _float, _positive)
+    header_timeout_s: float = env("HEADER_TIMEOUT_S", 10.0, _float, _positive)
+    max_header_bytes: int = env("MAX_HEADER_BYTES", 16 * 1024, _int, _at_least_1)
+    max_connections: int = env("MAX_CONNECTIONS", 4096, _int, _at_least_1)
     host: str = env("HOST", "127.0.0.1", _text)
     port: int = env("PORT", 8080, _int, _at_least_1)
     workers: int = env("WORKERS", 1, _int, _at_least_1)

@@ -6,6 +6,7 @@ import functools
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -13,7 +14,7 @@ from redis.asyncio import Redis
 
 from .autopipeline import AutoPipeline
 from .connection import connect
-from .errors import BY_CODE, CouponNotFound
+from .errors import BY_CODE, CouponNotFound, StoreFull
 from .keys import CouponField, Keys
 from .models import MAX_LISTED_HOLDERS, CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
 from .results import (
@@ -81,10 +82,12 @@ class Store:
         keys: Keys,
         *,
         upload_chunk_size: int = 100,
+        upload_memory_share: float = 0.9,
         purge_batch_size: int = 1000,
         audit_max_len: int = 100_000,
     ) -> None:
         self.redis = redis
+        self.upload_memory_share = upload_memory_share
         self.keys = keys
         self.scripts = Scripts(redis)
         self.upload_chunk_size = upload_chunk_size
@@ -109,6 +112,7 @@ class Store:
             redis,
             Keys(settings.key_namespace),
             upload_chunk_size=settings.upload_chunk_size,
+            upload_memory_share=settings.upload_memory_share,
             purge_batch_size=settings.purge_batch_size,
             audit_max_len=settings.audit_max_len,
         )
@@ -130,6 +134,15 @@ class Store:
         parts = max(1, math.ceil(len(coupons) / self.upload_chunk_size))
         types = " ".join(_TYPES)
         for part, start in enumerate(range(0, len(coupons), self.upload_chunk_size), 1):
+            memory = await self.memory() if self.upload_memory_share < 1 else None
+            if memory and memory.max and memory.used >= self.upload_memory_share * memory.max:
+                raise StoreFull(
+                    f"Redis uses {memory.used} of its {memory.max} bytes, and uploads stop at "
+                    f"{self.upload_memory_share:.0%} of it (allocations and redemptions go on); "
+                    f"{created + len(duplicates)} coupons of this upload were taken before it stopped "
+                    f"(sent again, they come back as duplicates)",
+                    created=created,
+                )
             chunk = coupons[start : start + self.upload_chunk_size]
             head: list[str | int] = [
                 self.keys.coupon_prefix,
@@ -163,7 +176,7 @@ class Store:
             [self._coupon_prefix, user_id, self._type_names[coupon_type], self._audit_cap],
         )
         raise_if_error(reply, f"no {coupon_type.value} coupon is available for this user")
-        return allocation(Allocated(*reply[1:]), user_id, coupon_type)
+        return allocation(Allocated._make(reply[1:]), user_id, coupon_type)
 
     async def redeem(self, code: str, user_id: str, coupon_type: CouponType | None) -> Redemption:
         """Record that ``user_id`` used the coupon ``code`` allocated to them."""
@@ -173,7 +186,7 @@ class Store:
             [user_id, self._type_names[coupon_type] if coupon_type else b"", code, self._audit_cap],
         )
         raise_if_error(reply, _REDEEM_DETAIL.get(reply[0], "").format(code=code))
-        redeemed = Redeemed(*reply[1:])
+        redeemed = Redeemed._make(reply[1:])
         return Redemption(
             code=code,
             type=CouponType(redeemed.type),
@@ -251,6 +264,8 @@ class Store:
         """Audit entries after the id ``after``, or the last ``limit`` ones; oldest first."""
         if after is None:
             raw = list(reversed(await self.redis.xrevrange(self.keys.audit, count=limit) or []))
+        elif after == _LAST_STREAM_ID:  # nothing can follow it (and Redis refuses "(" before it)
+            raw = []
         else:
             raw = await self.redis.xrange(self.keys.audit, min=f"({after}", count=limit) or []
         entries = [_audit_entry(cast(str, id_), cast(dict[str, str], fields)) for id_, fields in raw]
@@ -259,7 +274,19 @@ class Store:
     async def ping(self) -> None:
         await self.redis.ping()
 
+    async def memory(self) -> Memory:
+        """What Redis uses, and its maxmemory (0: no limit)."""
+        info = await self.redis.info("memory")
+        return Memory(used=int(info["used_memory"]), max=int(info["maxmemory"]))
 
+
+@dataclass(frozen=True)
+class Memory:
+    used: int
+    max: int  # 0: no limit
+
+
+_LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
 _COUNT_FIELDS = frozenset({"created", "duplicates", "used"})
 _REDEEM_DETAIL = {
     "coupon_not_found": "there is no coupon {code!r}",

@@ -10,7 +10,7 @@ import pytest
 from starlette.requests import Request
 
 from coupon_pool.bodies import BodyDeadlines
-from coupon_pool.errors import BodyTimeout, ClientDisconnected
+from coupon_pool.errors import ClientDisconnected, RequestTimeout
 
 SCOPE = {"type": "http", "method": "POST", "path": "/", "headers": []}
 
@@ -48,7 +48,7 @@ async def test_a_body_in_parts_is_read_whole(deadlines: BodyDeadlines) -> None:
 async def test_a_body_that_stops_arriving_ends_after_the_deadline(deadlines: BodyDeadlines) -> None:
     request = request_receiving({"type": "http.request", "body": b'{"a":', "more_body": True})
     started = time.monotonic()
-    with pytest.raises(BodyTimeout):
+    with pytest.raises(RequestTimeout):
         await deadlines.read(request, 100)
     assert 0.4 <= time.monotonic() - started < 0.4 * 1.25 + 0.2
     task = asyncio.current_task()

@@ -73,7 +73,11 @@ async def test_a_code_outside_the_charset_is_refused_before_redis(client: httpx.
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    ready = (await client.get("/readyz")).json()
+    assert ready["status"] == "ready"
+    assert ready["memory"]["used_bytes"] > 0
+    assert ready["memory"]["max_bytes"] == 0  # the test Redis has no maxmemory
+    assert ready["memory"]["uploads_stop_at_bytes"] is None
 
 
 async def test_redis_unreachable_is_503_store_unavailable() -> None:
@@ -109,7 +113,7 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     upload = doc["paths"]["/v1/coupons"]["post"]
     assert upload["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("UploadRequest")
     assert set(upload["responses"]) == {
-        "201", "400", "401", "403", "404", "405", "408", "413", "415", "422", "500", "503"
+        "201", "400", "401", "403", "404", "405", "408", "413", "415", "422", "431", "500", "503", "507"
     }  # fmt: skip
     schemas = set(doc["components"]["schemas"])
     assert {"CouponIn", "FlatDiscount-Input", "PercentDiscount-Output", "Problem"} <= schemas

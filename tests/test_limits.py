@@ -10,6 +10,7 @@ import httpx
 import pytest
 from conftest import LiveServer, RedisServer
 from factories import coupon_json
+from rawhttp import read_answer
 from redis.asyncio import Redis
 
 from coupon_pool.app import create_app
@@ -17,26 +18,6 @@ from coupon_pool.bodies import SMALL_BODY_BYTES
 from coupon_pool.settings import Settings
 
 JSON = {"content-type": "application/json"}
-
-
-def read_answer(conn: socket.socket) -> bytes:
-    """One whole HTTP response from a raw socket: its head, then Content-Length bytes."""
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        more = conn.recv(65536)
-        if not more:
-            raise AssertionError(f"the connection closed before a whole answer: {answer!r}")
-        answer += more
-    head, _, body = answer.partition(b"\r\n\r\n")
-    length = int(
-        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
-    )
-    while len(body) < length:
-        more = conn.recv(65536)
-        if not more:
-            break
-        body += more
-    return head + b"\r\n\r\n" + body
 
 
 @pytest.fixture

@@ -1,0 +1,148 @@
+"""The HTTP server: uvicorn with httptools, and the connection limits uvicorn lacks.
+
+uvicorn with httptools bounds neither how long a request's headers may take nor how
+large they may be, lets a connection that never sends a byte stay open forever, answers
+a malformed request with text/plain, and has no cap on open connections (its
+``limit_concurrency`` answers text/plain 503 only once headers are in). ``GuardedProtocol``
+adds, per connection:
+
+- an idle limit: a connection with no request under way is closed after KEEP_ALIVE_S
+  (uvicorn's own keep-alive timer covers the time after a response; this covers a new
+  connection too);
+- a header deadline: once the first byte of a request is in, its headers must be
+  complete within HEADER_TIMEOUT_S, or it gets 408 and the connection closes (the body
+  then has BODY_TIMEOUT_S, enforced by the app);
+- a header size cap: past MAX_HEADER_BYTES (request line included) before the headers
+  end, 431, and the connection closes; at most one read (64 KiB) more is ever buffered;
+- a connection cap: beyond MAX_CONNECTIONS open in this process, a new connection gets
+  503 with Retry-After and is closed, rather than the process running out of descriptors;
+- framing errors as problem+json: a bad Content-Length (not a number, negative, given
+  twice, or beside Transfer-Encoding) is 400 ``invalid_content_length``, any other
+  unparsable request 400 ``invalid_http``; then the connection closes.
+
+Every such answer carries an X-Request-ID and writes a log line, as the app's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from . import errors
+from .middleware import JsonLines, new_request_id
+
+_lines = JsonLines()
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    keep_alive_s: float = 5.0
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 4096
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self._awaiting_headers = True  # no request under way, or one whose headers are not all in
+        self._header_bytes = 0
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            detail = f"this process serves at most {self.limits.max_connections} connections at once"
+            self._refuse(errors.TooManyConnections(detail, headers={"Retry-After": "1"}))
+            return
+        self._arm(self.limits.keep_alive_s, self._idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._awaiting_headers:
+            if self._header_bytes == 0:  # the first byte of a request: its headers' clock starts
+                self._arm(self.limits.header_timeout_s, self._headers_late)
+            self._header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(errors.InvalidHttp("protocol upgrades are not served"))
+            return
+        except httptools.HttpParserError as exc:
+            if "Content-Length" in str(exc) or "Transfer-Encoding" in str(exc):
+                self._refuse(errors.BadContentLength(f"the request's framing is invalid: {exc}"))
+            else:
+                self._refuse(errors.InvalidHttp(f"the request cannot be parsed: {exc}"))
+            return
+        if self._awaiting_headers and self._header_bytes > self.limits.max_header_bytes:
+            limit = self.limits.max_header_bytes
+            self._refuse(
+                errors.HeadersTooLarge(f"the request line and headers may hold at most {limit} bytes")
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers = True
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.pipeline:
+            self._awaiting_headers = True  # uvicorn's keep-alive timer now runs
+
+    def _arm(self, seconds: float, then: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, then)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _idle(self) -> None:
+        if self._header_bytes == 0 and not self.transport.is_closing():
+            self.transport.close()
+
+    def _headers_late(self) -> None:
+        if self._awaiting_headers and not self.transport.is_closing():
+            seconds = self.limits.header_timeout_s
+            self._refuse(errors.RequestTimeout(f"the request's headers did not arrive within {seconds:g} s"))
+
+    def _refuse(self, error: errors.CouponError) -> None:
+        """Answer ``error`` as problem+json, log it, and close the connection."""
+        self._disarm()
+        request_id = new_request_id()
+        body = orjson.dumps({"type": f"urn:coupon-pool:problem:{error.code}", "title": error.title,
+                             "status": error.status, "detail": error.detail, "code": error.code})  # fmt: skip
+        headers = {"content-type": "application/problem+json", "content-length": str(len(body)),
+                   "connection": "close", "x-request-id": request_id, **error.headers}  # fmt: skip
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+        self.transport.write(STATUS_LINE[error.status] + head + b"\r\n" + body)
+        self.transport.close()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else None
+        _lines.write(
+            level="warning", request_id=request_id, status=error.status, error=error.code, client=client
+        )
+
+
+def protocol(limits: ConnectionLimits) -> Any:
+    """The protocol class for uvicorn's ``http`` option, bound to ``limits`` (picklable)."""
+    return functools.partial(GuardedProtocol, limits=limits)

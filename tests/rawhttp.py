@@ -1,0 +1,25 @@
+"""Raw-socket HTTP for the tests that must send what no HTTP client would."""
+
+from __future__ import annotations
+
+import socket
+
+
+def read_answer(conn: socket.socket) -> bytes:
+    """One whole HTTP response from a raw socket: its head, then Content-Length bytes."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        more = conn.recv(65536)
+        if not more:
+            raise AssertionError(f"the connection closed before a whole answer: {answer!r}")
+        answer += more
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+    )
+    while len(body) < length:
+        more = conn.recv(65536)
+        if not more:
+            break
+        body += more
+    return head + b"\r\n\r\n" + body
