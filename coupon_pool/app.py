@@ -57,17 +57,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         dump_tasks_on_sigusr1()
         tune_gc()
         sweeping = asyncio.create_task(app.state.body_deadlines.sweep())
-        stop_purging = asyncio.Event()
+        stop_background = asyncio.Event()
         purging = asyncio.create_task(
-            purge_periodically(store, settings.purge_interval_s, access_log, stop_purging)
+            purge_periodically(store, settings.purge_interval_s, access_log, stop_background)
         )
+        forgetting = asyncio.create_task(gate.forget_the_dead(stop_background))
         try:
             yield
         finally:
-            stop_purging.set()
+            stop_background.set()
             purging.cancel()
+            forgetting.cancel()
             sweeping.cancel()
-            await asyncio.wait({purging}, timeout=2 * settings.redis_timeout_s + 1)
+            await asyncio.wait({purging, forgetting}, timeout=2 * settings.redis_timeout_s + 1)
             await store.aclose()
             await gate.aclose()
             if app.state.upload_worker:

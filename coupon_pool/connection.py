@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -60,8 +62,30 @@ class FairConnectionPool(ConnectionPool):
                 self._free.release()
 
 
+PROCESS_PREFIX = "coupon-pool:"
+_process_name = ""
+
+
+def process_name() -> str:
+    """This process's name on every Redis connection it opens (CLIENT LIST shows it)."""
+    return _process_name
+
+
+def _rename() -> None:
+    global _process_name
+    _process_name = f"{PROCESS_PREFIX}{uuid.uuid4().hex[:16]}"
+
+
+_rename()
+os.register_at_fork(after_in_child=_rename)
+
+
 def connect(settings: Settings, max_connections: int, command_timeout_s: float) -> Redis:
-    """A Redis client whose calls fail fast and are never retried (a script may have run)."""
+    """A Redis client whose calls fail fast and are never retried (a script may have run).
+
+    Its connections carry this process's name: the MEGADEAL gate tells live processes
+    from dead ones by their open connections.
+    """
     pool = FairConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections,
@@ -70,5 +94,6 @@ def connect(settings: Settings, max_connections: int, command_timeout_s: float) 
         socket_connect_timeout=settings.redis_timeout_s,
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
+        client_name=_process_name,
     )
     return Redis(connection_pool=pool)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from .connection import connect
-from .errors import MegadealBusy, PoolEmpty
+from .connection import PROCESS_PREFIX, connect, process_name
+from .errors import ClientDisconnected, MegadealBusy, PoolEmpty
 from .keys import Keys
 from .models import CouponType
 from .results import Allocation
@@ -26,10 +28,12 @@ from .settings import MegadealLimits, Settings
 from .store import allocation
 
 log = logging.getLogger("coupon_pool.megadeal")
+Gone = Callable[[], Awaitable[object]]  # completes when the caller has gone away
 
 WINDOW_MS = 1000  # the rate limit is per rolling second
 HEARTBEAT_MS = 1000  # a waiter calls Redis again at least this often
-GRACE_MS = 1000  # a waiter silent this long past its heartbeat has died: its place is freed
+WAKE_KEEP_MS = 2000  # a wake-up waits this long for its waiter
+FORGET_INTERVAL_S = 1.0  # how often each process drops the waiters of dead processes
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class MegadealGate:
         self.limits = limits or MegadealLimits()
         scripts = Scripts(redis)
         self._enter, self._leave = scripts.megadeal_enter, scripts.megadeal_leave
+        self._forget = scripts.megadeal_forget
         self._enter_keys = [
             keys.available(CouponType.MEGADEAL), keys.exhausted, keys.stats, keys.audit,
             keys.megadeal_queue, keys.megadeal_alive, keys.megadeal_slots, keys.megadeal_window,
@@ -85,9 +90,16 @@ class MegadealGate:
         if self.blocking_redis is not self.redis:
             await self.blocking_redis.aclose()
 
-    async def allocate(self, user_id: str) -> Allocation:
-        """Wait for admission (FIFO, within the limits), then allocate a MEGADEAL coupon."""
-        async with self.slot(user_id) as allocated:
+    async def allocate(
+        self, user_id: str, *, started: float | None = None, gone: Gone | None = None
+    ) -> Allocation:
+        """Wait for admission (FIFO, within the limits), then allocate a MEGADEAL coupon.
+
+        ``started`` (time.perf_counter) is when the request arrived: the wait is counted
+        from then. ``gone`` completes when the caller has gone away: a waiter whose caller
+        is gone leaves the queue without being allocated anything.
+        """
+        async with self.slot(user_id, started=started, gone=gone) as allocated:
             return allocation(allocated, user_id, CouponType.MEGADEAL)
 
     async def status(self) -> GateStatus:
@@ -98,78 +110,141 @@ class MegadealGate:
         return GateStatus(slots=slots, queued=queued, waiting=self.waiting)
 
     @asynccontextmanager
-    async def slot(self, user_id: str) -> AsyncIterator[Allocated]:
+    async def slot(
+        self, user_id: str, *, started: float | None = None, gone: Gone | None = None
+    ) -> AsyncIterator[Allocated]:
         """Wait for a slot, allocating a MEGADEAL coupon on admission; hold the slot inside.
 
         Yields the coupon allocated. Raises PoolEmpty at once when no MEGADEAL coupon is
-        left, MegadealBusy when no slot came within max_wait_s.
+        left, MegadealBusy when no slot came within max_wait_s, ClientDisconnected when
+        ``gone`` completed first.
         """
-        ticket, allocated = await self._wait_for_admission(user_id)
+        started = time.perf_counter() if started is None else started
+        ticket, allocated = await self._wait_for_admission(user_id, started, gone)
         try:
             yield allocated
         finally:
             await self._leave_quietly(ticket)
 
-    async def _wait_for_admission(self, user_id: str) -> tuple[str, Allocated]:
+    async def _wait_for_admission(
+        self, user_id: str, started: float, gone: Gone | None
+    ) -> tuple[str, Allocated]:
         if self.waiting >= self.limits.max_waiters:
             raise MegadealBusy(
                 f"{self.waiting} MEGADEAL requests are already waiting here", headers={"Retry-After": "1"}
             )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.max_wait_s
+        deadline = started + self.limits.max_wait_s
         ticket = ""
+        watch = asyncio.ensure_future(gone()) if gone else None
         self.waiting += 1
         try:
             while True:
-                reply = await self._enter(keys=self._enter_keys, args=self._enter_args(user_id, ticket))
+                if watch is not None and watch.done():
+                    raise ClientDisconnected("the client went away while waiting for a MEGADEAL slot")
+                waited_ms = int((time.perf_counter() - started) * 1000)
+                reply = await self._enter(
+                    keys=self._enter_keys, args=self._enter_args(user_id, ticket, waited_ms)
+                )
                 ticket = reply[1]
                 if reply[0] == "ok":
-                    return ticket, Allocated(*reply[2:])
+                    return ticket, Allocated._make(reply[2:])
                 if reply[0] == "pool_empty":
                     raise PoolEmpty("no MEGADEAL coupon is available for this user")
-                waiting = Waiting(*reply[2:])
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    retry_after = max(1, math.ceil((int(waiting.rank) + 1) / self.limits.rate_per_s))
-                    raise MegadealBusy(
-                        f"no MEGADEAL slot within {self.limits.max_wait_s:g} s; "
-                        f"{waiting.rank} requests are ahead",
-                        headers={"Retry-After": str(retry_after)},
-                    )
+                if reply[0] == "expired":
+                    raise self._busy(int(reply[2]))
+                waiting = Waiting._make(reply[2:])
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:  # answered at the cap, whatever Redis would say next
+                    raise self._busy(int(waiting.rank))
                 wait = min(int(waiting.wait_ms) / 1000, remaining)
                 if waiting.reason == "rate":
-                    await asyncio.sleep(wait)  # the window opens at a known moment
+                    pause: Awaitable[Any] = asyncio.sleep(wait)  # the window opens at a known moment
                 else:
-                    await self.blocking_redis.blpop([self.keys.megadeal_wake(ticket)], timeout=wait)
+                    pause = self.blocking_redis.blpop([self.keys.megadeal_wake(ticket)], timeout=wait)
+                await self._pause(pause, watch)
         except BaseException:
             if ticket:
                 await self._leave_quietly(ticket)
             raise
         finally:
             self.waiting -= 1
+            if watch is not None:
+                watch.cancel()
+
+    @staticmethod
+    async def _pause(pause: Awaitable[Any], watch: asyncio.Future[Any] | None) -> None:
+        """Wait for ``pause``, or less if the caller goes away (``watch`` completes)."""
+        if watch is None:
+            await pause
+            return
+        waiting = asyncio.ensure_future(pause)
+        await asyncio.wait({waiting, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+            with suppress(asyncio.CancelledError, RedisError):
+                await waiting
+
+    def _busy(self, rank: int) -> MegadealBusy:
+        retry_after = max(1, math.ceil((rank + 1) / self.limits.rate_per_s))
+        return MegadealBusy(
+            f"no MEGADEAL slot within {self.limits.max_wait_s:g} s; {rank} requests are ahead",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def forget_the_dead(self, stop: asyncio.Event) -> None:
+        """Once a second, drop the queued waiters of app processes that are gone (see
+        lua/megadeal_forget.lua), until ``stop`` is set."""
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                async with asyncio.timeout(FORGET_INTERVAL_S):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            try:
+                await self.forget_dead_waiters()
+            except ResponseError as exc:  # CLIENT LIST not allowed (a managed Redis, an ACL)
+                log.warning(
+                    "cannot tell dead processes' MEGADEAL waiters (%s): they wait out their deadline", exc
+                )
+            except RedisError as exc:
+                log.warning("could not look for dead processes' MEGADEAL waiters: %s", exc)
+
+    async def forget_dead_waiters(self) -> int:
+        """Drop the queued waiters whose process has no open Redis connection; how many."""
+        if not await self.redis.zcard(self.keys.megadeal_queue):
+            return 0  # nobody waits: nothing to list
+        max_number = int(await self.redis.get(self.keys.megadeal_ticket) or 0)
+        clients = await self.redis.client_list(_type="normal")
+        owners = {c["name"] for c in clients if c.get("name", "").startswith(PROCESS_PREFIX)}
+        lim = self.limits
+        args: list[str | int] = [
+            max_number, self.keys.megadeal_wake_prefix, lim.max_concurrent, lim.rate_per_s, WINDOW_MS,
+            WAKE_KEEP_MS, *sorted(owners),
+        ]  # fmt: skip
+        return int(await self._forget(keys=self._leave_keys, args=args))
 
     async def _leave_quietly(self, ticket: str) -> None:
-        # When Redis is unreachable the lease and the heartbeat free the place instead.
+        # When Redis is unreachable the lease and the waiter's deadline free the place instead.
         try:
             await self._leave(keys=self._leave_keys, args=self._leave_args(ticket))
         except RedisError as exc:
             log.warning("could not leave the MEGADEAL gate (ticket %s): %s", ticket, exc)
 
-    def _enter_args(self, user_id: str, ticket: str) -> list[str | int]:
+    def _enter_args(self, user_id: str, ticket: str, waited_ms: int) -> list[str | int]:
         lim = self.limits
         return [
-            self.keys.coupon_prefix, user_id, CouponType.MEGADEAL.value, ticket, lim.max_concurrent,
-            lim.rate_per_s, WINDOW_MS, int(lim.lease_s * 1000), HEARTBEAT_MS, GRACE_MS, self.audit_max_len,
+            self.keys.coupon_prefix, user_id, CouponType.MEGADEAL.value, ticket, process_name(),
+            lim.max_concurrent, lim.rate_per_s, WINDOW_MS, int(lim.lease_s * 1000), HEARTBEAT_MS, waited_ms,
+            int(lim.max_wait_s * 1000), self.audit_max_len,
         ]  # fmt: skip
 
     def _leave_args(self, ticket: str) -> list[str | int]:
         lim = self.limits
-        keep_ms = HEARTBEAT_MS + GRACE_MS
         return [
             ticket,
             self.keys.megadeal_wake_prefix,
             lim.max_concurrent,
             lim.rate_per_s,
             WINDOW_MS,
-            keep_ms,
+            WAKE_KEEP_MS,
         ]

@@ -22,6 +22,7 @@ from .metrics import RequestMetrics
 
 _log = logging.getLogger("coupon_pool")
 LOG_FIELDS = "coupon_pool.log"  # the scope key handlers add operation fields under
+STARTED = "coupon_pool.started"  # the scope key of the request's arrival (time.perf_counter)
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _ID_PREFIX = uuid.uuid4().hex[:16]  # random per process: ids stay unique across processes
 _sequence = itertools.count(1)
@@ -97,7 +98,7 @@ class RequestTelemetry:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        start = scope[STARTED] = time.perf_counter()
         request_id = _request_id(scope)
         fields: dict[str, Any] = {}
         scope[LOG_FIELDS] = fields

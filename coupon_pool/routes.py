@@ -30,7 +30,7 @@ async def allocate(call: Call, body: AllocationRequest) -> Allocation:
     the one expiring first. MEGADEAL requests pass the MEGADEAL gate first (and may wait)."""
     call.note(type=body.type, user_id=body.user_id)
     if body.type is CouponType.MEGADEAL:
-        allocation = await call.gate.allocate(body.user_id)
+        allocation = await call.gate.allocate(body.user_id, started=call.started, gone=call.gone)
     else:
         allocation = await call.store.allocate(body.user_id, body.type)
     call.note(code=allocation.code)

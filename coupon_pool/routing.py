@@ -22,7 +22,7 @@ from .auth import Role
 from .bodies import read_json
 from .errors import CouponError
 from .megadeal import MegadealGate
-from .middleware import note
+from .middleware import STARTED, note
 from .problems import field_error, from_validation_error, invalid_fields
 from .store import Store
 from .validation import validate_json
@@ -69,6 +69,18 @@ class Call:
     def note(self, **fields: Any) -> None:
         """Add fields about the operation to this request's log line."""
         note(self.request, **fields)
+
+    @property
+    def started(self) -> float:
+        """When the request arrived (time.perf_counter)."""
+        started: float = self.request.scope[STARTED]
+        return started
+
+    async def gone(self) -> None:
+        """Complete when the client has gone away (once its body is read: nothing else comes)."""
+        receive = self.request.receive
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
 
 Handler = Callable[..., Awaitable[Any]]

@@ -46,6 +46,7 @@ class Scripts:
         self.purge = load("purge")
         self.megadeal_enter = load("megadeal_enter")
         self.megadeal_leave = load("megadeal_leave")
+        self.megadeal_forget = load("megadeal_forget")
 
     def all(self) -> tuple[AsyncScript, ...]:
         return tuple(vars(self).values())

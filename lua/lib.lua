@@ -59,3 +59,22 @@ local function audit_allocation(stream, maxlen, ctype, user, result)
     audit(stream, maxlen, 'op', 'allocate', 'type', ctype, 'user_id', user, 'error', result[1])
   end
 end
+
+-- Push "1" to the wake list (wake_prefix .. ticket, kept keep_ms) of each of the first
+-- min(free slots, free window places) tickets of the MEGADEAL queue: those waiting for a
+-- slot are blocked on that list. Returns the number of waiters woken.
+local function wake_waiters(queue, slots, window, wake_prefix, max_concurrent, rate, window_ms, keep_ms, now)
+  local free_slots = max_concurrent - redis.call('ZCARD', slots)
+  local free_rate = rate - redis.call('ZCOUNT', window, '(' .. (now - window_ms), '+inf')
+  local n = math.min(free_slots, free_rate)
+  if n <= 0 then
+    return 0
+  end
+  local woken = redis.call('ZRANGE', queue, 0, n - 1)
+  for _, waiter in ipairs(woken) do
+    local key = wake_prefix .. waiter
+    redis.call('RPUSH', key, '1')
+    redis.call('PEXPIRE', key, keep_ms)
+  end
+  return #woken
+end

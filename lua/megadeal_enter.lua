@@ -10,9 +10,11 @@
 --       exhausted     coupons with no free usage (where allocate_one moves a coupon)
 --       stats         the stats hash
 --       audit_stream  the audit stream
---       queue         waiting tickets (sorted set: ticket -> ticket, i.e. arrival order)
---       alive         waiter heartbeats (sorted set: ticket -> alive until ms); a waiter
---                     that stops calling (its process died) is dropped when this passes
+--       queue         waiting tickets (sorted set: ticket -> its number, i.e. arrival order);
+--                     a ticket is "<number>:<owner>", owner naming the app process
+--       alive         waiters' deadlines (sorted set: ticket -> ms): a waiter past its
+--                     deadline is dropped (a dead process's waiters go sooner: see
+--                     megadeal_forget.lua)
 --       slots         admitted tickets (sorted set: ticket -> lease end ms); a slot whose
 --                     holder died frees itself when its lease ends
 --       window        admissions in the window (sorted set: ticket -> admitted at ms)
@@ -22,15 +24,18 @@
 --       user          the user id
 --       ctype         the coupon type (MEGADEAL; for the counters and the audit entry)
 --       ticket        this request's ticket, or "" on its first call
+--       owner         the app process's name (its Redis connections carry it)
 --       max_concurrent, rate (admissions per window), window_ms
 --       lease_ms      how long an admitted slot is held at most
---       max_sleep_ms  longest sleep before calling again (the heartbeat)
---       grace_ms      added to a waiter's heartbeat before it counts as dead
+--       max_sleep_ms  longest sleep before calling again
+--       waited_ms     how long the request has waited so far, by the app's clock
+--       max_wait_ms   how long it may wait in all: past that it is never admitted
 --       audit_cap     audit stream length cap (approximate)
 --
 -- Returns {"ok", ticket, code, kind, value, expires_at ms, allocated_at ms}: admitted,
 --          allocated, and holding a slot until megadeal_leave.lua or the lease ends;
 --      or {"pool_empty", ticket}: nothing to allocate (not queued);
+--      or {"expired", ticket, rank}: its wait is over (not queued, never admitted);
 --      or {"wait", ticket, wait ms, reason, rank}: call again after wait ms at the latest;
 --          reason "rate" (the window opens then: sleep) or "slot" (a slot frees at the
 --          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner).
@@ -40,23 +45,25 @@
 local available, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queue, alive, slots, window = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local counter, high_water = KEYS[9], KEYS[10]
-local prefix, user, ctype, ticket = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local max_concurrent, rate, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local lease_ms, max_sleep_ms, grace_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local audit_cap = ARGV[11]
+local prefix, user, ctype, ticket, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local max_concurrent, rate, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local lease_ms, max_sleep_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
+local waited_ms, max_wait_ms, audit_cap = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13]
 local now = now_ms()
+local deadline = now - waited_ms + max_wait_ms
 
--- Forget waiters that stopped calling, leases that ended and admissions out of the window.
-for _, dead in ipairs(redis.call('ZRANGE', alive, '-inf', now, 'BYSCORE')) do
-  redis.call('ZREM', queue, dead)
+-- Forget waiters past their deadline, leases that ended and admissions out of the window.
+for _, late in ipairs(redis.call('ZRANGE', alive, '-inf', now, 'BYSCORE')) do
+  redis.call('ZREM', queue, late)
 end
 redis.call('ZREMRANGEBYSCORE', alive, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', window, '-inf', now - window_ms)
 
 if ticket == '' then
-  ticket = tostring(redis.call('INCR', counter))
+  ticket = redis.call('INCR', counter) .. ':' .. owner
 end
+local number = tonumber(string.match(ticket, '^(%d+):'))
 
 local function leave_queue()
   redis.call('ZREM', queue, ticket)
@@ -69,9 +76,14 @@ if redis.call('ZCOUNT', available, '(' .. now, '+inf') == 0 then
   return { 'pool_empty', ticket }
 end
 
--- A waiter dropped while it was alive but slow (a paused process) keeps its place.
-redis.call('ZADD', queue, ticket, ticket)
+-- Its place is its number: a waiter that was dropped and calls again still comes first.
+redis.call('ZADD', queue, number, ticket)
 local rank = redis.call('ZRANK', queue, ticket)
+if now >= deadline then
+  -- Never admitted past its wait, however late its process calls (a pause, a slow loop).
+  leave_queue()
+  return { 'expired', ticket, rank }
+end
 local free_slots = max_concurrent - redis.call('ZCARD', slots)
 local free_rate = rate - redis.call('ZCARD', window)
 
@@ -104,6 +116,8 @@ else
   local first = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
   wait = first[2] and (tonumber(first[2]) - now) or max_sleep_ms
 end
-wait = math.max(1, math.min(wait, max_sleep_ms))
-redis.call('ZADD', alive, now + wait + grace_ms, ticket)
+wait = math.max(1, math.min(wait, max_sleep_ms, deadline - now))
+-- Its place is kept until its deadline, whether or not its process calls again before:
+-- a paused process's waiters keep their turn (they are still waiting, just slowly).
+redis.call('ZADD', alive, deadline, ticket)
 return { 'wait', ticket, wait, reason, rank }

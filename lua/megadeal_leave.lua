@@ -10,7 +10,7 @@
 -- Pushes "1" to the wake list of each of the first min(free slots, free window places)
 -- tickets in the queue; those waiting for a slot are blocked on that list.
 -- Returns the number of waiters woken.
--- Uses now_ms() from lib.lua.
+-- Uses now_ms() and wake_waiters() from lib.lua.
 
 local queue, alive, slots, window = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ticket, wake_prefix = ARGV[1], ARGV[2]
@@ -23,16 +23,4 @@ redis.call('ZREM', alive, ticket)
 redis.call('ZREM', slots, ticket)
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
 
-local free_slots = max_concurrent - redis.call('ZCARD', slots)
-local free_rate = rate - redis.call('ZCOUNT', window, '(' .. (now - window_ms), '+inf')
-local n = math.min(free_slots, free_rate)
-if n <= 0 then
-  return 0
-end
-local woken = redis.call('ZRANGE', queue, 0, n - 1)
-for _, waiter in ipairs(woken) do
-  local key = wake_prefix .. waiter
-  redis.call('RPUSH', key, '1')
-  redis.call('PEXPIRE', key, keep_ms)
-end
-return #woken
+return wake_waiters(queue, slots, window, wake_prefix, max_concurrent, rate, window_ms, keep_ms, now)
