@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     access_log = JsonLines()
     api_keys = ApiKeys(settings.admin_keys, settings.client_keys)
     request_metrics = RequestMetrics()
-    services = Services()
+    services = Services(max_uploads=settings.max_uploads)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -140,6 +140,13 @@ class StoreFull(CouponError):
     code, status, title = "store_full", 507, "Store full"
 
 
+class UploadsBusy(CouponError):
+    """As many large bodies are being read or written as the process allows (MAX_UPLOADS)."""
+
+    code, status, title = "uploads_busy", 429, "Too many uploads at once"
+    sends = ("Retry-After",)
+
+
 class UploadWorkerLost(CouponError):
     code, status, title = "upload_worker_lost", 503, "Upload worker lost"
     sends = ("Retry-After",)

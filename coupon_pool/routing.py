@@ -56,6 +56,8 @@ class Services:
 
     store: Store = None  # type: ignore[assignment]
     gate: MegadealGate = None  # type: ignore[assignment]
+    max_uploads: int = 2  # large bodies read or written at once; more are refused
+    uploads: int = 0
 
 
 @dataclass(slots=True)
@@ -109,6 +111,8 @@ class Operation:
         found: list[type[CouponError]] = list(self.errors)
         if self.body:
             found += BODY_ERRORS
+        if self.large_body:
+            found.append(errors.UploadsBusy)
         if self.query:
             found.append(errors.QueryTooLong)
         if self.query or self.path_params:
@@ -130,16 +134,33 @@ class Operation:
         body, query, path_params, large = self.body, self.query, self.path_params, self.large_body
 
         async def endpoint(request: Request) -> Response:
-            inputs: dict[str, Any] = {}
             if large:
-                inputs["body"] = await read_json(request, request.app.state.settings.max_body_bytes)
-            elif body is not None:
+                return await large_endpoint(request)
+            inputs: dict[str, Any] = {}
+            if body is not None:
                 inputs["body"] = validate_json(await read_json(request), body)
             if query is not None:
                 inputs["query"] = parse_query(request, query)
             if path_params is not None:
                 inputs["path"] = parse_model(request.path_params, path_params)
             result = await handler(Call(request, services.store, services.gate), **inputs)
+            return encode(result, status, media_type)
+
+        async def large_endpoint(request: Request) -> Response:
+            # Up to MAX_BODY_BYTES each, read whole and then validated and written: a bound on
+            # how many at once bounds the memory they take. Refused before any byte is read.
+            if services.uploads >= services.max_uploads:
+                raise errors.UploadsBusy(
+                    f"{services.uploads} uploads are under way in this process, the most it takes at once; "
+                    "send this one when one of them is done",
+                    headers={"Retry-After": "1"},
+                )
+            services.uploads += 1
+            try:
+                raw = await read_json(request, request.app.state.settings.max_body_bytes)
+                result = await handler(Call(request, services.store, services.gate), body=raw)
+            finally:
+                services.uploads -= 1
             return encode(result, status, media_type)
 
         endpoint.__name__ = handler.__name__

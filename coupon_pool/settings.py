@@ -118,6 +118,8 @@ class Settings:
     shutdown_timeout_s: float = env("SHUTDOWN_TIMEOUT_S", 15.0, _float, _positive)
     # An upload's; 50,000 coupons take 7-15 MB of JSON.
     max_body_bytes: int = env("MAX_BODY_BYTES", 32 * 1024 * 1024, _int, _at_least_1)
+    # Uploads read or written at once per process (each holds its body, up to MAX_BODY_BYTES).
+    max_uploads: int = env("MAX_UPLOADS", 2, _int, _at_least_1)
     audit_max_len: int = env("AUDIT_MAX_LEN", 100_000, _int, _at_least_1)
     purge_interval_s: float = env("PURGE_INTERVAL_S", 60.0, _float, _positive)
     purge_batch_size: int = env("PURGE_BATCH_SIZE", 1000, _int, _at_least_1)

@@ -6,11 +6,13 @@ Each test names the finding of the hardening issue it pins; every one failed bef
 from __future__ import annotations
 
 import asyncio
+import select
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -428,3 +430,48 @@ async def test_a_paused_process_keeps_its_waiters_turn_and_none_is_admitted_past
     assert all(sent < min(refused) + 0.05 for sent, _ in served) if refused else True
     times = sorted(allocated.values())
     assert max(sum(1 for u in times if t <= u < t + 1) for t in times) <= 10
+
+
+# Beyond the list: memory under parallel large uploads.
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of a process and its children (the upload worker), in MB."""
+    total = 0
+    for task in [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
+        for line in Path(f"/proc/{task}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def upload_in_two_steps(port: int, body: bytes) -> int:
+    """Send the headers, and the body only if no answer comes first (a refusal)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(b"POST /v1/coupons HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+        readable, _, _ = select.select([conn], [], [], 0.5)
+        if not readable:
+            conn.sendall(body)
+        return status_of(read_answer(conn))
+
+
+def test_ten_concurrent_large_uploads_are_bounded_and_the_rest_refused_before_their_bodies(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    server = LiveServer(redis_server.url)
+    try:
+        body = orjson.dumps({"coupons": [coupon_json(f"PAR-{i:05d}") for i in range(50_000)]})
+        statuses: list[int] = []
+        threads = [threading.Thread(target=lambda: statuses.append(upload_in_two_steps(server.port, body)))
+                   for _ in range(10)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(statuses) == [201] * 2 + [429] * 8  # MAX_UPLOADS (2) at a time
+        peak = peak_rss_mb(server.process.pid)
+        print(f"peak resident memory, server and upload worker: {peak:.0f} MB")
+        assert peak < 600
+    finally:
+        server.stop()
