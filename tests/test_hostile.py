@@ -163,9 +163,18 @@ def test_a_connection_that_sends_nothing_is_closed_after_keep_alive(guarded: Liv
         assert time.monotonic() - started < 3
 
 
-def test_headers_past_the_cap_get_431_and_the_connection_closes(guarded: LiveServer) -> None:
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"X-Big: " + b"a" * 64 * 1024,  # still arriving
+        b"X-Big: " + b"a" * 64 * 1024 + b"\r\n\r\n",  # whole, in one read
+        b"X-A: b\r\n" * 5000 + b"\r\n",  # many small ones
+    ],
+    ids=["unfinished", "whole", "many"],
+)
+def test_headers_past_the_cap_get_431_and_the_connection_closes(guarded: LiveServer, sent: bytes) -> None:
     with connect(guarded) as conn:
-        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 64 * 1024)
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + sent)
         answer = read_answer(conn)
         assert status_of(answer) == 431
         assert problem(answer)["code"] == "headers_too_large"
