@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from .auth import ApiKeys
-from .background import purge_periodically
+from .background import forget_dead_waiters_periodically, purge_periodically
 from .bodies import BodyDeadlines
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
 from .megadeal import MegadealGate
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         purging = asyncio.create_task(
             purge_periodically(store, settings.purge_interval_s, access_log, stop_background)
         )
-        forgetting = asyncio.create_task(gate.forget_the_dead(stop_background))
+        forgetting = asyncio.create_task(forget_dead_waiters_periodically(gate, stop_background))
         try:
             yield
         finally:

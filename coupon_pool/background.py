@@ -1,29 +1,28 @@
-"""Work an app process does on its own, beside the requests: the periodic purge."""
+"""Work an app process does on its own, beside the requests: the periodic purge, and
+dropping the MEGADEAL waiters of processes that are gone."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
 from contextlib import suppress
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from .megadeal import FORGET_INTERVAL_S, MegadealGate
 from .middleware import JsonLines
 from .store import Store
+
+log = logging.getLogger("coupon_pool")
 
 
 async def purge_periodically(store: Store, interval_s: float, lines: JsonLines, stop: asyncio.Event) -> None:
     """Every ``interval_s``, purge expired coupons if no other process claimed this round.
 
-    Ends when ``stop`` is set. (Cancelling alone is not enough on Python 3.11: redis-py's
-    calls go through asyncio.wait_for, which can swallow a cancellation that arrives as
-    the call completes, and the loop would go on forever, holding up the shutdown.)
+    Ends when ``stop`` is set.
     """
-    while not stop.is_set():
-        with suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
-                await stop.wait()
-        if stop.is_set():
-            return
+    async for _ in every(interval_s, stop):
         try:
             if not await store.try_purge_lock(interval_s):
                 continue
@@ -32,3 +31,30 @@ async def purge_periodically(store: Store, interval_s: float, lines: JsonLines, 
             lines.write(level="warning", event="purge", error=repr(exc))
             continue
         lines.write(level="info", event="purge", **result.model_dump(mode="json"))
+
+
+async def forget_dead_waiters_periodically(gate: MegadealGate, stop: asyncio.Event) -> None:
+    """Every second, drop the queued MEGADEAL waiters of processes that are gone."""
+    async for _ in every(FORGET_INTERVAL_S, stop):
+        try:
+            await gate.forget_dead_waiters()
+        except ResponseError as exc:  # CLIENT LIST not allowed (an ACL, a managed Redis)
+            log.warning("cannot tell dead processes' MEGADEAL waiters (%s): they keep their places", exc)
+        except RedisError as exc:
+            log.warning("could not look for dead processes' MEGADEAL waiters: %s", exc)
+
+
+async def every(interval_s: float, stop: asyncio.Event) -> AsyncIterator[None]:
+    """Yield every ``interval_s`` until ``stop`` is set (checked before each turn).
+
+    Cancelling alone is not enough on Python 3.11: redis-py's calls go through
+    asyncio.wait_for, which can swallow a cancellation that arrives as the call
+    completes, and a loop would go on forever, holding up the shutdown.
+    """
+    while not stop.is_set():
+        with suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
+        if stop.is_set():
+            return
+        yield

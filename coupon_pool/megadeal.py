@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from .connection import PROCESS_PREFIX, connect, process_name
 from .errors import ClientDisconnected, MegadealBusy, PoolEmpty
@@ -190,24 +190,6 @@ class MegadealGate:
             f"no MEGADEAL slot within {self.limits.max_wait_s:g} s; {rank} requests are ahead",
             headers={"Retry-After": str(retry_after)},
         )
-
-    async def forget_the_dead(self, stop: asyncio.Event) -> None:
-        """Once a second, drop the queued waiters of app processes that are gone (see
-        lua/megadeal_forget.lua), until ``stop`` is set."""
-        while not stop.is_set():
-            with suppress(TimeoutError):
-                async with asyncio.timeout(FORGET_INTERVAL_S):
-                    await stop.wait()
-            if stop.is_set():
-                return
-            try:
-                await self.forget_dead_waiters()
-            except ResponseError as exc:  # CLIENT LIST not allowed (a managed Redis, an ACL)
-                log.warning(
-                    "cannot tell dead processes' MEGADEAL waiters (%s): they wait out their deadline", exc
-                )
-            except RedisError as exc:
-                log.warning("could not look for dead processes' MEGADEAL waiters: %s", exc)
 
     async def forget_dead_waiters(self) -> int:
         """Drop the queued waiters whose process has no open Redis connection; how many."""

@@ -15,6 +15,7 @@ import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 
+from memory_per_coupon import used_memory  # this folder: scripts are run as files
 from redis.asyncio import Redis
 
 from coupon_pool.keys import Keys
@@ -22,11 +23,6 @@ from coupon_pool.models import CouponIn, CouponType, FlatDiscount
 from coupon_pool.store import Store
 
 BATCH = 1000
-
-
-async def used_memory(redis: Redis) -> int:
-    await redis.execute_command("MEMORY", "PURGE")
-    return int((await redis.info("memory"))["used_memory"])
 
 
 async def main(count: int, url: str) -> None:
