@@ -53,18 +53,51 @@ class ConnectionLimits:
     max_connections: int = 4096
 
 
+class _Sweep:
+    """One timer for all of a process's connections: a deadline is a dict entry, and a
+    sweep a quarter of the shorter limit apart ends those past theirs (a deadline then
+    ends up to 1.25 x late). A timer per request would cost about a microsecond each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self.loop = loop
+        self.period = period
+        self.deadlines: dict[GuardedProtocol, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, connection: GuardedProtocol, seconds: float) -> None:
+        self.deadlines[connection] = self.loop.time() + seconds
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.period, self._run)
+
+    def _run(self) -> None:
+        now = self.loop.time()
+        for connection, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                del self.deadlines[connection]
+                connection.expired()
+        self._timer = self.loop.call_later(self.period, self._run) if self.deadlines else None
+
+
+_sweeps: dict[asyncio.AbstractEventLoop, _Sweep] = {}
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above."""
 
     def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
+        self._max_header_bytes = limits.max_header_bytes
         self._awaiting_headers = True  # no request under way, or one whose headers are not all in
         self._header_bytes = 0  # bytes received since the request began, while awaiting headers
         self._parsed_bytes = 0  # its request line and headers as parsed so far
         self._parsed_headers = 0
         self._oversized = False
-        self._deadline: asyncio.TimerHandle | None = None
+        sweep = _sweeps.get(self.loop)
+        if sweep is None:
+            period = min(limits.keep_alive_s, limits.header_timeout_s) / 4
+            sweep = _sweeps[self.loop] = _Sweep(self.loop, period)
+        self._sweep = sweep
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -72,17 +105,17 @@ class GuardedProtocol(HttpToolsProtocol):
             detail = f"this process serves at most {self.limits.max_connections} connections at once"
             self._refuse(errors.TooManyConnections(detail, headers={"Retry-After": "1"}))
             return
-        self._arm(self.limits.keep_alive_s, self._idle)
+        self._sweep.watch(self, self.limits.keep_alive_s)  # until its first byte
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._sweep.deadlines.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
         if self._awaiting_headers:
             if self._header_bytes == 0:  # the first byte of a request: its headers' clock starts
-                self._arm(self.limits.header_timeout_s, self._headers_late)
+                self._sweep.watch(self, self.limits.header_timeout_s)
             self._header_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -91,82 +124,68 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         except httptools.HttpParserError as exc:
             if self._oversized:
-                limit = self.limits.max_header_bytes
-                detail = f"a request may have at most {MAX_HEADERS} headers, of at most {limit} bytes in all"
-                self._refuse(errors.HeadersTooLarge(detail))
+                self._refuse(errors.HeadersTooLarge(self._too_large()))
             elif "Content-Length" in str(exc) or "Transfer-Encoding" in str(exc):
                 self._refuse(errors.BadContentLength(f"the request's framing is invalid: {exc}"))
             else:
                 self._refuse(errors.InvalidHttp(f"the request cannot be parsed: {exc}"))
             return
-        if self._oversized or (self._awaiting_headers and self._header_bytes > self.limits.max_header_bytes):
-            limit = self.limits.max_header_bytes
-            self._refuse(
-                errors.HeadersTooLarge(f"the request line and headers may hold at most {limit} bytes")
-            )
+        if self._awaiting_headers and self._header_bytes > self._max_header_bytes:
+            self._refuse(errors.HeadersTooLarge(self._too_large()))
+
+    def _too_large(self) -> str:
+        limit = self._max_header_bytes
+        return f"a request may have at most {MAX_HEADERS} headers, of at most {limit} bytes in all"
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_headers = True
         self._parsed_bytes = self._parsed_headers = 0
 
-    # Headers that arrive whole in one read are only counted as they are parsed.
+    # uvicorn's own on_url and on_header, counting what a request's headers hold as they
+    # are parsed (headers that arrive whole in one read are seen only here).
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count(self, size: int) -> None:
-        self._parsed_bytes += size
-        self._parsed_headers += 1
-        if self._parsed_bytes > self.limits.max_header_bytes or self._parsed_headers > MAX_HEADERS:
+        self.url += url
+        self._parsed_bytes += len(url)
+        if self._parsed_bytes > self._max_header_bytes:
             self._oversized = True
             raise _Oversized  # httptools stops parsing this read at once
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_bytes += len(name) + len(value) + 4
+        self._parsed_headers += 1
+        if self._parsed_bytes > self._max_header_bytes or self._parsed_headers > MAX_HEADERS:
+            self._oversized = True
+            raise _Oversized
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._header_bytes = 0
-        self._disarm()
-        if not self._oversized:  # else refused once the parser returns: no app is started
-            super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if not self._oversized:
-            super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        if not self._oversized:
-            super().on_message_complete()
+        self._sweep.deadlines.pop(self, None)
+        super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.pipeline:
             self._awaiting_headers = True  # uvicorn's keep-alive timer now runs
 
-    def _arm(self, seconds: float, then: Any) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, then)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _idle(self) -> None:
-        if self._header_bytes == 0 and not self.transport.is_closing():
+    def expired(self) -> None:
+        """Past the deadline: idle (no byte of a request yet), or its headers are late."""
+        if self.transport.is_closing():
+            return
+        if self._header_bytes == 0:
             self.transport.close()
-
-    def _headers_late(self) -> None:
-        if self._awaiting_headers and not self.transport.is_closing():
+        elif self._awaiting_headers:
             seconds = self.limits.header_timeout_s
             self._refuse(errors.RequestTimeout(f"the request's headers did not arrive within {seconds:g} s"))
 
     def _refuse(self, error: errors.CouponError) -> None:
         """Answer ``error`` as problem+json, log it, and close the connection."""
-        self._disarm()
+        self._sweep.deadlines.pop(self, None)
         request_id = new_request_id()
         body = orjson.dumps({"type": f"urn:coupon-pool:problem:{error.code}", "title": error.title,
                              "status": error.status, "detail": error.detail, "code": error.code})  # fmt: skip
