@@ -113,7 +113,8 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     upload = doc["paths"]["/v1/coupons"]["post"]
     assert upload["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("UploadRequest")
     assert set(upload["responses"]) == {
-        "201", "400", "401", "403", "404", "405", "408", "413", "415", "422", "429", "431", "500", "503", "507"
+        "201", "400", "401", "403", "404", "405", "408", "413", "415", "422", "429", "431", "500", "503",
+        "507",
     }  # fmt: skip
     schemas = set(doc["components"]["schemas"])
     assert {"CouponIn", "FlatDiscount-Input", "PercentDiscount-Output", "Problem"} <= schemas
