@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 
@@ -37,13 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for("coupon-pool")
     if settings is None:
         return 2
-    if not enough_file_descriptors(settings.max_connections):
+    connections = connections_that_fit(settings.max_connections, explicit="MAX_CONNECTIONS" in os.environ)
+    if connections is None:
         return 2
     limits = ConnectionLimits(
         keep_alive_s=settings.keep_alive_s,
         header_timeout_s=settings.header_timeout_s,
         max_header_bytes=settings.max_header_bytes,
-        max_connections=settings.max_connections,
+        max_connections=connections,
     )
     uvicorn.run(
         "coupon_pool.app:create_app",
@@ -62,16 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def enough_file_descriptors(connections: int) -> bool:
-    """Raise this process's descriptor limit to fit ``connections``, or say why it cannot."""
+def connections_that_fit(connections: int, *, explicit: bool) -> int | None:
+    """The connection cap this process can keep, its descriptor limit raised to fit;
+    None (the reason on stderr) when it cannot start."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap, descriptors, message = descriptor_plan(connections, explicit, soft, hard)
+    if message:
+        print(f"coupon-pool: {message}", file=sys.stderr)
+    if cap is not None and descriptors > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, hard))
+    return cap
+
+
+def descriptor_plan(connections: int, explicit: bool, soft: int, hard: int) -> tuple[int | None, int, str]:
+    """(connection cap or None, descriptors to allow, message) for the limits soft and hard.
+
+    Past the hard limit (``ulimit -Hn``) a MAX_CONNECTIONS the operator set refuses the
+    start; the default is lowered to fit, with a warning.
+    """
     needed = connections + SPARE_DESCRIPTORS
-    if soft >= needed:
-        return True
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        print(f"coupon-pool: MAX_CONNECTIONS={connections} needs {needed} file descriptors, but this "
-              f"process may open at most {hard} (ulimit -Hn): lower MAX_CONNECTIONS",
-              file=sys.stderr)  # fmt: skip
-        return False
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    return True
+    if soft >= needed or hard == resource.RLIM_INFINITY or hard >= needed:
+        return connections, needed, ""
+    fits = hard - SPARE_DESCRIPTORS
+    if explicit or fits < 1:
+        refusal = (f"MAX_CONNECTIONS={connections} needs {needed} file descriptors, but this process "
+                   f"may open at most {hard} (ulimit -Hn): lower MAX_CONNECTIONS")  # fmt: skip
+        return None, soft, refusal
+    warning = (f"warning: this process may open at most {hard} file descriptors (ulimit -Hn), so it "
+               f"serves at most {fits} connections, not the default {connections}; set MAX_CONNECTIONS "
+               "to choose")  # fmt: skip
+    return fits, hard, warning
