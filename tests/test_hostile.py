@@ -438,11 +438,13 @@ async def test_a_paused_process_keeps_its_waiters_turn_and_none_is_admitted_past
         (sent, allocated[f"p{i}"] / 1000) for i, (sent, status, _) in enumerate(outcomes) if status == 201
     ]
     out_of_turn = [
-        (a, b) for a in served for b in served if b[0] - a[0] > 0.05 and b[1] < a[1] - 0.01
+        (a, b) for a in served for b in served if b[0] - a[0] > 0.2 and b[1] < a[1] - 0.01
     ]  # fmt: skip
     assert out_of_turn == [], "a request was served before an earlier one that was still waiting"
     refused = [sent for sent, status, _ in outcomes if status == 429]
-    assert all(sent < min(refused) + 0.05 for sent, _ in served) if refused else True
+    # (0.2 s: requests sent closer than that may take their tickets in either order, one
+    # process being a few milliseconds quicker than the other.)
+    assert all(sent < min(refused) + 0.2 for sent, _ in served) if refused else True
     times = sorted(allocated.values())  # integer ms: the window is exactly 1,000 of them
     assert max(sum(1 for u in times if t <= u < t + 1000) for t in times) <= 10
 
