@@ -23,17 +23,21 @@ MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("coupon_pool")
 
 
-def problem_response(error: errors.CouponError) -> Response:
-    body: dict[str, Any] = {
+def problem_body(error: errors.CouponError) -> bytes:
+    """The problem document of ``error``, as JSON."""
+    return orjson.dumps({
         "type": f"urn:coupon-pool:problem:{error.code}",
         "title": error.title,
         "status": error.status,
         "detail": error.detail,
         "code": error.code,
         **error.extra,
-    }
+    })  # fmt: skip
+
+
+def problem_response(error: errors.CouponError) -> Response:
     return Response(
-        orjson.dumps(body), status_code=error.status, headers=error.headers, media_type=MEDIA_TYPE
+        problem_body(error), status_code=error.status, headers=error.headers, media_type=MEDIA_TYPE
     )
 
 

@@ -106,7 +106,7 @@ async def healthz(call: Call) -> Health:
 async def readyz(call: Call) -> Readiness:
     """Answers 200 when Redis answers, with its memory headroom; else 503 store_unavailable."""
     memory = await call.store.memory()
-    stop_at = int(memory.max * call.store.upload_memory_share) if memory.max else None
+    stop_at = call.store.uploads_stop_at(memory)
     status = MemoryStatus(used_bytes=memory.used, max_bytes=memory.max, uploads_stop_at_bytes=stop_at)
     return Readiness(status="ready", memory=status)
 

@@ -54,9 +54,9 @@ ANY_ROUTE_ERRORS: tuple[type[errors.CouponError], ...] = (
 class Services:
     """What the app's lifespan opens for the handlers; the endpoints hold it from the start."""
 
+    max_uploads: int  # large bodies read or written at once (MAX_UPLOADS); more are refused
     store: Store = None  # type: ignore[assignment]
     gate: MegadealGate = None  # type: ignore[assignment]
-    max_uploads: int = 2  # large bodies read or written at once; more are refused
     uploads: int = 0
 
 
@@ -134,8 +134,6 @@ class Operation:
         body, query, path_params, large = self.body, self.query, self.path_params, self.large_body
 
         async def endpoint(request: Request) -> Response:
-            if large:
-                return await large_endpoint(request)
             inputs: dict[str, Any] = {}
             if body is not None:
                 inputs["body"] = validate_json(await read_json(request), body)
@@ -163,8 +161,9 @@ class Operation:
                 services.uploads -= 1
             return encode(result, status, media_type)
 
-        endpoint.__name__ = handler.__name__
-        return endpoint
+        chosen = large_endpoint if large else endpoint
+        chosen.__name__ = handler.__name__
+        return chosen
 
 
 def encode(result: Any, status: int, media_type: str) -> Response:

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import errors
 from .middleware import JsonLines, new_request_id
+from .problems import MEDIA_TYPE, problem_body
 
 _lines = JsonLines()
 MAX_HEADERS = 100  # each costs a Python call as it is parsed: 5,000 took 10 ms of the loop
@@ -187,9 +187,8 @@ class GuardedProtocol(HttpToolsProtocol):
         """Answer ``error`` as problem+json, log it, and close the connection."""
         self._sweep.deadlines.pop(self, None)
         request_id = new_request_id()
-        body = orjson.dumps({"type": f"urn:coupon-pool:problem:{error.code}", "title": error.title,
-                             "status": error.status, "detail": error.detail, "code": error.code})  # fmt: skip
-        headers = {"content-type": "application/problem+json", "content-length": str(len(body)),
+        body = problem_body(error)
+        headers = {"content-type": MEDIA_TYPE, "content-length": str(len(body)),
                    "connection": "close", "x-request-id": request_id, **error.headers}  # fmt: skip
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
         self.transport.write(STATUS_LINE[error.status] + head + b"\r\n" + body)

@@ -135,7 +135,8 @@ class Store:
         types = " ".join(_TYPES)
         for part, start in enumerate(range(0, len(coupons), self.upload_chunk_size), 1):
             memory = await self.memory() if self.upload_memory_share < 1 else None
-            if memory and memory.max and memory.used >= self.upload_memory_share * memory.max:
+            stop_at = self.uploads_stop_at(memory) if memory else None
+            if memory and stop_at is not None and memory.used >= stop_at:
                 raise StoreFull(
                     f"Redis uses {memory.used} of its {memory.max} bytes, and uploads stop at "
                     f"{self.upload_memory_share:.0%} of it (allocations and redemptions go on); "
@@ -271,13 +272,14 @@ class Store:
         entries = [_audit_entry(cast(str, id_), cast(dict[str, str], fields)) for id_, fields in raw]
         return AuditPage.model_construct(entries=entries, next=entries[-1].id if entries else after)
 
-    async def ping(self) -> None:
-        await self.redis.ping()
-
     async def memory(self) -> Memory:
         """What Redis uses, and its maxmemory (0: no limit)."""
         info = await self.redis.info("memory")
         return Memory(used=int(info["used_memory"]), max=int(info["maxmemory"]))
+
+    def uploads_stop_at(self, memory: Memory) -> int | None:
+        """The bytes of Redis memory from which uploads are refused; None without a limit."""
+        return int(memory.max * self.upload_memory_share) if memory.max else None
 
 
 @dataclass(frozen=True)
