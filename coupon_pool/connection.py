@@ -1,19 +1,69 @@
-"""Redis clients for the service: fail fast, never retry, and hand out connections fairly."""
+"""Redis clients for the service: fail fast, retry only what is safe, hand out connections fairly.
+
+A call is retried once, on a fresh connection, only when it provably never reached Redis
+(the connection was found closed before it was sent, or the write failed: ``NotSent``),
+or when it carries an Idempotency-Key (its script replays the first answer if it ran).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .settings import Settings
+
+T = TypeVar("T")
+
+
+class NotSent(RedisConnectionError):
+    """The command never reached Redis: writing it failed."""
+
+
+class CheckedConnection(Connection):
+    """A connection that tells a failed write (NotSent) from a failure after it."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (RedisConnectionError, OSError) as exc:
+            raise NotSent(f"not sent: {exc}") from exc
+
+
+def closed_by_peer(connection: AbstractConnection) -> bool:
+    """Whether Redis closed this idle connection: its socket reads as ready (an idle
+    connection has nothing to read but the end of the stream), or it has no socket."""
+    writer = getattr(connection, "_writer", None)
+    if writer is None:
+        return False
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return True
+    poll = select.poll()
+    poll.register(sock.fileno(), select.POLLIN)
+    return bool(poll.poll(0))
+
+
+async def once_more(call: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
+    """``call()``, run again once if it never reached Redis, or if it may have and is safe to repeat."""
+    try:
+        return await call()
+    except NotSent:
+        return await call()
+    except (RedisConnectionError, RedisTimeoutError):
+        if not idempotent:
+            raise
+        return await call()
 
 
 class FairConnectionPool(ConnectionPool):
@@ -52,6 +102,14 @@ class FairConnectionPool(ConnectionPool):
             raise
         self._permitted.add(connection)
         return connection
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        # redis-py asks the stream whether a pooled connection was closed; the stream knows
+        # only once the event loop has read the end of it, which after a Redis restart is
+        # often not yet. The kernel knows: ask the socket, and reconnect before sending.
+        if closed_by_peer(connection):
+            await connection.disconnect()
+        await super().ensure_connection(connection)
 
     async def release(self, connection: AbstractConnection) -> None:
         try:
@@ -95,5 +153,6 @@ def connect(settings: Settings, max_connections: int, command_timeout_s: float) 
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
         client_name=_process_name,
+        connection_class=CheckedConnection,
     )
     return Redis(connection_pool=pool)
