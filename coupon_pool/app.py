@@ -36,7 +36,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     access_log = JsonLines()
     api_keys = ApiKeys(settings.admin_keys, settings.client_keys)
     request_metrics = RequestMetrics()
-    services = Services(max_uploads=settings.max_uploads)
+    services = Services(
+        max_uploads=settings.max_uploads, idempotency_ttl_ms=settings.idempotency_ttl_s * 1000
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

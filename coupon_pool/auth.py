@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import Forbidden, Unauthenticated
+from .idempotency import KEY_ID
 from .middleware import note
 
 _BEARER = re.compile(r"Bearer +(\S+)", re.IGNORECASE)
@@ -74,6 +75,7 @@ class ApiKeys:
                 raise Unauthenticated("send one Authorization header, not several", headers=_CHALLENGE)
             role, kid = self.identify(given[0] if given else None)
             note(request, key_id=kid)
+            request.scope[KEY_ID] = kid  # the scope of its Idempotency-Keys
             if role < needs:
                 raise Forbidden(f"this route needs an {needs.name.lower()} key")
             return await endpoint(request)

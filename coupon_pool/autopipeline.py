@@ -6,6 +6,10 @@ Redis answers each with a read and a write of its own. Queued for the rest of th
 and sent as one pipeline (not a transaction: each script is still atomic on its own),
 they share one connection, one write and one read, on both sides. A lone call waits for
 nothing but the end of the turn it was made in.
+
+When the connection fails, a pipeline that was never sent (connection.NotSent) is sent
+once more on a fresh connection; otherwise only its calls that carry an Idempotency-Key
+are (their scripts replay the first answer if they ran), and the others fail.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connection import NotSent
 
 MAX_BATCH = 128  # calls per pipeline: a bigger turn is split over several connections
 
-_Call = tuple[AsyncScript, Sequence[str | bytes], Sequence[Any], "asyncio.Future[Any]"]
+# script, keys, args, whether it is safe to run twice (keyed), and where its reply goes
+_Call = tuple[AsyncScript, Sequence[str | bytes], Sequence[Any], bool, "asyncio.Future[Any]"]
 
 
 class AutoPipeline:
@@ -33,11 +42,17 @@ class AutoPipeline:
         self._queued: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def run(self, script: AsyncScript, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
-        """The script's reply, or the error Redis or the connection gave for it."""
+    async def run(
+        self, script: AsyncScript, keys: Sequence[str | bytes], args: Sequence[Any], idempotent: bool = False
+    ) -> Any:
+        """The script's reply, or the error Redis or the connection gave for it.
+
+        ``idempotent``: running it twice has the effect of once (it carries an
+        Idempotency-Key), so it may be sent again after a connection failure.
+        """
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._queued.append((script, keys, args, reply))
+        self._queued.append((script, keys, args, idempotent, reply))
         if len(self._queued) == 1:
             loop.call_soon(self._flush)
         return await reply
@@ -50,7 +65,7 @@ class AutoPipeline:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, calls: list[_Call]) -> None:
-        calls = [call for call in calls if not call[3].done()]  # a caller cancelled in this turn
+        calls = [call for call in calls if not call[4].done()]  # a caller cancelled in this turn
         try:
             if calls:
                 await self._answer(calls)
@@ -59,18 +74,27 @@ class AutoPipeline:
                 if not reply.done():
                     reply.set_exception(RedisError("the pipeline ended without this call's reply"))
 
-    async def _answer(self, calls: list[_Call]) -> None:
+    async def _answer(self, calls: list[_Call], retry: bool = True) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for script, keys, args, _ in calls:
+        for script, keys, args, *_ in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # the connection failed or timed out: every call shares it
+            again = []
+            if retry and isinstance(exc, NotSent):
+                again = calls
+            elif retry and isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                again = [call for call in calls if call[3]]
+            sent_again = {id(call[4]) for call in again}
             for *_, reply in calls:
-                if not reply.done():
+                if not reply.done() and id(reply) not in sent_again:
                     reply.set_exception(copy.copy(exc))
+            again = [call for call in again if not call[4].done()]
+            if again:
+                await self._answer(again, retry=False)
             return
-        for (script, keys, args, reply), result in zip(calls, replies, strict=True):
+        for (script, keys, args, _, reply), result in zip(calls, replies, strict=True):
             if isinstance(result, NoScriptError):  # Redis restarted: the call did not run
                 try:
                     result = await script(keys=keys, args=args)  # loads the script, then runs it

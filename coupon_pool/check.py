@@ -1,7 +1,7 @@
 """The invariant checker: walk a pool in Redis and report every rule its data breaks.
 
 ``coupon-pool check`` runs it against ``REDIS_URL``; the tests run it after concurrent
-workloads. It reads only (SCAN, HGETALL, ZRANGE), in batches, so it can run beside a
+workloads. It reads only (SCAN, HGETALL, ZRANGE, ...), in batches, so it can run beside a
 live service; run it on a quiet pool for an exact answer, since a write between two
 reads can look like a violation.
 
@@ -15,10 +15,24 @@ The rules, per coupon hash ``{ns}:c:<code>``:
   while it has a free usage, ``{ns}:exhausted`` once it has none, or none at all once
   the purge retired it (expired, redeemed at least once).
 Per sorted set: every member has a coupon hash. Per type: ``created - purged`` equals the
-coupons stored, ``used`` equals the redemptions recorded, and ``allocated`` is at least the
-allocations recorded (the purge deletes never-redeemed coupons with their allocations, so
-the counter can only be larger). Expired coupons still in an available set are not a
-violation: allocation skips them and the purge removes them; they are counted apart.
+coupons stored, ``used`` (net of rollbacks) equals the redemptions recorded, and
+``allocated`` (net of releases) is at least the allocations recorded (the purge deletes
+never-redeemed coupons with their allocations, so the counter can only be larger).
+Expired coupons still in an available set are not a violation: allocation skips them and
+the purge removes them; they are counted apart. An expired coupon may sit in
+``{ns}:exhausted`` with a free usage (a release after expiry leaves it out of the pool).
+
+Per user (lib.lua's structures for allocation, releases and the user's listing):
+- every unexpired entry of a held set ``{ns}:held:<TYPE>:<user>`` is a coupon of that type
+  in its available set, held by that user, scored by its expiry, and the coupon's tracked
+  set ``{ns}:trk:<code>`` names the user (a held set may lack entries, never have extra);
+- every user a tracked set of an unexpired coupon names lists the coupon in their held set;
+- every entry of a listing ``{ns}:user:<TYPE>:<user>`` whose coupon still exists is a
+  coupon of that type held by the user, scored by its allocated_at;
+- a coupon in its available set with no free usage is draining (``{ns}:draining:<TYPE>``,
+  see lib.lua), and every draining coupon is in its type's available set.
+Per Idempotency-Key record ``{ns}:idem:...``: it expires, has a fingerprint, and has a
+reply or an owner with a lease.
 """
 
 from __future__ import annotations
@@ -66,6 +80,13 @@ async def check(redis: Redis, keys: Keys) -> Report:
     for key in (*sets.values(), keys.exhausted):
         scored = cast(list[tuple[str, float]], await redis.zrange(key, 0, -1, withscores=True))
         members[key] = {_text(m): s for m, s in scored}
+    draining: set[str] = set()
+    for t in _TYPES:
+        drains = keys.draining(CouponType(t))
+        for member in cast(list[str], await redis.zrange(drains, 0, -1)):
+            draining.add(_text(member))
+            if _text(member) not in members[sets[t]]:
+                report.violations.append(f"{drains} holds {_text(member)!r}, not in {sets[t]}")
     stored: Counter[str] = Counter()
     allocations: Counter[str] = Counter()
     redemptions: Counter[str] = Counter()
@@ -83,7 +104,8 @@ async def check(redis: Redis, keys: Keys) -> Report:
             if fields:  # deleted between SCAN and HGETALL: nothing to check
                 seen.add(code)
                 _check_coupon(code, {_text(k): _text(v) for k, v in fields.items()}, now_ms, sets,
-                              keys.exhausted, members, report, stored, allocations, redemptions)  # fmt: skip
+                              keys.exhausted, members, report, stored, allocations, redemptions,
+                              code in draining)  # fmt: skip
         batch.clear()
 
     async for key in redis.scan_iter(match=_escape(prefix) + "*", count=1000):
@@ -113,7 +135,77 @@ async def check(redis: Redis, keys: Keys) -> Report:
                 f"{t}: allocated counter {counted} < {allocations[t]} allocations recorded"
             )
     report.coupons = len(seen)
+    await _check_users(redis, keys, now_ms, report)
+    await _check_records(redis, keys, report)
     return report
+
+
+async def _keys_under(redis: Redis, prefix: str) -> list[str]:
+    return [_text(k) async for k in redis.scan_iter(match=_escape(prefix) + "*", count=1000)]
+
+
+async def _check_users(redis: Redis, keys: Keys, now_ms: int, report: Report) -> None:
+    bad = report.violations.append
+    tracked_prefix, held_prefix = keys.tracked_prefix, keys.held_prefix
+    for held in await _keys_under(redis, held_prefix):
+        ctype, _, user = held[len(held_prefix) :].partition(":")
+        available = keys.available(CouponType(ctype)) if ctype in _TYPES else ""
+        entries = cast(list[tuple[str, float]], await redis.zrange(held, now_ms + 1, "+inf", byscore=True,
+                                                                   withscores=True))  # fmt: skip
+        for start in range(0, len(entries), _BATCH):
+            pipe = redis.pipeline(transaction=False)
+            batch = entries[start : start + _BATCH]
+            for code, _ in batch:
+                pipe.hmget(keys.coupon(_text(code)), ["exp", f"u:{user}"])
+                pipe.zscore(available, _text(code))
+                pipe.sismember(tracked_prefix + _text(code), user)
+            found = await pipe.execute()
+            for i, (code, score) in enumerate(batch):
+                (expires, holder), in_available, is_tracked = found[3 * i : 3 * i + 3]
+                where = f"{held} lists {_text(code)!r}"
+                if holder is None:
+                    bad(f"{where}, which the user does not hold")
+                elif in_available is None:
+                    bad(f"{where}, which is not in {available}")
+                elif expires is None or int(expires) != score:
+                    bad(f"{where} scored {score:.0f}, not its expiry {expires}")
+                if not is_tracked:
+                    bad(f"{where}, but {tracked_prefix}{_text(code)} does not name the user")
+    for tracked in await _keys_under(redis, tracked_prefix):
+        tracked_code = tracked[len(tracked_prefix) :]
+        kind, expires = (
+            _text(v or "") for v in await redis.hmget(keys.coupon(tracked_code), ["type", "exp"])
+        )
+        if not expires or int(expires) <= now_ms:
+            continue  # expired: its holders drop it from their held sets; the purge drops this set
+        for member in await redis.smembers(tracked):
+            holder = _text(member)
+            held_set = keys.held(CouponType(kind), holder) if kind in _TYPES else ""
+            if not held_set or await redis.zscore(held_set, tracked_code) is None:
+                bad(f"{tracked} names {holder!r}, whose held set does not list {tracked_code!r}")
+    for listing in await _keys_under(redis, keys.user_prefix):
+        ctype, _, user = listing[len(keys.user_prefix) :].partition(":")
+        for code, score in cast(list[tuple[str, float]], await redis.zrange(listing, 0, -1, withscores=True)):
+            found_type, state = await redis.hmget(keys.coupon(_text(code)), ["type", f"u:{user}"])
+            if found_type is None:
+                continue  # purged: dropped from the listing when a page meets it
+            if state is None:
+                bad(f"{listing} lists {_text(code)!r}, which the user does not hold")
+            elif _text(found_type) != ctype:
+                bad(f"{listing} lists {_text(code)!r}, of type {_text(found_type)}")
+            elif int(_text(state).partition(":")[0]) != score:
+                bad(f"{listing} scores {_text(code)!r} {score:.0f}, not its allocated_at {_text(state)}")
+
+
+async def _check_records(redis: Redis, keys: Keys, report: Report) -> None:
+    for record in await _keys_under(redis, keys.idempotency_prefix):
+        fields = {_text(k): _text(v) for k, v in (await redis.hgetall(record)).items()}
+        if await redis.pttl(record) < 0:
+            report.violations.append(f"{record} never expires")
+        if not fields.get("fp") or not ("reply" in fields or ("owner" in fields and "lease" in fields)):
+            report.violations.append(
+                f"{record} has neither a reply nor an owner with a lease: {sorted(fields)}"
+            )
 
 
 def _check_coupon(
@@ -127,6 +219,7 @@ def _check_coupon(
     stored: Counter[str],
     allocations: Counter[str],
     redemptions: Counter[str],
+    draining: bool,
 ) -> None:
     def bad(rule: str) -> None:
         report.violations.append(f"coupon {code!r}: {rule}")
@@ -171,13 +264,13 @@ def _check_coupon(
         if expires > now_ms or used == 0:
             bad("in no sorted set, yet not retired (unexpired, or never redeemed)")
     elif found[0] == exhausted:
-        if allocated < max_usages:
+        if allocated < max_usages and expires > now_ms:
             bad(f"in {exhausted} with a free usage ({allocated} of {max_usages})")
     else:
         if found[0] != sets[ctype]:
             bad(f"in {found[0]}, not the available set of its type {ctype}")
-        if allocated >= max_usages:
-            bad(f"available with no free usage ({allocated} of {max_usages})")
+        if allocated >= max_usages and not draining:
+            bad(f"available with no free usage ({allocated} of {max_usages}), and not draining")
         if expires <= now_ms:
             report.awaiting_purge += 1
 

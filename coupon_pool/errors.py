@@ -121,6 +121,25 @@ class AlreadyRedeemed(CouponError):
     code, status, title = "already_redeemed", 409, "Coupon already redeemed"
 
 
+class NotRedeemed(CouponError):
+    code, status, title = "not_redeemed", 409, "Coupon not redeemed by this user"
+
+
+class UserLimitReached(CouponError):
+    code, status, title = "user_limit_reached", 409, "User holds the most coupons allowed"
+
+
+class IdempotencyKeyReused(CouponError):
+    """The Idempotency-Key was first sent with another request (method, path or body)."""
+
+    code, status, title = "idempotency_key_reused", 422, "Idempotency-Key used for another request"
+
+
+class IdempotencyKeyInProgress(CouponError):
+    code, status, title = "idempotency_key_in_progress", 409, "Request with this Idempotency-Key under way"
+    sends = ("Retry-After",)
+
+
 class PoolEmpty(CouponError):
     code, status, title = "pool_empty", 409, "No coupon available"
 

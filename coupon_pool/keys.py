@@ -27,10 +27,34 @@ class Keys:
         self.megadeal_ticket = f"{tag}:mega:ticket"
         self.megadeal_high_water = f"{tag}:mega:hwm"
         self.megadeal_wake_prefix = f"{tag}:mega:wake:"
+        self.held_prefix = f"{tag}:held:"
+        self.tracked_prefix = f"{tag}:trk:"
+        self.user_prefix = f"{tag}:user:"
+        self._draining = {t: f"{tag}:draining:{t.value}" for t in CouponType}
+        self.idempotency_prefix = f"{tag}:idem:"
 
     def coupon(self, code: str) -> str:
         """The hash of one coupon; ``code`` must already be validated."""
         return self.coupon_prefix + code
+
+    def held(self, coupon_type: CouponType, user_id: str) -> str:
+        """The coupons of a type that a user holds and that have a free usage (see lib.lua)."""
+        return f"{self.held_type_prefix(coupon_type)}{user_id}"
+
+    def held_type_prefix(self, coupon_type: CouponType) -> str:
+        return f"{self.held_prefix}{coupon_type.value}:"
+
+    def user_coupons(self, coupon_type: CouponType, user_id: str) -> str:
+        """The coupons of a type a user holds, by allocation time; ``user_id`` must be validated."""
+        return f"{self.user_prefix}{coupon_type.value}:{user_id}"
+
+    def draining(self, coupon_type: CouponType) -> str:
+        """Coupons of a type with no free usage still listed in held sets (see lib.lua)."""
+        return self._draining[coupon_type]
+
+    def idempotency(self, scope: str, key_digest: str) -> str:
+        """The record of an Idempotency-Key: ``scope`` names the caller, the digest the key."""
+        return f"{self.idempotency_prefix}{scope}:{key_digest}"
 
     def megadeal_wake(self, ticket: str) -> str:
         """The list a MEGADEAL waiter blocks on; ``ticket`` comes from the ticket counter."""
@@ -62,3 +86,17 @@ class CouponField(StrEnum):
     # One field per holder, "u:<user_id>": "<allocated_at ms>", then
     # "<allocated_at ms>:<redeemed_at ms>" once redeemed.
     HOLDER = "u:"
+
+
+class RecordField(StrEnum):
+    """The fields of an Idempotency-Key record ``{ns}:idem:<scope>:<key digest>``.
+
+    The Lua scripts see each as a constant ``R_<NAME>``, as they see CouponField's.
+    """
+
+    FINGERPRINT = "fp"  # the request's (idempotency.fingerprint)
+    REPLY = "reply"  # the answer, as JSON, once there is one
+    OWNER = "owner"  # while a multi-call operation runs: the attempt that owns the key
+    LEASE = "lease"  # until when (ms) it owns it
+    CHUNK = "chunk"  # an upload's chunk size, kept so a resumed upload chunks alike
+    PART = "part:"  # an upload's chunk outcome, "part:<i>": {created, duplicate positions}

@@ -13,19 +13,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .connection import PROCESS_PREFIX, connect, process_name
-from .errors import ClientDisconnected, MegadealBusy, PoolEmpty
+from .connection import PROCESS_PREFIX, connect, once_more, process_name
+from .errors import ClientDisconnected, MegadealBusy
+from .idempotency import Idempotency, record_args
 from .keys import Keys
 from .models import CouponType
 from .results import Allocation
 from .scripts import Allocated, Scripts, Waiting
 from .settings import MegadealLimits, Settings
-from .store import allocation
+from .store import ALLOCATE_DETAIL, allocation, raise_if_error
 
 log = logging.getLogger("coupon_pool.megadeal")
 Gone = Callable[[], Awaitable[object]]  # completes when the caller has gone away
@@ -54,10 +56,12 @@ class MegadealGate:
         *,
         blocking_redis: Redis | None = None,
         audit_max_len: int = 100_000,
+        max_allocations_per_user: int = 0,
     ) -> None:
         """``blocking_redis`` serves the waits (BLPOP); give it its own pool in a server."""
         self.redis = redis
         self.audit_max_len = audit_max_len
+        self.max_allocations_per_user = max_allocations_per_user
         self.blocking_redis = blocking_redis or redis
         self.keys = keys
         self.limits = limits or MegadealLimits()
@@ -84,22 +88,36 @@ class MegadealGate:
         # Waiters block on their own connections, so they never starve other requests.
         blocking = connect(settings, limits.max_waiters, HEARTBEAT_MS / 1000 + settings.redis_timeout_s)
         keys = Keys(settings.key_namespace)
-        return cls(redis, keys, limits, blocking_redis=blocking, audit_max_len=settings.audit_max_len)
+        return cls(
+            redis,
+            keys,
+            limits,
+            blocking_redis=blocking,
+            audit_max_len=settings.audit_max_len,
+            max_allocations_per_user=settings.max_allocations_per_user,
+        )
 
     async def aclose(self) -> None:
         if self.blocking_redis is not self.redis:
             await self.blocking_redis.aclose()
 
     async def allocate(
-        self, user_id: str, *, started: float | None = None, gone: Gone | None = None
+        self,
+        user_id: str,
+        *,
+        started: float | None = None,
+        gone: Gone | None = None,
+        idem: Idempotency | None = None,
     ) -> Allocation:
         """Wait for admission (FIFO, within the limits), then allocate a MEGADEAL coupon.
 
         ``started`` (time.perf_counter) is when the request arrived: the wait is counted
         from then. ``gone`` completes when the caller has gone away: a waiter whose caller
-        is gone leaves the queue without being allocated anything.
+        is gone leaves the queue without being allocated anything. With ``idem``, the
+        first call claims its key (a second request with it waits its turn: 409), and the
+        admission stores the answer; a request whose key has an answer gets it at once.
         """
-        async with self.slot(user_id, started=started, gone=gone) as allocated:
+        async with self.slot(user_id, started=started, gone=gone, idem=idem) as allocated:
             return allocation(allocated, user_id, CouponType.MEGADEAL)
 
     async def status(self) -> GateStatus:
@@ -111,7 +129,12 @@ class MegadealGate:
 
     @asynccontextmanager
     async def slot(
-        self, user_id: str, *, started: float | None = None, gone: Gone | None = None
+        self,
+        user_id: str,
+        *,
+        started: float | None = None,
+        gone: Gone | None = None,
+        idem: Idempotency | None = None,
     ) -> AsyncIterator[Allocated]:
         """Wait for a slot, allocating a MEGADEAL coupon on admission; hold the slot inside.
 
@@ -120,14 +143,15 @@ class MegadealGate:
         ``gone`` completed first.
         """
         started = time.perf_counter() if started is None else started
-        ticket, allocated = await self._wait_for_admission(user_id, started, gone)
+        ticket, allocated = await self._wait_for_admission(user_id, started, gone, idem)
         try:
             yield allocated
         finally:
-            await self._leave_quietly(ticket)
+            if ticket:  # a replayed answer holds no slot
+                await self._leave_quietly(ticket, idem)
 
     async def _wait_for_admission(
-        self, user_id: str, started: float, gone: Gone | None
+        self, user_id: str, started: float, gone: Gone | None, idem: Idempotency | None
     ) -> tuple[str, Allocated]:
         if self.waiting >= self.limits.max_waiters:
             raise MegadealBusy(
@@ -142,14 +166,20 @@ class MegadealGate:
                 if watch is not None and watch.done():
                     raise ClientDisconnected("the client went away while waiting for a MEGADEAL slot")
                 waited_ms = int((time.perf_counter() - started) * 1000)
-                reply = await self._enter(
-                    keys=self._enter_keys, args=self._enter_args(user_id, ticket, waited_ms)
-                )
+                keys, args = self._enter_call(user_id, ticket, waited_ms, idem)
+                # Called again with its ticket, the script repeats nothing: safe to resend.
+                reply = await once_more(partial(self._enter, keys=keys, args=args), idempotent=bool(ticket))
+                if idem:
+                    reply = idem.unwrap(reply)
+                    if idem.replayed:
+                        self._raise_if_refused(reply)
+                        return "", Allocated._make(reply[1:])
                 ticket = reply[1]
                 if reply[0] == "ok":
                     return ticket, Allocated._make(reply[2:])
-                if reply[0] == "pool_empty":
-                    raise PoolEmpty("no MEGADEAL coupon is available for this user")
+                if reply[0] in ("pool_empty", "user_limit_reached"):
+                    ticket = ""  # not queued: nothing to leave
+                    self._raise_if_refused(reply)
                 if reply[0] == "expired":
                     raise self._busy(int(reply[2]))
                 waiting = Waiting._make(reply[2:])
@@ -164,7 +194,7 @@ class MegadealGate:
                 await self._pause(pause, watch)
         except BaseException:
             if ticket:
-                await self._leave_quietly(ticket)
+                await self._leave_quietly(ticket, idem)
             raise
         finally:
             self.waiting -= 1
@@ -183,6 +213,9 @@ class MegadealGate:
             waiting.cancel()
             with suppress(asyncio.CancelledError, RedisError):
                 await waiting
+
+    def _raise_if_refused(self, reply: list[Any]) -> None:
+        raise_if_error(reply, ALLOCATE_DETAIL, type="MEGADEAL", limit=self.max_allocations_per_user)
 
     def _busy(self, rank: int) -> MegadealBusy:
         retry_after = max(1, math.ceil((rank + 1) / self.limits.rate_per_s))
@@ -205,20 +238,31 @@ class MegadealGate:
         ]  # fmt: skip
         return int(await self._forget(keys=self._leave_keys, args=args))
 
-    async def _leave_quietly(self, ticket: str) -> None:
+    async def _leave_quietly(self, ticket: str, idem: Idempotency | None = None) -> None:
         # When Redis is unreachable the lease and the waiter's deadline free the place instead.
         try:
-            await self._leave(keys=self._leave_keys, args=self._leave_args(ticket))
+            keys = self._leave_keys + record_args(idem)[0]
+            await self._leave(keys=keys, args=self._leave_args(ticket))
         except RedisError as exc:
             log.warning("could not leave the MEGADEAL gate (ticket %s): %s", ticket, exc)
 
-    def _enter_args(self, user_id: str, ticket: str, waited_ms: int) -> list[str | int]:
+    def _enter_call(
+        self, user_id: str, ticket: str, waited_ms: int, idem: Idempotency | None
+    ) -> tuple[list[str], list[str | int]]:
         lim = self.limits
-        return [
-            self.keys.coupon_prefix, user_id, CouponType.MEGADEAL.value, ticket, process_name(),
-            lim.max_concurrent, lim.rate_per_s, WINDOW_MS, int(lim.lease_s * 1000), HEARTBEAT_MS, waited_ms,
-            int(lim.max_wait_s * 1000), self.audit_max_len,
+        record, extra = record_args(idem)
+        mega = CouponType.MEGADEAL
+        keys = [
+            *self._enter_keys, self.keys.held(mega, user_id), self.keys.user_coupons(mega, user_id),
+            self.keys.draining(mega), *record,
         ]  # fmt: skip
+        args = [
+            self.keys.coupon_prefix, user_id, mega.value, ticket, process_name(),
+            lim.max_concurrent, lim.rate_per_s, WINDOW_MS, int(lim.lease_s * 1000), HEARTBEAT_MS, waited_ms,
+            int(lim.max_wait_s * 1000), self.audit_max_len, self.max_allocations_per_user,
+            self.keys.held_type_prefix(mega), self.keys.tracked_prefix, *extra,
+        ]  # fmt: skip
+        return keys, args
 
     def _leave_args(self, ticket: str) -> list[str | int]:
         lim = self.limits

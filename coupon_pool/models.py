@@ -189,6 +189,32 @@ class RedemptionRequest(_Body):
     type: CouponType | None = None
 
 
+class ReleaseRequest(RedemptionRequest):
+    """Give back an allocated, unredeemed usage."""
+
+
+class RollbackRequest(RedemptionRequest):
+    """Undo a redemption."""
+
+
+class UserPath(_Body):
+    """The path of GET /v1/users/{user_id}/coupons (percent-encode what a path cannot hold)."""
+
+    user_id: UserId
+
+
+USER_CURSOR_PATTERN = r"^[0-9]{1,15}\.[A-Za-z0-9_-]{1,64}$"
+MAX_USER_PAGE = 100
+
+
+class UserCouponsQuery(_Body):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    limit: int = Field(default=50, ge=1, le=MAX_USER_PAGE, description="most coupons to return")
+    after: Annotated[str, StringConstraints(pattern=USER_CURSOR_PATTERN)] | None = Field(
+        default=None, description="the `next` of the previous page"
+    )
+
+
 class CouponPath(_Body):
     """The path of GET /v1/coupons/{code}."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic.json_schema import JsonSchemaMode
 from . import __version__
 from .auth import Role
 from .errors import CouponError
+from .idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
 from .results import Problem
 from .routing import Operation
 
@@ -30,6 +32,21 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "Allow": {"description": "The methods the route allows", "schema": {"type": "string"}},
+    REPLAYED_HEADER: {
+        "description": "true: this is the stored answer to an earlier request with the same "
+        "Idempotency-Key, not a new effect",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+_IDEMPOTENCY_PARAMETER = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Any unique value per intended effect (a UUID, say), scoped to the API key. "
+    "Sent again within IDEMPOTENCY_TTL_S with the same request, it gets the first answer again "
+    "(with Idempotent-Replayed: true) instead of a second effect. Stored: successes and the "
+    "operation's own 4xx answers; never validation errors, 429 or 5xx.",
+    "schema": {"type": "string", "pattern": KEY_PATTERN},
 }
 _TAGS = [
     {"name": "coupons", "description": "Upload, allocate, redeem and look up coupons"},
@@ -64,7 +81,8 @@ def openapi_document(operations: Sequence[Operation], server_url: str = "/") -> 
             definition["title"] = name.replace("-", "")
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs)
+        path = re.sub(r"{(\w+):\w+}", r"{\1}", op.path)  # a Starlette convertor is not OpenAPI's
+        paths.setdefault(path, {})[op.method.lower()] = _operation(op, refs)
     return {
         "openapi": "3.1.0",
         "info": _INFO,
@@ -93,7 +111,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     responses = {
         str(op.status): {
             "description": op.summary,
-            "headers": _header_refs(()),
+            "headers": _header_refs((REPLAYED_HEADER,) if op.idempotent else ()),
             "content": {op.media_type: {"schema": body}},
         }
     }
@@ -101,10 +119,16 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     by_status: dict[int, list[type[CouponError]]] = {}
     for error in op.all_errors():
         by_status.setdefault(error.status, []).append(error)
+
+    def replayable(status: int) -> bool:  # a stored answer: the operation's own 4xx
+        return op.idempotent and status < 500
+
     for status, found in sorted(by_status.items()):
         responses[str(status)] = {
             "description": "code: " + ", ".join(e.code for e in found),
-            "headers": _header_refs(h for e in found for h in e.sends),
+            "headers": _header_refs(
+                [h for e in found for h in e.sends] + ([REPLAYED_HEADER] if replayable(status) else [])
+            ),
             "content": problem,
         }
     entry: dict[str, Any] = {
@@ -122,6 +146,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     parameters = [
         *(_parameters(op.path_params, "path") if op.path_params else ()),
         *(_parameters(op.query, "query") if op.query else ()),
+        *((_IDEMPOTENCY_PARAMETER,) if op.idempotent else ()),
     ]
     if parameters:
         entry["parameters"] = parameters

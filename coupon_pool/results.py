@@ -61,10 +61,54 @@ class Redemption:
     max_usages: int
 
 
+@dataclass(slots=True)
+class Release:
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    code: str
+    type: CouponType
+    user_id: str
+    released_at: datetime
+    allocated: Annotated[int, Field(description="its usages allocated now, this one given back")]
+    max_usages: int
+
+
+@dataclass(slots=True)
+class Rollback:
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    code: str
+    type: CouponType
+    user_id: str
+    rolled_back_at: datetime
+    used: Annotated[int, Field(description="its usages redeemed now, this one undone")]
+    max_usages: int
+
+
+UserCouponStatus = Literal["allocated", "redeemed", "expired"]
+
+
+class UserCoupon(_Body):
+    code: str
+    type: CouponType
+    discount: Discount
+    expires_at: datetime
+    allocated_at: datetime
+    redeemed_at: datetime | None
+    status: UserCouponStatus = Field(
+        description="redeemed; else expired once past expires_at; else allocated"
+    )
+
+
+class UserCouponsPage(_Body):
+    coupons: list[UserCoupon] = Field(description="newest allocation first")
+    next: str | None = Field(description="pass as `after` for the page that follows; null: no more")
+
+
 class TypeStats(_Body):
     created: int
-    allocated: int
-    used: int
+    allocated: int = Field(description="usages allocated, net of releases")
+    used: int = Field(description="usages redeemed, net of rollbacks")
+    released: int = Field(description="allocations given back to the pool")
+    rolled_back: int = Field(description="redemptions undone")
     purged: int = Field(description="expired coupons deleted unused by the purge")
     available: int = Field(description="unexpired coupons with at least one free usage")
 

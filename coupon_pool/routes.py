@@ -5,7 +5,18 @@ from __future__ import annotations
 from . import errors
 from .auth import Role
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .models import AllocationRequest, AuditQuery, CouponPath, CouponType, RedemptionRequest, UploadRequest
+from .models import (
+    AllocationRequest,
+    AuditQuery,
+    CouponPath,
+    CouponType,
+    RedemptionRequest,
+    ReleaseRequest,
+    RollbackRequest,
+    UploadRequest,
+    UserCouponsQuery,
+    UserPath,
+)
 from .results import (
     Allocation,
     AuditPage,
@@ -15,8 +26,11 @@ from .results import (
     PurgeResult,
     Readiness,
     Redemption,
+    Release,
+    Rollback,
     Stats,
     UploadResult,
+    UserCouponsPage,
 )
 from .routing import Call, Operation
 from .uploads import UploadWorker
@@ -30,9 +44,11 @@ async def allocate(call: Call, body: AllocationRequest) -> Allocation:
     the one expiring first. MEGADEAL requests pass the MEGADEAL gate first (and may wait)."""
     call.note(type=body.type, user_id=body.user_id)
     if body.type is CouponType.MEGADEAL:
-        allocation = await call.gate.allocate(body.user_id, started=call.started, gone=call.gone)
+        allocation = await call.gate.allocate(
+            body.user_id, started=call.started, gone=call.gone, idem=call.idempotency
+        )
     else:
-        allocation = await call.store.allocate(body.user_id, body.type)
+        allocation = await call.store.allocate(body.user_id, body.type, call.idempotency)
     call.note(code=allocation.code)
     return allocation
 
@@ -41,18 +57,46 @@ async def redeem(call: Call, body: RedemptionRequest) -> Redemption:
     """The user must hold an unredeemed allocation of the unexpired coupon; each allocation
     is redeemed once."""
     call.note(code=body.code, user_id=body.user_id)
-    redemption = await call.store.redeem(body.code, body.user_id, body.type)
+    redemption = await call.store.redeem(body.code, body.user_id, body.type, call.idempotency)
     call.note(type=redemption.type, used=redemption.used)
     return redemption
+
+
+async def release(call: Call, body: ReleaseRequest) -> Release:
+    """The user's allocated, unredeemed usage goes back to the pool (available again unless
+    the coupon has expired); the user may be allocated that coupon again later."""
+    call.note(code=body.code, user_id=body.user_id)
+    released = await call.store.release(body.code, body.user_id, body.type, call.idempotency)
+    call.note(type=released.type, allocated=released.allocated)
+    return released
+
+
+async def rollback(call: Call, body: RollbackRequest) -> Rollback:
+    """The user's redemption is undone: the allocation is unredeemed again and may be redeemed
+    again. Refused once the coupon has expired (410 coupon_expired)."""
+    call.note(code=body.code, user_id=body.user_id)
+    undone = await call.store.rollback(body.code, body.user_id, body.type, call.idempotency)
+    call.note(type=undone.type, used=undone.used)
+    return undone
+
+
+async def user_coupons(call: Call, path: UserPath, query: UserCouponsQuery) -> UserCouponsPage:
+    """What the user holds (allocated, redeemed or expired), newest allocation first; a coupon
+    the purge deleted is no longer listed. Percent-encode the user id in the path."""
+    return await call.store.user_coupons(path.user_id, query.limit, query.after)
 
 
 async def upload_coupons(call: Call, body: bytes) -> UploadResult:
     """One invalid item refuses the whole request; a code that already exists is not stored
     and comes back in `duplicates`, so sending the same upload again stores nothing twice."""
+    idem = call.idempotency
     if len(body) < INLINE_UPLOAD_BYTES:
-        result = await call.store.upload(validate_json(body, UploadRequest).coupons)
+        coupons = validate_json(body, UploadRequest).coupons
+        if idem:
+            idem.identify(body)
+        result = await call.store.upload(coupons, idem)
     else:
-        result = await upload_worker(call).upload(body)
+        result = await upload_worker(call).upload(body, idem)
     duplicates = len(result.duplicates)
     call.note(coupons=result.created + duplicates, created=result.created, duplicates=duplicates)
     return result
@@ -122,26 +166,44 @@ OPERATIONS = (
     Operation(
         method="POST", path="/v1/allocations", handler=allocate, tag="coupons",
         summary="Allocate an available coupon to a user",
-        body=AllocationRequest, response=Allocation, status=201,
-        errors=(errors.PoolEmpty, errors.MegadealBusy),
+        body=AllocationRequest, response=Allocation, status=201, idempotent=True,
+        errors=(errors.PoolEmpty, errors.UserLimitReached, errors.MegadealBusy),
     ),
     Operation(
         method="POST", path="/v1/redemptions", handler=redeem, tag="coupons",
         summary="Record the use of an allocated coupon",
-        body=RedemptionRequest, response=Redemption, status=201,
+        body=RedemptionRequest, response=Redemption, status=201, idempotent=True,
         errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
                 errors.AlreadyRedeemed),
     ),
     Operation(
+        method="POST", path="/v1/releases", handler=release, tag="coupons",
+        summary="Give an allocated, unredeemed coupon back to the pool",
+        body=ReleaseRequest, response=Release, status=201, idempotent=True,
+        errors=(errors.CouponNotFound, errors.TypeMismatch, errors.NotAllocated, errors.AlreadyRedeemed),
+    ),
+    Operation(
+        method="POST", path="/v1/rollbacks", handler=rollback, tag="coupons",
+        summary="Undo a redemption",
+        body=RollbackRequest, response=Rollback, status=201, idempotent=True,
+        errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
+                errors.NotRedeemed),
+    ),
+    Operation(
         method="POST", path="/v1/coupons", handler=upload_coupons, tag="coupons",
         summary="Upload up to 50,000 coupons", role=Role.ADMIN,
-        body=UploadRequest, large_body=True, response=UploadResult, status=201,
+        body=UploadRequest, large_body=True, response=UploadResult, status=201, idempotent=True,
         errors=(errors.TooManyCoupons, errors.UploadWorkerLost),
     ),
     Operation(
         method="GET", path="/v1/coupons/{code}", handler=get_coupon, tag="coupons",
         summary="A coupon with its usage counts",
         path_params=CouponPath, response=Coupon, errors=(errors.CouponNotFound,),
+    ),
+    Operation(
+        method="GET", path="/v1/users/{user_id:path}/coupons", handler=user_coupons, tag="coupons",
+        summary="The coupons a user holds",
+        path_params=UserPath, query=UserCouponsQuery, response=UserCouponsPage,
     ),
     Operation(
         method="GET", path="/v1/stats", handler=stats, tag="pool",

@@ -8,6 +8,7 @@ the two cannot drift apart. A handler gets a ``Call`` and its validated inputs b
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +18,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors
+from . import errors, idempotency
 from .auth import Role
 from .bodies import read_json
 from .errors import CouponError
+from .idempotency import REPLAYED_HEADER, Idempotency
+from .keys import Keys
 from .megadeal import MegadealGate
 from .middleware import STARTED, note
 from .problems import field_error, from_validation_error, invalid_fields
@@ -55,6 +58,7 @@ class Services:
     """What the app's lifespan opens for the handlers; the endpoints hold it from the start."""
 
     max_uploads: int  # large bodies read or written at once (MAX_UPLOADS); more are refused
+    idempotency_ttl_ms: int = 86_400_000  # IDEMPOTENCY_TTL_S
     store: Store = None  # type: ignore[assignment]
     gate: MegadealGate = None  # type: ignore[assignment]
     uploads: int = 0
@@ -67,6 +71,7 @@ class Call:
     request: Request
     store: Store
     gate: MegadealGate
+    idempotency: Idempotency | None = None  # its Idempotency-Key, on the routes that take one
 
     def note(self, **fields: Any) -> None:
         """Add fields about the operation to this request's log line."""
@@ -105,6 +110,7 @@ class Operation:
     role: Role | None = Role.CLIENT  # the API key it needs; None: open to anyone
     uses_store: bool = True  # it calls Redis, so it can answer 503 store_unavailable
     large_body: bool = False  # its body may reach MAX_BODY_BYTES, and reaches the handler as bytes
+    idempotent: bool = False  # it takes an Idempotency-Key (idempotency.py)
 
     def all_errors(self) -> tuple[type[CouponError], ...]:
         """Every error this operation can answer, derived from what it declares."""
@@ -113,6 +119,8 @@ class Operation:
             found += BODY_ERRORS
         if self.large_body:
             found.append(errors.UploadsBusy)
+        if self.idempotent:
+            found += (errors.ValidationFailed, errors.IdempotencyKeyReused, errors.IdempotencyKeyInProgress)
         if self.query:
             found.append(errors.QueryTooLong)
         if self.query or self.path_params:
@@ -132,6 +140,7 @@ class Operation:
         """The Starlette endpoint: inputs validated, the handler called, its answer encoded."""
         handler, status, media_type = self.handler, self.status, self.media_type
         body, query, path_params, large = self.body, self.query, self.path_params, self.large_body
+        keyed = self.idempotent
 
         async def endpoint(request: Request) -> Response:
             inputs: dict[str, Any] = {}
@@ -141,7 +150,14 @@ class Operation:
                 inputs["query"] = parse_query(request, query)
             if path_params is not None:
                 inputs["path"] = parse_model(request.path_params, path_params)
-            result = await handler(Call(request, services.store, services.gate), **inputs)
+            call = Call(request, services.store, services.gate)
+            if keyed and "idempotency-key" in request.headers:
+                canonical = inputs["body"].model_dump_json().encode()
+                call.idempotency = idempotency_of(
+                    request, services.store.keys, services.idempotency_ttl_ms, canonical
+                )
+                return await answer_keyed(handler, call, inputs, status, media_type)
+            result = await handler(call, **inputs)
             return encode(result, status, media_type)
 
         async def large_endpoint(request: Request) -> Response:
@@ -156,7 +172,15 @@ class Operation:
             services.uploads += 1
             try:
                 raw = await read_json(request, request.app.state.settings.max_body_bytes)
-                result = await handler(Call(request, services.store, services.gate), body=raw)
+                call = Call(request, services.store, services.gate)
+                if keyed and "idempotency-key" in request.headers:
+                    # The body is identified by its bytes, hashed where it is validated
+                    # (off the event loop for a large one): see routes.upload_coupons.
+                    call.idempotency = idempotency_of(
+                        request, services.store.keys, services.idempotency_ttl_ms, None
+                    )
+                    return await answer_keyed(handler, call, {"body": raw}, status, media_type)
+                result = await handler(call, body=raw)
             finally:
                 services.uploads -= 1
             return encode(result, status, media_type)
@@ -164,6 +188,23 @@ class Operation:
         chosen = large_endpoint if large else endpoint
         chosen.__name__ = handler.__name__
         return chosen
+
+
+async def answer_keyed(
+    handler: Handler, call: Call, inputs: dict[str, Any], status: int, media_type: str
+) -> Response:
+    """The handler's answer to a request with an Idempotency-Key: a replayed one says so."""
+    idem = call.idempotency
+    try:
+        result = await handler(call, **inputs)
+    except CouponError as error:
+        if idem and idem.replayed:
+            error.headers[REPLAYED_HEADER] = "true"
+        raise
+    response = encode(result, status, media_type)
+    if idem and idem.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 def encode(result: Any, status: int, media_type: str) -> Response:
@@ -205,3 +246,22 @@ def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
             raise invalid_fields([field_error((name,), "appears more than once: send it once")], 1)
         seen.add(name)
     return parse_model(dict(params), model)
+
+
+def idempotency_of(request: Request, keys: Keys, ttl_ms: int, canonical: bytes | None) -> Idempotency | None:
+    """The request's Idempotency-Key, validated, or None. ``canonical``: its body as it is
+    identified; None: identify() follows."""
+    given = request.headers.getlist("idempotency-key")
+    if not given:
+        return None
+    if len(given) > 1:
+        raise invalid_fields([field_error(("header", idempotency.HEADER), "send it once")], 1)
+    key = given[0]
+    if not idempotency.KEY.fullmatch(key):
+        problem = "must be 1-255 visible ASCII characters (0x21-0x7E)"
+        raise invalid_fields([field_error(("header", idempotency.HEADER), problem)], 1)
+    scope = request.scope.get(idempotency.KEY_ID, idempotency.OPEN_SCOPE)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    request_line = f"{request.method} {request.url.path}\n".encode()
+    found = idempotency.fingerprint(request_line, canonical) if canonical is not None else ""
+    return Idempotency(keys.idempotency(scope, digest), found, ttl_ms, request_line)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from .keys import CouponField
+from .keys import CouponField, RecordField
 
 
 def lua_dir() -> Path:
@@ -23,8 +23,10 @@ def lua_dir() -> Path:
 
 
 def preamble() -> str:
-    """Lua constants for the coupon hash's fields: ``local F_EXPIRES = 'exp'`` and so on."""
-    return "".join(f"local F_{f.name} = '{f.value}'\n" for f in CouponField)
+    """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'`` and so on)
+    and of an Idempotency-Key record (``R_REPLY``...)."""
+    fields = [("F", f) for f in CouponField] + [("R", f) for f in RecordField]
+    return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
 
 
 def source(name: str) -> str:
@@ -42,6 +44,10 @@ class Scripts:
         self.upload = load("upload")
         self.allocate = load("allocate")
         self.redeem = load("redeem")
+        self.release = load("release")
+        self.rollback = load("rollback")
+        self.user_coupons = load("user_coupons")
+        self.upload_record = load("upload_record")
         self.stats = load("stats")
         self.purge = load("purge")
         self.megadeal_enter = load("megadeal_enter")
@@ -71,6 +77,15 @@ class Redeemed(NamedTuple):
     used: int
     max_usages: str
     redeemed_ms: int
+
+
+class Changed(NamedTuple):
+    """release.lua's (total: usages allocated now) and rollback.lua's (total: used now)."""
+
+    type: str
+    total: int
+    max_usages: str
+    at_ms: int
 
 
 class Waiting(NamedTuple):

@@ -64,6 +64,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be positive"
 
 
+def _at_least_0(value: int) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
 def _share(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be above 0 and at most 1"
 
@@ -121,6 +125,10 @@ class Settings:
     # Uploads read or written at once per process (each holds its body, up to MAX_BODY_BYTES).
     max_uploads: int = env("MAX_UPLOADS", 2, _int, _at_least_1)
     audit_max_len: int = env("AUDIT_MAX_LEN", 100_000, _int, _at_least_1)
+    # Coupons of one type a user may hold at once (releases give one back); 0: no limit.
+    max_allocations_per_user: int = env("MAX_ALLOCATIONS_PER_USER", 0, _int, _at_least_0)
+    # How long the answer to a request with an Idempotency-Key is kept for its retries.
+    idempotency_ttl_s: int = env("IDEMPOTENCY_TTL_S", 86_400, _int, _at_least_1)
     purge_interval_s: float = env("PURGE_INTERVAL_S", 60.0, _float, _positive)
     purge_batch_size: int = env("PURGE_BATCH_SIZE", 1000, _int, _at_least_1)
     megadeal_max_concurrent: int = env("MEGADEAL_MAX_CONCURRENT", 5, _int, _at_least_1)

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from .errors import CouponError, UploadWorkerLost
+from .idempotency import Idempotency
 from .models import UploadRequest
 from .results import UploadResult
 from .settings import Settings
@@ -37,17 +38,23 @@ class UploadWorker:
         context = multiprocessing.get_context("spawn")
         return ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=(self.settings,))
 
-    async def upload(self, body: bytes) -> UploadResult:
-        """Validate ``body`` as an upload and store it; raise its CouponError if it is refused."""
+    async def upload(self, body: bytes, idem: Idempotency | None = None) -> UploadResult:
+        """Validate ``body`` as an upload and store it; raise its CouponError if it is refused.
+
+        With ``idem``, the body is fingerprinted there too, and ``idem.replayed`` says
+        whether the answer is a replay.
+        """
         loop = asyncio.get_running_loop()
         try:
-            outcome = await loop.run_in_executor(self._pool, _upload, body)
+            outcome, replayed = await loop.run_in_executor(self._pool, _upload, body, idem)
         except BrokenProcessPool:
             self._pool = self._start()
             raise UploadWorkerLost(
                 "the upload worker stopped; send the upload again (stored coupons come back as duplicates)",
                 headers={"Retry-After": "1"},
             ) from None
+        if idem:
+            idem.replayed = replayed
         if isinstance(outcome, CouponError):
             raise outcome
         return outcome
@@ -76,9 +83,11 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _upload(body: bytes) -> UploadResult | CouponError:
+def _upload(body: bytes, idem: Idempotency | None) -> tuple[UploadResult | CouponError, bool]:
     try:
         coupons = validate_json(body, UploadRequest).coupons
+        if idem:
+            idem.identify(body)
+        return _loop.run_until_complete(_store.upload(coupons, idem)), bool(idem and idem.replayed)
     except CouponError as error:
-        return error
-    return _loop.run_until_complete(_store.upload(coupons))
+        return error, bool(idem and idem.replayed)

@@ -5,24 +5,43 @@
 --       exhausted     coupons with no free usage (code -> expires_at ms)
 --       stats         the stats hash
 --       audit_stream  the audit stream
+--       held          the user's held set of this type (see reserve_first_unheld in lib.lua)
+--       listing       the user's coupons of this type (code -> allocated_at ms)
+--       draining      this type's coupons with no free usage still listed in held sets
+--       record        (optional) the Idempotency-Key's record
 -- ARGV: prefix        key prefix of coupon hashes (a coupon's key is prefix .. code; it
 --                     shares the hash tag of KEYS, so the script stays in one cluster slot)
 --       user          the user id
 --       ctype         the coupon type (for the "<TYPE>:allocated" counter)
 --       audit_cap     audit stream length cap (approximate)
+--       max_per_user  most coupons of the type a user may hold; 0: no limit
+--       held_prefix   key prefix of this type's held sets ({ns}:held:<TYPE>:)
+--       tracked_prefix  key prefix of the coupons' tracked sets ({ns}:trk:)
+--       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
 -- The coupon that expires first is handed out first, skipping coupons this user already
 -- holds. A coupon moves from the available set to the exhausted set when its last usage
 -- is reserved.
 --
 -- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
---      or {"pool_empty"} when no unexpired coupon with a free usage is left for this user.
+--      or {"pool_empty"} when no unexpired coupon with a free usage is left for this user,
+--      or {"user_limit_reached"};
+--      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=allocate, type, user_id, and code or error.
--- Uses now_ms(), allocate_one() and audit_allocation() from lib.lua.
+-- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() from lib.lua.
 
 local available, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local held, listing, draining, record = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local prefix, user, ctype, audit_cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local max_per_user, held_prefix, tracked_prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local fp, ttl_ms = ARGV[8], ARGV[9]
+local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
+    draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user }
+local now = now_ms()
 
-local result = allocate_one(available, exhausted, stats, prefix, user, ctype, now_ms())
+local found = idem_lookup(record, fp, '', now)
+if found then return found end
+local result = allocate_one(k, prefix, ctype, max_per_user, now)
 audit_allocation(audit_stream, audit_cap, ctype, user, result)
+idem_store(record, fp, ttl_ms, result)
 return result

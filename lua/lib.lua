@@ -8,41 +8,196 @@ local function now_ms()
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
 
--- Reserve one usage of the first-expiring coupon in `available` that `user` does not hold
--- yet, counting it in `stats` under "<ctype>:allocated". Coupon hashes are prefix .. code.
--- A coupon whose last usage this reserves moves from `available` to `exhausted` (same
--- score, its expiry), so each coupon is in exactly one sorted set for the purge to find.
--- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
---      or {"pool_empty"}.
-local function allocate_one(available, exhausted, stats, prefix, user, ctype, now)
-  local holder = F_HOLDER .. user
-  -- Nearly always the first coupon will do (the user does not hold it yet): fetch one,
-  -- then more at a time while the user turns out to hold them (1, 4, 16, 64, 64, ...).
-  local batch_size = 1
-  local offset = 0
-  while true do
-    -- "(" excludes now: a coupon whose expiry is now is already expired.
-    local codes = redis.call('ZRANGE', available, '(' .. now, '+inf', 'BYSCORE',
-      'LIMIT', offset, batch_size)
-    if #codes == 0 then
-      return { 'pool_empty' }
-    end
-    for _, code in ipairs(codes) do
-      local key = prefix .. code
-      if redis.call('HSETNX', key, holder, now) == 1 then
-        local allocated = redis.call('HINCRBY', key, F_ALLOCATED, 1)
-        local c = redis.call('HMGET', key, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, F_MAX_USAGES)
-        if allocated >= tonumber(c[4]) then
-          redis.call('ZREM', available, code)
-          redis.call('ZADD', exhausted, c[3], code)
-        end
-        redis.call('HINCRBY', stats, ctype .. ':allocated', 1)
-        return { 'ok', code, c[1], c[2], c[3], now }
-      end
-    end
-    offset = offset + batch_size
-    batch_size = math.min(batch_size * 4, 64)
+-- The per-user structure that keeps allocation cost independent of what a user holds.
+-- `held` ({ns}:held:<TYPE>:<user>, code -> expires_at ms) lists coupons of the type that
+-- the user holds and that are in `available`, with the same scores. In the order both sets
+-- share (score, then code) it is a subset of `available`: it may lack coupons the user
+-- holds, never list one `available` lacks. So, once `skip` coupons of `available` known
+-- not to be listed are set aside, the first coupon the user may get is at the first rank
+-- k where available[a0 + skip + k] differs from held[h0 + k] (a0, h0: the ranks of the
+-- first unexpired entry of each); past it the two never agree again. That rank is found by
+-- comparing the first pair, then the last, then by bisection: a few O(log n) calls
+-- whatever the user holds.
+-- A coupon leaves `available` only once no held set lists it: its tracked set
+-- ({ns}:trk:<code>) names the users whose held set does. When its last usage goes, the
+-- allocation cleans up to DRAIN_NOW of them at once; a coupon with more holders is
+-- "draining" ({ns}:draining:<TYPE>): it stays in `available` though it has no free usage
+-- (searches skip it), and each later allocation of the type cleans DRAIN_BATCH more, then
+-- moves it to `exhausted`. A user's first TRACK_FROM coupons of a type are not listed
+-- (searches skip the few a user holds), so a coupon of many usages given to many light
+-- users costs no tracking; nor is a coupon that comes back to the pool (a release) put
+-- back into its holders' held sets: the holder's next search meets it and lists it.
+local HELD_EXPIRED_BATCH = 64  -- expired entries removed from a held set per call
+local TRACK_FROM = 8           -- coupons of a type a user holds before any is listed
+local DRAIN_NOW = 64           -- holders cleaned when a coupon's last usage goes
+local DRAIN_BATCH = 256        -- holders of a draining coupon cleaned per later allocation
+
+local function rank_member(set, rank)
+  local m = redis.call('ZRANGE', set, rank, rank, 'WITHSCORES')
+  return m[1], tonumber(m[2])
+end
+
+-- The first k in [lo, n] where available[a + k] ~= held[h0 + k], or n; all k < lo match.
+local function first_mismatch(available, a, held, h0, lo, n)
+  local function same(k)
+    return rank_member(available, a + k) == rank_member(held, h0 + k)
   end
+  if lo >= n or not same(lo) then
+    return lo
+  end
+  if same(n - 1) then
+    return n
+  end
+  local good, bad = lo, n - 1
+  while bad - good > 1 do
+    local mid = math.floor((good + bad) / 2)
+    if same(mid) then good = mid else bad = mid end
+  end
+  return bad
+end
+
+-- Take `code` out of the held sets of up to `budget` of the users its tracked set names;
+-- true once none is left (then its tracked set is gone).
+local function untrack(k, code, budget)
+  local tracked = k.tracked_prefix .. code
+  for _, user in ipairs(redis.call('SPOP', tracked, budget)) do
+    redis.call('ZREM', k.held_prefix .. user, code)
+  end
+  return redis.call('EXISTS', tracked) == 0
+end
+
+-- Move a coupon with no free usage from `available` to `exhausted` (its expiry, `score`).
+local function exhaust(k, code, score)
+  redis.call('ZREM', k.available, code)
+  redis.call('ZADD', k.exhausted, score, code)
+end
+
+-- Clean DRAIN_BATCH holders of the type's first draining coupon, and finish it if done.
+local function drain(k)
+  local first = redis.call('ZRANGE', k.draining, 0, 0, 'WITHSCORES')
+  if first[1] and untrack(k, first[1], DRAIN_BATCH) then
+    redis.call('ZREM', k.draining, first[1])
+    exhaust(k, first[1], first[2])
+  end
+end
+
+-- The first coupon in `available` (unexpired at `now`) with a free usage that the user
+-- does not hold, reserved for them with HSETNX on its holder field; nil when there is none.
+local function reserve_first_unheld(k, prefix, holder, now)
+  local available, held = k.available, k.held
+  local draining = redis.call('ZCARD', k.draining) > 0
+  if draining then drain(k) end
+  local h0 = redis.call('ZCOUNT', held, '-inf', now)
+  if h0 > 0 then  -- the user's expired entries go, a batch per call
+    local dropped = math.min(h0, HELD_EXPIRED_BATCH)
+    redis.call('ZREMRANGEBYRANK', held, 0, dropped - 1)
+    h0 = h0 - dropped
+  end
+  local n = redis.call('ZCARD', held) - h0
+  if n == 0 and not draining then  -- nothing listed: the first coupon, as a rule
+    local first = redis.call('ZRANGE', available, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
+    if not first then return nil end
+    if redis.call('HSETNX', prefix .. first, holder, now) == 1 then return first end
+  end
+  local a0 = redis.call('ZCOUNT', available, '-inf', now)
+  local skip, i = 0, 0
+  local listable = redis.call('ZCARD', k.listing) >= TRACK_FROM
+  while true do
+    i = first_mismatch(available, a0 + skip, held, h0, i, n)
+    local code, score = rank_member(available, a0 + skip + i)
+    if not code then return nil end
+    if draining and redis.call('ZSCORE', k.draining, code) then
+      skip = skip + 1  -- no free usage: set aside
+    elseif redis.call('HSETNX', prefix .. code, holder, now) == 1 then
+      return code
+    elseif listable then  -- held but not listed: list it
+      redis.call('ZADD', held, score, code)
+      redis.call('SADD', k.tracked_prefix .. code, k.user)
+      n, i = n + 1, i + 1
+    else
+      skip = skip + 1  -- one of the few a light user holds
+    end
+  end
+end
+
+-- Reserve one usage of the first-expiring coupon in `available` with a free usage that
+-- the user does not hold yet, counting it in `stats` under "<ctype>:allocated" and in the
+-- user's `listing` of the type (code -> allocated_at ms). Coupon hashes are prefix .. code.
+-- A coupon whose last usage this reserves leaves `available` for `exhausted` (same score,
+-- its expiry) once no held set lists it, so each coupon is in exactly one of the sorted
+-- sets for the purge to find; one with usages left joins the user's held set (from the
+-- user's TRACK_FROM-th coupon of the type on). `max_per_user` > 0 caps the coupons of the
+-- type a user holds at once.
+-- `k` names the keys: available, exhausted, stats, held, listing, draining, held_prefix
+-- ({ns}:held:<TYPE>:), tracked_prefix ({ns}:trk:), and the user.
+-- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
+--      or {"pool_empty"} or {"user_limit_reached"}.
+local function allocate_one(k, prefix, ctype, max_per_user, now)
+  if max_per_user > 0 and redis.call('ZCARD', k.listing) >= max_per_user then
+    return { 'user_limit_reached' }
+  end
+  local code = reserve_first_unheld(k, prefix, F_HOLDER .. k.user, now)
+  if not code then
+    return { 'pool_empty' }
+  end
+  local key = prefix .. code
+  local allocated = redis.call('HINCRBY', key, F_ALLOCATED, 1)
+  local c = redis.call('HMGET', key, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, F_MAX_USAGES)
+  redis.call('ZADD', k.listing, now, code)
+  if allocated >= tonumber(c[4]) then
+    if untrack(k, code, DRAIN_NOW) then
+      exhaust(k, code, c[3])
+    else
+      redis.call('ZADD', k.draining, c[3], code)
+    end
+  elseif redis.call('ZCARD', k.listing) > TRACK_FROM then
+    redis.call('ZADD', k.held, c[3], code)
+    redis.call('SADD', k.tracked_prefix .. code, k.user)
+  end
+  redis.call('HINCRBY', k.stats, ctype .. ':allocated', 1)
+  return { 'ok', code, c[1], c[2], c[3], now }
+end
+
+-- Idempotency records ({ns}:idem:<scope>:<key digest>), a hash: "fp" the request's
+-- fingerprint, "reply" the operation's script reply as JSON once it has one, and while a
+-- multi-call operation runs (a MEGADEAL wait, an upload) "owner" and "lease" (ms).
+-- What a keyed call finds: nil (run it), or the reply to give instead.
+local function idem_lookup(record, fp, owner, now)
+  if not record then return nil end
+  local r = redis.call('HMGET', record, R_FINGERPRINT, R_REPLY, R_OWNER, R_LEASE)
+  if not r[1] then return nil end
+  if r[1] ~= fp then return { 'idempotency_key_reused' } end
+  if r[2] then return { 'replay', r[2] } end
+  if r[3] and r[3] ~= owner and tonumber(r[4]) > now then
+    return { 'idempotency_key_in_progress', tonumber(r[4]) - now }
+  end
+  return nil
+end
+
+-- Keep `reply` as the answer to the keyed request, for ttl_ms.
+local function idem_store(record, fp, ttl_ms, reply)
+  if not record then return end
+  redis.call('HSET', record, R_FINGERPRINT, fp, R_REPLY, cjson.encode(reply))
+  redis.call('HDEL', record, R_OWNER, R_LEASE)
+  redis.call('PEXPIRE', record, ttl_ms)
+end
+
+-- The user's allocation of the coupon hash `coupon`, as a table: type, expires, max,
+-- allocated, holder (its field name), allocated_at, redeemed_at (nil while unredeemed);
+-- or, second, the error: "coupon_not_found", "type_mismatch" (`expected` is a type, or ""
+-- for any), "not_allocated". The first value always has the type when the coupon exists.
+local function holding(coupon, user, expected)
+  local holder = F_HOLDER .. user
+  local r = redis.call('HMGET', coupon, F_TYPE, F_EXPIRES, F_MAX_USAGES, F_ALLOCATED, holder)
+  local c = { type = r[1], holder = holder }
+  if not r[1] then return c, 'coupon_not_found' end
+  if expected ~= '' and expected ~= r[1] then return c, 'type_mismatch' end
+  if not r[5] then return c, 'not_allocated' end
+  c.expires, c.max, c.allocated = tonumber(r[2]), r[3], tonumber(r[4])
+  local at, redeemed = string.match(r[5], '^(%d+):(%d+)$')
+  c.allocated_at = at or r[5]
+  c.redeemed_at = redeemed
+  return c, nil
 end
 
 -- Append one entry to the audit stream, trimmed to about `maxlen` entries. Called by the

@@ -20,6 +20,10 @@
 --       window        admissions in the window (sorted set: ticket -> admitted at ms)
 --       counter       the ticket counter (string)
 --       high_water    the most slots held at once (string)
+--       held, listing, draining  as in allocate.lua
+--       record        (optional) the Idempotency-Key's record: claimed by the first call
+--                     (owner: the ticket, lease: until the wait and a slot's lease end),
+--                     given the reply on admission or pool_empty, dropped when the wait ends
 -- ARGV: prefix        key prefix of coupon hashes
 --       user          the user id
 --       ctype         the coupon type (MEGADEAL; for the counters and the audit entry)
@@ -31,24 +35,35 @@
 --       waited_ms     how long the request has waited so far, by the app's clock
 --       max_wait_ms   how long it may wait in all: past that it is never admitted
 --       audit_cap     audit stream length cap (approximate)
+--       max_per_user  most coupons of the type a user may hold; 0: no limit
+--       held_prefix, tracked_prefix  as in allocate.lua
+--       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
 -- Returns {"ok", ticket, code, kind, value, expires_at ms, allocated_at ms}: admitted,
 --          allocated, and holding a slot until megadeal_leave.lua or the lease ends;
 --      or {"pool_empty", ticket}: nothing to allocate (not queued);
+--      or {"user_limit_reached", ticket}: the user holds the most allowed (not queued);
+--      or, keyed, on the first call (no ticket): {"replay", stored reply as JSON},
+--         {"idempotency_key_reused"}, {"idempotency_key_in_progress", ms left of its lease};
 --      or {"expired", ticket, rank}: its wait is over (not queued, never admitted);
 --      or {"wait", ticket, wait ms, reason, rank}: call again after wait ms at the latest;
 --          reason "rate" (the window opens then: sleep) or "slot" (a slot frees at the
 --          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner).
 -- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
--- Uses now_ms(), allocate_one() and audit_allocation() from lib.lua.
+-- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() from lib.lua.
 
 local available, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queue, alive, slots, window = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local counter, high_water = KEYS[9], KEYS[10]
+local held, listing, draining, record = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
 local prefix, user, ctype, ticket, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_concurrent, rate, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local lease_ms, max_sleep_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
 local waited_ms, max_wait_ms, audit_cap = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13]
+local max_per_user, held_prefix, tracked_prefix = tonumber(ARGV[14]), ARGV[15], ARGV[16]
+local fp, ttl_ms = ARGV[17], ARGV[18]
+local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
+    draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user }
 local now = now_ms()
 local deadline = now - waited_ms + max_wait_ms
 
@@ -60,8 +75,20 @@ redis.call('ZREMRANGEBYSCORE', alive, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', window, '-inf', now - window_ms)
 
+local found = idem_lookup(record, fp, ticket, now)
+if found then
+  if ticket ~= '' then  -- its claim was taken over (its lease ran out): it leaves
+    redis.call('ZREM', queue, ticket)
+    redis.call('ZREM', alive, ticket)
+  end
+  return found
+end
 if ticket == '' then
   ticket = redis.call('INCR', counter) .. ':' .. owner
+  if record then
+    redis.call('HSET', record, R_FINGERPRINT, fp, R_OWNER, ticket, R_LEASE, deadline + lease_ms)
+    redis.call('PEXPIRE', record, ttl_ms)
+  end
 end
 local number = tonumber(string.match(ticket, '^(%d+):'))
 
@@ -73,6 +100,7 @@ end
 if redis.call('ZCOUNT', available, '(' .. now, '+inf') == 0 then
   leave_queue()
   audit_allocation(audit_stream, audit_cap, ctype, user, { 'pool_empty' })
+  idem_store(record, fp, ttl_ms, { 'pool_empty' })
   return { 'pool_empty', ticket }
 end
 
@@ -82,17 +110,19 @@ local rank = redis.call('ZRANK', queue, ticket)
 if now >= deadline then
   -- Never admitted past its wait, however late its process calls (a pause, a slow loop).
   leave_queue()
+  if record then redis.call('DEL', record) end  -- a 429: not kept, a retry runs again
   return { 'expired', ticket, rank }
 end
 local free_slots = max_concurrent - redis.call('ZCARD', slots)
 local free_rate = rate - redis.call('ZCARD', window)
 
 if rank < free_slots and rank < free_rate then
-  local result = allocate_one(available, exhausted, stats, prefix, user, ctype, now)
+  local result = allocate_one(k, prefix, ctype, max_per_user, now)
   leave_queue()
   audit_allocation(audit_stream, audit_cap, ctype, user, result)
+  idem_store(record, fp, ttl_ms, result)
   if result[1] ~= 'ok' then
-    return { 'pool_empty', ticket }
+    return { result[1], ticket }
   end
   redis.call('ZADD', slots, now + lease_ms, ticket)
   redis.call('ZADD', window, now, ticket)

@@ -2,6 +2,8 @@
 -- that may now be admitted.
 --
 -- KEYS: queue, alive, slots, window (as in megadeal_enter.lua)
+--       record        (optional) the Idempotency-Key's record: dropped if this ticket still
+--                     owns it without a reply (the request failed: a retry runs again)
 -- ARGV: ticket        the ticket leaving
 --       wake_prefix   key prefix of wake lists (a waiter's list is wake_prefix .. ticket)
 --       max_concurrent, rate (admissions per window), window_ms
@@ -12,7 +14,7 @@
 -- Returns the number of waiters woken.
 -- Uses now_ms() and wake_waiters() from lib.lua.
 
-local queue, alive, slots, window = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local queue, alive, slots, window, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ticket, wake_prefix = ARGV[1], ARGV[2]
 local max_concurrent, rate, window_ms, keep_ms =
     tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -22,5 +24,9 @@ redis.call('ZREM', queue, ticket)
 redis.call('ZREM', alive, ticket)
 redis.call('ZREM', slots, ticket)
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+if record then
+  local r = redis.call('HMGET', record, R_OWNER, R_REPLY)
+  if r[1] == ticket and not r[2] then redis.call('DEL', record) end
+end
 
 return wake_waiters(queue, slots, window, wake_prefix, max_concurrent, rate, window_ms, keep_ms, now)

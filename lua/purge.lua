@@ -4,11 +4,13 @@
 -- KEYS: stats         the stats hash (counters "<TYPE>:purged")
 --       audit_stream  the audit stream
 --       exhausted     coupons with no free usage (code -> expires_at ms)
---       KEYS[4..]     the available set of each type named in ARGV[4..], in that order
+--       KEYS[4..]     for each type named in ARGV[5..], in that order: its available set,
+--                     then its draining set (a coupon purged leaves it too)
 -- ARGV: prefix        key prefix of coupon hashes
 --       limit         most coupons to look at in this call
 --       audit_cap     audit stream length cap (approximate)
---       ARGV[4..]     the coupon types, one each
+--       tracked_prefix  key prefix of the coupons' tracked sets (dropped with the coupon)
+--       ARGV[5..]     the coupon types, one each
 --
 -- Every stored coupon is in exactly one of the available sets and `exhausted` until it
 -- expires and is purged, so walking those sets up to now finds each expired coupon once.
@@ -21,15 +23,17 @@
 -- Uses now_ms() and audit() from lib.lua.
 
 local stats, audit_stream, exhausted = KEYS[1], KEYS[2], KEYS[3]
-local prefix, limit, audit_cap = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local FIRST_TYPE = 4
+local prefix, limit, audit_cap, tracked_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local FIRST_TYPE = 5
 
-local types, sets = {}, {}
+local types, sets, draining = {}, {}, {}
 local purged, retired = {}, {}
 for i = FIRST_TYPE, #ARGV do
   local ctype = ARGV[i]
+  local at = 4 + 2 * (i - FIRST_TYPE)
   types[#types + 1] = ctype
-  sets[#sets + 1] = KEYS[i]
+  sets[#sets + 1] = KEYS[at]
+  draining[KEYS[at]] = KEYS[at + 1]
   purged[ctype], retired[ctype] = 0, 0
 end
 sets[#sets + 1] = exhausted
@@ -45,6 +49,8 @@ for _, set in ipairs(sets) do
     local c = redis.call('HMGET', key, F_TYPE, F_USED)
     local ctype, used = c[1], c[2]
     redis.call('ZREM', set, code)
+    if draining[set] then redis.call('ZREM', draining[set], code) end
+    redis.call('DEL', tracked_prefix .. code)
     if ctype and purged[ctype] then
       if tonumber(used) == 0 then
         redis.call('DEL', key)

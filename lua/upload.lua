@@ -4,25 +4,32 @@
 --       audit_stream  the audit stream
 --       KEYS[3..]     the available set of each type named in `types`, in that order
 --                     (sorted set: code -> expires_at ms)
+--       record        (optional, last) the upload's Idempotency-Key record (upload_record.lua)
 -- ARGV: prefix        key prefix of coupon hashes (a coupon's key is prefix .. code; it
 --                     shares the hash tag of KEYS, so the script stays in one cluster slot)
 --       audit_cap     audit stream length cap (approximate)
 --       upload_id     the id of the whole upload, and part: this chunk as "i/n" (for the
 --       part          audit entry)
 --       types         the coupon types, space-separated
---       ARGV[6..]     one coupon each, as "code type kind value expires_at_ms max_usages"
+--       owner         with `record`: the attempt that must own it
+--       lease_ms      with `record`: how much longer the attempt owns it
+--       ARGV[8..]     one coupon each, as "code type kind value expires_at_ms max_usages"
 --                     (space-separated; no field can hold a space)
 --
 -- Returns {created, i, j, ...}: the number stored, then the 1-based positions in this
 -- chunk of the coupons not stored because their code already existed (in Redis, or
 -- earlier in the same chunk).
+-- With a record, a chunk already recorded there is not stored again: its recorded reply
+-- comes back; a chunk stored is recorded ("part:i") in the same call. Returns
+-- {"idempotency_key_in_progress", 0} if another attempt owns the record now.
 -- Errors: none of its own; the caller validates every value beforehand.
 -- Writes one audit entry: op=upload, upload, part, created, duplicates.
 -- Uses now_ms() and audit() from lib.lua.
 
 local stats, audit_stream = KEYS[1], KEYS[2]
 local prefix, audit_cap, upload_id, part, types = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local FIRST_COUPON = 6
+local owner, lease_ms = ARGV[6], ARGV[7]
+local FIRST_COUPON = 8
 
 local available = {}
 local n = 0
@@ -30,8 +37,14 @@ for ctype in string.gmatch(types, '%S+') do
   available[ctype] = KEYS[3 + n]
   n = n + 1
 end
-
+local record = KEYS[3 + n]
 local created_ms = now_ms()
+local part_field = R_PART .. string.match(part, '^(%d+)/')
+if record then
+  local r = redis.call('HMGET', record, R_OWNER, part_field)
+  if r[1] ~= owner then return { 'idempotency_key_in_progress', 0 } end
+  if r[2] then return cjson.decode(r[2]) end
+end
 local created = 0
 local created_by_type = {}
 local duplicates = {}
@@ -60,4 +73,7 @@ audit(audit_stream, audit_cap, 'op', 'upload', 'upload', upload_id, 'part', part
 
 local result = { created }
 for _, i in ipairs(duplicates) do result[#result + 1] = i end
+if record then
+  redis.call('HSET', record, part_field, cjson.encode(result), R_LEASE, created_ms + tonumber(lease_ms))
+end
 return result

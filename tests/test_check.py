@@ -74,11 +74,44 @@ async def test_expired_coupons_awaiting_the_purge_are_counted_not_violations(sto
         (lambda r: r.hincrby("{cp}:stats", "FREE:created", 1), "FREE: created"),
         (lambda r: r.hincrby("{cp}:stats", "STANDARD:used", 1), "STANDARD: used counter"),
         (lambda r: r.hset("{cp}:c:S2", "u:eve", "2:1"), "holder 'eve' redeemed before it was allocated"),
+        # The per-user structures (alice holds S2, which has a usage left).
+        (
+            lambda r: r.zadd("{cp}:held:STANDARD:bob", {"S2": 4e12}),
+            "held:STANDARD:bob lists 'S2', which the user",
+        ),
+        (lambda r: r.zrem("{cp}:held:STANDARD:alice", "S2"), "names 'alice', whose held set does not list"),
+        (lambda r: r.srem("{cp}:trk:S2", "alice"), "{cp}:trk:S2 does not name the user"),
+        (
+            lambda r: r.zadd("{cp}:user:STANDARD:bob", {"S2": 1}),
+            "{cp}:user:STANDARD:bob lists 'S2', which the user does not",
+        ),
+        (lambda r: r.zadd("{cp}:draining:STANDARD", {"NOPE": 1}), "draining:STANDARD holds 'NOPE', not in"),
+        (lambda r: r.hset("{cp}:idem:open:k", "fp", "x"), "{cp}:idem:open:k never expires"),
     ],
-    ids=["alloc", "holder", "used", "dangling", "two-sets", "no-set", "created", "used-counter", "order"],
+    ids=[
+        "alloc",
+        "holder",
+        "used",
+        "dangling",
+        "two-sets",
+        "no-set",
+        "created",
+        "used-counter",
+        "order",
+        "held-extra",
+        "held-missing-tracked",
+        "tracked-missing",
+        "listing",
+        "count",
+        "record",
+    ],
 )
 async def test_each_corruption_is_reported(store: Store, corrupt: object, expected: str) -> None:
-    await store.upload([coupon("S2", max_usages=2), coupon("F1", type="FREE")])
+    first = [coupon(f"A{i}", max_usages=2, expires_in=600) for i in range(8)]
+    await store.upload([*first, coupon("S2", max_usages=2), coupon("F1", type="FREE")])
+    for _ in range(9):  # A0-A7, then S2: with her ninth coupon her held set lists them all
+        await store.allocate("alice", STANDARD)
+    assert len(await store.redis.zrange("{cp}:held:STANDARD:alice", 0, -1)) == 9
     assert (await check(store.redis, store.keys)).ok
     await corrupt(store.redis)  # type: ignore[operator]
     report = await check(store.redis, store.keys)

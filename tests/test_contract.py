@@ -120,7 +120,9 @@ async def test_response_headers_are_declared(client: httpx.AsyncClient) -> None:
     assert "Retry-After" in allocate["429"]["headers"]
     assert "WWW-Authenticate" in allocate["401"]["headers"]
     assert "Allow" in allocate["405"]["headers"]
-    assert set(doc["components"]["headers"]) == {"X-Request-ID", "Retry-After", "WWW-Authenticate", "Allow"}
+    assert set(doc["components"]["headers"]) == {
+        "X-Request-ID", "Retry-After", "WWW-Authenticate", "Allow", "Idempotent-Replayed"
+    }  # fmt: skip
 
 
 async def test_the_document_names_its_server_tags_contact_and_license(client: httpx.AsyncClient) -> None:

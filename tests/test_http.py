@@ -107,14 +107,15 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     doc = (await client.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
-        "/v1/coupons", "/v1/coupons/{code}", "/v1/allocations", "/v1/redemptions",
-        "/v1/stats", "/v1/purge", "/v1/audit", "/metrics", "/healthz", "/readyz", "/openapi.json",
+        "/v1/coupons", "/v1/coupons/{code}", "/v1/allocations", "/v1/redemptions", "/v1/releases",
+        "/v1/rollbacks", "/v1/users/{user_id}/coupons", "/v1/stats", "/v1/purge", "/v1/audit", "/metrics",
+        "/healthz", "/readyz", "/openapi.json",
     }  # fmt: skip
     upload = doc["paths"]["/v1/coupons"]["post"]
     assert upload["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("UploadRequest")
     assert set(upload["responses"]) == {
-        "201", "400", "401", "403", "404", "405", "408", "413", "415", "422", "429", "431", "500", "503",
-        "507",
+        "201", "400", "401", "403", "404", "405", "408", "409", "413", "415", "422", "429", "431", "500",
+        "503", "507",
     }  # fmt: skip
     schemas = set(doc["components"]["schemas"])
     assert {"CouponIn", "FlatDiscount-Input", "PercentDiscount-Output", "Problem"} <= schemas

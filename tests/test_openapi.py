@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from conftest import LiveServer, RedisServer
@@ -38,10 +39,20 @@ def test_every_answer_matches_the_openapi_document(
         MEGADEAL_RATE_PER_S="1000",  # generated MEGADEAL allocations must not queue for seconds
     )
     try:
+        # Without the Idempotency-Key parameter: its rule (a key names one request; sent with
+        # another body it is a documented 422) is one JSON Schema cannot state, and generated
+        # keys repeat. tests/test_idempotency.py tests the header, its replays and its refusals.
+        document = httpx.get(f"{server.url}/openapi.json").json()
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            operation["parameters"] = [
+                p for p in operation.get("parameters", ()) if p["name"] != "Idempotency-Key"
+            ]
+        schema = tmp_path / "openapi.json"
+        schema.write_bytes(orjson.dumps(document))
         run = subprocess.run(
             [
                 str(SCHEMATHESIS), "--config-file", str(CONFIG), "--no-color", "run",
-                f"{server.url}/openapi.json",
+                str(schema), "--url", server.url,
                 "--header", f"Authorization: Bearer {ADMIN_KEY}",
                 "--max-examples", "40", "--seed", "20261125", "--workers", "1",
                 "--generation-database", "none", "--report-dir", str(tmp_path),
@@ -53,7 +64,7 @@ def test_every_answer_matches_the_openapi_document(
     finally:
         server.stop()
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
-    assert "10 selected / 10 total" in run.stdout  # every route was tested
+    assert "14 selected / 14 total" in run.stdout  # every route was tested
     assert "enabled = false" not in CONFIG.read_text()  # with every check on
 
 

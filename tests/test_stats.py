@@ -15,15 +15,22 @@ async def test_stats_count_created_allocated_used_and_available_per_type(client:
     await client.post("/v1/allocations", json={"user_id": "a"})
     await client.post("/v1/allocations", json={"user_id": "a", "type": "FREE"})
     await client.post("/v1/redemptions", json={"code": "F1", "user_id": "a"})
+    await client.post("/v1/allocations", json={"user_id": "b"})
+    await client.post("/v1/releases", json={"code": "S2", "user_id": "b"})
+    await client.post("/v1/redemptions", json={"code": "S1", "user_id": "a"})
+    await client.post("/v1/rollbacks", json={"code": "S1", "user_id": "a"})
     stats = (await client.get("/v1/stats")).json()
+    zero = {"released": 0, "rolled_back": 0, "purged": 0}
     assert stats == {
         "types": {
-            "FREE": {"created": 1, "allocated": 1, "used": 1, "purged": 0, "available": 1},
-            "STANDARD": {"created": 2, "allocated": 1, "used": 0, "purged": 0, "available": 1},
-            "MEGADEAL": {"created": 0, "allocated": 0, "used": 0, "purged": 0, "available": 0},
+            "FREE": {**zero, "created": 1, "allocated": 1, "used": 1, "available": 1},
+            "STANDARD": {**zero, "created": 2, "allocated": 1, "used": 0, "released": 1, "rolled_back": 1,
+                         "available": 1},
+            "MEGADEAL": {**zero, "created": 0, "allocated": 0, "used": 0, "available": 0},
         },
-        "totals": {"created": 3, "allocated": 2, "used": 1, "purged": 0, "available": 2},
-    }
+        "totals": {**zero, "created": 3, "allocated": 2, "used": 1, "released": 1, "rolled_back": 1,
+                   "available": 2},
+    }  # fmt: skip
 
 
 async def test_expired_coupons_are_not_counted_as_available(store: Store) -> None:

@@ -1,0 +1,74 @@
+-- release.lua: give an allocated, unredeemed usage back to the pool (the order behind it
+-- was cancelled).
+--
+-- KEYS: coupon        the coupon hash
+--       exhausted     coupons with no free usage
+--       stats         the stats hash
+--       audit_stream  the audit stream
+--       KEYS[5..]     for each type named in `types`, in that order: its available set,
+--                     its draining set, the user's held set and the user's listing of it
+--       record        (optional, last) the Idempotency-Key's record
+-- ARGV: user          the user id
+--       expected      the expected coupon type, or "" to accept any type
+--       code          the coupon's code
+--       audit_cap     audit stream length cap (approximate)
+--       types         the coupon types, space-separated
+--       tracked_prefix  key prefix of the coupons' tracked sets ({ns}:trk:)
+--       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
+--
+-- The user stops holding the coupon (and may be allocated it again later); its allocated
+-- count drops by one, and a coupon that had no free usage goes back to its available set
+-- if it has not expired (an expired one stays out, for the purge); a draining one (see
+-- lib.lua) simply stops draining. Counted per type as
+-- "<TYPE>:released"; "<TYPE>:allocated" counts allocations net of releases.
+-- Returns {'ok', type, allocated, max_usages, released_at ms}
+--      or {error code}: "coupon_not_found", "type_mismatch", "not_allocated",
+--         "already_redeemed";
+--      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
+-- Writes one audit entry: op=release, code, user_id, type, and allocated or error.
+-- Uses now_ms(), holding(), audit(), idem_lookup() and idem_store() from lib.lua.
+
+local coupon, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local user, expected, code, audit_cap, types = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local tracked_prefix, fp, ttl_ms = ARGV[6], ARGV[7], ARGV[8]
+local FIRST_TYPE_KEY, PER_TYPE = 5, 4
+
+local available, draining, held, listing = {}, {}, {}, {}
+local n = 0
+for ctype in string.gmatch(types, '%S+') do
+  local at = FIRST_TYPE_KEY + PER_TYPE * n
+  available[ctype], draining[ctype], held[ctype], listing[ctype] = KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3]
+  n = n + 1
+end
+local record = KEYS[FIRST_TYPE_KEY + PER_TYPE * n]
+local now = now_ms()
+
+local found = idem_lookup(record, fp, '', now)
+if found then return found end
+
+local function answer(reply, ctype, ...)
+  audit(audit_stream, audit_cap, 'op', 'release', 'code', code, 'user_id', user, 'type', ctype, ...)
+  idem_store(record, fp, ttl_ms, reply)
+  return reply
+end
+
+local c, failure = holding(coupon, user, expected)
+if failure then
+  return answer({ failure }, c.type or expected, 'error', failure)
+end
+if c.redeemed_at then
+  return answer({ 'already_redeemed' }, c.type, 'error', 'already_redeemed')
+end
+
+redis.call('HDEL', coupon, c.holder)
+local allocated = redis.call('HINCRBY', coupon, F_ALLOCATED, -1)
+if redis.call('ZREM', draining[c.type], code) == 0 and c.allocated >= tonumber(c.max) and c.expires > now then
+  redis.call('ZREM', exhausted, code)
+  redis.call('ZADD', available[c.type], c.expires, code)
+end
+redis.call('ZREM', held[c.type], code)
+redis.call('SREM', tracked_prefix .. code, user)
+redis.call('ZREM', listing[c.type], code)
+redis.call('HINCRBY', stats, c.type .. ':allocated', -1)
+redis.call('HINCRBY', stats, c.type .. ':released', 1)
+return answer({ 'ok', c.type, allocated, c.max, now }, c.type, 'allocated', allocated)

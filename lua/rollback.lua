@@ -1,0 +1,52 @@
+-- rollback.lua: undo a redemption (the order behind it failed): the allocation becomes
+-- unredeemed again, and may be redeemed again.
+--
+-- KEYS: coupon        the coupon hash
+--       stats         the stats hash
+--       audit_stream  the audit stream
+--       record        (optional) the Idempotency-Key's record
+-- ARGV: user          the user id
+--       expected      the expected coupon type, or "" to accept any type
+--       code          the coupon's code
+--       audit_cap     audit stream length cap (approximate)
+--       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
+--
+-- Refused once the coupon has expired: by then the purge may have retired it on the
+-- strength of that redemption, and a rolled-back usage could never be used again anyway.
+-- "<TYPE>:used" counts redemptions net of rollbacks; "<TYPE>:rolled_back" counts these.
+-- Returns {'ok', type, used, max_usages, rolled_back_at ms}
+--      or {error code}: "coupon_not_found", "type_mismatch", "not_allocated",
+--         "not_redeemed", "coupon_expired";
+--      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
+-- Writes one audit entry: op=rollback, code, user_id, type, and used or error.
+-- Uses now_ms(), holding(), audit(), idem_lookup() and idem_store() from lib.lua.
+
+local coupon, stats, audit_stream, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local user, expected, code, audit_cap, fp, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local now = now_ms()
+
+local found = idem_lookup(record, fp, '', now)
+if found then return found end
+
+local function answer(reply, ctype, ...)
+  audit(audit_stream, audit_cap, 'op', 'rollback', 'code', code, 'user_id', user, 'type', ctype, ...)
+  idem_store(record, fp, ttl_ms, reply)
+  return reply
+end
+
+local c, failure = holding(coupon, user, expected)
+if failure then
+  return answer({ failure }, c.type or expected, 'error', failure)
+end
+if not c.redeemed_at then
+  return answer({ 'not_redeemed' }, c.type, 'error', 'not_redeemed')
+end
+if c.expires <= now then
+  return answer({ 'coupon_expired' }, c.type, 'error', 'coupon_expired')
+end
+
+redis.call('HSET', coupon, c.holder, c.allocated_at)
+local used = redis.call('HINCRBY', coupon, F_USED, -1)
+redis.call('HINCRBY', stats, c.type .. ':used', -1)
+redis.call('HINCRBY', stats, c.type .. ':rolled_back', 1)
+return answer({ 'ok', c.type, used, c.max, now }, c.type, 'used', used)
