@@ -1,12 +1,18 @@
 """The Lua scripts of lua/, as typed attributes of ``Scripts``, and their replies by name.
 
 Each script is sent to Redis as: the coupon hash's field names as constants (from
-keys.CouponField), then lua/lib.lua (the shared helpers), then the script itself. Calls
-go by SHA (redis-py's Script loads the script again on NOSCRIPT).
+keys.CouponField), then the parts of lua/lib.lua (the shared helpers) it uses, then the
+script itself. Calls go by SHA (redis-py's Script loads the script again on NOSCRIPT).
+
+Only the helpers a script uses, directly or through another helper, go before it: Redis
+runs a script's whole text on every call, and defining a Lua function there costs about
+a microsecond of Redis time each time (measured: all of lib.lua's helpers added 16 µs to
+every call).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,9 +35,34 @@ def preamble() -> str:
     return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DEFINES = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+
+
+def _code(text: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+
+
+def used_helpers(lib: str, script: str) -> str:
+    """The parts of ``lib`` (blocks apart by blank lines) that ``script`` uses, in order."""
+    blocks = [block for block in lib.split("\n\n") if _DEFINES.search(block)]
+    defines = [set(_DEFINES.findall(block)) for block in blocks]
+    needed = set(_NAME.findall(_code(script)))
+    taken = [False] * len(blocks)
+    grew = True
+    while grew:  # a helper may use helpers defined before it
+        grew = False
+        for i in reversed(range(len(blocks))):
+            if not taken[i] and defines[i] & needed:
+                taken[i] = grew = True
+                needed |= set(_NAME.findall(_code(blocks[i])))
+    return "".join(block + "\n\n" for block, take in zip(blocks, taken, strict=True) if take)
+
+
 def source(name: str) -> str:
     folder = lua_dir()
-    return preamble() + (folder / "lib.lua").read_text() + (folder / f"{name}.lua").read_text()
+    script = (folder / f"{name}.lua").read_text()
+    return preamble() + used_helpers((folder / "lib.lua").read_text(), script) + script
 
 
 class Scripts:

@@ -87,13 +87,16 @@ local function reserve_first_unheld(k, prefix, holder, now)
   local available, held = k.available, k.held
   local draining = redis.call('ZCARD', k.draining) > 0
   if draining then drain(k) end
-  local h0 = redis.call('ZCOUNT', held, '-inf', now)
-  if h0 > 0 then  -- the user's expired entries go, a batch per call
-    local dropped = math.min(h0, HELD_EXPIRED_BATCH)
-    redis.call('ZREMRANGEBYRANK', held, 0, dropped - 1)
-    h0 = h0 - dropped
+  local n, h0 = redis.call('ZCARD', held), 0
+  if n > 0 then
+    h0 = redis.call('ZCOUNT', held, '-inf', now)
+    if h0 > 0 then  -- the user's expired entries go, a batch per call
+      local dropped = math.min(h0, HELD_EXPIRED_BATCH)
+      redis.call('ZREMRANGEBYRANK', held, 0, dropped - 1)
+      n, h0 = n - dropped, h0 - dropped
+    end
+    n = n - h0
   end
-  local n = redis.call('ZCARD', held) - h0
   if n == 0 and not draining then  -- nothing listed: the first coupon, as a rule
     local first = redis.call('ZRANGE', available, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
     if not first then return nil end
