@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, help="measure this many requests instead of a duration")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     p.add_argument("--mix", default="STANDARD=1", help="allocation types and weights: STANDARD=8,FREE=2")
+    p.add_argument("--idempotency-keys", action="store_true",
+                   help="allocate: send each allocation with an Idempotency-Key of its own")  # fmt: skip
     p.add_argument("--reference", action="store_true", help="run the ceiling too, and report ratios")
     p.add_argument("--pipelined-reference", action="store_true",
                    help="with --reference: auto-pipeline the ceiling's script calls too")  # fmt: skip
@@ -101,7 +103,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     mix = parse_mix(args.mix)
 
     def allocate_on(on: Target) -> Allocate:
-        return Allocate(on, run_id, mix, **(MIXED_POOL if args.scenario == "mixed" else {}))
+        pool = MIXED_POOL if args.scenario == "mixed" else {}
+        return Allocate(on, run_id, mix, keyed=args.idempotency_keys, **pool)
 
     def scenario_for(on: Target) -> Scenario:
         if args.scenario == "redeem":

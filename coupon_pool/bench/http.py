@@ -7,6 +7,7 @@ machine; this client sends prepared bytes and reads status, Content-Length and b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 
@@ -28,11 +29,14 @@ class Target:
         self._host_header = f"{self.host}:{self.port}".encode()
         self._auth = [f"Authorization: Bearer {api_key}".encode()] if api_key else []
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: Sequence[bytes] = ()
+    ) -> bytes:
         lines = [
             f"{method} {self.base_path}{path} HTTP/1.1".encode(),
             b"Host: " + self._host_header,
             *self._auth,
+            *headers,
         ]
         if body is not None:
             lines += [b"Content-Type: application/json", b"Content-Length: " + str(len(body)).encode()]

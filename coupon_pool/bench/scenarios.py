@@ -67,12 +67,15 @@ class Allocate:
         *,
         coupons_per_type: int = 10,
         max_usages: int = MAX_USAGES,
+        keyed: bool = False,
     ) -> None:
+        """``keyed``: each allocation carries an Idempotency-Key of its own."""
         self.target = target
         self.run_id = run_id
         self.types = tuple(mix)
         self.coupons_per_type = coupons_per_type
         self.max_usages = max_usages
+        self.keyed = keyed
         self._cycle = itertools.cycle([t for t, w in mix.items() for _ in range(w)])
         self._users = itertools.count()
 
@@ -82,12 +85,10 @@ class Allocate:
         return [self.target.request("POST", "/v1/coupons", body)]
 
     def allocation(self) -> bytes:
-        body = b'{"user_id":"b%s-%d","type":"%s"}' % (
-            self.run_id.encode(),
-            next(self._users),
-            next(self._cycle).value.encode(),
-        )
-        return self.target.request("POST", "/v1/allocations", body)
+        user = b"b%s-%d" % (self.run_id.encode(), next(self._users))
+        body = b'{"user_id":"%s","type":"%s"}' % (user, next(self._cycle).value.encode())
+        headers = [b"Idempotency-Key: " + user] if self.keyed else []
+        return self.target.request("POST", "/v1/allocations", body, headers)
 
     def next_request(self) -> tuple[str, bytes] | None:
         return "allocate", self.allocation()
