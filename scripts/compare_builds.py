@@ -1,6 +1,7 @@
 """Compare this checkout's service with an older revision's, in one run, builds alternated.
 
     .venv/bin/python scripts/compare_builds.py REV [--scenario allocate] [--rounds 3] [--duration 8]
+    .venv/bin/python scripts/compare_builds.py HEAD --new-keyed   # what an Idempotency-Key costs
 
 Starts a Redis of its own (redis.conf, a temporary directory, a free port), then the
 service of REV (a `git worktree` in a temporary directory, imported ahead of this
@@ -55,6 +56,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--prepare", type=int, default=300_000, help="redeem: allocations made beforehand")
+    parser.add_argument("--new-keyed", action="store_true",
+                        help="allocate: the new build's allocations carry an Idempotency-Key each "
+                             "(with REV = HEAD: the cost of the header)")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +93,8 @@ def main() -> int:
                     ]  # fmt: skip
                     if args.scenario == "redeem":
                         command += ["--prepare", str(args.prepare)]
+                    if args.new_keyed and build == "new":
+                        command.append("--idempotency-keys")
                     env = {**os.environ, "PYTHONPATH": str(REPO)}
                     done = subprocess.run(command, env=env, capture_output=True, check=True)
                     result = json.loads(done.stdout)
@@ -109,7 +115,8 @@ def main() -> int:
                 ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], check=False
             )
 
-    summary: dict[str, object] = {"scenario": args.scenario, "old_rev": args.rev, "rounds": results}
+    summary: dict[str, object] = {"scenario": args.scenario, "old_rev": args.rev, "new_keyed": args.new_keyed,
+                                  "rounds": results}  # fmt: skip
     for build in ("old", "new"):
         for key in ("service", "ratio", "p99_ms"):
             summary[f"{build}_median_{key}"] = statistics.median(r[key] for r in results[build])
