@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import NotSent
@@ -74,12 +74,28 @@ class AutoPipeline:
                 if not reply.done():
                     reply.set_exception(RedisError("the pipeline ended without this call's reply"))
 
-    async def _answer(self, calls: list[_Call], retry: bool = True) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for script, keys, args, *_ in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    async def _exchange(self, calls: list[_Call]) -> list[Any]:
+        """Send the calls as one write on one pooled connection; their replies, errors included."""
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            await connection.send_packed_command(pack(calls), check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:  # the script's own error: its caller's alone
+                    replies.append(error)
+            return replies
+        except BaseException:
+            await connection.disconnect()  # replies may still be on their way: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def _answer(self, calls: list[_Call], retry: bool = True) -> None:
+        try:
+            replies = await self._exchange(calls)
         except Exception as exc:  # the connection failed or timed out: every call shares it
             again = []
             if retry and isinstance(exc, NotSent):
@@ -106,3 +122,23 @@ class AutoPipeline:
                 reply.set_exception(result)
             else:
                 reply.set_result(result)
+
+
+def pack(calls: Sequence[_Call]) -> bytes:
+    """The calls as EVALSHA commands in the Redis protocol (RESP), ready to write.
+
+    redis-py's own packing handles every type and huge values; this handles what the hot
+    calls carry (str, bytes, int) at a fifth of its cost: 26 µs for an allocation's 16
+    arguments there, about 5 µs here.
+    """
+    out: list[bytes] = []
+    for script, keys, args, *_ in calls:
+        out.append(
+            b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (3 + len(keys) + len(args), script.sha.encode())
+        )
+        count = b"%d" % len(keys)
+        out.append(b"$%d\r\n%s\r\n" % (len(count), count))
+        for item in (*keys, *args):
+            value = item if isinstance(item, bytes) else str(item).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    return b"".join(out)

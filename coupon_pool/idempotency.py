@@ -26,7 +26,7 @@ from .errors import IdempotencyKeyInProgress, IdempotencyKeyReused
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # 1-255 visible ASCII characters
-KEY = re.compile(KEY_PATTERN)
+KEY = re.compile(KEY_PATTERN.encode())  # matched against the header's raw bytes
 KEY_ID = "coupon_pool.key_id"  # the scope entry auth.py sets: the caller's API key id
 OPEN_SCOPE = "open"  # the one scope when API keys are off
 

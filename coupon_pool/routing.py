@@ -142,6 +142,11 @@ class Operation:
         body, query, path_params, large = self.body, self.query, self.path_params, self.large_body
         keyed = self.idempotent
 
+        def keyed_call(request: Request) -> Idempotency | None:
+            return (
+                idempotency_of(request, services.store.keys, services.idempotency_ttl_ms) if keyed else None
+            )
+
         async def endpoint(request: Request) -> Response:
             inputs: dict[str, Any] = {}
             if body is not None:
@@ -151,11 +156,9 @@ class Operation:
             if path_params is not None:
                 inputs["path"] = parse_model(request.path_params, path_params)
             call = Call(request, services.store, services.gate)
-            if keyed and "idempotency-key" in request.headers:
-                canonical = inputs["body"].model_dump_json().encode()
-                call.idempotency = idempotency_of(
-                    request, services.store.keys, services.idempotency_ttl_ms, canonical
-                )
+            if idem := keyed_call(request):
+                idem.identify(inputs["body"].model_dump_json().encode())  # spacing and defaults aside
+                call.idempotency = idem
                 return await answer_keyed(handler, call, inputs, status, media_type)
             result = await handler(call, **inputs)
             return encode(result, status, media_type)
@@ -173,12 +176,10 @@ class Operation:
             try:
                 raw = await read_json(request, request.app.state.settings.max_body_bytes)
                 call = Call(request, services.store, services.gate)
-                if keyed and "idempotency-key" in request.headers:
-                    # The body is identified by its bytes, hashed where it is validated
-                    # (off the event loop for a large one): see routes.upload_coupons.
-                    call.idempotency = idempotency_of(
-                        request, services.store.keys, services.idempotency_ttl_ms, None
-                    )
+                if idem := keyed_call(request):
+                    # The body is identified by its bytes, hashed where it is validated (off the
+                    # event loop for a large one): see routes.upload_coupons.
+                    call.idempotency = idem
                     return await answer_keyed(handler, call, {"body": raw}, status, media_type)
                 result = await handler(call, body=raw)
             finally:
@@ -248,10 +249,10 @@ def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
     return parse_model(dict(params), model)
 
 
-def idempotency_of(request: Request, keys: Keys, ttl_ms: int, canonical: bytes | None) -> Idempotency | None:
-    """The request's Idempotency-Key, validated, or None. ``canonical``: its body as it is
-    identified; None: identify() follows."""
-    given = request.headers.getlist("idempotency-key")
+def idempotency_of(request: Request, keys: Keys, ttl_ms: int) -> Idempotency | None:
+    """The request's Idempotency-Key, validated, or None; its body is identified next."""
+    scope = request.scope
+    given = [value for name, value in scope["headers"] if name == b"idempotency-key"]
     if not given:
         return None
     if len(given) > 1:
@@ -260,8 +261,7 @@ def idempotency_of(request: Request, keys: Keys, ttl_ms: int, canonical: bytes |
     if not idempotency.KEY.fullmatch(key):
         problem = "must be 1-255 visible ASCII characters (0x21-0x7E)"
         raise invalid_fields([field_error(("header", idempotency.HEADER), problem)], 1)
-    scope = request.scope.get(idempotency.KEY_ID, idempotency.OPEN_SCOPE)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-    request_line = f"{request.method} {request.url.path}\n".encode()
-    found = idempotency.fingerprint(request_line, canonical) if canonical is not None else ""
-    return Idempotency(keys.idempotency(scope, digest), found, ttl_ms, request_line)
+    digest = hashlib.sha256(key).hexdigest()[:32]
+    request_line = f"{scope['method']} {scope['path']}\n".encode()  # request.url costs µs to build
+    record = keys.idempotency(scope.get(idempotency.KEY_ID, idempotency.OPEN_SCOPE), digest)
+    return Idempotency(record, "", ttl_ms, request_line)

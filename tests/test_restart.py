@@ -15,8 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import LiveServer, RedisServer
-from factories import coupon_json
+from factories import coupon, coupon_json
 from redis import Redis as SyncRedis
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from coupon_pool.connection import connect
+from coupon_pool.idempotency import Idempotency
+from coupon_pool.keys import Keys
+from coupon_pool.models import CouponType
+from coupon_pool.settings import Settings
+from coupon_pool.store import Store
 
 
 def restart(redis: RedisServer, how: str) -> None:
@@ -66,4 +74,36 @@ async def test_no_request_fails_after_a_restart_once_redis_answers(tmp_path: Pat
                 assert [s for answers in after for s in answers if s >= 300] == []
     finally:
         app.stop()
+        redis.stop()
+
+
+async def test_a_keyed_call_cut_off_by_a_pause_is_sent_again_and_runs_once(tmp_path: Path) -> None:
+    """Redis stops (SIGSTOP) with a call under way: the call times out, and may still run when
+    Redis resumes. A keyed allocation is sent once more and gets the one answer; an unkeyed one
+    is a timeout (its outcome unknown), never sent twice."""
+    redis = RedisServer(tmp_path / "redis").start()
+    client = connect(Settings(redis_url=redis.url, redis_timeout_s=0.3), 8, 0.3)
+    store = Store(client, Keys("cp"))
+    try:
+        await store.load_scripts()
+        await store.upload([coupon("ONLY", max_usages=10)])
+        assert redis.process is not None
+        loop = asyncio.get_running_loop()
+        record = store.keys.idempotency("open", "k")
+
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        loop.call_later(0.45, os.kill, redis.process.pid, signal.SIGCONT)
+        keyed = await store.allocate("u", CouponType.STANDARD, Idempotency(record, "f" * 32, 60_000))
+        assert keyed.code == "ONLY"
+        assert [h.user_id for h in (await store.get_coupon("ONLY")).allocations] == ["u"]
+
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        loop.call_later(0.45, os.kill, redis.process.pid, signal.SIGCONT)
+        with pytest.raises(RedisTimeoutError):
+            await store.allocate("v", CouponType.STANDARD)
+        await asyncio.sleep(0.3)
+        holders = [h.user_id for h in (await store.get_coupon("ONLY")).allocations]
+        assert holders.count("v") <= 1  # it ran once when Redis resumed, or not at all
+    finally:
+        await client.aclose()
         redis.stop()
