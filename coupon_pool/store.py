@@ -462,7 +462,7 @@ class Memory:
 
 
 _LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
-_COUNT_FIELDS = frozenset({"created", "duplicates", "used"})
+_COUNT_FIELDS = frozenset({"created", "duplicates", "used", "allocated"})
 _USE_DETAIL = {
     "coupon_not_found": "there is no coupon {code!r}",
     "type_mismatch": "coupon {code!r} is of another type",

@@ -165,3 +165,21 @@ async def test_the_per_user_limit_refuses_one_more_until_a_release(redis: Redis,
         ).status_code == 201
         await http.post("/v1/releases", json={"code": got[0], "user_id": "a"})
         assert (await http.post("/v1/allocations", json={"user_id": "a"})).status_code == 201
+
+
+async def test_releases_and_rollbacks_are_in_the_audit_trail(store: Store) -> None:
+    await store.upload([coupon("AU", max_usages=2)])
+    await store.allocate("alice", STANDARD)
+    await store.redeem("AU", "alice", None)
+    await store.rollback("AU", "alice", None)
+    await store.release("AU", "alice", None)
+    with pytest.raises(NotAllocated):
+        await store.release("AU", "alice", None)
+    entries = (await store.audit(10, None)).entries
+    ops = [(e.op, getattr(e, "used", None), getattr(e, "allocated", None), getattr(e, "error", None))
+           for e in entries[-3:]]  # fmt: skip
+    assert ops == [
+        ("rollback", 0, None, None),
+        ("release", None, 0, None),
+        ("release", None, None, "not_allocated"),
+    ]
