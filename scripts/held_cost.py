@@ -13,7 +13,7 @@ Each step in a namespace of its own (held-cost-*), deleted afterwards:
 3. the allocations around a coupon's last usage, when M - 1 users hold it, each with 8
    other coupons first, so every held set lists it (M = 1,000 and 10,000): the one that
    takes the last usage (it cleans 64 held sets, the coupon drains) and the next one (it
-   cleans 256 more);
+   cleans 64 more);
 4. an Idempotency-Key record: INFO used_memory around 20,000 keyed allocations, less the
    same without keys, per record (kept IDEMPOTENCY_TTL_S).
 It resets the server's command statistics.

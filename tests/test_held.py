@@ -122,26 +122,25 @@ async def test_a_coupon_exhausted_by_another_user_leaves_its_holders_held_sets(s
 
 async def test_a_coupon_of_many_listed_holders_drains_over_later_allocations(store: Store) -> None:
     """Its last usage leaves it in the available set, set aside by every search, until the
-    allocations after it have taken it out of its holders' held sets, 256 at a time."""
-    users = [f"u{i:03d}" for i in range(400)]
+    allocations after it have taken it out of its holders' held sets, 64 at a time."""
+    users = [f"u{i:03d}" for i in range(150)]
     await store.upload([coupon(f"F{i}", max_usages=500, expires_in=60) for i in range(8)])
-    await store.upload([coupon("BIG", max_usages=401, expires_in=120), coupon("AFTER", max_usages=10_000)])
+    await store.upload([coupon("BIG", max_usages=151, expires_in=120), coupon("AFTER", max_usages=10_000)])
     for user in users:  # 8 coupons each first, so BIG is listed in every held set
         for _ in range(9):
             await store.allocate(user, STANDARD)
     tracked = store.keys.tracked_prefix + "BIG"
-    assert await store.redis.scard(tracked) == 400
-    assert (await store.allocate("last", STANDARD)).code == "F0"
-    for _ in range(8):
-        await store.allocate("last", STANDARD)  # F1-F7, then BIG: its last usage
+    assert await store.redis.scard(tracked) == 150
+    for _ in range(9):
+        await store.allocate("last", STANDARD)  # F0-F7, then BIG: its last usage
     draining = store.keys.draining(STANDARD)
     assert await store.redis.zrange(draining, 0, -1) == ["BIG"]
-    assert await store.redis.scard(tracked) == 400 - 64  # 64 cleaned at once
+    assert await store.redis.scard(tracked) == 150 - 64  # 64 cleaned at once
     assert (await store.stats()).types[STANDARD].available == 8 + 1  # F0-F7 and AFTER, not BIG
-    assert (await store.allocate("fresh", STANDARD)).code == "F0"  # an allocation: 256 more
-    assert await store.redis.scard(tracked) == 400 - 64 - 256
+    assert (await store.allocate("fresh", STANDARD)).code == "F0"  # an allocation: 64 more
+    assert await store.redis.scard(tracked) == 150 - 128
     assert await store.redis.zrange(draining, 0, -1) == ["BIG"]
-    assert (await store.allocate("u000", STANDARD)).code == "AFTER"  # BIG set aside; the rest drained
+    assert (await store.allocate("u000", STANDARD)).code == "AFTER"  # BIG set aside; the rest cleaned
     assert await store.redis.zrange(draining, 0, -1) == []
     assert await store.redis.zscore(store.keys.exhausted, "BIG") is not None
     assert await store.redis.zscore(store.keys.available(STANDARD), "BIG") is None
