@@ -209,6 +209,15 @@ local function audit(stream, maxlen, ...)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
 end
 
+-- The end of a one-coupon change by a user (release.lua, rollback.lua): its audit entry
+-- (op, code, user_id, type, then `...`) and, when keyed, its Idempotency-Key record.
+-- `a` names: op, stream, cap (audit), code, user, record, fp, ttl_ms. Returns `reply`.
+local function conclude(a, reply, ctype, ...)
+  audit(a.stream, a.cap, 'op', a.op, 'code', a.code, 'user_id', a.user, 'type', ctype, ...)
+  idem_store(a.record, a.fp, a.ttl_ms, reply)
+  return reply
+end
+
 -- The audit entry of an allocation: its code, or the error it ended with.
 local function audit_allocation(stream, maxlen, ctype, user, result)
   if result[1] == 'ok' then

@@ -26,7 +26,7 @@
 --         "already_redeemed";
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=release, code, user_id, type, and allocated or error.
--- Uses now_ms(), holding(), audit(), idem_lookup() and idem_store() from lib.lua.
+-- Uses now_ms(), holding(), idem_lookup() and conclude() from lib.lua.
 
 local coupon, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user, expected, code, audit_cap, types = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -46,18 +46,15 @@ local now = now_ms()
 local found = idem_lookup(record, fp, '', now)
 if found then return found end
 
-local function answer(reply, ctype, ...)
-  audit(audit_stream, audit_cap, 'op', 'release', 'code', code, 'user_id', user, 'type', ctype, ...)
-  idem_store(record, fp, ttl_ms, reply)
-  return reply
-end
+local a = { op = 'release', stream = audit_stream, cap = audit_cap, code = code, user = user, record = record,
+  fp = fp, ttl_ms = ttl_ms }
 
 local c, failure = holding(coupon, user, expected)
 if failure then
-  return answer({ failure }, c.type or expected, 'error', failure)
+  return conclude(a, { failure }, c.type or expected, 'error', failure)
 end
 if c.redeemed_at then
-  return answer({ 'already_redeemed' }, c.type, 'error', 'already_redeemed')
+  return conclude(a, { 'already_redeemed' }, c.type, 'error', 'already_redeemed')
 end
 
 redis.call('HDEL', coupon, c.holder)
@@ -71,4 +68,4 @@ redis.call('SREM', tracked_prefix .. code, user)
 redis.call('ZREM', listing[c.type], code)
 redis.call('HINCRBY', stats, c.type .. ':allocated', -1)
 redis.call('HINCRBY', stats, c.type .. ':released', 1)
-return answer({ 'ok', c.type, allocated, c.max, now }, c.type, 'allocated', allocated)
+return conclude(a, { 'ok', c.type, allocated, c.max, now }, c.type, 'allocated', allocated)

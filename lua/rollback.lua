@@ -19,7 +19,7 @@
 --         "not_redeemed", "coupon_expired";
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=rollback, code, user_id, type, and used or error.
--- Uses now_ms(), holding(), audit(), idem_lookup() and idem_store() from lib.lua.
+-- Uses now_ms(), holding(), idem_lookup() and conclude() from lib.lua.
 
 local coupon, stats, audit_stream, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user, expected, code, audit_cap, fp, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -28,25 +28,22 @@ local now = now_ms()
 local found = idem_lookup(record, fp, '', now)
 if found then return found end
 
-local function answer(reply, ctype, ...)
-  audit(audit_stream, audit_cap, 'op', 'rollback', 'code', code, 'user_id', user, 'type', ctype, ...)
-  idem_store(record, fp, ttl_ms, reply)
-  return reply
-end
+local a = { op = 'rollback', stream = audit_stream, cap = audit_cap, code = code, user = user, record = record,
+  fp = fp, ttl_ms = ttl_ms }
 
 local c, failure = holding(coupon, user, expected)
 if failure then
-  return answer({ failure }, c.type or expected, 'error', failure)
+  return conclude(a, { failure }, c.type or expected, 'error', failure)
 end
 if not c.redeemed_at then
-  return answer({ 'not_redeemed' }, c.type, 'error', 'not_redeemed')
+  return conclude(a, { 'not_redeemed' }, c.type, 'error', 'not_redeemed')
 end
 if c.expires <= now then
-  return answer({ 'coupon_expired' }, c.type, 'error', 'coupon_expired')
+  return conclude(a, { 'coupon_expired' }, c.type, 'error', 'coupon_expired')
 end
 
 redis.call('HSET', coupon, c.holder, c.allocated_at)
 local used = redis.call('HINCRBY', coupon, F_USED, -1)
 redis.call('HINCRBY', stats, c.type .. ':used', -1)
 redis.call('HINCRBY', stats, c.type .. ':rolled_back', 1)
-return answer({ 'ok', c.type, used, c.max, now }, c.type, 'used', used)
+return conclude(a, { 'ok', c.type, used, c.max, now }, c.type, 'used', used)
