@@ -31,6 +31,8 @@ class Keys:
         self.tracked_prefix = f"{tag}:trk:"
         self.user_prefix = f"{tag}:user:"
         self._draining = {t: f"{tag}:draining:{t.value}" for t in CouponType}
+        self._held_of_type = {t: f"{self.held_prefix}{t.value}:" for t in CouponType}
+        self._listing_of_type = {t: f"{self.user_prefix}{t.value}:" for t in CouponType}
         self.idempotency_prefix = f"{tag}:idem:"
 
     def coupon(self, code: str) -> str:
@@ -39,14 +41,14 @@ class Keys:
 
     def held(self, coupon_type: CouponType, user_id: str) -> str:
         """The coupons of a type that a user holds and that have a free usage (see lib.lua)."""
-        return f"{self.held_type_prefix(coupon_type)}{user_id}"
+        return self._held_of_type[coupon_type] + user_id
 
     def held_type_prefix(self, coupon_type: CouponType) -> str:
-        return f"{self.held_prefix}{coupon_type.value}:"
+        return self._held_of_type[coupon_type]
 
     def user_coupons(self, coupon_type: CouponType, user_id: str) -> str:
         """The coupons of a type a user holds, by allocation time; ``user_id`` must be validated."""
-        return f"{self.user_prefix}{coupon_type.value}:{user_id}"
+        return self._listing_of_type[coupon_type] + user_id
 
     def draining(self, coupon_type: CouponType) -> str:
         """Coupons of a type with no free usage still listed in held sets (see lib.lua)."""

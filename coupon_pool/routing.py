@@ -58,7 +58,7 @@ class Services:
     """What the app's lifespan opens for the handlers; the endpoints hold it from the start."""
 
     max_uploads: int  # large bodies read or written at once (MAX_UPLOADS); more are refused
-    idempotency_ttl_ms: int = 86_400_000  # IDEMPOTENCY_TTL_S
+    idempotency_ttl_ms: int  # IDEMPOTENCY_TTL_S
     store: Store = None  # type: ignore[assignment]
     gate: MegadealGate = None  # type: ignore[assignment]
     uploads: int = 0
@@ -196,14 +196,15 @@ async def answer_keyed(
 ) -> Response:
     """The handler's answer to a request with an Idempotency-Key: a replayed one says so."""
     idem = call.idempotency
+    assert idem is not None
     try:
         result = await handler(call, **inputs)
     except CouponError as error:
-        if idem and idem.replayed:
+        if idem.replayed:
             error.headers[REPLAYED_HEADER] = "true"
         raise
     response = encode(result, status, media_type)
-    if idem and idem.replayed:
+    if idem.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
 

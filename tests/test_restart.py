@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -96,14 +97,22 @@ async def test_a_keyed_call_cut_off_by_a_pause_is_sent_again_and_runs_once(tmp_p
         keyed = await store.allocate("u", CouponType.STANDARD, Idempotency(record, "f" * 32, 60_000))
         assert keyed.code == "ONLY"
         assert [h.user_id for h in (await store.get_coupon("ONLY")).allocations] == ["u"]
+        assert await audited(client, "u") == 1  # the script ran once; the call sent again replayed
 
         os.kill(redis.process.pid, signal.SIGSTOP)
         loop.call_later(0.45, os.kill, redis.process.pid, signal.SIGCONT)
         with pytest.raises(RedisTimeoutError):
             await store.allocate("v", CouponType.STANDARD)
         await asyncio.sleep(0.3)
-        holders = [h.user_id for h in (await store.get_coupon("ONLY")).allocations]
-        assert holders.count("v") <= 1  # it ran once when Redis resumed, or not at all
+        # Sent once: it ran when Redis resumed, or never; a second run would have left a
+        # second audit entry (pool_empty: v holds ONLY already).
+        assert await audited(client, "v") <= 1
     finally:
         await client.aclose()
         redis.stop()
+
+
+async def audited(client: Any, user: str) -> int:
+    """How many allocation script runs for ``user`` the audit trail records."""
+    entries = await client.xrange(Keys("cp").audit)
+    return sum(1 for _, fields in entries if fields.get("op") == "allocate" and fields.get("user_id") == user)
