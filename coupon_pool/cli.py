@@ -24,15 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="overrides WORKERS")
     commands.add_parser("bench", help="load-test a running service (see: coupon-pool bench --help)")
     commands.add_parser("check", help="check the pool in Redis against its rules (exit 1 on a violation)")
+    commands.add_parser("upload", help="upload the coupons of CSV or JSON Lines files (see: upload --help)")
     argv = sys.argv[1:] if argv is None else argv
+    # Each of these commands has its own options; its modules load only when asked for.
     if argv[:1] == ["bench"]:
-        from .bench.cli import main as bench  # the bench's own modules load only when asked for
+        from .bench.cli import main as bench
 
         return bench(argv[1:])
     if argv[:1] == ["check"]:
         from .check import main as check
 
         return check(argv[1:])
+    if argv[:1] == ["upload"]:
+        from .upload_command import main as upload
+
+        return upload(argv[1:])
     args = parser.parse_args(argv)
 
     settings = settings_for("coupon-pool")
