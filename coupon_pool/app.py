@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from . import dashboard
 from .auth import ApiKeys
 from .background import forget_dead_waiters_periodically, purge_periodically
 from .bodies import BodyDeadlines
@@ -80,8 +81,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route(op.path, api_keys.guard(op.endpoint(services), op.role), methods=[op.method])
-            for op in OPERATIONS
+            *(
+                Route(op.path, api_keys.guard(op.endpoint(services), op.role), methods=[op.method])
+                for op in OPERATIONS
+            ),
+            *dashboard.routes(keys_required=api_keys.enabled),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[

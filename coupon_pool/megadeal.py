@@ -40,9 +40,10 @@ FORGET_INTERVAL_S = 1.0  # how often each process drops the waiters of dead proc
 
 @dataclass(frozen=True)
 class GateStatus:
-    slots: int  # held, all processes (as of the last gate call: ended leases count until then)
+    slots: int  # held, all processes (leases not ended)
     queued: int  # all processes
     waiting: int  # in this process
+    admitted_last_s: int  # admissions in the last second, all processes
 
 
 class MegadealGate:
@@ -121,11 +122,15 @@ class MegadealGate:
             return allocation(allocated, user_id, CouponType.MEGADEAL)
 
     async def status(self) -> GateStatus:
+        """The gate now, by Redis's clock (the scripts' clock): three counts, O(log n) each."""
+        now_s, now_us = await self.redis.time()
+        now_ms = int(now_s) * 1000 + int(now_us) // 1000
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.keys.megadeal_slots)
+            pipe.zcount(self.keys.megadeal_slots, f"({now_ms}", "+inf")  # score: the lease's end
             pipe.zcard(self.keys.megadeal_queue)
-            slots, queued = await pipe.execute()
-        return GateStatus(slots=slots, queued=queued, waiting=self.waiting)
+            pipe.zcount(self.keys.megadeal_window, f"({now_ms - 1000}", "+inf")  # score: admitted at
+            slots, queued, admitted = await pipe.execute()
+        return GateStatus(slots=slots, queued=queued, waiting=self.waiting, admitted_last_s=admitted)
 
     @asynccontextmanager
     async def slot(

@@ -74,6 +74,11 @@ class _Snapshot(Collector):
             ("slots_in_use", "MEGADEAL slots held, all processes", self.gate.slots),
             ("queued", "MEGADEAL requests queued, all processes", self.gate.queued),
             ("waiting", "MEGADEAL requests waiting in this process", self.gate.waiting),
+            (
+                "admitted_last_second",
+                "MEGADEAL admissions in the last second, all processes",
+                self.gate.admitted_last_s,
+            ),
         ):
             yield GaugeMetricFamily(f"coupon_pool_megadeal_{name}", doc, value=value)
         for name, doc, value in (

@@ -136,6 +136,15 @@ class PurgeResult(_Body):
     retired: ByType[int] = Field(description="expired, redeemed at least once: out of the pool, record kept")
 
 
+class MegadealStatus(_Body):
+    slots_in_use: int = Field(description="admitted MEGADEAL requests holding a slot, all processes")
+    max_concurrent: int = Field(description="MEGADEAL_MAX_CONCURRENT")
+    queued: int = Field(description="MEGADEAL requests waiting for admission, all processes")
+    admitted_last_second: int = Field(description="admissions in the last second, all processes")
+    rate_per_s: int = Field(description="MEGADEAL_RATE_PER_S: admissions in any rolling second")
+    max_wait_s: float = Field(description="MEGADEAL_MAX_WAIT_S: the longest a request waits")
+
+
 class Health(_Body):
     status: Literal["ok"]
 

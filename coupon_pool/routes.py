@@ -22,6 +22,7 @@ from .results import (
     AuditPage,
     Coupon,
     Health,
+    MegadealStatus,
     MemoryStatus,
     PurgeResult,
     Readiness,
@@ -121,6 +122,21 @@ async def stats(call: Call) -> Stats:
     return await call.store.stats()
 
 
+async def megadeal(call: Call) -> MegadealStatus:
+    """The MEGADEAL gate now: slots in use, requests queued, admissions in the last second, and
+    its limits."""
+    gate = await call.gate.status()
+    limits = call.gate.limits
+    return MegadealStatus(
+        slots_in_use=gate.slots,
+        max_concurrent=limits.max_concurrent,
+        queued=gate.queued,
+        admitted_last_second=gate.admitted_last_s,
+        rate_per_s=limits.rate_per_s,
+        max_wait_s=limits.max_wait_s,
+    )
+
+
 async def purge(call: Call) -> PurgeResult:
     """Expired coupons never redeemed are deleted; those redeemed are retired (kept, out of the
     pool). Also runs every PURGE_INTERVAL_S."""
@@ -208,6 +224,10 @@ OPERATIONS = (
     Operation(
         method="GET", path="/v1/stats", handler=stats, tag="pool",
         summary="Counters by coupon type", response=Stats,
+    ),
+    Operation(
+        method="GET", path="/v1/megadeal", handler=megadeal, tag="pool",
+        summary="The MEGADEAL gate now", response=MegadealStatus,
     ),
     Operation(
         method="POST", path="/v1/purge", handler=purge, tag="pool",

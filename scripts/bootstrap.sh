@@ -36,6 +36,12 @@ if ! command -v redis-server >/dev/null; then
   # Debian starts a system Redis on 6379 on install; this project runs its own.
 fi
 
+# The dashboard's tests drive Debian's Chromium (Playwright cannot download its own browsers here).
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  echo "bootstrap: chromium is missing (for the dashboard's browser tests); installing it with apt-get" >&2
+  apt_install chromium || { echo "bootstrap: could not install chromium; install it or set CHROMIUM=<path>" >&2; exit 1; }
+fi
+
 # The OpenAPI linters the tests run (Redocly CLI, Spectral), pinned in tools/openapi-lint.
 if ! command -v npm >/dev/null; then
   echo "bootstrap: npm is missing; installing nodejs and npm with apt-get" >&2

@@ -165,6 +165,38 @@ async def test_slots_of_a_killed_process_come_back_after_the_lease(
     assert waited <= 1.5 + 0.5  # the lease, plus at most one heartbeat's rounding
 
 
+async def test_the_status_counts_held_slots_and_admissions_of_the_last_second(make_gate: MakeGate) -> None:
+    gate = await make_gate(max_concurrent=3, rate_per_s=100)
+    async with gate.slot("holder"):
+        for user in ("a", "b"):
+            await gate.allocate(user)
+        during = await gate.status()
+    await asyncio.sleep(1.1)
+    later = await gate.status()
+
+    assert (during.slots, during.admitted_last_s, during.queued) == (1, 3, 0)
+    assert (later.slots, later.admitted_last_s) == (0, 0)  # the admissions left the rolling second
+
+
+async def test_a_slot_whose_lease_ended_is_not_counted_in_use(
+    make_gate: MakeGate, redis_server: RedisServer, redis: Redis
+) -> None:
+    gate = await make_gate(max_concurrent=2, rate_per_s=100, lease_s=1.0)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).parent / "megadeal_holder.py"), redis_server.url, "1", "1.0",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert (await holder.stdout.readline()).strip() == b"held"
+    assert (await gate.status()).slots == 1
+    holder.kill()
+    await holder.wait()
+    await asyncio.sleep(1.6)  # the lease, and a heartbeat's rounding
+
+    assert await redis.zcard("{cp}:mega:slots") == 1  # still listed: no gate call removed it
+    assert (await gate.status()).slots == 0
+
+
 async def test_waiting_megadeal_requests_do_not_starve_other_types(
     settings: Settings, make_gate: MakeGate
 ) -> None:
