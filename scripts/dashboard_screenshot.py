@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from browser import chromium  # noqa: E402
+from browser import chromium
 
 
 def main() -> None:
