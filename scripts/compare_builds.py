@@ -89,7 +89,7 @@ def main() -> int:
                     command = [
                         PYTHON, "-m", "coupon_pool.bench", args.scenario, "--url", urls[build],
                         "--redis-url", redis_url, "--reference", "--pipelined-reference",
-                        "--duration", str(args.duration), "--json", "--quiet",
+                        "--duration", str(args.duration), "--json", "--quiet", "--into-existing-pool",
                     ]  # fmt: skip
                     if args.scenario == "redeem":
                         command += ["--prepare", str(args.prepare)]

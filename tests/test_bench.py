@@ -6,16 +6,38 @@ the figures and the commands that produce them.
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
 import subprocess
 import sys
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+import redis
 from conftest import LiveServer, RedisServer
+
+from coupon_pool.bench.cli import RATE_CEILING, mixed_pool, warn_if_failing
+from coupon_pool.models import CouponType
 
 SMALL = ["--requests", "300", "--connections", "20", "--warmup", "0", "--json", "--quiet"]
 LATENCY_KEYS = {"p50", "p95", "p99", "max"}
+
+
+@pytest.fixture(autouse=True)
+def empty_pool(redis_server: RedisServer) -> None:
+    """The bench refuses a pool that holds coupons: each test starts on an empty one."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+
+
+def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coupon_pool", "bench", *args],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 def bench(live_server: LiveServer, redis_server: RedisServer, *args: str) -> dict[str, Any]:
@@ -110,3 +132,81 @@ def test_an_unreachable_service_is_a_clear_error(redis_server: RedisServer) -> N
     )  # fmt: skip
     assert done.returncode == 1
     assert b"cannot reach 127.0.0.1:9" in done.stderr
+
+
+def test_a_pool_that_holds_coupons_is_refused_unless_asked(live_server: LiveServer) -> None:
+    coupon = {
+        "code": "REAL-1",
+        "discount": {"kind": "flat", "value": "1"},
+        "expires_at": "2099-01-01T00:00:00Z",
+    }
+    assert httpx.post(f"{live_server.url}/v1/coupons", json={"coupons": [coupon]}).status_code == 201
+
+    refused = run_bench("allocate", "--url", live_server.url, *SMALL)
+    taken = run_bench("allocate", "--url", live_server.url, *SMALL, "--into-existing-pool")
+
+    assert refused.returncode == 1
+    assert "already holds 1 coupons" in refused.stderr
+    assert "KEY_NAMESPACE=bench" in refused.stderr
+    assert taken.returncode == 0, taken.stderr
+
+
+def test_progress_names_what_it_measures_and_ends_on_the_duration(
+    live_server: LiveServer, redis_server: RedisServer
+) -> None:
+    done = run_bench("allocate", "--url", live_server.url, "--redis-url", redis_server.url, "--reference",
+                     "--duration", "2", "--warmup", "1.8", "--connections", "5")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr  # not a terminal: one line per tick
+    lines = done.stderr.splitlines()
+    labels = [line.split()[0] for line in lines if line.startswith(("reference", "service"))]
+    # Each target in turn: a warm-up tick, a tick a second, and a closing line on the duration.
+    assert labels == ["reference"] * labels.count("reference") + ["service"] * labels.count("service")
+    warmups = [line for line in lines if " warm-up " in line]
+    assert [w.split()[0] for w in warmups] == ["reference", "service"]
+    assert warmups[0].startswith("reference  warm-up  1.0 of 1.8 s")
+    closing = [line for line in lines if re.match(r"^(reference|service) +2\.0 s ", line)]
+    assert [c.split()[0] for c in closing] == ["reference", "service"]
+    assert "its coupons (codes with" in lines[-1]
+
+
+def test_help_explains_every_scenario_and_default_without_markup() -> None:
+    done = run_bench("--help", env={"PORT": "x"})
+
+    assert done.returncode == 0
+    for scenario in ("allocate", "redeem", "upload", "megadeal", "mixed"):
+        assert re.search(rf"^  {scenario} +\S", done.stdout, re.MULTILINE), scenario
+    assert "(default: 100)" in done.stdout  # --connections
+    assert "(default: http://127.0.0.1:8080)" in done.stdout
+    assert "``" not in done.stdout
+    assert "COUPON_POOL_ADMIN_KEY" in done.stdout
+
+
+def test_the_old_key_variable_is_refused_with_its_new_name() -> None:
+    done = run_bench("allocate", env={"COUPON_POOL_API_KEY": "k" * 20})
+
+    assert done.returncode == 2
+    assert "COUPON_POOL_API_KEY is no longer read: name it COUPON_POOL_ADMIN_KEY" in done.stderr
+
+
+def test_a_long_mixed_run_gets_a_pool_it_cannot_empty() -> None:
+    args = argparse.Namespace(requests=None, duration=480.0, warmup=2.0, rounds=1, reference=False)
+
+    pool = mixed_pool(args, {CouponType.STANDARD: 8, CouponType.FREE: 2})
+
+    # Half the requests allocate, 8 in 10 of them STANDARD, at the most a service answers.
+    assert pool["coupons_per_type"] * pool["max_usages"] >= 482 * RATE_CEILING / 2 * 0.8
+    short = argparse.Namespace(requests=300, duration=None, warmup=0.0, rounds=1, reference=False)
+    assert mixed_pool(short, {CouponType.STANDARD: 1}) == {"coupons_per_type": 2_000, "max_usages": 100}
+
+
+def test_errors_that_dominate_a_run_are_called_out(capsys: pytest.CaptureFixture[str]) -> None:
+    warn_if_failing("service", {"requests": 1000, "errors": {"pool_empty": 820, "connection_error": 3}})
+    warn_if_failing("service", {"requests": 1000, "errors": {"pool_empty": 20}})
+
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        "coupon-pool bench: warning: 82% of the service's requests failed "
+        "(pool_empty 820, connection_error 3): these figures measure errors, not the service"
+    ]

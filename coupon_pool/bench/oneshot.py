@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,12 +17,12 @@ from ..settings import Settings
 from ..store import Store
 from . import report
 from .http import BenchError, Target, expect
-from .run import drive
+from .run import Progress, drive
 from .scenarios import UPLOAD_SIZE, Allocate, coupons_body
 
 
 async def bench_upload(
-    args: argparse.Namespace, target: Target, run_id: str, progress: Callable[[str], None] | None
+    args: argparse.Namespace, target: Target, run_id: str, progress: Progress | None
 ) -> dict[str, Any]:
     """Time repeated 50,000-coupon uploads alone (as the reference runs), then again while
     an allocation probe runs, whose latency is compared with its idle latency."""
@@ -40,8 +39,8 @@ async def bench_upload(
     warmup = coupons_body(f"UW{run_id}", 2_000, types)
     await expect(target, target.request("POST", "/v1/coupons", warmup), 201)
 
-    idle = await drive(target, probe, args.probe_connections, 3.0, None, 1.0)
-    times = await upload_all(target, uploads)
+    idle = await drive(target, probe, args.probe_connections, 3.0, None, 1.0, progress, "probe")
+    times = await upload_all(target, uploads, progress, "service")
     uploads_done = False
 
     class Probe:
@@ -54,7 +53,7 @@ async def bench_upload(
     probing = asyncio.create_task(drive(target, Probe(), args.probe_connections, None, None, 0))
     await asyncio.sleep(0.5)  # the probe runs before the first upload starts
     try:
-        probed_times = await upload_all(target, probed_uploads)
+        probed_times = await upload_all(target, probed_uploads, progress, "service, beside the probe")
     finally:
         uploads_done = True
     during = await probing
@@ -81,9 +80,11 @@ async def bench_upload(
     return result
 
 
-async def upload_all(target: Target, uploads: list[bytes]) -> list[float]:
+async def upload_all(
+    target: Target, uploads: list[bytes], progress: Progress | None = None, label: str = ""
+) -> list[float]:
     """Send the uploads one after another on one connection; the time of each."""
-    times = []
+    times: list[float] = []
     conn = await target.connect()
     try:
         for request in uploads:
@@ -92,8 +93,12 @@ async def upload_all(target: Target, uploads: list[bytes]) -> list[float]:
             times.append(time.perf_counter() - started)
             if status != 201:
                 raise BenchError(f"upload answered {status}: {answer[:200]!r}")
+            if progress:
+                progress.tick(f"{label}: upload {len(times)} of {len(uploads)} took {times[-1]:.2f} s")
     finally:
         conn.close()
+    if progress:
+        progress.end()
     return times
 
 

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import orjson
 
@@ -54,6 +54,23 @@ def error_code(status: int, body: bytes) -> str:
     return str(code) if code else f"http_{status}"
 
 
+class Progress:
+    """A progress line a second on stderr: redrawn in place on a terminal, else one line each."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.terminal = self.stream.isatty()
+
+    def tick(self, line: str) -> None:
+        self.stream.write(f"\r{line}\x1b[K" if self.terminal else f"{line}\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.terminal:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 async def drive(
     target: Target,
     scenario: Scenario,
@@ -61,9 +78,14 @@ async def drive(
     duration_s: float | None,
     requests: int | None,
     warmup_s: float,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    label: str = "",
 ) -> Measured:
-    """Run ``scenario`` for ``duration_s`` or ``requests`` after ``warmup_s`` of the same load."""
+    """Run ``scenario`` for ``duration_s`` or ``requests`` after ``warmup_s`` of the same load.
+
+    ``progress`` gets a line a second, naming ``label`` (what is measured): the warm-up's,
+    then the measurement's, and a last one with the figures of the whole measurement.
+    """
     ops: dict[str, OpRecord] = {}
     measuring = warmup_s <= 0
     remaining = requests
@@ -103,22 +125,34 @@ async def drive(
 
     tasks = [asyncio.create_task(worker(conn)) for conn in await _open(target, connections)]
     all_done = asyncio.gather(*tasks)
+
+    async def run_until(deadline: float | None, line: Callable[[float], str]) -> None:
+        """Let the workers run until ``deadline`` (or their end), a progress tick a second."""
+        began = time.perf_counter()
+        while not all_done.done():
+            left = deadline - time.perf_counter() if deadline else 1.0
+            if left <= 0:
+                return
+            await asyncio.wait([all_done], timeout=min(1.0, left))
+            now = time.perf_counter()
+            # Not in the last half second: the caller's closing line follows.
+            if progress and not all_done.done() and (deadline is None or deadline - now > 0.5):
+                progress.tick(line(now - began))
+
     if warmup_s > 0:
-        await asyncio.wait([all_done], timeout=warmup_s)
+        await run_until(
+            time.perf_counter() + warmup_s, lambda s: f"{label:<9}  warm-up {s:4.1f} of {warmup_s:g} s"
+        )
         measuring = True
     started = time.perf_counter()
-    deadline = started + duration_s if duration_s else None
-    while not all_done.done():
-        now = time.perf_counter()
-        if deadline and now >= deadline:
-            stop = True
-            break
-        wait = min(1.0, deadline - now) if deadline else 1.0
-        await asyncio.wait([all_done], timeout=wait)
-        if progress and wait == 1.0 and not all_done.done():  # once a second, not in the last instant
-            progress(_progress_line(ops, time.perf_counter() - started))
+    await run_until(started + duration_s if duration_s else None, lambda s: _progress_line(label, ops, s))
+    stop = True
     await all_done
-    return Measured(seconds=time.perf_counter() - started, ops=ops)
+    seconds = time.perf_counter() - started
+    if progress:
+        progress.tick(_progress_line(label, ops, seconds))
+        progress.end()
+    return Measured(seconds=seconds, ops=ops)
 
 
 async def _open(target: Target, count: int) -> list[Connection | None]:
@@ -134,13 +168,8 @@ async def _open(target: Target, count: int) -> list[Connection | None]:
     return opened
 
 
-def _progress_line(ops: dict[str, OpRecord], seconds: float) -> str:
+def _progress_line(label: str, ops: dict[str, OpRecord], seconds: float) -> str:
     count = sum(len(r.latencies_ns) for r in ops.values())
     errors = sum(sum(r.errors.values()) for r in ops.values())
     rate = count / max(seconds, 1e-9)
-    return f"{seconds:6.1f} s  {count:>9,} requests  {rate:>9,.0f} req/s  errors {errors:,}"
-
-
-def stderr_progress(line: str) -> None:
-    sys.stderr.write("\r" + line)
-    sys.stderr.flush()
+    return f"{label:<9}  {seconds:6.1f} s  {count:>9,} requests  {rate:>9,.0f} req/s  errors {errors:,}"

@@ -16,11 +16,19 @@ UPLOAD_SIZE = 50_000
 MAX_USAGES = 1_000_000
 # The mixed scenario's pool: 2,000 coupons of 100 usages per type, 200,000 allocations.
 MIXED_POOL = {"coupons_per_type": 2_000, "max_usages": 100}
+AFTER_RUN_S = 3600  # the bench's coupons expire this long after its run (then the purge takes them)
 
 
-def coupons_body(prefix: str, count: int, types: tuple[CouponType, ...], max_usages: int = 1) -> bytes:
-    """An upload body of ``count`` coupons named ``<prefix>-<i>``, types taken in turn."""
-    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+def coupons_body(
+    prefix: str,
+    count: int,
+    types: tuple[CouponType, ...],
+    max_usages: int = 1,
+    expires_in_s: float = AFTER_RUN_S,
+    first: int = 0,
+) -> bytes:
+    """An upload body of ``count`` coupons named ``<prefix>-<i>`` from ``first``, types in turn."""
+    expires = (datetime.now(UTC) + timedelta(seconds=expires_in_s)).isoformat()
     return orjson.dumps(
         {
             "coupons": [
@@ -31,7 +39,7 @@ def coupons_body(prefix: str, count: int, types: tuple[CouponType, ...], max_usa
                     "expires_at": expires,
                     "max_usages": max_usages,
                 }
-                for i in range(count)
+                for i in range(first, first + count)
             ]
         }
     )
@@ -68,8 +76,10 @@ class Allocate:
         coupons_per_type: int = 10,
         max_usages: int = MAX_USAGES,
         keyed: bool = False,
+        expires_in_s: float = AFTER_RUN_S,
     ) -> None:
         """``keyed``: each allocation carries an Idempotency-Key of its own."""
+        self.expires_in_s = expires_in_s
         self.target = target
         self.run_id = run_id
         self.types = tuple(mix)
@@ -80,9 +90,16 @@ class Allocate:
         self._users = itertools.count()
 
     def setup_requests(self) -> list[bytes]:
+        """The uploads of the pool, at most UPLOAD_SIZE coupons each."""
         count = self.coupons_per_type * len(self.types)
-        body = coupons_body(f"B{self.run_id}", count, self.types, self.max_usages)
-        return [self.target.request("POST", "/v1/coupons", body)]
+        prefix = f"B{self.run_id}"
+        bodies = (
+            coupons_body(
+                prefix, min(UPLOAD_SIZE, count - first), self.types, self.max_usages, self.expires_in_s, first
+            )
+            for first in range(0, count, UPLOAD_SIZE)
+        )
+        return [self.target.request("POST", "/v1/coupons", body) for body in bodies]
 
     def allocation(self) -> bytes:
         user = b"b%s-%d" % (self.run_id.encode(), next(self._users))
