@@ -1,9 +1,9 @@
 REDIS_PORT ?= 6390
 export REDIS_PORT
 
-.PHONY: run test lint stop clean
+.PHONY: run test lint stop check clean
 
-run:  ## start Redis (unless REDIS_URL is set) and the service on PORT (default 8080)
+run:  ## start Redis (unless REDIS_URL is set), then the service on PORT (default 8080), in the foreground
 	scripts/bootstrap.sh
 	scripts/run.sh
 
@@ -19,8 +19,11 @@ lint:
 	.venv/bin/ruff format --check coupon_pool tests scripts
 	.venv/bin/mypy
 
-stop:  ## stop the project-local Redis that `make run` started
-	-redis-cli -p $(REDIS_PORT) shutdown
+stop:  ## stop what `make run` started (the service, and its Redis); quiet when nothing runs
+	@scripts/stop.sh
+
+check:  ## coupon-pool check on make run's Redis (or REDIS_URL)
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:$(REDIS_PORT)/0} .venv/bin/coupon-pool check
 
 clean: stop
 	rm -rf .venv .data

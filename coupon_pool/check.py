@@ -48,6 +48,7 @@ from redis.asyncio import Redis
 
 from .keys import Keys
 from .models import CouponType
+from .operator import announce
 from .settings import Settings, settings_for
 from .store import Store
 
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for("coupon-pool check")
     if settings is None:
         return 2
+    announce("coupon-pool check", settings)
     report = asyncio.run(_run(settings))
     if args.json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())

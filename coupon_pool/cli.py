@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("bench", help="load-test a running service (see: coupon-pool bench --help)")
     commands.add_parser("check", help="check the pool in Redis against its rules (exit 1 on a violation)")
     commands.add_parser("upload", help="upload the coupons of CSV or JSON Lines files (see: upload --help)")
+    commands.add_parser("inspect", help="show one coupon from Redis: dates decoded, holders by page")
     argv = sys.argv[1:] if argv is None else argv
     # Each of these commands has its own options; its modules load only when asked for.
     if argv[:1] == ["bench"]:
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from .upload_command import main as upload
 
         return upload(argv[1:])
+    if argv[:1] == ["inspect"]:
+        from .inspect_command import main as inspect
+
+        return inspect(argv[1:])
     args = parser.parse_args(argv)
 
     settings = settings_for("coupon-pool")

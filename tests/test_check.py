@@ -205,3 +205,4 @@ def test_the_command_exits_1_and_lists_violations(redis_server: RedisServer) -> 
                                 capture_output=True, timeout=30, check=False)  # fmt: skip
     assert broken.returncode == 1
     assert b"holds 'NOBODY', which has no coupon hash" in broken.stdout
+    assert f"coupon-pool check: reading {redis_server.url}, namespace cp\n".encode() == broken.stderr

@@ -1,0 +1,169 @@
+"""``coupon-pool inspect CODE``: one coupon as an operator wants it, read straight from Redis.
+
+Dates decoded (Redis keeps epoch milliseconds), the sorted set it sits in, its counts, and
+its holders a page at a time. A page is read with one HSCAN: about --limit fields, or the
+whole hash while it is small enough for Redis to keep it as a listpack (then the page is a
+slice of it), so a page costs the same however many holders the coupon has. The cursor
+printed for the next page is "<HSCAN cursor>:<offset in that batch>".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from .keys import CouponField, Keys
+from .models import CODE_PATTERN, CouponType
+from .operator import announce
+from .settings import settings_for
+
+MAX_PAGE = 1000
+NOT_FOUND = 3
+
+
+def when(ms: str | None) -> str | None:
+    """Epoch milliseconds as ISO 8601 UTC."""
+    if not ms:
+        return None
+    return (
+        datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+async def inspect(
+    redis: Redis, keys: Keys, code: str, limit: int, cursor: str = "0:0"
+) -> dict[str, Any] | None:
+    """The coupon ``code`` and one page of its holders, or None if there is no such coupon."""
+    key = keys.coupon(code)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(key, [f.value for f in CouponField if f is not CouponField.HOLDER])
+        pipe.zscore(keys.exhausted, code)
+        for coupon_type in CouponType:
+            pipe.zscore(keys.available(coupon_type), code)
+        pipe.hlen(key)
+        pipe.time()
+        fields, exhausted, *available, length, (now_s, now_us) = await pipe.execute()
+    if fields[0] is None:
+        return None
+    named = dict(
+        zip([f.name.lower() for f in CouponField if f is not CouponField.HOLDER], fields, strict=True)
+    )
+    scan_from, offset = (int(part) for part in cursor.split(":"))
+    scanned = await redis.hscan(key, scan_from, match=f"{CouponField.HOLDER.value}*", count=limit)
+    scan_next, batch = cast(tuple[int, dict[str, str]], scanned)
+    holders = []
+    for field, state in batch.items():
+        allocated, _, redeemed = state.partition(":")
+        holders.append({"user_id": field[len(CouponField.HOLDER.value) :], "allocated_at": when(allocated),
+                        "redeemed_at": when(redeemed)})  # fmt: skip
+    holders.sort(key=lambda h: (h["allocated_at"] or "", h["user_id"]))
+    page = holders[offset : offset + limit]
+    if offset + limit < len(holders):
+        next_cursor: str | None = f"{scan_from}:{offset + limit}"
+    else:
+        next_cursor = f"{scan_next}:0" if int(scan_next) else None
+    now_ms = int(now_s) * 1000 + int(now_us) // 1000
+    expired = int(named["expires"]) <= now_ms
+    in_set = (
+        f"{keys.available(CouponType(named['type']))} (available)"
+        if any(score is not None for score in available)
+        else f"{keys.exhausted} (no free usage)"
+        if exhausted is not None
+        else "none: retired by the purge (expired after a redemption)"
+    )
+    return {
+        "code": code,
+        "key": key,
+        "type": named["type"],
+        "discount": {"kind": named["discount_kind"], "value": named["discount_value"]},
+        "created_at": when(named["created"]),
+        "expires_at": when(named["expires"]),
+        "expired": expired,
+        "max_usages": int(named["max_usages"]),
+        "allocated": int(named["allocated"] or 0),  # a missing counter field means zero
+        "used": int(named["used"] or 0),
+        "in_set": in_set,
+        "holders_total": length - (len(fields) - fields.count(None)),
+        "holders": page,
+        "limit": limit,
+        "next_cursor": next_cursor,
+    }
+
+
+def render(coupon: dict[str, Any]) -> str:
+    discount = coupon["discount"]
+    shown = f"{discount['value']}%" if discount["kind"] == "percent" else f"{discount['value']} off"
+    lines = [
+        f"coupon {coupon['code']}   (redis-cli: HGETALL {coupon['key']})",
+        f"  type        {coupon['type']}",
+        f"  discount    {shown}",
+        f"  created     {coupon['created_at']}",
+        f"  expires     {coupon['expires_at']}" + ("   EXPIRED" if coupon["expired"] else ""),
+        f"  usages      {coupon['allocated']} allocated, {coupon['used']} redeemed, "
+        f"of {coupon['max_usages']}",
+        f"  in set      {coupon['in_set']}",
+        f"  holders     {coupon['holders_total']}" + (", this page:" if coupon["holders"] else ""),
+    ]
+    for holder in coupon["holders"]:
+        redeemed = f"redeemed {holder['redeemed_at']}" if holder["redeemed_at"] else "not redeemed"
+        lines.append(f"    {holder['user_id']:<32} allocated {holder['allocated_at']}   {redeemed}")
+    if coupon["next_cursor"]:
+        lines.append(f"  more holders: coupon-pool inspect {coupon['code']} --limit {coupon['limit']} "
+                     f"--cursor {coupon['next_cursor']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _code(text: str) -> str:
+    if not re.fullmatch(CODE_PATTERN, text):
+        raise argparse.ArgumentTypeError("a code is 1-64 characters of A-Z a-z 0-9 _ -")
+    return text
+
+
+def _cursor(text: str) -> str:
+    if not re.fullmatch(r"[0-9]{1,20}:[0-9]{1,4}", text):
+        raise argparse.ArgumentTypeError("a cursor is what a previous page printed, such as 1536:0")
+    return text
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_PAGE}")
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="coupon-pool inspect",
+        description="Show one coupon from REDIS_URL (namespace KEY_NAMESPACE): dates decoded, holders "
+        "a page at a time. Exit 3 when there is no such coupon.",
+    )
+    parser.add_argument("code", type=_code)
+    parser.add_argument("--limit", type=_limit, default=50, help="most holders per page, 1-1000 (default 50)")
+    parser.add_argument("--cursor", type=_cursor, default="0:0", help="the cursor a previous page printed")
+    parser.add_argument("--json", action="store_true", help="print the coupon as JSON")
+    args = parser.parse_args(argv)
+    settings = settings_for("coupon-pool inspect")
+    if settings is None:
+        return 2
+    announce("coupon-pool inspect", settings)
+    coupon = asyncio.run(_run(settings.redis_url, settings.key_namespace, args))
+    if coupon is None:
+        print(f"coupon-pool inspect: there is no coupon {args.code!r}", file=sys.stderr)
+        return NOT_FOUND
+    print(orjson.dumps(coupon, option=orjson.OPT_INDENT_2).decode() if args.json else render(coupon))
+    return 0
+
+
+async def _run(url: str, namespace: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    redis = Redis.from_url(url, decode_responses=True)
+    try:
+        return await inspect(redis, Keys(namespace), args.code, args.limit, args.cursor)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,36 @@
+"""What the operator commands (check, inspect) share: which Redis they read, said plainly."""
+
+from __future__ import annotations
+
+import os
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+from .settings import Settings
+
+MAKE_RUN_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts (REDIS_PORT 6390)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def announce(command: str, settings: Settings) -> None:
+    """On stderr: the Redis and namespace ``command`` reads, loudly when REDIS_URL is unset."""
+    print(
+        f"{command}: reading {redacted(settings.redis_url)}, namespace {settings.key_namespace}",
+        file=sys.stderr,
+    )
+    if "REDIS_URL" not in os.environ:
+        print(
+            f"{command}: REDIS_URL is not set, so this is the service's default, NOT the Redis `make run` "
+            f"starts: for that one, set REDIS_URL={MAKE_RUN_REDIS_URL}",
+            file=sys.stderr,
+        )
