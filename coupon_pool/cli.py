@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="overrides HOST")
     serve.add_argument("--port", type=int, help="overrides PORT")
     serve.add_argument("--workers", type=int, help="overrides WORKERS")
+    commands.add_parser(
+        "config",
+        help="check the settings in the environment and print them (secrets hidden); exit 2 if refused",
+    )
     commands.add_parser("bench", help="load-test a running service (see: coupon-pool bench --help)")
     commands.add_parser("check", help="check the pool in Redis against its rules (exit 1 on a violation)")
     commands.add_parser("upload", help="upload the coupons of CSV or JSON Lines files (see: upload --help)")
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for("coupon-pool")
     if settings is None:
         return 2
+    if args.command == "config":
+        print("\n".join(settings.described()))
+        return 0
     connections = connections_that_fit(settings.max_connections, explicit="MAX_CONNECTIONS" in os.environ)
     if connections is None:
         return 2

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
-from .settings import Settings
+from .settings import Settings, redacted
 
 MAKE_RUN_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts (REDIS_PORT 6390)
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def announce(command: str, settings: Settings) -> None:

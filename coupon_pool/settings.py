@@ -76,6 +76,29 @@ def _namespace(value: str) -> str | None:
     return None if _NAMESPACE.fullmatch(value) else "must be 1-32 characters of a-z 0-9 _ -"
 
 
+_URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(value: str) -> str | None:
+    scheme, _, rest = value.partition("://")
+    if scheme not in _URL_SCHEMES or not rest:
+        return "must be redis://[[user]:password@]host[:port][/db] (or rediss://, unix://)"
+    if any(c.isspace() or c in '<>"{}|\\^`' for c in value):
+        # Characters a URL cannot hold unencoded: most likely a placeholder left in .env.
+        return 'holds a character a URL cannot (a space or one of < > " { } | \\ ^ `): is it a placeholder?'
+    return None
+
+
+def redacted(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    scheme, found, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not found or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 def _log_level(value: str) -> str | None:
     return None if value in _LOG_LEVELS else "must be one of " + ", ".join(_LOG_LEVELS)
 
@@ -107,7 +130,7 @@ class MegadealLimits:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = env("REDIS_URL", "redis://127.0.0.1:6379/0", _text)
+    redis_url: str = env("REDIS_URL", "redis://127.0.0.1:6379/0", _text, _redis_url)
     key_namespace: str = env("KEY_NAMESPACE", "cp", _text, _namespace)
     redis_max_connections: int = env("REDIS_MAX_CONNECTIONS", 64, _int, _at_least_1)
     redis_timeout_s: float = env("REDIS_TIMEOUT_S", 2.0, _float, _positive)
@@ -155,8 +178,12 @@ class Settings:
             check = f.metadata["check"]
             value = getattr(self, f.name)
             problem = check(value) if check else None
-            if problem:  # a secret is never echoed
-                shown = "" if f.metadata["secret"] else f", not {value!r}"
+            if problem:  # a secret is never echoed, nor a URL's password
+                shown = (
+                    ""
+                    if f.metadata["secret"]
+                    else f", not {redacted(value) if f.name == 'redis_url' else value!r}"
+                )
                 raise SettingsError(f"{f.metadata['env']}: {problem}{shown}")
         if set(self.admin_keys) & set(self.client_keys):
             raise SettingsError("a key is in both COUPON_POOL_ADMIN_KEYS and COUPON_POOL_CLIENT_KEYS")
@@ -171,6 +198,20 @@ class Settings:
             if raw is not None:
                 values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
         return cls(**values)
+
+    def described(self) -> list[str]:
+        """``VARIABLE=value`` per setting, as the service reads them: secrets counted, not shown."""
+        lines = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"]:
+                shown = f"({len(value)} key{'s' if len(value) != 1 else ''})"
+            elif f.name == "redis_url":
+                shown = redacted(value)
+            else:
+                shown = str(value)
+            lines.append(f"{f.metadata['env']}={shown}")
+        return lines
 
     @classmethod
     def variables(cls) -> list[str]:

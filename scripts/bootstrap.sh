@@ -23,10 +23,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
 fi
-stamp=.venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)
+# The pinned versions (requirements/dev.lock, made by `make lock`), then the package itself.
+stamp=.venv/.installed-$(cat pyproject.toml requirements/dev.lock | cksum | cut -d' ' -f1)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e '.[dev]'
+  .venv/bin/pip install --quiet -r requirements/dev.lock
+  .venv/bin/pip install --quiet --no-deps -e .
+  rm -f .venv/.installed-*
   touch "$stamp"
 fi
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from coupon_pool.settings import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_apply_when_nothing_is_set() -> None:
@@ -28,3 +34,45 @@ def test_environment_overrides_defaults() -> None:
 def test_bad_values_are_refused_at_start_up(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:<openssl rand -hex 32>@redis:6379/0",  # .env.example's placeholder, as compose builds it
+        "http://127.0.0.1:6379/0",
+        "127.0.0.1:6379",
+    ],
+)
+def test_a_redis_url_that_cannot_be_one_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL") as refused:
+        Settings.from_env({"REDIS_URL": url})
+    assert "openssl" not in str(refused.value)
+
+
+def test_config_prints_every_setting_with_secrets_hidden() -> None:
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://:pw-secret@redis:6379/0",
+           "COUPON_POOL_ADMIN_KEYS": "a" * 32 + "," + "b" * 32}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "coupon_pool", "config"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split("=")[0] for line in lines] == Settings.variables()
+    assert "REDIS_URL=redis://:***@redis:6379/0" in lines
+    assert "COUPON_POOL_ADMIN_KEYS=(2 keys)" in lines
+    assert "COUPON_POOL_CLIENT_KEYS=(0 keys)" in lines
+    assert "pw-secret" not in done.stdout
+    assert "a" * 32 not in done.stdout
+
+
+def test_config_refuses_env_example_placeholders_with_exit_2() -> None:
+    placeholders = dict(
+        line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines() if line[:1].isalpha()
+    )
+    env = {"PATH": "/usr/bin:/bin", "COUPON_POOL_ADMIN_KEYS": placeholders["COUPON_POOL_ADMIN_KEYS"]}
+    done = subprocess.run([sys.executable, "-m", "coupon_pool", "config"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("coupon-pool: COUPON_POOL_ADMIN_KEYS: key 1 must be 16-256 characters")
