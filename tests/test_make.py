@@ -23,7 +23,8 @@ def test_make_stop_stops_what_make_run_started_and_is_quiet_after(tmp_path: Path
     redis_port, port = free_port(), free_port()
     env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_PORT": str(redis_port), "PORT": str(port),
            "LOG_LEVEL": "warning"}  # fmt: skip
-    env.pop("REDIS_URL", None)
+    for inherited in ("REDIS_URL", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):  # as typed in a shell, not under make
+        env.pop(inherited, None)
     with open(tmp_path / "run.log", "w") as log:
         run = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
