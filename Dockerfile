@@ -1,6 +1,6 @@
 # coupon-pool service image: the package and its locked dependencies in a virtualenv, on a
 # slim Python. Built in one stage and copied whole into the next, so nothing used only to
-# build (wheels, caches, the build backend) reaches the image.
+# build (wheels, caches, the build backend, pip itself) reaches the image.
 FROM python:3.11-slim AS build
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -11,7 +11,8 @@ RUN pip install --no-cache-dir --require-virtualenv -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY coupon_pool ./coupon_pool
 COPY lua ./lua
-RUN pip install --no-cache-dir --require-virtualenv --no-deps .
+RUN pip install --no-cache-dir --require-virtualenv --no-deps . \
+ && pip uninstall --yes --require-virtualenv pip setuptools wheel
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home app
