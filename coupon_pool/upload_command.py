@@ -62,15 +62,19 @@ class BadItem:
         return f"{self.path}:{self.line}: {self.column}: {self.message}"
 
 
-def read(path: Path) -> Iterator[Item | BadItem]:
-    """The coupons of ``path`` in file order: CSV with a header row, or JSON Lines."""
+def read(path: Path, *, check: bool = True) -> Iterator[Item | BadItem]:
+    """The coupons of ``path`` in file order: CSV with a header row, or JSON Lines.
+
+    ``check``: validate each as the service will; off for a file validated already (the
+    service validates again what it receives).
+    """
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        yield from _json_lines(path)
+        yield from _json_lines(path, check)
     else:
-        yield from _csv_rows(path)
+        yield from _csv_rows(path, check)
 
 
-def _json_lines(path: Path) -> Iterator[Item | BadItem]:
+def _json_lines(path: Path, check: bool) -> Iterator[Item | BadItem]:
     with path.open("rb") as lines:
         number = 0
         while line := lines.readline(MAX_LINE_BYTES + 1):
@@ -81,10 +85,11 @@ def _json_lines(path: Path) -> Iterator[Item | BadItem]:
                     pass
                 continue
             if line.strip():
-                yield _checked(str(path), number, line.strip(), csv_columns=False)
+                item = Item(str(path), number, line.strip())
+                yield _checked(item, csv_columns=False) if check else item
 
 
-def _csv_rows(path: Path) -> Iterator[Item | BadItem]:
+def _csv_rows(path: Path, check: bool) -> Iterator[Item | BadItem]:
     with path.open(newline="", encoding="utf-8-sig") as text:
         rows = csv.reader(text, strict=True)
         try:
@@ -113,7 +118,8 @@ def _csv_rows(path: Path) -> Iterator[Item | BadItem]:
                 yield BadItem(str(path), rows.line_num, "(line)", message)
                 continue
             coupon = _coupon_of(dict(zip(names, row, strict=True)))
-            yield _checked(str(path), rows.line_num, orjson.dumps(coupon), csv_columns=True)
+            item = Item(str(path), rows.line_num, orjson.dumps(coupon))
+            yield _checked(item, csv_columns=True) if check else item
 
 
 def _header_problem(header: list[str] | None) -> str | None:
@@ -154,18 +160,18 @@ _CSV_COLUMN_OF = {
 }
 
 
-def _checked(path: str, line: int, body: bytes, *, csv_columns: bool) -> Item | BadItem:
+def _checked(item: Item, *, csv_columns: bool) -> Item | BadItem:
     """The item, validated as the service validates an upload's coupon."""
     try:
-        validate_json(body, CouponIn)
+        validate_json(item.body, CouponIn)
     except CouponError as exc:
         listed = exc.extra.get("errors") or [{"field": "(line)", "message": exc.detail}]
         where = listed[0]["field"]
         column = _CSV_COLUMN_OF.get(where, where) if csv_columns else where
         others = exc.extra.get("error_count", 1) - 1
         more = f" (and {others} more problem(s) on this line)" if others > 0 else ""
-        return BadItem(path, line, column, listed[0]["message"] + more)
-    return Item(path, line, body)
+        return BadItem(item.path, item.line, column, listed[0]["message"] + more)
+    return item
 
 
 @dataclass
@@ -305,8 +311,9 @@ def batches(paths: list[Path], size: int) -> Iterator[list[Item]]:
     """The items of ``paths`` in uploads of at most ``size`` (a file's last one may be short)."""
     for path in paths:
         batch: list[Item] = []
-        for item in read(path):
-            assert isinstance(item, Item), "validated beforehand"
+        for item in read(path, check=False):  # validated beforehand
+            if isinstance(item, BadItem):  # the file changed since: a line no longer reads
+                raise UploadFailed(f"{item} (the file changed during the upload?)")
             batch.append(item)
             if len(batch) == size:
                 yield batch
