@@ -48,8 +48,8 @@ from redis.asyncio import Redis
 
 from .keys import Keys
 from .models import CouponType
-from .operator import announce
-from .settings import Settings, settings_for
+from .operator import operator_settings
+from .settings import Settings
 from .store import Store
 
 _BATCH = 500
@@ -292,10 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    settings = settings_for("coupon-pool check")
+    settings = operator_settings("coupon-pool check")
     if settings is None:
         return 2
-    announce("coupon-pool check", settings)
     report = asyncio.run(_run(settings))
     if args.json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())

@@ -21,8 +21,7 @@ from redis.asyncio import Redis
 
 from .keys import CouponField, Keys
 from .models import CODE_PATTERN, CouponType
-from .operator import announce
-from .settings import settings_for
+from .operator import operator_settings
 
 MAX_PAGE = 1000
 NOT_FOUND = 3
@@ -149,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cursor", type=_cursor, default="0:0", help="the cursor a previous page printed")
     parser.add_argument("--json", action="store_true", help="print the coupon as JSON")
     args = parser.parse_args(argv)
-    settings = settings_for("coupon-pool inspect")
+    settings = operator_settings("coupon-pool inspect")
     if settings is None:
         return 2
-    announce("coupon-pool inspect", settings)
     coupon = asyncio.run(_run(settings.redis_url, settings.key_namespace, args))
     if coupon is None:
         print(f"coupon-pool inspect: there is no coupon {args.code!r}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .settings import Settings, redacted
+from .settings import Settings, redacted, settings_for
 
 MAKE_RUN_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts (REDIS_PORT 6390)
 
@@ -22,3 +22,11 @@ def announce(command: str, settings: Settings) -> None:
             f"starts: for that one, set REDIS_URL={MAKE_RUN_REDIS_URL}",
             file=sys.stderr,
         )
+
+
+def operator_settings(command: str) -> Settings | None:
+    """The environment's settings for ``command``, announced (announce); None if refused."""
+    settings = settings_for(command)
+    if settings is not None:
+        announce(command, settings)
+    return settings
