@@ -21,7 +21,11 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value the service cannot use."""
+    """Environment variables hold values the service cannot use: one line per problem."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 def _number(kind: type[int] | type[float]) -> Callable[[str, str], Any]:
@@ -173,7 +177,8 @@ class Settings:
     client_keys: tuple[str, ...] = env("COUPON_POOL_CLIENT_KEYS", (), _keys, _valid_keys, secret=True)
 
     def __post_init__(self) -> None:
-        """Refuse values that would only fail later, and more obscurely."""
+        """Refuse values that would only fail later, and more obscurely: every one at once."""
+        problems = []
         for f in dataclasses.fields(self):
             check = f.metadata["check"]
             value = getattr(self, f.name)
@@ -184,20 +189,32 @@ class Settings:
                     if f.metadata["secret"]
                     else f", not {redacted(value) if f.name == 'redis_url' else value!r}"
                 )
-                raise SettingsError(f"{f.metadata['env']}: {problem}{shown}")
+                problems.append(f"{f.metadata['env']}: {problem}{shown}")
         if set(self.admin_keys) & set(self.client_keys):
-            raise SettingsError("a key is in both COUPON_POOL_ADMIN_KEYS and COUPON_POOL_CLIENT_KEYS")
+            problems.append("a key is in both COUPON_POOL_ADMIN_KEYS and COUPON_POOL_CLIENT_KEYS")
+        if problems:
+            raise SettingsError(*problems)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables; unset ones keep their defaults."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
+        problems: list[str] = []
         for f in dataclasses.fields(cls):
             raw = environ.get(f.metadata["env"])
             if raw is not None:
-                values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
-        return cls(**values)
+                try:
+                    values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
+                except SettingsError as exc:
+                    problems += exc.problems
+        try:
+            settings = cls(**values)
+        except SettingsError as exc:
+            problems += exc.problems
+        if problems:
+            raise SettingsError(*problems)
+        return settings
 
     def described(self) -> list[str]:
         """``VARIABLE=value`` per setting, as the service reads them: secrets counted, not shown."""
@@ -234,5 +251,6 @@ def settings_for(command: str) -> Settings | None:
     try:
         return Settings.from_env()
     except SettingsError as exc:
-        print(f"{command}: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"{command}: {problem}", file=sys.stderr)
         return None

@@ -337,7 +337,8 @@ def send(paths: list[Path], total: int, service: Service, args: argparse.Namespa
             raise UploadFailed(_refusal(batch, answer))
         if status != 201:
             detail = answer.get("detail") or answer
-            raise UploadFailed(f"the service answered {status} {answer.get('code', '')}: {detail}")
+            hint = " (send smaller uploads: --batch)" if answer.get("code") == "body_too_large" else ""
+            raise UploadFailed(f"the service answered {status} {answer.get('code', '')}: {detail}{hint}")
         duplicates = answer["duplicates"]
         totals.coupons += len(batch)
         totals.created += answer["created"]

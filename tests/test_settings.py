@@ -76,3 +76,13 @@ def test_config_refuses_env_example_placeholders_with_exit_2() -> None:
 
     assert done.returncode == 2
     assert done.stderr.startswith("coupon-pool: COUPON_POOL_ADMIN_KEYS: key 1 must be 16-256 characters")
+
+
+def test_every_refused_value_is_named_at_once() -> None:
+    env = {"PORT": "eighty", "KEY_NAMESPACE": "a}b", "COUPON_POOL_ADMIN_KEYS": "short"}
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+
+    assert [problem.split(":")[0].split(" ")[0] for problem in refused.value.problems] == [
+        "PORT", "KEY_NAMESPACE", "COUPON_POOL_ADMIN_KEYS"
+    ]  # fmt: skip

@@ -190,6 +190,23 @@ async def test_the_admin_key_comes_from_the_environment(
     assert summary(taken)["created"] == 10
 
 
+def test_an_upload_over_the_services_body_limit_says_to_send_smaller_ones(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    small = LiveServer(redis_server.url, MAX_BODY_BYTES="100000")
+    try:
+        path = write_csv(tmp_path / "coupons.csv", 2000)  # about 250 kB as one upload
+        refused = upload(path, "--url", small.url, "--quiet")
+        taken = upload(path, "--url", small.url, "--quiet", "--json", "--batch", "500")
+    finally:
+        small.stop()
+
+    assert refused.returncode == 1
+    assert "413 body_too_large" in refused.stderr
+    assert "(send smaller uploads: --batch)" in refused.stderr
+    assert summary(taken)["coupons"] == 2000
+
+
 def test_a_refusal_by_the_service_names_the_file_and_line_of_each_item() -> None:
     batch = [Item("a.csv", 2, b"{}"), Item("a.csv", 3, b"{}"), Item("b.jsonl", 1, b"{}")]
     answer = {"code": "validation_error", "errors": [
