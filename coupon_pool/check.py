@@ -46,9 +46,9 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 
+from .commandline import operator_settings
 from .keys import Keys
 from .models import CouponType
-from .operator import operator_settings
 from .settings import Settings
 from .store import Store
 

@@ -13,15 +13,15 @@ import argparse
 import asyncio
 import re
 import sys
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
 
+from .commandline import operator_settings
 from .keys import CouponField, Keys
 from .models import CODE_PATTERN, CouponType
-from .operator import operator_settings
+from .store import from_ms
 
 MAX_PAGE = 1000
 NOT_FOUND = 3
@@ -29,11 +29,7 @@ NOT_FOUND = 3
 
 def when(ms: str | None) -> str | None:
     """Epoch milliseconds as ISO 8601 UTC."""
-    if not ms:
-        return None
-    return (
-        datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    return from_ms(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ms else None
 
 
 async def inspect(

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from .commandline import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
 from .errors import CouponError
 from .models import MAX_UPLOAD, CouponIn
 from .validation import validate_json
@@ -35,7 +36,6 @@ REQUIRED_COLUMNS = ("code", "discount_kind", "discount_value", "expires_at")
 MAX_LINE_BYTES = 4096  # a valid coupon takes about 150
 MAX_SHOWN_ERRORS = 20
 TIMEOUT_S = 120.0  # one upload of 50,000 takes about a second; a loaded service, longer
-KEY_ENV, URL_ENV = "COUPON_POOL_ADMIN_KEY", "COUPON_POOL_URL"
 
 
 class UploadFailed(Exception):
@@ -186,8 +186,9 @@ class Progress:
     """A bar redrawn in place on a terminal; else a plain line every ``every_s`` seconds."""
 
     def __init__(self, total: int, stream: TextIO, every_s: float, enabled: bool) -> None:
-        self.total, self.stream, self.every_s, self.enabled = total, stream, every_s, enabled
-        self.terminal = stream.isatty()
+        self.total, self.every_s, self.enabled = total, every_s, enabled
+        self.line = ProgressLine(stream)
+        self.terminal = self.line.terminal
         self.started = time.monotonic()
         self.shown_at = 0.0
         self.shown = -1  # coupons sent, as last shown
@@ -207,11 +208,11 @@ class Progress:
                    f"{_duration(left)} left")  # fmt: skip
         if self.terminal:
             done = totals.coupons / self.total if self.total else 1.0
-            bar = "#" * round(24 * done)
-            self.stream.write(f"\r[{bar:<24}] {figures}\x1b[K" + ("\n" if last else ""))
+            self.line.tick(f"[{'#' * round(24 * done):<24}] {figures}")
         else:
-            self.stream.write(f"upload: {figures}\n")
-        self.stream.flush()
+            self.line.tick(f"upload: {figures}")
+        if last:
+            self.line.end()
 
 
 def _duration(seconds: float) -> str:
@@ -386,10 +387,10 @@ exit codes:
   {INVALID_DATA}  a coupon is invalid (listed by file, line and column); nothing was sent""",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    p.add_argument("--url", default=os.environ.get(URL_ENV) or _default_url(),
+    p.add_argument("--url", default=service_url(),
                    help=f"the service (${URL_ENV}; default http://127.0.0.1:$PORT, PORT 8080)")  # fmt: skip
-    p.add_argument("--api-key", default=os.environ.get(KEY_ENV),
-                   help=f"an admin key, when the service has keys (${KEY_ENV})")  # fmt: skip
+    p.add_argument("--api-key", default=os.environ.get(ADMIN_KEY_ENV),
+                   help=f"an admin key, when the service has keys (${ADMIN_KEY_ENV})")  # fmt: skip
     p.add_argument("--batch", type=_batch_size, default=MAX_UPLOAD,
                    help=f"coupons per upload, 1-{MAX_UPLOAD:,} (default {MAX_UPLOAD:,})")  # fmt: skip
     p.add_argument("--retries", type=int, choices=range(11), default=5, metavar="0-10",
@@ -401,11 +402,6 @@ exit codes:
     p.add_argument("--quiet", action="store_true", help="no progress; only the summary and problems")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
-
-
-def _default_url() -> str:
-    port = os.environ.get("PORT", "8080")
-    return f"http://127.0.0.1:{port}" if port.isdigit() else "http://127.0.0.1:8080"
 
 
 def _batch_size(text: str) -> int:

@@ -13,7 +13,7 @@ import pytest
 from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
-from coupon_pool.operator import announce
+from coupon_pool.commandline import announce
 from coupon_pool.settings import Settings, redacted
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 
+from ..commandline import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
 from ..models import CouponType
 from . import report
 from .http import BenchError, Target, expect
 from .oneshot import bench_megadeal, bench_upload, megadeal_table, upload_table
 from .reference import ReferenceServer
-from .run import Progress, Scenario, drive
+from .run import Scenario, drive
 from .scenarios import AFTER_RUN_S, MIXED_POOL, Allocate, Collect, Mixed, Redeem, parse_mix
 
 RATE_CEILING = 15_000  # requests a second one service worker could answer here, generously
@@ -37,7 +38,7 @@ SCENARIOS = {
     + "(a pool of 100-usage coupons sized to the run)",
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts
-KEY_ENV, OLD_KEY_ENV, URL_ENV = "COUPON_POOL_ADMIN_KEY", "COUPON_POOL_API_KEY", "COUPON_POOL_URL"
+OLD_KEY_ENV = "COUPON_POOL_API_KEY"
 DESCRIPTION = (
     "Load-test a running coupon-pool service, and optionally a reference beside it.\n\nscenarios:\n"
     + "".join(f"  {name:<9} {text}\n" for name, text in SCENARIOS.items())
@@ -49,12 +50,7 @@ namespace of its own (KEY_NAMESPACE=bench), and drop it afterwards with
   redis-cli --scan --pattern '{{bench}}:*' | xargs -r -n 1000 redis-cli unlink
 Its coupons expire an hour after the run; the purge then deletes those never redeemed.
 
-environment: {URL_ENV} (--url), {KEY_ENV} (--api-key), REDIS_URL (--redis-url)"""
-
-
-def _default_url() -> str:
-    port = os.environ.get("PORT", "8080")
-    return os.environ.get(URL_ENV) or f"http://127.0.0.1:{port if port.isdigit() else 8080}"
+environment: {URL_ENV} (--url), {ADMIN_KEY_ENV} (--api-key), REDIS_URL (--redis-url)"""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,10 +59,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("scenario", choices=SCENARIOS, help="what to measure (see above)")
     p.add_argument(
-        "--url", default=_default_url(), help=f"the running service (${URL_ENV}, else 127.0.0.1:$PORT)"
+        "--url", default=service_url(), help=f"the running service (${URL_ENV}, else 127.0.0.1:$PORT)"
     )
-    p.add_argument("--api-key", default=os.environ.get(KEY_ENV),
-                   help=f"an admin key, if the service has keys (${KEY_ENV})")  # fmt: skip
+    p.add_argument("--api-key", default=os.environ.get(ADMIN_KEY_ENV),
+                   help=f"an admin key, if the service has keys (${ADMIN_KEY_ENV})")  # fmt: skip
     p.add_argument("--into-existing-pool", action="store_true",
                    help="measure a pool that already holds coupons (the bench adds its own)")  # fmt: skip
     p.add_argument("--connections", type=int, default=100, help="concurrent keep-alive connections")
@@ -111,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests is not None:
         args.duration = None
     if args.api_key is None and os.environ.get(OLD_KEY_ENV):
-        print(f"coupon-pool bench: {OLD_KEY_ENV} is no longer read: name it {KEY_ENV}, as the service's "
-              "COUPON_POOL_ADMIN_KEYS", file=sys.stderr)  # fmt: skip
+        print(f"coupon-pool bench: {OLD_KEY_ENV} is no longer read: name it {ADMIN_KEY_ENV}, as the "
+              "service's COUPON_POOL_ADMIN_KEYS", file=sys.stderr)  # fmt: skip
         return 2
     try:
         result = _run_loop(bench(args))
@@ -159,14 +155,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "(KEY_NAMESPACE=bench), or pass --into-existing-pool"
         )
     run_id = uuid.uuid4().hex[:8]
-    progress = None if args.quiet else Progress()
+    progress = None if args.quiet else ProgressLine()
     result = await _scenario(args, target, run_id, progress)
     result["run_id"] = run_id
     return result
 
 
 async def _scenario(
-    args: argparse.Namespace, target: Target, run_id: str, progress: Progress | None
+    args: argparse.Namespace, target: Target, run_id: str, progress: ProgressLine | None
 ) -> dict[str, Any]:
     if args.scenario == "upload":
         return await bench_upload(args, target, run_id, progress)

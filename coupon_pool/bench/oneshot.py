@@ -12,17 +12,18 @@ from typing import Any
 
 import orjson
 
+from ..commandline import ProgressLine
 from ..models import CouponType, UploadRequest
 from ..settings import Settings
 from ..store import Store
 from . import report
 from .http import BenchError, Target, expect
-from .run import Progress, drive
+from .run import drive
 from .scenarios import UPLOAD_SIZE, Allocate, coupons_body
 
 
 async def bench_upload(
-    args: argparse.Namespace, target: Target, run_id: str, progress: Progress | None
+    args: argparse.Namespace, target: Target, run_id: str, progress: ProgressLine | None
 ) -> dict[str, Any]:
     """Time repeated 50,000-coupon uploads alone (as the reference runs), then again while
     an allocation probe runs, whose latency is compared with its idle latency."""
@@ -81,7 +82,7 @@ async def bench_upload(
 
 
 async def upload_all(
-    target: Target, uploads: list[bytes], progress: Progress | None = None, label: str = ""
+    target: Target, uploads: list[bytes], progress: ProgressLine | None = None, label: str = ""
 ) -> list[float]:
     """Send the uploads one after another on one connection; the time of each."""
     times: list[float] = []

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import Protocol
 
 import orjson
 
+from ..commandline import ProgressLine
 from .http import Connection, HttpError, Target
 
 
@@ -54,23 +54,6 @@ def error_code(status: int, body: bytes) -> str:
     return str(code) if code else f"http_{status}"
 
 
-class Progress:
-    """A progress line a second on stderr: redrawn in place on a terminal, else one line each."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.terminal = self.stream.isatty()
-
-    def tick(self, line: str) -> None:
-        self.stream.write(f"\r{line}\x1b[K" if self.terminal else f"{line}\n")
-        self.stream.flush()
-
-    def end(self) -> None:
-        if self.terminal:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 async def drive(
     target: Target,
     scenario: Scenario,
@@ -78,7 +61,7 @@ async def drive(
     duration_s: float | None,
     requests: int | None,
     warmup_s: float,
-    progress: Progress | None = None,
+    progress: ProgressLine | None = None,
     label: str = "",
 ) -> Measured:
     """Run ``scenario`` for ``duration_s`` or ``requests`` after ``warmup_s`` of the same load.

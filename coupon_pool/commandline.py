@@ -1,0 +1,62 @@
+"""What the command-line tools share.
+
+The operator commands (check, inspect) read Redis and say which; the callers' commands
+(upload, bench) call the service, found alike; and all write progress lines alike.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+from .settings import Settings, redacted, settings_for
+
+MAKE_RUN_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts (REDIS_PORT 6390)
+URL_ENV, ADMIN_KEY_ENV = "COUPON_POOL_URL", "COUPON_POOL_ADMIN_KEY"  # one of COUPON_POOL_ADMIN_KEYS
+
+
+def service_url() -> str:
+    """The service a caller's command calls: COUPON_POOL_URL, else this host's PORT (8080)."""
+    port = os.environ.get("PORT", "8080")
+    return os.environ.get(URL_ENV) or f"http://127.0.0.1:{port if port.isdigit() else 8080}"
+
+
+class ProgressLine:
+    """Progress on stderr: one line redrawn in place on a terminal, else a line each."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.terminal = self.stream.isatty()
+
+    def tick(self, line: str) -> None:
+        self.stream.write(f"\r{line}\x1b[K" if self.terminal else f"{line}\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        """After the last tick: a terminal's line is kept."""
+        if self.terminal:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def announce(command: str, settings: Settings) -> None:
+    """On stderr: the Redis and namespace ``command`` reads, loudly when REDIS_URL is unset."""
+    print(
+        f"{command}: reading {redacted(settings.redis_url)}, namespace {settings.key_namespace}",
+        file=sys.stderr,
+    )
+    if "REDIS_URL" not in os.environ:
+        print(
+            f"{command}: REDIS_URL is not set, so this is the service's default, NOT the Redis `make run` "
+            f"starts: for that one, set REDIS_URL={MAKE_RUN_REDIS_URL}",
+            file=sys.stderr,
+        )
+
+
+def operator_settings(command: str) -> Settings | None:
+    """The environment's settings for ``command``, announced (announce); None if refused."""
+    settings = settings_for(command)
+    if settings is not None:
+        announce(command, settings)
+    return settings
