@@ -33,6 +33,10 @@ Per user (lib.lua's structures for allocation, releases and the user's listing):
   see lib.lua), and every draining coupon is in its type's available set.
 Per Idempotency-Key record ``{ns}:idem:...``: it expires, has a fingerprint, and has a
 reply or an owner with a lease.
+
+A sharded pool (POOL_SHARDS above 1) is checked slot by slot, the main slot and each
+shard ``{ns:<i>}`` on its own (each slot's counters count its own coupons); and every
+MEGADEAL coupon (main slot) is claimed in its code's shard, with its own line.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .commandline import operator_settings
-from .keys import Keys
+from .keys import Keys, Layout
 from .models import CouponType
 from .settings import Settings
 from .store import Store
@@ -71,8 +75,39 @@ class Report:
                 "violations": self.violations}  # fmt: skip
 
 
-async def check(redis: Redis, keys: Keys) -> Report:
-    """Every violation of the pool's rules in ``redis`` under ``keys``."""
+async def check(redis: Redis, where: Keys | Layout) -> Report:
+    """Every violation of the pool's rules in ``redis``, in one slot (``Keys``) or a whole pool."""
+    if isinstance(where, Keys):
+        return await _check_slot(redis, where)
+    report = Report()
+    for keys in where.slots:
+        found = await _check_slot(redis, keys)
+        report.coupons += found.coupons
+        report.awaiting_purge += found.awaiting_purge
+        report.violations += found.violations
+    if where.sharded:
+        await _check_claims(redis, where, report)
+    return report
+
+
+async def _check_claims(redis: Redis, layout: Layout, report: Report) -> None:
+    main = layout.main
+    mega = main.available(CouponType.MEGADEAL)
+    codes = [_text(c) for c in cast(list[str], await redis.zrange(mega, 0, -1))]
+    codes += [_text(c) for c in cast(list[str], await redis.zrange(main.exhausted, 0, -1))]
+    for code in codes:
+        fields = await redis.hmget(main.coupon(code), ["type", "exp"])
+        if fields[0] is None or _text(fields[0]) != CouponType.MEGADEAL.value:
+            continue
+        home = layout.home(code)
+        line = await redis.hget(home.megadeal_claims, code)
+        if line is None or _text(line).split(" ")[1:2] != ["MEGADEAL"]:
+            report.violations.append(f"MEGADEAL coupon {code!r} is not claimed in {home.megadeal_claims}")
+        elif await redis.exists(home.coupon(code)):
+            report.violations.append(f"MEGADEAL coupon {code!r} shares its code with {home.coupon(code)}")
+
+
+async def _check_slot(redis: Redis, keys: Keys) -> Report:
     report = Report()
     now_s, now_us = await redis.time()
     now_ms = int(now_s) * 1000 + int(now_us) // 1000
@@ -309,6 +344,6 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(settings: Settings) -> Report:
     store = Store.from_settings(settings, max_connections=2)
     try:
-        return await check(store.redis, store.keys)
+        return await check(store.redis, store.layout)
     finally:
         await store.aclose()

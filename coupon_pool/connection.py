@@ -11,14 +11,13 @@ import asyncio
 import os
 import select
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .settings import Settings
@@ -28,6 +27,10 @@ T = TypeVar("T")
 
 class NotSent(RedisConnectionError):
     """The command never reached Redis: writing it failed."""
+
+
+class NotReplicated(RedisError):
+    """A change was made on the master, but fewer replicas than REDIS_WAIT_REPLICAS had it in time."""
 
 
 class CheckedConnection(Connection):
@@ -52,18 +55,6 @@ def closed_by_peer(connection: AbstractConnection) -> bool:
     poll = select.poll()
     poll.register(sock.fileno(), select.POLLIN)
     return bool(poll.poll(0))
-
-
-async def once_more(call: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
-    """``call()``, run again once if it never reached Redis, or if it may have and is safe to repeat."""
-    try:
-        return await call()
-    except NotSent:
-        return await call()
-    except (RedisConnectionError, RedisTimeoutError):
-        if not idempotent:
-            raise
-        return await call()
 
 
 class FairConnectionPool(ConnectionPool):
@@ -142,8 +133,21 @@ def connect(settings: Settings, max_connections: int, command_timeout_s: float) 
     """A Redis client whose calls fail fast and are never retried (a script may have run).
 
     Its connections carry this process's name: the MEGADEAL gate tells live processes
-    from dead ones by their open connections.
+    from dead ones by their open connections. With REDIS_CLUSTER, a RedisCluster (typed
+    as Redis: the calls the service makes have the same signatures on both), which
+    follows MOVED and ASK itself and reloads the slot map after a connection fails.
     """
+    if settings.redis_cluster:
+        cluster = RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=max_connections,  # per node
+            socket_timeout=command_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),  # a call that may have run is never sent again
+            client_name=_process_name,
+        )
+        return cast(Redis, cluster)
     pool = FairConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections,

@@ -16,11 +16,13 @@ import sys
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from .commandline import operator_settings
-from .keys import CouponField, Keys
+from .connection import connect
+from .keys import CouponField, Keys, Layout
 from .models import CODE_PATTERN, CouponType
+from .settings import Settings
 from .store import from_ms
 
 MAX_PAGE = 1000
@@ -43,8 +45,8 @@ async def inspect(
         for coupon_type in CouponType:
             pipe.zscore(keys.available(coupon_type), code)
         pipe.hlen(key)
-        pipe.time()
-        fields, exhausted, *available, length, (now_s, now_us) = await pipe.execute()
+        fields, exhausted, *available, length = await pipe.execute()
+    now_s, now_us = await redis.time()  # not in the pipeline: a cluster pipeline takes keyed commands only
     if fields[0] is None:
         return None
     named = dict(
@@ -76,6 +78,7 @@ async def inspect(
     return {
         "code": code,
         "key": key,
+        "node": await _node_of(redis, key),
         "type": named["type"],
         "discount": {"kind": named["discount_kind"], "value": named["discount_value"]},
         "created_at": when(named["created"]),
@@ -96,7 +99,8 @@ def render(coupon: dict[str, Any]) -> str:
     discount = coupon["discount"]
     shown = f"{discount['value']}%" if discount["kind"] == "percent" else f"{discount['value']} off"
     lines = [
-        f"coupon {coupon['code']}   (redis-cli: HGETALL {coupon['key']})",
+        f"coupon {coupon['code']}   (redis-cli{' -c' if coupon['node'] else ''}: HGETALL {coupon['key']})",
+        *([f"  node        {coupon['node']} (the master of its slot)"] if coupon["node"] else []),
         f"  type        {coupon['type']}",
         f"  discount    {shown}",
         f"  created     {coupon['created_at']}",
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = operator_settings("coupon-pool inspect")
     if settings is None:
         return 2
-    coupon = asyncio.run(_run(settings.redis_url, settings.key_namespace, args))
+    coupon = asyncio.run(_run(settings, args))
     if coupon is None:
         print(f"coupon-pool inspect: there is no coupon {args.code!r}", file=sys.stderr)
         return NOT_FOUND
@@ -155,9 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _run(url: str, namespace: str, args: argparse.Namespace) -> dict[str, Any] | None:
-    redis = Redis.from_url(url, decode_responses=True)
+async def _node_of(redis: Redis, key: str) -> str | None:
+    """On a cluster, the master that holds ``key`` (host:port); None on a single Redis."""
+    if not isinstance(redis, RedisCluster):
+        return None
+    await redis.initialize()
+    return str(redis.get_node_from_key(key).name)
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The coupon from its slot: its code's shard, else (a MEGADEAL coupon) the main slot."""
+    redis = connect(settings, 2, settings.redis_timeout_s)
+    layout = Layout(settings.key_namespace, settings.pool_shards)
     try:
-        return await inspect(redis, Keys(namespace), args.code, args.limit, args.cursor)
+        for keys in dict.fromkeys([layout.home(args.code), layout.main]):
+            found = await inspect(redis, keys, args.code, args.limit, args.cursor)
+            if found is not None:
+                return found
+        return None
     finally:
         await redis.aclose()

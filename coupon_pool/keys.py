@@ -1,19 +1,26 @@
 """The Redis layout, written once: every key name, and the fields of a coupon hash.
 
-All keys of one pool share the hash tag ``{<namespace>}``, so every script call touches a
-single Redis Cluster slot. The same tables are in docs/architecture.md.
+Every key of a pool is under one of its hash tags, so every script call touches a single
+Redis Cluster slot: ``{<namespace>}`` (the main slot), and with POOL_SHARDS above 1 one
+tag per shard, ``{<namespace>:<i>}``. The same tables are in docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import zlib
 from enum import StrEnum
 
 from .models import CouponType
 
 
 class Keys:
-    def __init__(self, namespace: str) -> None:
-        tag = "{" + namespace + "}"
+    """The keys of one slot of a pool: the main slot, or shard ``shard``'s."""
+
+    def __init__(self, namespace: str, shard: int | None = None) -> None:
+        self.namespace = namespace
+        self.shard = shard
+        tag = "{" + namespace + ("" if shard is None else f":{shard}") + "}"
+        self.tag = tag
         self.stats = f"{tag}:stats"
         self.exhausted = f"{tag}:exhausted"
         self.coupon_prefix = f"{tag}:c:"
@@ -34,6 +41,10 @@ class Keys:
         self._held_of_type = {t: f"{self.held_prefix}{t.value}:" for t in CouponType}
         self._listing_of_type = {t: f"{self.user_prefix}{t.value}:" for t in CouponType}
         self.idempotency_prefix = f"{tag}:idem:"
+        self.shard_count = f"{tag}:shards"  # main slot: POOL_SHARDS, recorded on first use
+        # In a shard: the codes of MEGADEAL coupons (which live in the main slot) whose home
+        # this shard is, code -> "<expires_at ms> <upload line>": codes stay unique pool-wide.
+        self.megadeal_claims = f"{tag}:megaclaims"
 
     def coupon(self, code: str) -> str:
         """The hash of one coupon; ``code`` must already be validated."""
@@ -58,6 +69,10 @@ class Keys:
         """The record of an Idempotency-Key: ``scope`` names the caller, the digest the key."""
         return f"{self.idempotency_prefix}{scope}:{key_digest}"
 
+    def record_here(self, record: str) -> str:
+        """The same Idempotency-Key's record in this slot (``record``: another slot's)."""
+        return self.idempotency_prefix + record[record.index(":idem:") + 6 :]
+
     def megadeal_wake(self, ticket: str) -> str:
         """The list a MEGADEAL waiter blocks on; ``ticket`` comes from the ticket counter."""
         return self.megadeal_wake_prefix + ticket
@@ -68,6 +83,32 @@ class Keys:
     def all_available(self) -> list[str]:
         """The available sets, in the order of CouponType."""
         return [self._available[t] for t in CouponType]
+
+
+class Layout:
+    """Where a pool's data lives: the main slot, and the shards of the FREE and STANDARD pools.
+
+    With one shard, the shard is the main slot (today's keys, on one node or in one slot of
+    a cluster). With more, shard ``i`` is ``{<namespace>:<i>}``; MEGADEAL coupons and the
+    gate stay in the main slot, so admission and allocation remain one script.
+    """
+
+    def __init__(self, namespace: str, shards: int = 1) -> None:
+        self.main = Keys(namespace)
+        self.shards = [self.main] if shards == 1 else [Keys(namespace, i) for i in range(shards)]
+        self.sharded = shards > 1
+        # Every slot, main first: what stats, the purge, the audit trail and check walk.
+        self.slots = [self.main] if shards == 1 else [self.main, *self.shards]
+
+    def home(self, code: str) -> Keys:
+        """The shard of a code: where its coupon lives (or, for a MEGADEAL coupon, its claim)."""
+        if not self.sharded:
+            return self.main
+        return self.shards[zlib.crc32(code.encode()) % len(self.shards)]
+
+    def of(self, code: str, coupon_type: CouponType) -> Keys:
+        """The slot that holds coupon ``code`` of type ``coupon_type``."""
+        return self.main if coupon_type is CouponType.MEGADEAL else self.home(code)
 
 
 class CouponField(StrEnum):

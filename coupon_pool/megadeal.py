@@ -13,19 +13,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from .connection import PROCESS_PREFIX, connect, once_more, process_name
+from .autopipeline import AutoPipeline
+from .connection import PROCESS_PREFIX, connect, process_name
 from .errors import ClientDisconnected, MegadealBusy
 from .idempotency import Idempotency, record_args
 from .keys import Keys
 from .models import CouponType
 from .results import Allocation
-from .scripts import Allocated, Scripts, Waiting
+from .scripts import Allocated, Scripts, Waiting, guarded
 from .settings import MegadealLimits, Settings
 from .store import ALLOCATE_DETAIL, allocation, raise_if_error
 
@@ -58,9 +58,14 @@ class MegadealGate:
         blocking_redis: Redis | None = None,
         audit_max_len: int = 100_000,
         max_allocations_per_user: int = 0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
-        """``blocking_redis`` serves the waits (BLPOP); give it its own pool in a server."""
+        """``blocking_redis`` serves the waits (BLPOP); give it its own pool in a server.
+
+        Its keys and the MEGADEAL coupons are in the pool's main slot (``keys``)."""
         self.redis = redis
+        self._calls = AutoPipeline(redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
         self.audit_max_len = audit_max_len
         self.max_allocations_per_user = max_allocations_per_user
         self.blocking_redis = blocking_redis or redis
@@ -96,6 +101,8 @@ class MegadealGate:
             blocking_redis=blocking,
             audit_max_len=settings.audit_max_len,
             max_allocations_per_user=settings.max_allocations_per_user,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
 
     async def aclose(self) -> None:
@@ -173,7 +180,7 @@ class MegadealGate:
                 waited_ms = int((time.perf_counter() - started) * 1000)
                 keys, args = self._enter_call(user_id, ticket, waited_ms, idem)
                 # Called again with its ticket, the script repeats nothing: safe to resend.
-                reply = await once_more(partial(self._enter, keys=keys, args=args), idempotent=bool(ticket))
+                reply = await self._calls.run(self._enter, guarded(keys), args, bool(ticket))
                 if idem:
                     reply = idem.unwrap(reply)
                     if idem.replayed:
@@ -234,20 +241,25 @@ class MegadealGate:
         if not await self.redis.zcard(self.keys.megadeal_queue):
             return 0  # nobody waits: nothing to list
         max_number = int(await self.redis.get(self.keys.megadeal_ticket) or 0)
-        clients = await self.redis.client_list(_type="normal")
+        if isinstance(self.redis, RedisCluster):  # the connections to the node of the gate's slot
+            await self.redis.initialize()  # the slot map, if no call has loaded it yet
+            node = self.redis.get_node_from_key(self.keys.megadeal_queue)
+            clients = await self.redis.client_list(_type="normal", target_nodes=node)
+        else:
+            clients = await self.redis.client_list(_type="normal")
         owners = {c["name"] for c in clients if c.get("name", "").startswith(PROCESS_PREFIX)}
         lim = self.limits
         args: list[str | int] = [
             max_number, self.keys.megadeal_wake_prefix, lim.max_concurrent, lim.rate_per_s, WINDOW_MS,
             WAKE_KEEP_MS, *sorted(owners),
         ]  # fmt: skip
-        return int(await self._forget(keys=self._leave_keys, args=args))
+        return int(await self._calls.run(self._forget, guarded(self._leave_keys), args))
 
     async def _leave_quietly(self, ticket: str, idem: Idempotency | None = None) -> None:
         # When Redis is unreachable the lease and the waiter's deadline free the place instead.
         try:
             keys = self._leave_keys + record_args(idem)[0]
-            await self._leave(keys=keys, args=self._leave_args(ticket))
+            await self._calls.run(self._leave, guarded(keys), self._leave_args(ticket))
         except RedisError as exc:
             log.warning("could not leave the MEGADEAL gate (ticket %s): %s", ticket, exc)
 

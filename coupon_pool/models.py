@@ -27,7 +27,7 @@ MAX_UPLOAD = 50_000
 LATEST_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
 MAX_LISTED_HOLDERS = 1000
 MAX_AUDIT_PAGE = 1000
-AUDIT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+AUDIT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20}(-[0-9]{1,4})?)?$"  # a third part: the slot (sharded pools)
 CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 USER_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"  # visible ASCII: no spaces, controls or non-ASCII
 # The published patterns say exactly what the validators accept: > 0, no leading zeros.

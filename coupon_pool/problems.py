@@ -7,14 +7,23 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from . import errors
+from .connection import NotReplicated
 from .middleware import note
 from .models import UNION_TAGS
 
@@ -103,9 +112,23 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return await on_coupon_error(request, error)
 
 
+# A cluster's answers while a master fails over or a slot moves, once the retries are spent
+# (ClusterError: ClusterDownError, MasterDownError; AskError: MovedError; TRYAGAIN is a
+# ResponseError redis-py names TryAgainError): the call did not run.
+_CLUSTER_BUSY = (ClusterError, AskError, ReadOnlyError, TryAgainError, RedisClusterException)
+
+
 async def on_redis_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return await on_coupon_error(request, errors.StoreUnavailable(f"Redis did not answer: {exc}"))
+    if isinstance(exc, NotReplicated):
+        detail = f"{exc}; send the request again with the same Idempotency-Key to learn its outcome"
+        return await on_coupon_error(request, errors.StoreUnavailable(detail))
+    if isinstance(exc, _CLUSTER_BUSY):
+        busy = errors.StoreUnavailable(
+            f"the Redis Cluster did not run the call (failover or resharding): {exc}"
+        )
+        return await on_coupon_error(request, busy)
     if isinstance(exc, OutOfMemoryError):  # refused whole: a script over maxmemory does not start
         full = errors.StoreFull("Redis is at its maxmemory and refuses writes; nothing was changed")
         return await on_coupon_error(request, full)
@@ -122,4 +145,5 @@ EXCEPTION_HANDLERS = {
     errors.CouponError: on_coupon_error,
     HTTPException: on_http_exception,
     RedisError: on_redis_error,
+    RedisClusterException: on_redis_error,
 }

@@ -13,6 +13,7 @@ every call).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,9 +31,11 @@ def lua_dir() -> Path:
 
 def preamble() -> str:
     """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'`` and so on)
-    and of an Idempotency-Key record (``R_REPLY``...)."""
+    and of an Idempotency-Key record (``R_REPLY``...); and KEYS without its first key, the
+    slot's guard (autopipeline.AutoPipeline.run puts it there)."""
     fields = [("F", f) for f in CouponField] + [("R", f) for f in RecordField]
-    return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
+    constants = "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
+    return constants + "local KEYS = { unpack(KEYS, 2) }\n"
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -63,6 +66,18 @@ def source(name: str) -> str:
     folder = lua_dir()
     script = (folder / f"{name}.lua").read_text()
     return preamble() + used_helpers((folder / "lib.lua").read_text(), script) + script
+
+
+def guarded(keys: Sequence[str | bytes]) -> list[str | bytes]:
+    """A script call's KEYS: its slot's guard first (``{tag}:guard``, a key nothing writes),
+    then ``keys`` (the preamble takes the guard off again). Redis Cluster refuses, with
+    TRYAGAIN, a call on a slot being migrated that names a key the node lacks, and the guard
+    is always lacking: so a script never runs while its slot moves, when some of the keys it
+    reads without naming them (a coupon's hash) could already be on the other node."""
+    first = keys[0]
+    if isinstance(first, bytes):
+        return [first[: first.index(b"}") + 1] + b":guard", *keys]
+    return [first[: first.index("}") + 1] + ":guard", *keys]
 
 
 class Scripts:

@@ -48,6 +48,14 @@ def _lower(name: str, raw: str) -> str:
     return raw.lower()
 
 
+def _flag(name: str, raw: str) -> bool:
+    if raw.strip().lower() in ("1", "true", "yes"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", ""):
+        return False
+    raise SettingsError(f"{name} must be 1 or 0 (true or false), not {raw!r}")
+
+
 def _keys(name: str, raw: str) -> tuple[str, ...]:
     """A comma-separated list of API keys; blanks around and between commas are ignored."""
     return tuple(k.strip() for k in raw.split(",") if k.strip())
@@ -70,6 +78,13 @@ def _positive(value: float) -> str | None:
 
 def _at_least_0(value: int) -> str | None:
     return None if value >= 0 else "must be 0 or more"
+
+
+MAX_POOL_SHARDS = 1024
+
+
+def _shards(value: int) -> str | None:
+    return None if 1 <= value <= MAX_POOL_SHARDS else f"must be 1 to {MAX_POOL_SHARDS}"
 
 
 def _share(value: float) -> str | None:
@@ -136,6 +151,15 @@ class MegadealLimits:
 class Settings:
     redis_url: str = env("REDIS_URL", "redis://127.0.0.1:6379/0", _text, _redis_url)
     key_namespace: str = env("KEY_NAMESPACE", "cp", _text, _namespace)
+    # REDIS_URL names any node of a Redis Cluster (the client learns the rest from it).
+    redis_cluster: bool = env("REDIS_CLUSTER", False, _flag)
+    # The FREE and STANDARD pools are split into this many shards, a hash tag each; fixed
+    # once the pool holds data (the service refuses to start on another count).
+    pool_shards: int = env("POOL_SHARDS", 1, _int, _shards)
+    # After each change, wait until this many replicas have it (WAIT); 0: do not wait.
+    redis_wait_replicas: int = env("REDIS_WAIT_REPLICAS", 0, _int, _at_least_0)
+    # How long that wait may take; a change not replicated by then answers 503.
+    redis_wait_timeout_ms: int = env("REDIS_WAIT_TIMEOUT_MS", 1000, _int, _at_least_1)
     redis_max_connections: int = env("REDIS_MAX_CONNECTIONS", 64, _int, _at_least_1)
     redis_timeout_s: float = env("REDIS_TIMEOUT_S", 2.0, _float, _positive)
     upload_chunk_size: int = env("UPLOAD_CHUNK_SIZE", 100, _int, _at_least_1)

@@ -4,6 +4,7 @@
 --       audit_stream  the audit stream
 --       KEYS[3..]     the available set of each type named in `types`, in that order
 --                     (sorted set: code -> expires_at ms)
+--       claims        this slot's MEGADEAL claims (code -> the coupon's line; see `claiming`)
 --       record        (optional, last) the upload's Idempotency-Key record (upload_record.lua)
 -- ARGV: prefix        key prefix of coupon hashes (a coupon's key is prefix .. code; it
 --                     shares the hash tag of KEYS, so the script stays in one cluster slot)
@@ -13,12 +14,18 @@
 --       types         the coupon types, space-separated
 --       owner         with `record`: the attempt that must own it
 --       lease_ms      with `record`: how much longer the attempt owns it
---       ARGV[8..]     one coupon each, as "code type kind value expires_at_ms max_usages"
+--       claimed_type  in a shard of a sharded pool, "MEGADEAL": coupons of that type (stored
+--                     in the main slot) are not stored here but claimed, so codes stay
+--                     unique pool-wide; "" elsewhere
+--       ARGV[9..]     one coupon each, as "code type kind value expires_at_ms max_usages"
 --                     (space-separated; no field can hold a space)
 --
 -- Returns {created, i, j, ...}: the number stored, then the 1-based positions in this
 -- chunk of the coupons not stored because their code already existed (in Redis, or
--- earlier in the same chunk).
+-- earlier in the same chunk), and when claiming, -i for each MEGADEAL coupon claimed (new,
+-- or claimed before with the same line: an upload sent again): the caller stores those in
+-- the main slot, which finds the duplicates among them. A claim whose coupon has expired
+-- no longer holds its code.
 -- With a record, a chunk already recorded there is not stored again: its recorded reply
 -- comes back; a chunk stored is recorded ("part:i") in the same call. Returns
 -- {"idempotency_key_in_progress", 0} if another attempt owns the record now.
@@ -28,8 +35,9 @@
 
 local stats, audit_stream = KEYS[1], KEYS[2]
 local prefix, audit_cap, upload_id, part, types = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local owner, lease_ms = ARGV[6], ARGV[7]
-local FIRST_COUPON = 8
+local owner, lease_ms, claimed_type = ARGV[6], ARGV[7], ARGV[8]
+local claiming = claimed_type ~= ''
+local FIRST_COUPON = 9
 
 local available = {}
 local n = 0
@@ -37,7 +45,7 @@ for ctype in string.gmatch(types, '%S+') do
   available[ctype] = KEYS[3 + n]
   n = n + 1
 end
-local record = KEYS[3 + n]
+local claims, record = KEYS[3 + n], KEYS[4 + n]
 local created_ms = now_ms()
 local part_field = R_PART .. string.match(part, '^(%d+)/')
 if record then
@@ -48,13 +56,27 @@ end
 local created = 0
 local created_by_type = {}
 local duplicates = {}
+local claimed = {}
+
+-- Whether `code` is claimed by a MEGADEAL coupon that has not expired; the line claiming it.
+local function claim_of(code)
+  local line = redis.call('HGET', claims, code)
+  if not line then return nil end
+  if tonumber(string.match(line, '^%S+ %S+ %S+ %S+ (%S+)')) > created_ms then return line end
+  redis.call('HDEL', claims, code)  -- its coupon expired: the code is free again
+  return nil
+end
 
 for i = FIRST_COUPON, #ARGV do
   local code, ctype, kind, value, expires, max =
       string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
   local key = prefix .. code
-  if redis.call('EXISTS', key) == 1 then
+  local claim = claiming and claim_of(code)
+  if redis.call('EXISTS', key) == 1 or (claim and claim ~= ARGV[i]) or (claim and ctype ~= claimed_type) then
     duplicates[#duplicates + 1] = i - FIRST_COUPON + 1
+  elseif claiming and ctype == claimed_type then
+    redis.call('HSET', claims, code, ARGV[i])
+    claimed[#claimed + 1] = -(i - FIRST_COUPON + 1)
   else
     redis.call('HSET', key, F_TYPE, ctype, F_DISCOUNT_KIND, kind, F_DISCOUNT_VALUE, value,
       F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms)
@@ -73,6 +95,7 @@ audit(audit_stream, audit_cap, 'op', 'upload', 'upload', upload_id, 'part', part
 
 local result = { created }
 for _, i in ipairs(duplicates) do result[#result + 1] = i end
+for _, i in ipairs(claimed) do result[#result + 1] = i end
 if record then
   redis.call('HSET', record, part_field, cjson.encode(result), R_LEASE, created_ms + tonumber(lease_ms))
 end

@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import fakeredis
 import httpx
 import pytest
+from cluster import Cluster
 from redis import Redis as SyncRedis
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from coupon_pool.app import create_app
 from coupon_pool.keys import Keys
@@ -100,17 +102,39 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture(params=["redis-server", "fakeredis"])
+CLUSTER_SHARDS = 16
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real Redis Cluster: three masters and three replicas (tests/cluster.py)."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+def cluster_client(cluster: Cluster) -> Redis:
+    """A client of the cluster, typed as the service types it (connection.connect)."""
+    return cast(Redis, RedisCluster.from_url(cluster.url, decode_responses=True))
+
+
+@pytest.fixture(params=["redis-server", "fakeredis", "cluster"])
 async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
-    """The store on a real Redis, and again on fakeredis (which runs the Lua through lupa)."""
+    """The store on a real Redis, again on fakeredis (which runs the Lua through lupa), and
+    on a real Redis Cluster with the pool in CLUSTER_SHARDS shards."""
+    shards = 1
     if request.param == "redis-server":
         client: Redis = Redis.from_url(redis_server.url, decode_responses=True)
         await client.flushall()
+    elif request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        client = cluster_client(cluster)
     else:
         client = fakeredis.FakeAsyncRedis(decode_responses=True)
     # fakeredis has no INFO: no memory share of the uploads' own there (real Redis checks it).
     share = 1.0 if request.param == "fakeredis" else 0.9
-    store = Store(client, Keys("cp"), upload_chunk_size=100, upload_memory_share=share)
+    store = Store(client, Keys("cp"), shards=shards, upload_chunk_size=100, upload_memory_share=share)
     await store.load_scripts()
     yield store
     await client.aclose()
