@@ -26,7 +26,7 @@ from .problems import EXCEPTION_HANDLERS, unexpected
 from .routes import OPERATIONS
 from .routing import Services
 from .settings import Settings
-from .store import Store
+from .store import LayoutMismatch, Store
 
 log = logging.getLogger("coupon_pool")
 
@@ -49,6 +49,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await store.load_scripts()
         except RedisError as exc:
             log.warning("could not load the Lua scripts at start-up (%s); /readyz will say so", exc)
+        except LayoutMismatch as exc:  # serving would look for coupons in the wrong shards
+            access_log.write(level="error", event="layout_mismatch", message=str(exc))
+            await gate.aclose()
+            await store.aclose()
+            raise
         if not api_keys.enabled:
             access_log.write(
                 level="warning",

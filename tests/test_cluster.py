@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 from cluster import Cluster
-from conftest import CLUSTER_SHARDS, REPO, LiveServer, RedisServer, cluster_client
+from conftest import CLUSTER_SHARDS, REPO, LiveServer, RedisServer, cluster_client, free_port
 from factories import coupon, coupon_json
 from redis.asyncio import Redis
 from redis.crc import key_slot
@@ -287,6 +287,22 @@ async def test_the_service_over_http_on_a_cluster(redis_cluster: Cluster) -> Non
         shown = orjson.loads(done.stdout)
         assert shown["key"] == key
         assert shown["node"] == f"127.0.0.1:{redis_cluster.master_of_slot(key_slot(key.encode())).port}"
+
+
+def test_the_service_refuses_to_start_on_a_pool_of_another_shard_count(redis_cluster: Cluster) -> None:
+    redis_cluster.flush()
+    _serve(redis_cluster).stop()  # POOL_SHARDS=16: recorded on first use
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_cluster.url,
+        "REDIS_CLUSTER": "1",
+        "POOL_SHARDS": "8",
+        "PORT": str(free_port()),
+    }
+    done = subprocess.run([sys.executable, "-m", "coupon_pool", "serve"], env=env, capture_output=True,
+                          text=True, timeout=30, cwd=REPO)  # fmt: skip
+    assert done.returncode != 0
+    assert "holds data in 16 shard(s), and POOL_SHARDS is 8: set POOL_SHARDS=16" in done.stdout + done.stderr
 
 
 class Load:
