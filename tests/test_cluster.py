@@ -24,6 +24,7 @@ from conftest import CLUSTER_SHARDS, REPO, LiveServer, RedisServer, cluster_clie
 from factories import coupon, coupon_json
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import AskError, TryAgainError
 
 from coupon_pool.check import check
 from coupon_pool.connection import NotReplicated
@@ -184,6 +185,49 @@ async def test_a_keyed_allocation_sent_again_gets_the_first_answer(sharded: Stor
     assert again.code == first.code == "ONLY"
     assert idem.replayed
     assert (await sharded.stats()).types[STANDARD].allocated == 1
+
+
+async def test_no_script_runs_in_a_slot_while_it_moves(sharded: Store, redis_cluster: Cluster) -> None:
+    # A coupon's hash, read by code, moved ahead of its shard's sets: without the guard the
+    # allocation would run on the old node and fail half-way on the hash it no longer has.
+    await sharded.upload([coupon(f"C{i:02d}") for i in range(40)])
+    k = sharded.layout.shards[3]
+    first = (await sharded.redis.zrange(k.available(STANDARD), 0, 0))[0]
+    slot = key_slot(k.tag.encode())
+    source = redis_cluster.master_of_slot(slot)
+    target = next(n for n in redis_cluster.masters() if n.port != source.port)
+    with source.client() as src, target.client() as dst:
+        source_id, target_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", k.coupon(first))
+        try:
+            before = src.zcard(k.available(STANDARD))
+            # The source sends it to the target (ASK), which refuses it (TRYAGAIN): it lacks the guard.
+            with pytest.raises((AskError, TryAgainError)):
+                await sharded._allocate_in(k, "alice", STANDARD, None, 0.3)
+            with pytest.raises((AskError, TryAgainError)):
+                await sharded._run(sharded.scripts.allocate, [k.available(STANDARD)], [], False, 0.3)
+            assert src.zcard(k.available(STANDARD)) == before
+            with pytest.raises(AskError):  # nothing written where it no longer is: ask the target
+                src.exists(k.coupon(first))
+            with dst.pipeline(transaction=False) as ask:  # and the target refuses it too
+                ask.execute_command("ASKING")
+                ask.evalsha(sharded.scripts.allocate.sha, 2, f"{k.tag}:guard", k.available(STANDARD))
+                with pytest.raises(TryAgainError):
+                    ask.execute()
+            # Unkeyed, an allocation passes the moving shard over.
+            assert sharded.layout.home((await sharded.allocate("alice", STANDARD)).code) is not k
+        finally:  # finish the move, as redis-cli would
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            for node in redis_cluster.masters():
+                with node.client() as c:
+                    c.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+    redis_cluster.wait_healthy()
+    got = [(await sharded.allocate("bob", STANDARD)).code for _ in range(39)]
+    assert first in got
+    assert (await check(sharded.redis, sharded.layout)).violations == []
 
 
 async def test_each_master_serves_a_third_of_the_allocations(sharded: Store, redis_cluster: Cluster) -> None:
@@ -484,14 +528,21 @@ async def test_slots_moved_while_allocating_lose_nothing(fresh_cluster: Cluster)
         count = sorted(by_master[source])[1] - first_slot + 1
         target = next(o for o in ports if o != source)
 
+        moved: list[float] = []
+
         def reshard() -> None:
+            moved.append(time.monotonic())
             subprocess.run(
                 ["redis-cli", "--cluster", "reshard", fresh_cluster.url.split("//")[1].split("/")[0],
                  "--cluster-from", source, "--cluster-to", target, "--cluster-slots", str(count),
-                 "--cluster-yes"], check=True, capture_output=True, timeout=120,
+                 "--cluster-yes", "--cluster-pipeline", "1"], check=True, capture_output=True, timeout=120,
             )  # fmt: skip
+            moved.append(time.monotonic())
 
         load = await _load_while(server.url, reshard, before_s=1, after_s=1.5)
+        moving = [r for r in load.results if moved[0] <= r[0] <= moved[1]]
+        print(f"\n{count} slots (2 shards) moved in {moved[1] - moved[0]:.2f} s, {len(moving)} allocations "
+              f"meanwhile; {len(load.results)} in all: {load.errors or 'all 201'}")  # fmt: skip
         assert load.statuses() == {201}, load.errors
         assert fresh_cluster.master_of_slot(sorted(by_master[source])[1]).port == ports[target]  # it moved
     finally:
