@@ -5,7 +5,9 @@
 #  2. the image: built, no wheels or build leftovers in it, healthy on a PORT of its own;
 #  3. compose with .env.example's placeholders: the preflight refuses once, the app never starts;
 #  4. compose with real secrets: upload, allocate, redeem with keys; 401 without; published on
-#     loopback only; then down -v.
+#     loopback only; then down -v;
+#  5. docker-compose.cluster.yml: six Redis nodes formed into a cluster, the service on it
+#     with 16 shards: upload (a MEGADEAL coupon too), allocate, redeem; then down -v.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 setup=${DOCKER_SETUP:-../shared/docker-local/setup.sh}
@@ -20,6 +22,7 @@ envfile="$work/real.env"
 cleanup() {
   docker-compose -p cpsmoke --env-file "$envfile" down -v --remove-orphans >/dev/null 2>&1 || true
   docker-compose -p cpsmoke --env-file .env.example down -v --remove-orphans >/dev/null 2>&1 || true
+  docker-compose -p cpsmokecl -f docker-compose.cluster.yml --env-file "$envfile" down -v --remove-orphans >/dev/null 2>&1 || true
   docker rm -f cpsmoke-port >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -28,6 +31,7 @@ trap cleanup EXIT
 say "1. lint"
 .venv/bin/hadolint Dockerfile
 docker-compose --env-file .env.example config -q
+docker-compose -f docker-compose.cluster.yml --env-file .env.example config -q
 
 say "2. the image"
 started=$(date +%s)
@@ -78,4 +82,22 @@ grep -q '"used":1' "$work/body"
 published=$(docker port cpsmoke_app_1 8080)
 [ "$published" = "127.0.0.1:18080" ] || { echo "docker-test: published on $published, not loopback" >&2; exit 1; }
 say "   upload, allocate, redeem, stats with keys; 401 without; published on $published"
+compose down -v >/dev/null 2>&1
+
+say "5. compose on a Redis Cluster"
+echo "COUPON_POOL_CLUSTER_PUBLISH=127.0.0.1:18081" >>"$envfile"
+cluster() { docker-compose -p cpsmokecl -f docker-compose.cluster.yml --env-file "$envfile" "$@"; }
+cluster up -d --build >"$work/cluster.log" 2>&1 || { cat "$work/cluster.log"; exit 1; }
+for _ in $(seq 90); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 1; done
+expect "$(api -X POST http://127.0.0.1:18081/v1/coupons -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+  -d '{"coupons":[{"code":"CL-1","discount":{"kind":"flat","value":"5"},"expires_at":"2099-01-01T00:00:00Z"},
+  {"code":"CL-M","type":"MEGADEAL","discount":{"kind":"flat","value":"5"},"expires_at":"2099-01-01T00:00:00Z"}]}')" 201 "cluster upload"
+expect "$(api -X POST http://127.0.0.1:18081/v1/allocations -H "Authorization: Bearer $client" -H 'Content-Type: application/json' \
+  -d '{"user_id":"u","type":"MEGADEAL"}')" 201 "cluster MEGADEAL allocation"
+expect "$(api -X POST http://127.0.0.1:18081/v1/allocations -H "Authorization: Bearer $client" -H 'Content-Type: application/json' \
+  -d '{"user_id":"u"}')" 201 "cluster allocation"
+expect "$(api -X POST http://127.0.0.1:18081/v1/redemptions -H "Authorization: Bearer $client" -H 'Content-Type: application/json' \
+  -d '{"code":"CL-1","user_id":"u"}')" 201 "cluster redemption"
+cluster exec -T node-1 redis-cli cluster info | grep -q cluster_state:ok
+say "   six nodes, the cluster formed; upload, MEGADEAL and STANDARD allocations, redemption"
 say "passed"

@@ -238,14 +238,14 @@ async def test_each_master_serves_a_third_of_the_allocations(sharded: Store, red
     for node in masters:
         with node.client() as c:
             c.config_resetstat()
-    await asyncio.gather(*(_allocate_many(sharded, f"u{w}", 300) for w in range(10)))
+    await asyncio.gather(*(_allocate_many(sharded, f"u{w}", 300) for w in range(30)))
     calls = {}
     for node in masters:
         with node.client() as c:
             calls[node.port] = int(c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
     shares = {port: n / sum(calls.values()) for port, n in calls.items()}
     print(f"\nallocations per master: {calls}")
-    assert sum(calls.values()) == 3000
+    assert sum(calls.values()) == 9000
     for share in shares.values():
         assert abs(share - 1 / 3) <= 0.1 / 3, shares  # within ±10% of a third
 
