@@ -80,7 +80,7 @@ def _at_least_0(value: int) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
 
-MAX_POOL_SHARDS = 1024
+MAX_POOL_SHARDS = 256  # a read across the pool (stats, a user's coupons) costs a call per slot
 
 
 def _shards(value: int) -> str | None:

@@ -316,6 +316,9 @@ async def test_the_service_over_http_on_a_cluster(redis_cluster: Cluster) -> Non
             assert stats["totals"]["used"] == 1
             assert (await http.get("/v1/users/u0/coupons")).json()["coupons"][0]["code"] == "M1"
             assert (await http.get("/readyz")).status_code == 200
+            assert (await http.get("/v1/megadeal")).json()["admitted_last_second"] == 1
+            metrics = (await http.get("/metrics")).text
+            assert 'coupon_pool_coupons_allocated_total{type="STANDARD"} 20.0' in metrics
     finally:
         server.stop()
     done = _check_cli(redis_cluster)

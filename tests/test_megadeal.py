@@ -7,14 +7,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer
+from conftest import CLUSTER_SHARDS, LiveServer, RedisServer, cluster_client
 from factories import coupon
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from coupon_pool.app import create_app
@@ -29,24 +31,46 @@ MakeGate = Callable[..., Awaitable[MegadealGate]]
 HIGH_WATER = "{cp}:mega:hwm"
 
 
-@pytest.fixture
-async def make_gate(redis_server: RedisServer, redis: Redis) -> AsyncIterator[MakeGate]:
-    """MEGADEAL gates with limits of the test's choosing, on the flushed real Redis."""
+@asynccontextmanager
+async def gates(connect: Callable[[], Redis], shards: int) -> AsyncIterator[MakeGate]:
     clients: list[Redis] = []
 
     async def make(coupons: int = 300, **limits: float) -> MegadealGate:
-        client, blocking = (Redis.from_url(redis_server.url, decode_responses=True) for _ in range(2))
+        client, blocking = connect(), connect()
         clients.extend((client, blocking))
         gate = MegadealGate(client, Keys("cp"), MegadealLimits(**limits), blocking_redis=blocking)  # type: ignore[arg-type]
-        store = Store(client, Keys("cp"))
+        store = Store(client, Keys("cp"), shards=shards)
         await store.load_scripts()
-        if coupons and not await redis.exists("{cp}:avail:MEGADEAL"):
+        if coupons and not await client.exists("{cp}:avail:MEGADEAL"):
             await store.upload([coupon(f"MEGA-{i:04d}", type="MEGADEAL") for i in range(coupons)])
         return gate
 
     yield make
     for client in clients:
         await client.aclose()
+
+
+@pytest.fixture
+async def make_gate(redis_server: RedisServer, redis: Redis) -> AsyncIterator[MakeGate]:
+    """MEGADEAL gates with limits of the test's choosing, on the flushed real Redis."""
+    async with gates(lambda: Redis.from_url(redis_server.url, decode_responses=True), 1) as make:
+        yield make
+
+
+@pytest.fixture(params=["redis-server", "cluster"])
+async def make_any_gate(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[MakeGate]:
+    """The same, and again on the real Redis Cluster with the pool in CLUSTER_SHARDS shards
+    (the gate and the MEGADEAL coupons in the main slot, their codes claimed in shards)."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        async with gates(lambda: cluster_client(cluster), CLUSTER_SHARDS) as make:
+            yield make
+    else:
+        with SyncRedis.from_url(redis_server.url) as flushing:
+            flushing.flushall()
+        async with gates(lambda: Redis.from_url(redis_server.url, decode_responses=True), 1) as make:
+            yield make
 
 
 def max_in_rolling_second(times: Sequence[datetime]) -> int:
@@ -63,8 +87,8 @@ async def allocate_timed(gate: MegadealGate, user: str, start: float) -> tuple[A
     return result, time.monotonic() - start
 
 
-async def test_concurrent_slots_never_exceed_the_limit(make_gate: MakeGate, redis: Redis) -> None:
-    gate = await make_gate(max_concurrent=3, rate_per_s=1000)
+async def test_concurrent_slots_never_exceed_the_limit(make_any_gate: MakeGate) -> None:
+    gate = await make_any_gate(max_concurrent=3, rate_per_s=1000)
     inside = peak = 0
 
     async def hold(user: str) -> None:
@@ -77,11 +101,11 @@ async def test_concurrent_slots_never_exceed_the_limit(make_gate: MakeGate, redi
 
     await asyncio.gather(*(hold(f"u{i}") for i in range(15)))
     assert peak == 3
-    assert await redis.get(HIGH_WATER) == "3"
+    assert await gate.redis.get(HIGH_WATER) == "3"
 
 
-async def test_no_rolling_second_holds_more_allocations_than_the_rate(make_gate: MakeGate) -> None:
-    gate = await make_gate(rate_per_s=5, max_wait_s=2.5)
+async def test_no_rolling_second_holds_more_allocations_than_the_rate(make_any_gate: MakeGate) -> None:
+    gate = await make_any_gate(rate_per_s=5, max_wait_s=2.5)
     start = time.monotonic()
     results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(30)))
     served = [r for r, _ in results if isinstance(r, Allocation)]
@@ -90,8 +114,8 @@ async def test_no_rolling_second_holds_more_allocations_than_the_rate(make_gate:
     assert len({a.code for a in served}) == len(served)
 
 
-async def test_a_waiter_gives_up_at_the_wait_cap(make_gate: MakeGate) -> None:
-    gate = await make_gate(rate_per_s=1, max_wait_s=1.0)
+async def test_a_waiter_gives_up_at_the_wait_cap(make_any_gate: MakeGate) -> None:
+    gate = await make_any_gate(rate_per_s=1, max_wait_s=1.0)
     start = time.monotonic()
     results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(6)))
     failed = [elapsed for r, elapsed in results if isinstance(r, MegadealBusy)]
@@ -115,8 +139,8 @@ async def test_busy_is_429_with_retry_after(settings: Settings, redis: Redis, ma
     assert int(busy[0].headers["retry-after"]) >= 1
 
 
-async def test_waiters_are_served_in_arrival_order(make_gate: MakeGate) -> None:
-    gate = await make_gate(rate_per_s=2, max_wait_s=6)
+async def test_waiters_are_served_in_arrival_order(make_any_gate: MakeGate) -> None:
+    gate = await make_any_gate(rate_per_s=2, max_wait_s=6)
     start = time.monotonic()
     tasks = []
     for i in range(8):
@@ -128,16 +152,16 @@ async def test_waiters_are_served_in_arrival_order(make_gate: MakeGate) -> None:
     assert [a.user_id for a in order] == [f"u{i}" for i in range(8)]  # type: ignore[union-attr]
 
 
-async def test_an_empty_megadeal_pool_answers_at_once(make_gate: MakeGate) -> None:
-    gate = await make_gate(coupons=0, rate_per_s=1)
+async def test_an_empty_megadeal_pool_answers_at_once(make_any_gate: MakeGate) -> None:
+    gate = await make_any_gate(coupons=0, rate_per_s=1)
     start = time.monotonic()
     results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(20)))
     assert all(isinstance(r, PoolEmpty) for r, _ in results)
     assert max(elapsed for _, elapsed in results) < 1.0  # no queueing (the cap here is 10 s)
 
 
-async def test_waiters_learn_the_pool_ran_dry_without_waiting_out_the_cap(make_gate: MakeGate) -> None:
-    gate = await make_gate(coupons=3, rate_per_s=2)
+async def test_waiters_learn_the_pool_ran_dry_without_waiting_out_the_cap(make_any_gate: MakeGate) -> None:
+    gate = await make_any_gate(coupons=3, rate_per_s=2)
     start = time.monotonic()
     results = await asyncio.gather(*(allocate_timed(gate, f"u{i}", start) for i in range(6)))
     outcome = Counter(type(r).__name__ for r, _ in results)
@@ -165,8 +189,10 @@ async def test_slots_of_a_killed_process_come_back_after_the_lease(
     assert waited <= 1.5 + 0.5  # the lease, plus at most one heartbeat's rounding
 
 
-async def test_the_status_counts_held_slots_and_admissions_of_the_last_second(make_gate: MakeGate) -> None:
-    gate = await make_gate(max_concurrent=3, rate_per_s=100)
+async def test_the_status_counts_held_slots_and_admissions_of_the_last_second(
+    make_any_gate: MakeGate,
+) -> None:
+    gate = await make_any_gate(max_concurrent=3, rate_per_s=100)
     async with gate.slot("holder"):
         for user in ("a", "b"):
             await gate.allocate(user)

@@ -17,6 +17,12 @@ def test_defaults_apply_when_nothing_is_set() -> None:
     assert Settings.from_env({}) == Settings()
 
 
+def test_the_cluster_settings_are_read() -> None:
+    settings = Settings.from_env({"REDIS_CLUSTER": "true", "POOL_SHARDS": "16", "REDIS_WAIT_REPLICAS": "1"})
+    assert (settings.redis_cluster, settings.pool_shards, settings.redis_wait_replicas) == (True, 16, 1)
+    assert Settings.from_env({"REDIS_CLUSTER": "0"}).redis_cluster is False
+
+
 def test_environment_overrides_defaults() -> None:
     settings = Settings.from_env({"REDIS_URL": "redis://r:1/2", "PORT": "9000", "KEY_NAMESPACE": "pool-b"})
     assert (settings.redis_url, settings.port, settings.key_namespace) == ("redis://r:1/2", 9000, "pool-b")
@@ -29,6 +35,11 @@ def test_environment_overrides_defaults() -> None:
         ({"UPLOAD_CHUNK_SIZE": "0"}, "UPLOAD_CHUNK_SIZE: must be at least 1"),
         ({"KEY_NAMESPACE": "a}b"}, "KEY_NAMESPACE"),
         ({"REDIS_TIMEOUT_S": "-1"}, "REDIS_TIMEOUT_S"),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER must be 1 or 0"),
+        ({"POOL_SHARDS": "0"}, "POOL_SHARDS: must be 1 to 256"),
+        ({"POOL_SHARDS": "257"}, "POOL_SHARDS: must be 1 to 256"),
+        ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS: must be 0 or more"),
+        ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS: must be at least 1"),
     ],
 )
 def test_bad_values_are_refused_at_start_up(env: dict[str, str], message: str) -> None:
