@@ -53,13 +53,17 @@ class Idempotency:
             stored: list[Any] = orjson.loads(reply[1])
             return stored
         if status == "idempotency_key_reused":
-            raise IdempotencyKeyReused(
-                f"this {HEADER} was first used with another request (method, path or body); "
-                "use a new key for a new request"
-            )
+            raise reused()
         if status == "idempotency_key_in_progress":
             raise in_progress(int(reply[1]))
         return reply
+
+
+def reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        f"this {HEADER} was first used with another request (method, path or body); "
+        "use a new key for a new request"
+    )
 
 
 def in_progress(lease_ms: int) -> IdempotencyKeyInProgress:

@@ -69,6 +69,11 @@ class Keys:
         """The record of an Idempotency-Key: ``scope`` names the caller, the digest the key."""
         return f"{self.idempotency_prefix}{scope}:{key_digest}"
 
+    def key_claim(self, record: str) -> str:
+        """In a sharded pool, the claim of an Idempotency-Key in its own shard: the request's
+        fingerprint, so the key is refused for another request whatever slots each writes."""
+        return f"{self.tag}:idemkey:" + record[record.index(":idem:") + 6 :]
+
     def record_here(self, record: str) -> str:
         """The same Idempotency-Key's record in this slot (``record``: another slot's)."""
         return self.idempotency_prefix + record[record.index(":idem:") + 6 :]

@@ -13,10 +13,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from .autopipeline import AutoPipeline
 from .connection import PROCESS_PREFIX, connect, process_name
@@ -32,6 +32,9 @@ from .store import ALLOCATE_DETAIL, allocation, raise_if_error
 log = logging.getLogger("coupon_pool.megadeal")
 Gone = Callable[[], Awaitable[object]]  # completes when the caller has gone away
 
+# What a wait's connection to one node of a cluster takes from the cluster client's.
+_NODE_CONNECTION = ("username", "password", "socket_timeout", "socket_connect_timeout", "decode_responses",
+                    "client_name", "encoding", "encoding_errors", "health_check_interval")  # fmt: skip
 WINDOW_MS = 1000  # the rate limit is per rolling second
 HEARTBEAT_MS = 1000  # a waiter calls Redis again at least this often
 WAKE_KEEP_MS = 2000  # a wake-up waits this long for its waiter
@@ -86,6 +89,7 @@ class MegadealGate:
             keys.megadeal_window,
         ]
         self.waiting = 0  # in this process
+        self._node: tuple[str, Redis] | None = None  # on a cluster: the waits' client (see _woken)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis) -> MegadealGate:
@@ -106,6 +110,7 @@ class MegadealGate:
         )
 
     async def aclose(self) -> None:
+        await self._drop_node_client()
         if self.blocking_redis is not self.redis:
             await self.blocking_redis.aclose()
 
@@ -202,7 +207,7 @@ class MegadealGate:
                 if waiting.reason == "rate":
                     pause: Awaitable[Any] = asyncio.sleep(wait)  # the window opens at a known moment
                 else:
-                    pause = self.blocking_redis.blpop([self.keys.megadeal_wake(ticket)], timeout=wait)
+                    pause = self._woken(ticket, wait)
                 await self._pause(pause, watch)
         except BaseException:
             if ticket:
@@ -212,6 +217,46 @@ class MegadealGate:
             self.waiting -= 1
             if watch is not None:
                 watch.cancel()
+
+    async def _woken(self, ticket: str, wait: float) -> None:
+        """Until a wake-up for ``ticket`` or ``wait`` seconds, whichever comes first.
+
+        On a cluster the wait blocks on a connection of its own to the master of the gate's
+        slot (redis-py's cluster client, when one blocked call times out, disconnects the
+        node's other connections under the calls still on them). If that master has changed
+        (MOVED, a failover) the wait ends at once: the waiter asks the gate again, through
+        the cluster client, and the next wait finds the new master.
+        """
+        key = self.keys.megadeal_wake(ticket)
+        if not isinstance(self.blocking_redis, RedisCluster):
+            await self.blocking_redis.blpop([key], timeout=wait)
+            return
+        try:
+            await (await self._node_client()).blpop([key], timeout=wait)
+        except (RedisError, RedisClusterException):
+            await self._drop_node_client()
+
+    async def _node_client(self) -> Redis:
+        cluster = cast(RedisCluster, self.blocking_redis)
+        await cluster.initialize()
+        node = cluster.get_node_from_key(self.keys.megadeal_queue)
+        if node is None:
+            raise RedisClusterException("no node serves the gate's slot")
+        if self._node is None or self._node[0] != node.name:
+            await self._drop_node_client()
+            given = cluster.get_connection_kwargs()
+            kwargs: dict[str, Any] = {k: given[k] for k in _NODE_CONNECTION if given.get(k) is not None}
+            pool = ConnectionPool(
+                host=node.host, port=node.port, max_connections=self.limits.max_waiters, **kwargs
+            )
+            self._node = (node.name, Redis(connection_pool=pool))
+        return self._node[1]
+
+    async def _drop_node_client(self) -> None:
+        if self._node is not None:
+            client, self._node = self._node[1], None
+            with suppress(RedisError):
+                await client.aclose()
 
     @staticmethod
     async def _pause(pause: Awaitable[Any], watch: asyncio.Future[Any] | None) -> None:

@@ -45,6 +45,7 @@ async def allocate(call: Call, body: AllocationRequest) -> Allocation:
     the one expiring first. MEGADEAL requests pass the MEGADEAL gate first (and may wait)."""
     call.note(type=body.type, user_id=body.user_id)
     if body.type is CouponType.MEGADEAL:
+        await call.store.claim_key(call.idempotency)  # the gate keeps its records in the main slot
         allocation = await call.gate.allocate(
             body.user_id, started=call.started, gone=call.gone, idem=call.idempotency
         )

@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from .autopipeline import NOT_RUN, AutoPipeline
 from .connection import NotSent, connect
 from .errors import BY_CODE, CouponNotFound, StoreFull
-from .idempotency import Idempotency, in_progress, record_args, unwrap
+from .idempotency import Idempotency, in_progress, record_args, reused, unwrap
 from .keys import CouponField, Keys, Layout
 from .models import MAX_LISTED_HOLDERS, CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
 from .results import (
@@ -197,6 +197,22 @@ class Store:
                 f"has data)"
             )
 
+    async def claim_key(self, idem: Idempotency | None) -> None:
+        """Refuse (422) an Idempotency-Key first sent with another request, in a sharded pool.
+
+        There each operation keeps its records in the slots it writes, so two requests may
+        share no slot; the key is claimed in a shard of its own with the request's
+        fingerprint (SET NX GET, kept as long as the records). With one shard the records
+        themselves tell (the scripts' idem_lookup).
+        """
+        if idem is None or not self.layout.sharded:
+            return
+        shards = self.layout.shards
+        claim = shards[zlib.crc32(idem.record.encode()) % len(shards)].key_claim(idem.record)
+        first = await self.redis.set(claim, idem.fingerprint, nx=True, get=True, px=idem.ttl_ms)
+        if first is not None and first != idem.fingerprint:
+            raise reused()
+
     async def upload(self, coupons: Sequence[CouponIn], idem: Idempotency | None = None) -> UploadResult:
         """Store new coupons in chunks, one script call each, so Redis serves others in between.
 
@@ -207,6 +223,7 @@ class Store:
         (in its slot's copy of the record): a retry after a partial failure stores only the
         chunks not recorded yet, and answers what one complete upload would have.
         """
+        await self.claim_key(idem)
         owner = uuid.uuid4().hex[:16]
         chunk_size = self.upload_chunk_size
         groups = self._upload_groups(coupons)
@@ -350,6 +367,7 @@ class Store:
             raise ValueError(
                 "MEGADEAL allocations go through MegadealGate.allocate, which applies the limits"
             )
+        await self.claim_key(idem)
         shards = self.layout.shards
         first = zlib.crc32(idem.record.encode()) % len(shards) if idem else self._first_shard()
         unreachable: Exception | None = None
@@ -457,6 +475,7 @@ class Store:
         idem: Idempotency | None,
     ) -> list[Any]:
         """Run redeem.lua or rollback.lua: same keys, same arguments, same checks."""
+        await self.claim_key(idem)
         record, extra = record_args(idem)
         for k in self._slots_of(code, coupon_type):
             a = self._slot[k.tag]
@@ -479,6 +498,7 @@ class Store:
         self, code: str, user_id: str, coupon_type: CouponType | None, idem: Idempotency | None = None
     ) -> Release:
         """Give the user's unredeemed allocation of ``code`` back to the pool."""
+        await self.claim_key(idem)
         record, extra = record_args(idem)
         for k in self._slots_of(code, coupon_type):
             per_type = [

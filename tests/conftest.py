@@ -145,9 +145,35 @@ def settings(redis_server: RedisServer) -> Settings:
     return Settings(redis_url=redis_server.url)
 
 
+# The fixtures a test may use to look at Redis directly: its API tests then run on the
+# single Redis only (they read the layout of one slot).
+_SINGLE_REDIS_FIXTURES = {"redis", "settings", "store"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses only the API (``client``) runs against the single Redis and again
+    against the cluster, with the pool in CLUSTER_SHARDS shards."""
+    if "client" in metafunc.fixturenames:
+        on_cluster = not _SINGLE_REDIS_FIXTURES & set(metafunc.fixturenames)
+        on_cluster = on_cluster and metafunc.definition.get_closest_marker("one_slot") is None
+        metafunc.parametrize(
+            "client", ["redis-server", "cluster"] if on_cluster else ["redis-server"], indirect=True
+        )
+
+
 @pytest.fixture
-async def client(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in-process, with its lifespan run, on a flushed real Redis."""
+async def client(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process, with its lifespan run, on a flushed real Redis (or Redis Cluster)."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        settings = Settings(redis_url=cluster.url, redis_cluster=True, pool_shards=CLUSTER_SHARDS)
+    else:
+        with SyncRedis.from_url(redis_server.url) as flushing:
+            flushing.flushall()
+        settings = Settings(redis_url=redis_server.url)
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),

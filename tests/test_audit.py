@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from factories import coupon, coupon_json, expired_coupon
 from redis.asyncio import Redis
 
@@ -67,6 +68,7 @@ async def test_a_large_upload_writes_one_entry_per_chunk_under_one_upload_id(red
     assert sum(x["created"] for x in extras) == 250
 
 
+@pytest.mark.one_slot  # one upload entry for the five coupons; sharded, one per shard they fall in
 async def test_audit_pages_follow_on_with_after(client: httpx.AsyncClient) -> None:
     await client.post("/v1/coupons", json={"coupons": [coupon_json(f"P{i}") for i in range(5)]})
     for i in range(5):

@@ -73,6 +73,7 @@ async def test_the_published_discount_schema_accepts_exactly_what_the_service_ac
     assert disagree == []
 
 
+@pytest.mark.one_slot  # allocated in expiry order; sharded, in expiry order within each shard
 async def test_a_whole_percent_sent_with_decimals_comes_back_as_an_integer(client: httpx.AsyncClient) -> None:
     coupons = [
         coupon_json("P100", discount={"kind": "percent", "value": "100.00"}),
