@@ -150,6 +150,14 @@ def settings(redis_server: RedisServer) -> Settings:
 _SINGLE_REDIS_FIXTURES = {"redis", "settings", "store"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "one_slot: an API test whose assertions hold for a pool in one slot only "
+        "(sharded pools have tests of their own in test_cluster.py)",
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that uses only the API (``client``) runs against the single Redis and again
     against the cluster, with the pool in CLUSTER_SHARDS shards."""
