@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -69,8 +69,11 @@ class AutoPipeline:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         retry_for_s: float = 2.0,
+        keys_of: Callable[[Sequence[str | bytes]], Sequence[str | bytes]] | None = None,
     ) -> None:
+        """``keys_of``: what a call's keys become before they are sent (scripts.guarded)."""
         self.redis = redis
+        self.keys_of = keys_of
         self.cluster: RedisCluster | None = redis if isinstance(redis, RedisCluster) else None
         self.max_batch = max_batch
         self.wait_replicas = wait_replicas
@@ -101,6 +104,8 @@ class AutoPipeline:
         after a connection failure. ``retry_for_s``: how long a call the cluster did not run
         is sent again (default: the pipeline's); a MOVED is always followed.
         """
+        if self.keys_of is not None:
+            keys = self.keys_of(keys)
         if self.cluster is None:
             return await self._queue(script, keys, args, idempotent)
         deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)

@@ -68,7 +68,9 @@ class MegadealGate:
 
         Its keys and the MEGADEAL coupons are in the pool's main slot (``keys``)."""
         self.redis = redis
-        self._calls = AutoPipeline(redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
+        self._calls = AutoPipeline(
+            redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms, keys_of=guarded
+        )
         self.audit_max_len = audit_max_len
         self.max_allocations_per_user = max_allocations_per_user
         self.blocking_redis = blocking_redis or redis
@@ -185,7 +187,7 @@ class MegadealGate:
                 waited_ms = int((time.perf_counter() - started) * 1000)
                 keys, args = self._enter_call(user_id, ticket, waited_ms, idem)
                 # Called again with its ticket, the script repeats nothing: safe to resend.
-                reply = await self._calls.run(self._enter, guarded(keys), args, bool(ticket))
+                reply = await self._calls.run(self._enter, keys, args, bool(ticket))
                 if idem:
                     reply = idem.unwrap(reply)
                     if idem.replayed:
@@ -298,13 +300,13 @@ class MegadealGate:
             max_number, self.keys.megadeal_wake_prefix, lim.max_concurrent, lim.rate_per_s, WINDOW_MS,
             WAKE_KEEP_MS, *sorted(owners),
         ]  # fmt: skip
-        return int(await self._calls.run(self._forget, guarded(self._leave_keys), args))
+        return int(await self._calls.run(self._forget, self._leave_keys, args))
 
     async def _leave_quietly(self, ticket: str, idem: Idempotency | None = None) -> None:
         # When Redis is unreachable the lease and the waiter's deadline free the place instead.
         try:
             keys = self._leave_keys + record_args(idem)[0]
-            await self._calls.run(self._leave, guarded(keys), self._leave_args(ticket))
+            await self._calls.run(self._leave, keys, self._leave_args(ticket))
         except RedisError as exc:
             log.warning("could not leave the MEGADEAL gate (ticket %s): %s", ticket, exc)
 

@@ -9,14 +9,13 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 
 from .autopipeline import NOT_RUN, AutoPipeline
@@ -124,8 +123,13 @@ class Store:
         self.max_allocations_per_user = max_allocations_per_user
         # Every script call goes through it: a pipeline per event-loop turn and node.
         self._hot = AutoPipeline(
-            redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms, retry_for_s=retry_for_s
+            redis,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            retry_for_s=retry_for_s,
+            keys_of=guarded,
         )
+        self._run = self._hot.run
         self._slot = {k.tag: _SlotArgs(k) for k in self.layout.slots}
         self._audit_cap = str(audit_max_len).encode()
         self._type_names = {t: t.value.encode() for t in CouponType}
@@ -133,17 +137,6 @@ class Store:
         self._types_spaced = " ".join(_TYPES)
         self._by_master: list[list[int]] = []
         self._by_master_at = -math.inf
-
-    def _run(
-        self,
-        script: AsyncScript,
-        keys: Sequence[str | bytes],
-        args: Sequence[Any],
-        idempotent: bool = False,
-        retry_for_s: float | None = None,
-    ) -> Awaitable[Any]:
-        """A script's reply, through the pipeline of its slot's node (keys[0] names the slot)."""
-        return self._hot.run(script, guarded(keys), args, idempotent, retry_for_s)
 
     @classmethod
     def from_settings(cls, settings: Settings, max_connections: int | None = None) -> Store:
