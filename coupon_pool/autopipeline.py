@@ -207,16 +207,14 @@ class AutoPipeline:
                 raise NotSent(f"all connections to {node.name} are busy") from exc
         try:
             packed = pack(calls)
+            if self.wait_replicas:
+                packed += self._wait
             if node is None:
-                await connection.send_packed_command(
-                    packed + self._wait if self.wait_replicas else packed, False
-                )
+                await connection.send_packed_command(packed, False)
             else:  # RedisCluster makes its own connections, not connection.CheckedConnection
                 try:
                     await node.disconnect_if_needed(connection)
-                    await connection.send_packed_command(
-                        packed + self._wait if self.wait_replicas else packed, False
-                    )
+                    await connection.send_packed_command(packed, False)
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     raise NotSent(f"not sent to {node.name}: {exc}") from exc
             replies: list[Any] = []

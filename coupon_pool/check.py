@@ -96,8 +96,8 @@ async def _check_claims(redis: Redis, layout: Layout, report: Report) -> None:
     codes = [_text(c) for c in cast(list[str], await redis.zrange(mega, 0, -1))]
     codes += [_text(c) for c in cast(list[str], await redis.zrange(main.exhausted, 0, -1))]
     for code in codes:
-        fields = await redis.hmget(main.coupon(code), ["type", "exp"])
-        if fields[0] is None or _text(fields[0]) != CouponType.MEGADEAL.value:
+        found_type = await redis.hget(main.coupon(code), "type")
+        if found_type is None or _text(found_type) != CouponType.MEGADEAL.value:
             continue
         home = layout.home(code)
         line = await redis.hget(home.megadeal_claims, code)

@@ -11,7 +11,7 @@ import asyncio
 import os
 import select
 import uuid
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
@@ -21,8 +21,6 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .settings import Settings
-
-T = TypeVar("T")
 
 
 class NotSent(RedisConnectionError):

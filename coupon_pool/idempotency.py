@@ -17,11 +17,14 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import IdempotencyKeyInProgress, IdempotencyKeyReused
+
+if TYPE_CHECKING:
+    from .keys import Keys
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -78,9 +81,14 @@ def unwrap(idem: Idempotency | None, reply: list[Any]) -> list[Any]:
     return idem.unwrap(reply) if idem else reply
 
 
-def record_args(idem: Idempotency | None) -> tuple[list[str], list[str | int]]:
-    """The KEYS and ARGV a script takes at its end for a keyed call; nothing without a key."""
-    return ([idem.record], [idem.fingerprint, idem.ttl_ms]) if idem else ([], [])
+def record_args(idem: Idempotency | None, where: Keys | None = None) -> tuple[list[str], list[str | int]]:
+    """The KEYS and ARGV a script takes at its end for a keyed call; nothing without a key.
+
+    ``where``: the slot the call runs in (its record is kept there); else the main slot's.
+    """
+    if not idem:
+        return [], []
+    return [where.record_here(idem.record) if where else idem.record], [idem.fingerprint, idem.ttl_ms]
 
 
 def fingerprint(request_line: bytes, body: bytes) -> str:

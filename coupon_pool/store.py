@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -325,7 +325,7 @@ class Store:
                     f"the upload resumes)",
                     created=created,
                 )
-        record = [k.record_here(idem.record)] if idem else []
+        record, _ = record_args(idem, k)
         keys = [k.stats, k.audit, *k.all_available(), k.megadeal_claims, *record]
         head: list[str | int] = [
             k.coupon_prefix, self.audit_max_len, upload_id, part, self._types_spaced, owner, UPLOAD_LEASE_MS,
@@ -388,9 +388,7 @@ class Store:
         self, k: Keys, user_id: str, coupon_type: CouponType, idem: Idempotency | None, wait: float | None
     ) -> list[Any]:
         a = self._slot[k.tag]
-        record, extra = record_args(idem)
-        if record and k is not self.keys:
-            record = [k.record_here(record[0])]
+        record, extra = record_args(idem, k)
         return cast(list[Any], await self._run(
             self.scripts.allocate,
             [*a.allocate[coupon_type], k.held(coupon_type, user_id), k.user_coupons(coupon_type, user_id),
@@ -459,6 +457,25 @@ class Store:
         home = self.layout.home(code)
         return [home] if home is self.keys else [home, self.keys]
 
+    async def _on_coupon(
+        self,
+        code: str,
+        coupon_type: CouponType | None,
+        idem: Idempotency | None,
+        call: Callable[[Keys, list[str], list[str | int]], Awaitable[list[Any]]],
+    ) -> list[Any]:
+        """``call(slot, record keys, record args)`` in each slot coupon ``code`` may be in, until
+        one has it; its reply, or its error raised. Keyed, each slot keeps its own answer."""
+        await self.claim_key(idem)
+        for k in self._slots_of(code, coupon_type):
+            if idem:
+                idem.replayed = False  # the last slot's answer says
+            reply = unwrap(idem, await call(k, *record_args(idem, k)))
+            if reply[0] != "coupon_not_found":
+                break
+        raise_if_error(reply, _USE_DETAIL, code=code)
+        return reply
+
     async def _use(
         self,
         script: Any,
@@ -468,49 +485,37 @@ class Store:
         idem: Idempotency | None,
     ) -> list[Any]:
         """Run redeem.lua or rollback.lua: same keys, same arguments, same checks."""
-        await self.claim_key(idem)
-        record, extra = record_args(idem)
-        for k in self._slots_of(code, coupon_type):
-            a = self._slot[k.tag]
-            here = [k.record_here(record[0])] if record else []
-            if idem:
-                idem.replayed = False
-            reply = unwrap(idem, await self._run(
+        ctype = self._type_names[coupon_type] if coupon_type else b""
+
+        def call(k: Keys, record: list[str], extra: list[str | int]) -> Awaitable[list[Any]]:
+            return self._run(
                 script,
-                [k.coupon(code), *a.stats_audit, *here],
-                [user_id, self._type_names[coupon_type] if coupon_type else b"", code, self._audit_cap,
-                 *extra],
+                [k.coupon(code), *self._slot[k.tag].stats_audit, *record],
+                [user_id, ctype, code, self._audit_cap, *extra],
                 idem is not None,
-            ))  # fmt: skip
-            if reply[0] != "coupon_not_found":
-                break
-        raise_if_error(reply, _USE_DETAIL, code=code)
-        return reply
+            )
+
+        return await self._on_coupon(code, coupon_type, idem, call)
 
     async def release(
         self, code: str, user_id: str, coupon_type: CouponType | None, idem: Idempotency | None = None
     ) -> Release:
         """Give the user's unredeemed allocation of ``code`` back to the pool."""
-        await self.claim_key(idem)
-        record, extra = record_args(idem)
-        for k in self._slots_of(code, coupon_type):
+
+        def call(k: Keys, record: list[str], extra: list[str | int]) -> Awaitable[list[Any]]:
             per_type = [
                 key for t in CouponType
                 for key in (k.available(t), k.draining(t), k.held(t, user_id), k.user_coupons(t, user_id))
             ]  # fmt: skip
-            here = [k.record_here(record[0])] if record else []
-            if idem:
-                idem.replayed = False
-            reply = unwrap(idem, await self._run(
+            return self._run(
                 self.scripts.release,
-                [k.coupon(code), k.exhausted, k.stats, k.audit, *per_type, *here],
+                [k.coupon(code), k.exhausted, k.stats, k.audit, *per_type, *record],
                 [user_id, coupon_type.value if coupon_type else "", code, self.audit_max_len,
                  self._types_spaced, k.tracked_prefix, *extra],
                 idem is not None,
-            ))  # fmt: skip
-            if reply[0] != "coupon_not_found":
-                break
-        raise_if_error(reply, _USE_DETAIL, code=code)
+            )  # fmt: skip
+
+        reply = await self._on_coupon(code, coupon_type, idem, call)
         released = Changed._make(reply[1:])
         return Release(
             code=code,
