@@ -9,7 +9,7 @@ import sys
 
 import uvicorn
 
-from .server import ConnectionLimits, protocol
+from .http.server import ConnectionLimits, protocol
 from .settings import settings_for
 
 SPARE_DESCRIPTORS = 256  # beside the connections: Redis pools, the upload worker, files
@@ -33,19 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Each of these commands has its own options; its modules load only when asked for.
     if argv[:1] == ["bench"]:
-        from .bench.cli import main as bench
+        from .tools.bench.cli import main as bench
 
         return bench(argv[1:])
     if argv[:1] == ["check"]:
-        from .check import main as check
+        from .tools.check import main as check
 
         return check(argv[1:])
     if argv[:1] == ["upload"]:
-        from .upload_command import main as upload
+        from .tools.upload import main as upload
 
         return upload(argv[1:])
     if argv[:1] == ["inspect"]:
-        from .inspect_command import main as inspect
+        from .tools.inspect import main as inspect
 
         return inspect(argv[1:])
     args = parser.parse_args(argv)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         max_connections=connections,
     )
     uvicorn.run(
-        "coupon_pool.app:create_app",
+        "coupon_pool.http.app:create_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,

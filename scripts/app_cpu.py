@@ -24,9 +24,9 @@ import orjson
 import uvloop
 from starlette.applications import Starlette
 
-from coupon_pool.app import create_app
-from coupon_pool.bench.reference import create_reference_app
+from coupon_pool.http.app import create_app
 from coupon_pool.settings import Settings
+from coupon_pool.tools.bench.reference import create_reference_app
 
 CONCURRENCY = 100
 users = itertools.count()

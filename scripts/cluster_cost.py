@@ -29,9 +29,9 @@ from redis.asyncio import Redis, RedisCluster
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster import Cluster, free_cluster_port
 
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
-from coupon_pool.store import Store
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 AT_ONCE = 100
 REPO = Path(__file__).resolve().parent.parent

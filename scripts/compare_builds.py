@@ -87,7 +87,7 @@ def main() -> int:
             for _ in range(args.rounds):
                 for build in ("old", "new"):
                     command = [
-                        PYTHON, "-m", "coupon_pool.bench", args.scenario, "--url", urls[build],
+                        PYTHON, "-m", "coupon_pool.tools.bench", args.scenario, "--url", urls[build],
                         "--redis-url", redis_url, "--reference", "--pipelined-reference",
                         "--duration", str(args.duration), "--json", "--quiet", "--into-existing-pool",
                     ]  # fmt: skip

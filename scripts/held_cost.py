@@ -28,10 +28,10 @@ from datetime import UTC, datetime, timedelta
 from memory_per_coupon import used_memory  # this folder: scripts are run as files
 from redis.asyncio import Redis
 
-from coupon_pool.idempotency import Idempotency, fingerprint
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
-from coupon_pool.store import Store
+from coupon_pool.pool.idempotency import Idempotency, fingerprint
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 AT_ONCE = 100
 PROBES = 2000

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from memory_per_coupon import used_memory  # this folder: scripts are run as files
 from redis.asyncio import Redis
 
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
-from coupon_pool.store import Store
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 BATCH = 1000
 

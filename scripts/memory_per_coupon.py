@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponIn, CouponType, PercentDiscount
-from coupon_pool.store import Store
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 BATCH = 50_000
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
-from coupon_pool.store import Store
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 
 def expired(count: int) -> list[CouponIn]:

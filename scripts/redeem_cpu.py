@@ -22,7 +22,7 @@ import uvloop
 from app_cpu import CONCURRENCY, call  # this folder: scripts are run as files
 from redis.asyncio import Redis
 
-from coupon_pool.app import create_app
+from coupon_pool.http.app import create_app
 from coupon_pool.settings import Settings
 
 

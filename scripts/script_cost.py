@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
-from coupon_pool.autopipeline import AutoPipeline
-from coupon_pool.bench.reference import SCRIPT
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
-from coupon_pool.store import Store
+from coupon_pool.pool.autopipeline import AutoPipeline
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
+from coupon_pool.tools.bench.reference import SCRIPT
 
 NAMESPACE = "script-cost"
 AT_ONCE = 100

@@ -21,10 +21,10 @@ from cluster import Cluster
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis, RedisCluster
 
-from coupon_pool.app import create_app
-from coupon_pool.keys import Keys
+from coupon_pool.http.app import create_app
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 from coupon_pool.settings import Settings
-from coupon_pool.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server")

@@ -13,8 +13,8 @@ from contextlib import AsyncExitStack
 
 from redis.asyncio import Redis
 
-from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealGate
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.settings import MegadealLimits
 
 

@@ -10,7 +10,7 @@ from factories import coupon, coupon_json, expired_coupon
 
 from coupon_pool.errors import PoolEmpty
 from coupon_pool.models import CouponType
-from coupon_pool.store import Store
+from coupon_pool.pool.store import Store
 
 
 async def test_allocation_hands_out_a_coupon_of_the_requested_type(store: Store) -> None:

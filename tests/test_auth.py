@@ -13,8 +13,8 @@ from conftest import RedisServer
 from factories import coupon_json
 from redis.asyncio import Redis
 
-from coupon_pool.app import create_app
-from coupon_pool.auth import key_id
+from coupon_pool.http.app import create_app
+from coupon_pool.http.auth import key_id
 from coupon_pool.settings import Settings, SettingsError
 
 ADMIN = "admin-key-0123456789abcdef"

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from coupon_pool.autopipeline import AutoPipeline
+from coupon_pool.pool.autopipeline import AutoPipeline
 
 ECHO = "if ARGV[1] == 'fail' then return redis.error_reply('failed as asked') end return ARGV[1]"
 COUNT = "return redis.call('INCR', KEYS[1])"

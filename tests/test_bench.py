@@ -19,8 +19,8 @@ import pytest
 import redis
 from conftest import LiveServer, RedisServer
 
-from coupon_pool.bench.cli import RATE_CEILING, mixed_pool, warn_if_failing
 from coupon_pool.models import CouponType
+from coupon_pool.tools.bench.cli import RATE_CEILING, mixed_pool, warn_if_failing
 
 SMALL = ["--requests", "300", "--connections", "20", "--warmup", "0", "--json", "--quiet"]
 LATENCY_KEYS = {"p50", "p95", "p99", "max"}
@@ -42,7 +42,7 @@ def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 def bench(live_server: LiveServer, redis_server: RedisServer, *args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "coupon_pool.bench", *args, "--url", live_server.url,
+        [sys.executable, "-m", "coupon_pool.tools.bench", *args, "--url", live_server.url,
          "--redis-url", redis_server.url],
         capture_output=True, timeout=120, check=False,
     )  # fmt: skip
@@ -127,7 +127,7 @@ def test_megadeal_burst_within_the_rate(live_server: LiveServer, redis_server: R
 
 def test_an_unreachable_service_is_a_clear_error(redis_server: RedisServer) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "coupon_pool.bench", "allocate", "--url", "http://127.0.0.1:9", *SMALL],
+        [sys.executable, "-m", "coupon_pool.tools.bench", "allocate", "--url", "http://127.0.0.1:9", *SMALL],
         capture_output=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 1

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from coupon_pool.bodies import BodyDeadlines
 from coupon_pool.errors import ClientDisconnected, RequestTimeout
+from coupon_pool.http.bodies import BodyDeadlines
 
 SCOPE = {"type": "http", "method": "POST", "path": "/", "headers": []}
 

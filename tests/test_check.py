@@ -15,13 +15,13 @@ from factories import coupon
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from coupon_pool.check import check
 from coupon_pool.errors import CouponError
-from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealGate
 from coupon_pool.models import CouponType
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.megadeal import MegadealGate
+from coupon_pool.pool.store import Store
 from coupon_pool.settings import MegadealLimits
-from coupon_pool.store import Store
+from coupon_pool.tools.check import check
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
 

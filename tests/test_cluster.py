@@ -26,14 +26,14 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import AskError, TryAgainError
 
-from coupon_pool.check import check
-from coupon_pool.connection import NotReplicated
 from coupon_pool.errors import PoolEmpty
-from coupon_pool.idempotency import Idempotency
-from coupon_pool.keys import Keys, Layout
-from coupon_pool.megadeal import MegadealGate
 from coupon_pool.models import CouponType
-from coupon_pool.store import LayoutMismatch, Store
+from coupon_pool.pool.connection import NotReplicated
+from coupon_pool.pool.idempotency import Idempotency
+from coupon_pool.pool.keys import Keys, Layout
+from coupon_pool.pool.megadeal import MegadealGate
+from coupon_pool.pool.store import LayoutMismatch, Store
+from coupon_pool.tools.check import check
 
 FREE, STANDARD, MEGADEAL = CouponType.FREE, CouponType.STANDARD, CouponType.MEGADEAL
 

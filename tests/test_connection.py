@@ -10,7 +10,7 @@ from conftest import RedisServer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from coupon_pool.connection import FairConnectionPool
+from coupon_pool.pool.connection import FairConnectionPool
 
 BUSY_LUA = "local x = 0 for i = 1, 20000 do x = x + i end return x"  # about half a millisecond
 

@@ -19,8 +19,8 @@ import pytest
 from factories import coupon_json
 from pydantic import ValidationError
 
+from coupon_pool.http.routes import OPERATIONS
 from coupon_pool.models import FlatDiscount, PercentDiscount
-from coupon_pool.routes import OPERATIONS
 from coupon_pool.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,8 +28,8 @@ from factories import coupon_json
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
 
-from coupon_pool.check import check
-from coupon_pool.keys import Keys
+from coupon_pool.pool.keys import Keys
+from coupon_pool.tools.check import check
 
 
 def start_pair(tmp_path: Path, *redis_args: str) -> tuple[RedisServer, LiveServer]:

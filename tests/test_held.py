@@ -17,7 +17,7 @@ from factories import coupon
 
 from coupon_pool.errors import NotAllocated, PoolEmpty
 from coupon_pool.models import CouponType
-from coupon_pool.store import Store, to_ms
+from coupon_pool.pool.store import Store, to_ms
 
 STANDARD = CouponType.STANDARD
 

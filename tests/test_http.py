@@ -10,7 +10,7 @@ from conftest import free_port
 from factories import coupon_json
 from pydantic import TypeAdapter
 
-from coupon_pool.app import create_app
+from coupon_pool.http.app import create_app
 from coupon_pool.results import Allocation, Coupon, Problem, Redemption, Stats, UploadResult
 from coupon_pool.settings import Settings
 

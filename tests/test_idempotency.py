@@ -14,14 +14,14 @@ from conftest import LiveServer, RedisServer
 from factories import coupon, coupon_json
 from redis.asyncio import Redis
 
-from coupon_pool.app import create_app
-from coupon_pool.check import check
 from coupon_pool.errors import StoreFull
-from coupon_pool.idempotency import Idempotency, fingerprint
-from coupon_pool.keys import Keys
+from coupon_pool.http.app import create_app
 from coupon_pool.models import CouponType
+from coupon_pool.pool.idempotency import Idempotency, fingerprint
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Memory, Store
 from coupon_pool.settings import Settings
-from coupon_pool.store import Memory, Store
+from coupon_pool.tools.check import check
 
 ADMIN, CLIENT = "admin-key-0123456789abcdef", "client-key-0123456789abcdef"
 

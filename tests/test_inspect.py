@@ -13,8 +13,8 @@ import pytest
 from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
-from coupon_pool.commandline import announce
 from coupon_pool.settings import Settings, redacted
+from coupon_pool.tools.common import announce
 
 
 def inspect(redis_server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,8 @@ from factories import coupon_json
 from rawhttp import read_answer
 from redis.asyncio import Redis
 
-from coupon_pool.app import create_app
-from coupon_pool.bodies import SMALL_BODY_BYTES
+from coupon_pool.http.app import create_app
+from coupon_pool.http.bodies import SMALL_BODY_BYTES
 from coupon_pool.settings import Settings
 
 JSON = {"content-type": "application/json"}

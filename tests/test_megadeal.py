@@ -19,13 +19,13 @@ from factories import coupon
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from coupon_pool.app import create_app
 from coupon_pool.errors import MegadealBusy, PoolEmpty
-from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealGate
+from coupon_pool.http.app import create_app
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.megadeal import MegadealGate
+from coupon_pool.pool.store import Store
 from coupon_pool.results import Allocation
 from coupon_pool.settings import MegadealLimits, Settings
-from coupon_pool.store import Store
 
 MakeGate = Callable[..., Awaitable[MegadealGate]]
 HIGH_WATER = "{cp}:mega:hwm"

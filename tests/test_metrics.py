@@ -10,9 +10,9 @@ from factories import coupon_json
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from coupon_pool.app import create_app
-from coupon_pool.keys import Keys
-from coupon_pool.megadeal import MegadealGate
+from coupon_pool.http.app import create_app
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.settings import MegadealLimits, Settings
 
 

@@ -19,8 +19,8 @@ import pytest
 from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
-from coupon_pool.openapi import openapi_document
-from coupon_pool.routes import OPERATIONS
+from coupon_pool.http.openapi import openapi_document
+from coupon_pool.http.routes import OPERATIONS
 
 ADMIN_KEY = "schemathesis-admin-key-0123456789"
 CLIENT_KEY = "schemathesis-client-key-0123456789"

@@ -8,9 +8,9 @@ from conftest import RedisServer
 from factories import coupon
 from redis.asyncio import Redis
 
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponType
-from coupon_pool.store import Store
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 
 async def test_coupons_allocations_redemptions_and_counters_survive_a_restart(tmp_path: Path) -> None:

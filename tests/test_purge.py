@@ -16,9 +16,9 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from coupon_pool.errors import CouponNotFound, PoolEmpty
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponType
-from coupon_pool.store import Store
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
 

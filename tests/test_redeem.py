@@ -16,7 +16,7 @@ from coupon_pool.errors import (
     TypeMismatch,
 )
 from coupon_pool.models import CouponType
-from coupon_pool.store import Store
+from coupon_pool.pool.store import Store
 
 
 async def test_redeeming_an_allocated_coupon_counts_its_use(store: Store) -> None:

@@ -20,12 +20,12 @@ from factories import coupon, coupon_json
 from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from coupon_pool.connection import connect
-from coupon_pool.idempotency import Idempotency
-from coupon_pool.keys import Keys
 from coupon_pool.models import CouponType
+from coupon_pool.pool.connection import connect
+from coupon_pool.pool.idempotency import Idempotency
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 from coupon_pool.settings import Settings
-from coupon_pool.store import Store
 
 
 def restart(redis: RedisServer, how: str) -> None:

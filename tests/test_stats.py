@@ -6,7 +6,7 @@ import httpx
 from factories import coupon, coupon_json, expired_coupon
 
 from coupon_pool.models import CouponType
-from coupon_pool.store import Store
+from coupon_pool.pool.store import Store
 
 
 async def test_stats_count_created_allocated_used_and_available_per_type(client: httpx.AsyncClient) -> None:

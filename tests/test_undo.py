@@ -11,8 +11,6 @@ import pytest
 from factories import coupon, coupon_json, expired_coupon
 from redis.asyncio import Redis
 
-from coupon_pool.app import create_app
-from coupon_pool.check import check
 from coupon_pool.errors import (
     AlreadyRedeemed,
     CouponExpired,
@@ -21,10 +19,12 @@ from coupon_pool.errors import (
     PoolEmpty,
     TypeMismatch,
 )
-from coupon_pool.keys import Keys
+from coupon_pool.http.app import create_app
 from coupon_pool.models import CouponType
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 from coupon_pool.settings import Settings
-from coupon_pool.store import Store
+from coupon_pool.tools.check import check
 
 STANDARD = CouponType.STANDARD
 

@@ -7,7 +7,7 @@ from factories import coupon, coupon_json
 from redis.asyncio import Redis
 
 from coupon_pool.models import CouponType
-from coupon_pool.store import Store
+from coupon_pool.pool.store import Store
 
 
 async def test_upload_stores_every_new_coupon(store: Store) -> None:

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from coupon_pool.errors import CouponError, InvalidJson, ValidationFailed
+from coupon_pool.http.validation import validate_json
 from coupon_pool.models import AllocationRequest, CouponIn, RedemptionRequest, UploadRequest
-from coupon_pool.validation import validate_json
 
 JSON = {"content-type": "application/json"}
 FUTURE = "2099-01-01T00:00:00Z"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import jiter
 from pydantic import BaseModel, ValidationError
 
-from .errors import ValidationFailed
+from ..errors import ValidationFailed
 from .problems import field_error, from_validation_error, invalid_fields
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -24,10 +24,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from .commandline import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
-from .errors import CouponError
-from .models import MAX_UPLOAD, CouponIn
-from .validation import validate_json
+from ..errors import CouponError
+from ..http.validation import validate_json
+from ..models import MAX_UPLOAD, CouponIn
+from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
 
 # Exit codes, as README lists them.
 DONE, FAILED, USAGE, INVALID_DATA = 0, 1, 2, 65

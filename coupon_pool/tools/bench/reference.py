@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..autopipeline import AutoPipeline
-from ..connection import connect
-from ..settings import Settings
+from ...pool.autopipeline import AutoPipeline
+from ...pool.connection import connect
+from ...settings import Settings
 
 SCRIPT = "return redis.call('INCR', KEYS[1])"
 KEY = "{cp-reference}:n"
@@ -74,7 +74,7 @@ class ReferenceServer:
         self.url = f"http://127.0.0.1:{port}"
         name = "pipelined_app" if autopipeline else "app"
         command = [
-            sys.executable, "-m", "uvicorn", f"coupon_pool.bench.reference:{name}", "--factory",
+            sys.executable, "-m", "uvicorn", f"coupon_pool.tools.bench.reference:{name}", "--factory",
             "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
         env = {**os.environ, "REDIS_URL": redis_url}

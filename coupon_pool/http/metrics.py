@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, Histogram, disable_created_metr
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .megadeal import GateStatus
-from .results import Stats
-from .store import Memory
+from ..pool.megadeal import GateStatus
+from ..pool.store import Memory
+from ..results import Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # No "_created" timestamp series beside every counter and histogram: noise for a scraper.

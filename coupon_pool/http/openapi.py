@@ -9,11 +9,11 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
-from . import __version__
+from .. import __version__
+from ..errors import CouponError
+from ..pool.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
+from ..results import Problem
 from .auth import Role
-from .errors import CouponError
-from .idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
-from .results import Problem
 from .routing import Operation
 
 _REF = "#/components/schemas/{model}"

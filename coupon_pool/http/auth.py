@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import Forbidden, Unauthenticated
-from .idempotency import KEY_ID
+from ..errors import Forbidden, Unauthenticated
+from ..pool.idempotency import KEY_ID
 from .middleware import note
 
 _BEARER = re.compile(r"Bearer +(\S+)", re.IGNORECASE)

@@ -18,16 +18,17 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors, idempotency
+from .. import errors
+from ..errors import CouponError
+from ..pool import idempotency
+from ..pool.idempotency import REPLAYED_HEADER, Idempotency
+from ..pool.keys import Keys
+from ..pool.megadeal import MegadealGate
+from ..pool.store import Store
 from .auth import Role
 from .bodies import read_json
-from .errors import CouponError
-from .idempotency import REPLAYED_HEADER, Idempotency
-from .keys import Keys
-from .megadeal import MegadealGate
 from .middleware import STARTED, note
 from .problems import field_error, from_validation_error, invalid_fields
-from .store import Store
 from .validation import validate_json
 
 # The errors any operation with a JSON body can answer before its handler runs.

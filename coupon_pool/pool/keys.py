@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from enum import StrEnum
 
-from .models import CouponType
+from ..models import CouponType
 
 
 class Keys:

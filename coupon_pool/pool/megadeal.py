@@ -18,15 +18,15 @@ from typing import Any, cast
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
+from ..errors import ClientDisconnected, MegadealBusy
+from ..models import CouponType
+from ..results import Allocation
+from ..settings import MegadealLimits, Settings
 from .autopipeline import AutoPipeline
 from .connection import PROCESS_PREFIX, connect, process_name
-from .errors import ClientDisconnected, MegadealBusy
 from .idempotency import Idempotency, record_args
 from .keys import Keys
-from .models import CouponType
-from .results import Allocation
 from .scripts import Allocated, Scripts, Waiting, guarded
-from .settings import MegadealLimits, Settings
 from .store import ALLOCATE_DETAIL, allocation, raise_if_error
 
 log = logging.getLogger("coupon_pool.megadeal")

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TextIO
 
-from .settings import Settings, redacted, settings_for
+from ..settings import Settings, redacted, settings_for
 
 MAKE_RUN_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts (REDIS_PORT 6390)
 URL_ENV, ADMIN_KEY_ENV = "COUPON_POOL_URL", "COUPON_POOL_ADMIN_KEY"  # one of COUPON_POOL_ADMIN_KEYS

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .settings import Settings
+from ..settings import Settings
 
 
 class NotSent(RedisConnectionError):

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from . import errors
+from .. import errors
 
 SMALL_BODY_BYTES = 64 * 1024  # the most any body but an upload's may hold
 

@@ -18,12 +18,12 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis, RedisCluster
 
-from .commandline import operator_settings
-from .connection import connect
-from .keys import CouponField, Keys, Layout
-from .models import CODE_PATTERN, CouponType
-from .settings import Settings
-from .store import from_ms
+from ..models import CODE_PATTERN, CouponType
+from ..pool.connection import connect
+from ..pool.keys import CouponField, Keys, Layout
+from ..pool.store import from_ms
+from ..settings import Settings
+from .common import operator_settings
 
 MAX_PAGE = 1000
 NOT_FOUND = 3

@@ -10,9 +10,9 @@ from contextlib import suppress
 
 from redis.exceptions import RedisError, ResponseError
 
-from .megadeal import FORGET_INTERVAL_S, MegadealGate
+from ..pool.megadeal import FORGET_INTERVAL_S, MegadealGate
+from ..pool.store import Store
 from .middleware import JsonLines
-from .store import Store
 
 log = logging.getLogger("coupon_pool")
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from ..models import CouponType
+from ...models import CouponType
 from .http import Target
 
 UPLOAD_SIZE = 50_000

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import orjson
 
-from ..commandline import ProgressLine
+from ..common import ProgressLine
 from .http import Connection, HttpError, Target
 
 

@@ -18,13 +18,9 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
-from .autopipeline import NOT_RUN, AutoPipeline
-from .connection import NotSent, connect
-from .errors import BY_CODE, CouponNotFound, StoreFull
-from .idempotency import Idempotency, in_progress, record_args, reused, unwrap
-from .keys import CouponField, Keys, Layout
-from .models import MAX_LISTED_HOLDERS, CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
-from .results import (
+from ..errors import BY_CODE, CouponNotFound, StoreFull
+from ..models import MAX_LISTED_HOLDERS, CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
+from ..results import (
     Allocation,
     AuditEntry,
     AuditPage,
@@ -41,8 +37,12 @@ from .results import (
     UserCouponsPage,
     UserCouponStatus,
 )
+from ..settings import Settings
+from .autopipeline import NOT_RUN, AutoPipeline
+from .connection import NotSent, connect
+from .idempotency import Idempotency, in_progress, record_args, reused, unwrap
+from .keys import CouponField, Keys, Layout
 from .scripts import Allocated, Changed, Redeemed, Scripts, guarded, pairs
-from .settings import Settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)

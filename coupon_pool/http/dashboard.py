@@ -1,7 +1,7 @@
 """The live dashboard: one page and its two assets, shipped in the package.
 
 The page reads /v1/stats, /v1/megadeal and /v1/audit from its own origin every 2 seconds
-(dashboard/dashboard.js); its Content-Security-Policy lets it reach nothing else. It is
+(static/dashboard.js); its Content-Security-Policy lets it reach nothing else. It is
 not an API operation, so it is not in /openapi.json. With API keys configured, the page
 asks for one and keeps it in the tab's sessionStorage.
 """
@@ -26,7 +26,7 @@ _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 
 def routes(keys_required: bool) -> list[Route]:
     """GET /dashboard and its assets; the page says whether it must ask for a key."""
-    folder = files("coupon_pool") / "dashboard"
+    folder = files("coupon_pool.http") / "static"
     page = (
         (folder / "index.html").read_bytes().replace(b"{{keys}}", b"required" if keys_required else b"none")
     )

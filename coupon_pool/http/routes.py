@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from . import errors
-from .auth import Role
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .models import (
+from .. import errors
+from ..models import (
     AllocationRequest,
     AuditQuery,
     CouponPath,
@@ -17,7 +15,7 @@ from .models import (
     UserCouponsQuery,
     UserPath,
 )
-from .results import (
+from ..results import (
     Allocation,
     AuditPage,
     Coupon,
@@ -33,8 +31,10 @@ from .results import (
     UploadResult,
     UserCouponsPage,
 )
+from .auth import Role
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .routing import Call, Operation
-from .uploads import UploadWorker
+from .upload_worker import UploadWorker
 from .validation import validate_json
 
 INLINE_UPLOAD_BYTES = 64 * 1024  # larger uploads go to the upload worker process

@@ -33,7 +33,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from . import errors
+from .. import errors
 from .middleware import JsonLines, new_request_id
 from .problems import MEDIA_TYPE, problem_body
 

@@ -22,10 +22,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import errors
-from .connection import NotReplicated
+from .. import errors
+from ..models import UNION_TAGS
+from ..pool.connection import NotReplicated
 from .middleware import note
-from .models import UNION_TAGS
 
 MAX_LISTED_ERRORS = 100
 MEDIA_TYPE = "application/problem+json"

@@ -16,12 +16,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import CouponError, UploadWorkerLost
-from .idempotency import Idempotency
-from .models import UploadRequest
-from .results import UploadResult
-from .settings import Settings
-from .store import Store
+from ..errors import CouponError, UploadWorkerLost
+from ..models import UploadRequest
+from ..pool.idempotency import Idempotency
+from ..pool.store import Store
+from ..results import UploadResult
+from ..settings import Settings
 from .validation import validate_json
 
 PARENT_CHECK_S = 0.5  # how soon a worker notices its app process has died

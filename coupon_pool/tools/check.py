@@ -50,11 +50,11 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 
-from .commandline import operator_settings
-from .keys import Keys, Layout
-from .models import CouponType
-from .settings import Settings
-from .store import Store
+from ..models import CouponType
+from ..pool.keys import Keys, Layout
+from ..pool.store import Store
+from ..settings import Settings
+from .common import operator_settings
 
 _BATCH = 500
 _TYPES = tuple(t.value for t in CouponType)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import IdempotencyKeyInProgress, IdempotencyKeyReused
+from ..errors import IdempotencyKeyInProgress, IdempotencyKeyReused
 
 if TYPE_CHECKING:
     from .keys import Keys

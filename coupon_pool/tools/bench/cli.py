@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from ..commandline import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
-from ..models import CouponType
+from ...models import CouponType
+from ..common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
 from . import report
 from .http import BenchError, Target, expect
 from .oneshot import bench_megadeal, bench_upload, megadeal_table, upload_table

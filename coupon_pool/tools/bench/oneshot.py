@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 
-from ..commandline import ProgressLine
-from ..models import CouponType, UploadRequest
-from ..settings import Settings
-from ..store import Store
+from ...models import CouponType, UploadRequest
+from ...pool.store import Store
+from ...settings import Settings
+from ..common import ProgressLine
 from . import report
 from .http import BenchError, Target, expect
 from .run import drive

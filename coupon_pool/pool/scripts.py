@@ -25,8 +25,8 @@ from .keys import CouponField, RecordField
 
 def lua_dir() -> Path:
     """The scripts ship inside the wheel as coupon_pool/lua, and live in lua/ in a checkout."""
-    packaged = Path(__file__).parent / "lua"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "lua"
+    packaged = Path(__file__).parent.parent / "lua"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent.parent / "lua"
 
 
 def preamble() -> str:

@@ -13,20 +13,20 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from ..pool.megadeal import MegadealGate
+from ..pool.store import LayoutMismatch, Store
+from ..settings import Settings
 from . import dashboard
 from .auth import ApiKeys
 from .background import forget_dead_waiters_periodically, purge_periodically
 from .bodies import BodyDeadlines
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
-from .megadeal import MegadealGate
 from .metrics import RequestMetrics
 from .middleware import JsonLines, RequestTelemetry
 from .openapi import openapi_document
 from .problems import EXCEPTION_HANDLERS, unexpected
 from .routes import OPERATIONS
 from .routing import Services
-from .settings import Settings
-from .store import LayoutMismatch, Store
 
 log = logging.getLogger("coupon_pool")
 
