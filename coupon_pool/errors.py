@@ -12,6 +12,7 @@ class CouponError(Exception):
     status = 500
     title = "Internal error"
     sends: tuple[str, ...] = ()  # the response headers it always carries, for the OpenAPI document
+    replayed = False  # the stored answer to an Idempotency-Key, given again (pool/keyed.py)
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)

@@ -30,11 +30,6 @@
 -- Writes one audit entry: op=allocate, type, user_id, and code or error.
 -- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() from lib.lua.
 
-local available, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local held, listing, draining, record = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local prefix, user, ctype, audit_cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local max_per_user, held_prefix, tracked_prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local fp, ttl_ms = ARGV[8], ARGV[9]
 local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
     draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user }
 local now = now_ms()

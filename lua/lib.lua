@@ -1,6 +1,6 @@
--- lib.lua: helpers shared by the scripts. scripts.py puts this file before every script
--- it loads (after the F_* constants, the coupon hash's field names from keys.py), so each
--- script can call these functions; it does nothing on its own.
+-- lib.lua: helpers shared by the functions. The library (coupon_pool/pool/functions.py)
+-- puts this file after the F_* and R_* constants (the field names of keys.py) and before
+-- every function, so each can call these; Redis runs it once, when the library loads.
 
 -- Redis server time in milliseconds since the epoch: one clock for every app process.
 local function now_ms()

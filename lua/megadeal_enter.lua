@@ -29,7 +29,7 @@
 --       ctype         the coupon type (MEGADEAL; for the counters and the audit entry)
 --       ticket        this request's ticket, or "" on its first call
 --       owner         the app process's name (its Redis connections carry it)
---       max_concurrent, rate (admissions per window), window_ms
+--       max_concurrent, rate, window_ms  the limits: slots at once, admissions per window
 --       lease_ms      how long an admitted slot is held at most
 --       max_sleep_ms  longest sleep before calling again
 --       waited_ms     how long the request has waited so far, by the app's clock
@@ -52,16 +52,6 @@
 -- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
 -- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() from lib.lua.
 
-local available, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local queue, alive, slots, window = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local counter, high_water = KEYS[9], KEYS[10]
-local held, listing, draining, record = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local prefix, user, ctype, ticket, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local max_concurrent, rate, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local lease_ms, max_sleep_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
-local waited_ms, max_wait_ms, audit_cap = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13]
-local max_per_user, held_prefix, tracked_prefix = tonumber(ARGV[14]), ARGV[15], ARGV[16]
-local fp, ttl_ms = ARGV[17], ARGV[18]
 local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
     draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user }
 local now = now_ms()

@@ -7,26 +7,20 @@
 -- processes whose Redis connections are open (CLIENT LIST: a killed process's connections
 -- close at once, a paused one's stay) and passes them here.
 --
--- KEYS: queue, alive, slots, window (as in megadeal_enter.lua)
+-- KEYS: queue, alive, slots, window  as in megadeal_enter.lua
 -- ARGV: max_number    only tickets numbered up to this are judged (later ones may belong
 --                     to a process that started after the list was taken)
 --       wake_prefix   key prefix of wake lists
---       max_concurrent, rate (admissions per window), window_ms
+--       max_concurrent, rate, window_ms  the limits: slots at once, admissions per window
 --       keep_ms       how long a wake-up is kept for its waiter
---       ARGV[7..]     the owners (app process names) whose connections are open
+--       owners        the owners (app process names) whose connections are open
 --
 -- Returns the number of tickets dropped.
 -- Uses now_ms() and wake_waiters() from lib.lua.
 
-local queue, alive, slots, window = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local max_number, wake_prefix = tonumber(ARGV[1]), ARGV[2]
-local max_concurrent, rate, window_ms, keep_ms =
-    tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local FIRST_OWNER = 7
-
 local live = {}
-for i = FIRST_OWNER, #ARGV do
-  live[ARGV[i]] = true
+for _, owner in ipairs(owners) do
+  live[owner] = true
 end
 
 local dropped = 0

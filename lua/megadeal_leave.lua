@@ -1,23 +1,20 @@
 -- megadeal_leave.lua: give up a ticket (served, timed out or failed) and wake the waiters
 -- that may now be admitted.
 --
--- KEYS: queue, alive, slots, window (as in megadeal_enter.lua)
+-- KEYS: queue, alive, slots, window  as in megadeal_enter.lua
 --       record        (optional) the Idempotency-Key's record: dropped if this ticket still
 --                     owns it without a reply (the request failed: a retry runs again)
 -- ARGV: ticket        the ticket leaving
 --       wake_prefix   key prefix of wake lists (a waiter's list is wake_prefix .. ticket)
---       max_concurrent, rate (admissions per window), window_ms
+--       max_concurrent, rate, window_ms  the limits: slots at once, admissions per window
 --       keep_ms       how long a wake-up is kept for its waiter
+--       fp, ttl_ms    with `record`: unused here
 --
 -- Pushes "1" to the wake list of each of the first min(free slots, free window places)
 -- tickets in the queue; those waiting for a slot are blocked on that list.
 -- Returns the number of waiters woken.
 -- Uses now_ms() and wake_waiters() from lib.lua.
 
-local queue, alive, slots, window, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local ticket, wake_prefix = ARGV[1], ARGV[2]
-local max_concurrent, rate, window_ms, keep_ms =
-    tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 
 local now = now_ms()
 redis.call('ZREM', queue, ticket)

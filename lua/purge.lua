@@ -4,13 +4,13 @@
 -- KEYS: stats         the stats hash (counters "<TYPE>:purged")
 --       audit_stream  the audit stream
 --       exhausted     coupons with no free usage (code -> expires_at ms)
---       KEYS[4..]     for each type named in ARGV[5..], in that order: its available set,
---                     then its draining set (a coupon purged leaves it too)
 -- ARGV: prefix        key prefix of coupon hashes
 --       limit         most coupons to look at in this call
 --       audit_cap     audit stream length cap (approximate)
 --       tracked_prefix  key prefix of the coupons' tracked sets (dropped with the coupon)
---       ARGV[5..]     the coupon types, one each
+--       available_prefix  key prefix of the available sets ({ns}:avail:, then the type)
+--       draining_prefix   key prefix of the draining sets (a coupon purged leaves it too)
+--       types         the coupon types, one each
 --
 -- Every stored coupon is in exactly one of the available sets and `exhausted` until it
 -- expires and is purged, so walking those sets up to now finds each expired coupon once.
@@ -22,18 +22,12 @@
 -- Writes one audit entry (op=purge, purged_<TYPE>, retired_<TYPE>) if it removed anything.
 -- Uses now_ms() and audit() from lib.lua.
 
-local stats, audit_stream, exhausted = KEYS[1], KEYS[2], KEYS[3]
-local prefix, limit, audit_cap, tracked_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local FIRST_TYPE = 5
-
-local types, sets, draining = {}, {}, {}
+local sets, draining = {}, {}
 local purged, retired = {}, {}
-for i = FIRST_TYPE, #ARGV do
-  local ctype = ARGV[i]
-  local at = 4 + 2 * (i - FIRST_TYPE)
-  types[#types + 1] = ctype
-  sets[#sets + 1] = KEYS[at]
-  draining[KEYS[at]] = KEYS[at + 1]
+for _, ctype in ipairs(types) do
+  local available = available_prefix .. ctype
+  sets[#sets + 1] = available
+  draining[available] = draining_prefix .. ctype
   purged[ctype], retired[ctype] = 0, 0
 end
 sets[#sets + 1] = exhausted

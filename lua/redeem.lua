@@ -22,9 +22,6 @@
 -- Writes one audit entry: op=redeem, code, user_id, type, and used or error.
 -- Uses now_ms(), audit(), idem_lookup() and idem_store() from lib.lua.
 
-local coupon, stats, audit_stream, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local user, expected, code, audit_cap, fp, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-
 if record then
   local found = idem_lookup(record, fp, '', now_ms())
   if found then return found end

@@ -5,14 +5,15 @@
 --       exhausted     coupons with no free usage
 --       stats         the stats hash
 --       audit_stream  the audit stream
---       KEYS[5..]     for each type named in `types`, in that order: its available set,
---                     its draining set, the user's held set and the user's listing of it
---       record        (optional, last) the Idempotency-Key's record
+--       record        (optional) the Idempotency-Key's record
 -- ARGV: user          the user id
 --       expected      the expected coupon type, or "" to accept any type
 --       code          the coupon's code
 --       audit_cap     audit stream length cap (approximate)
---       types         the coupon types, space-separated
+--       available_prefix  key prefix of the available sets ({ns}:avail:, then the type)
+--       draining_prefix   key prefix of the draining sets ({ns}:draining:, then the type)
+--       held_prefix   key prefix of the users' held sets ({ns}:held:, then "<TYPE>:<user>")
+--       listing_prefix  key prefix of the users' listings ({ns}:user:, then "<TYPE>:<user>")
 --       tracked_prefix  key prefix of the coupons' tracked sets ({ns}:trk:)
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
@@ -28,19 +29,6 @@
 -- Writes one audit entry: op=release, code, user_id, type, and allocated or error.
 -- Uses now_ms(), holding(), idem_lookup() and conclude() from lib.lua.
 
-local coupon, exhausted, stats, audit_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local user, expected, code, audit_cap, types = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local tracked_prefix, fp, ttl_ms = ARGV[6], ARGV[7], ARGV[8]
-local FIRST_TYPE_KEY, PER_TYPE = 5, 4
-
-local available, draining, held, listing = {}, {}, {}, {}
-local n = 0
-for ctype in string.gmatch(types, '%S+') do
-  local at = FIRST_TYPE_KEY + PER_TYPE * n
-  available[ctype], draining[ctype], held[ctype], listing[ctype] = KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3]
-  n = n + 1
-end
-local record = KEYS[FIRST_TYPE_KEY + PER_TYPE * n]
 local now = now_ms()
 
 local found = idem_lookup(record, fp, '', now)
@@ -59,13 +47,14 @@ end
 
 redis.call('HDEL', coupon, c.holder)
 local allocated = redis.call('HINCRBY', coupon, F_ALLOCATED, -1)
-if redis.call('ZREM', draining[c.type], code) == 0 and c.allocated >= tonumber(c.max) and c.expires > now then
+local draining = draining_prefix .. c.type
+if redis.call('ZREM', draining, code) == 0 and c.allocated >= tonumber(c.max) and c.expires > now then
   redis.call('ZREM', exhausted, code)
-  redis.call('ZADD', available[c.type], c.expires, code)
+  redis.call('ZADD', available_prefix .. c.type, c.expires, code)
 end
-redis.call('ZREM', held[c.type], code)
+redis.call('ZREM', held_prefix .. c.type .. ':' .. user, code)
 redis.call('SREM', tracked_prefix .. code, user)
-redis.call('ZREM', listing[c.type], code)
+redis.call('ZREM', listing_prefix .. c.type .. ':' .. user, code)
 redis.call('HINCRBY', stats, c.type .. ':allocated', -1)
 redis.call('HINCRBY', stats, c.type .. ':released', 1)
 return conclude(a, { 'ok', c.type, allocated, c.max, now }, c.type, 'allocated', allocated)

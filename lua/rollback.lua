@@ -21,8 +21,6 @@
 -- Writes one audit entry: op=rollback, code, user_id, type, and used or error.
 -- Uses now_ms(), holding(), idem_lookup() and conclude() from lib.lua.
 
-local coupon, stats, audit_stream, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local user, expected, code, audit_cap, fp, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now = now_ms()
 
 local found = idem_lookup(record, fp, '', now)

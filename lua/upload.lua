@@ -2,22 +2,22 @@
 --
 -- KEYS: stats         the stats hash (counters "<TYPE>:created", ...)
 --       audit_stream  the audit stream
---       KEYS[3..]     the available set of each type named in `types`, in that order
---                     (sorted set: code -> expires_at ms)
 --       claims        this slot's MEGADEAL claims (code -> the coupon's line; see `claiming`)
---       record        (optional, last) the upload's Idempotency-Key record (upload_record.lua)
+--       record        (optional) the upload's Idempotency-Key record (upload_record.lua)
 -- ARGV: prefix        key prefix of coupon hashes (a coupon's key is prefix .. code; it
 --                     shares the hash tag of KEYS, so the script stays in one cluster slot)
 --       audit_cap     audit stream length cap (approximate)
 --       upload_id     the id of the whole upload, and part: this chunk as "i/n" (for the
 --       part          audit entry)
---       types         the coupon types, space-separated
+--       available_prefix  key prefix of the available sets (sorted sets: code -> expires_at
+--                     ms), {ns}:avail: then the type
 --       owner         with `record`: the attempt that must own it
 --       lease_ms      with `record`: how much longer the attempt owns it
 --       claimed_type  in a shard of a sharded pool, "MEGADEAL": coupons of that type (stored
 --                     in the main slot) are not stored here but claimed, so codes stay
 --                     unique pool-wide; "" elsewhere
---       ARGV[9..]     one coupon each, as "code type kind value expires_at_ms max_usages"
+--       fp, ttl_ms    with `record`: unused here (upload_record.lua keeps the record)
+--       lines         one coupon each, as "code type kind value expires_at_ms max_usages"
 --                     (space-separated; no field can hold a space)
 --
 -- Returns {created, i, j, ...}: the number stored, then the 1-based positions in this
@@ -28,29 +28,17 @@
 -- no longer holds its code.
 -- With a record, a chunk already recorded there is not stored again: its recorded reply
 -- comes back; a chunk stored is recorded ("part:i") in the same call. Returns
--- {"idempotency_key_in_progress", 0} if another attempt owns the record now.
+-- {"idempotency_key_in_progress", lease_ms} if another attempt owns the record now.
 -- Errors: none of its own; the caller validates every value beforehand.
 -- Writes one audit entry: op=upload, upload, part, created, duplicates.
 -- Uses now_ms() and audit() from lib.lua.
 
-local stats, audit_stream = KEYS[1], KEYS[2]
-local prefix, audit_cap, upload_id, part, types = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local owner, lease_ms, claimed_type = ARGV[6], ARGV[7], ARGV[8]
 local claiming = claimed_type ~= ''
-local FIRST_COUPON = 9
-
-local available = {}
-local n = 0
-for ctype in string.gmatch(types, '%S+') do
-  available[ctype] = KEYS[3 + n]
-  n = n + 1
-end
-local claims, record = KEYS[3 + n], KEYS[4 + n]
 local created_ms = now_ms()
 local part_field = R_PART .. string.match(part, '^(%d+)/')
 if record then
   local r = redis.call('HMGET', record, R_OWNER, part_field)
-  if r[1] ~= owner then return { 'idempotency_key_in_progress', 0 } end
+  if r[1] ~= owner then return { 'idempotency_key_in_progress', tonumber(lease_ms) } end
   if r[2] then return cjson.decode(r[2]) end
 end
 local created = 0
@@ -67,20 +55,20 @@ local function claim_of(code)
   return nil
 end
 
-for i = FIRST_COUPON, #ARGV do
+for i, line in ipairs(lines) do
   local code, ctype, kind, value, expires, max =
-      string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+      string.match(line, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
   local key = prefix .. code
   local claim = claiming and claim_of(code)
-  if redis.call('EXISTS', key) == 1 or (claim and claim ~= ARGV[i]) or (claim and ctype ~= claimed_type) then
-    duplicates[#duplicates + 1] = i - FIRST_COUPON + 1
+  if redis.call('EXISTS', key) == 1 or (claim and claim ~= line) or (claim and ctype ~= claimed_type) then
+    duplicates[#duplicates + 1] = i
   elseif claiming and ctype == claimed_type then
-    redis.call('HSET', claims, code, ARGV[i])
-    claimed[#claimed + 1] = -(i - FIRST_COUPON + 1)
+    redis.call('HSET', claims, code, line)
+    claimed[#claimed + 1] = -i
   else
     redis.call('HSET', key, F_TYPE, ctype, F_DISCOUNT_KIND, kind, F_DISCOUNT_VALUE, value,
       F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms)
-    redis.call('ZADD', available[ctype], expires, code)
+    redis.call('ZADD', available_prefix .. ctype, expires, code)
     created = created + 1
     created_by_type[ctype] = (created_by_type[ctype] or 0) + 1
   end

@@ -17,9 +17,6 @@
 -- the record, else {"idempotency_key_in_progress", 0}.
 -- Uses now_ms(), idem_lookup() and idem_store() from lib.lua.
 
-local record = KEYS[1]
-local action, fp, owner, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local lease_ms, chunk_size, reply = ARGV[5], ARGV[6], ARGV[7]
 local now = now_ms()
 
 if action == 'claim' then

@@ -1,6 +1,6 @@
 -- user_coupons.lua: a page of the coupons a user holds, newest allocation first.
 --
--- KEYS: the user's listing of each type (code -> allocated_at ms), any order
+-- KEYS: listings      the user's listing of each type (code -> allocated_at ms), any order
 -- ARGV: prefix        key prefix of coupon hashes
 --       user          the user id
 --       limit         most entries on the page
@@ -14,8 +14,6 @@
 -- Reads at most limit + 1 entries of each listing and, where the cursor's entry is gone,
 -- the entries of that listing allocated in the same millisecond as it.
 
-local listings = KEYS
-local prefix, user, limit, after_ms, after_code = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local holder = F_HOLDER .. user
 
 -- The rank (newest first) in `listing` of the first entry after the cursor.

@@ -96,7 +96,7 @@ async def on_cluster(count: int, shards: int) -> None:
     try:
         client = cast(Redis, RedisCluster.from_url(cluster.url, decode_responses=True))
         store = Store(client, Keys("cp"), shards=shards, upload_chunk_size=1000)
-        await store.load_scripts()
+        await store.prepare()
         await store.upload(coupons())
         masters = cluster.masters()
         for node in masters:
@@ -131,7 +131,7 @@ async def on_single(count: int) -> None:
     try:
         client = Redis(port=port, decode_responses=True)
         store = Store(client, Keys("cp"), upload_chunk_size=1000)
-        await store.load_scripts()
+        await store.prepare()
         await store.upload(coupons())
         await client.config_resetstat()
         rate = await allocate(store, count)

@@ -29,7 +29,7 @@ from memory_per_coupon import used_memory  # this folder: scripts are run as fil
 from redis.asyncio import Redis
 
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
-from coupon_pool.pool.idempotency import Idempotency, fingerprint
+from coupon_pool.pool.keyed import Idempotency, fingerprint
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 
@@ -63,7 +63,7 @@ async def timed(store: Store, users: list[str]) -> float:
 
 async def in_namespace(redis: Redis, name: str) -> Store:
     store = Store(redis, Keys(f"held-cost-{name}"), upload_chunk_size=1000, audit_max_len=100)
-    await store.load_scripts()
+    await store.prepare()
     return store
 
 

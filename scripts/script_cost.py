@@ -35,7 +35,7 @@ async def usec_per_evalsha(redis: Redis) -> float:
 async def main(count: int, url: str) -> None:
     redis = Redis.from_url(url, decode_responses=True)
     store = Store(redis, Keys(NAMESPACE))
-    await store.load_scripts()
+    await store.prepare()
     expires = datetime.now(UTC) + timedelta(days=30)
     await store.upload(
         [

@@ -156,7 +156,7 @@ class Cluster:
         for node in self.masters():
             with node.client() as c:
                 c.flushall()
-                c.script_flush()
+                c.function_flush()
 
     def stop(self) -> None:
         for node in self.nodes:

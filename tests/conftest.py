@@ -135,7 +135,7 @@ async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> As
     # fakeredis has no INFO: no memory share of the uploads' own there (real Redis checks it).
     share = 1.0 if request.param == "fakeredis" else 0.9
     store = Store(client, Keys("cp"), shards=shards, upload_chunk_size=100, upload_memory_share=share)
-    await store.load_scripts()
+    await store.prepare()
     yield store
     await client.aclose()
 

@@ -29,10 +29,13 @@ from redis.exceptions import AskError, TryAgainError
 from coupon_pool.errors import PoolEmpty
 from coupon_pool.models import CouponType
 from coupon_pool.pool.connection import NotReplicated
-from coupon_pool.pool.idempotency import Idempotency
+from coupon_pool.pool.functions import ALLOCATE
+from coupon_pool.pool.keyed import Idempotency
 from coupon_pool.pool.keys import Keys, Layout
+from coupon_pool.pool.library import LIBRARY
 from coupon_pool.pool.megadeal import MegadealGate
-from coupon_pool.pool.store import LayoutMismatch, Store
+from coupon_pool.pool.placement import LayoutMismatch
+from coupon_pool.pool.store import Store
 from coupon_pool.tools.check import check
 
 FREE, STANDARD, MEGADEAL = CouponType.FREE, CouponType.STANDARD, CouponType.MEGADEAL
@@ -43,7 +46,7 @@ async def sharded(redis_cluster: Cluster) -> AsyncIterator[Store]:
     redis_cluster.flush()
     client = cluster_client(redis_cluster)
     store = Store(client, Keys("cp"), shards=CLUSTER_SHARDS, upload_chunk_size=7)
-    await store.load_scripts()
+    await store.prepare()
     yield store
     await client.aclose()
 
@@ -179,11 +182,10 @@ async def test_a_keyed_allocation_sent_again_gets_the_first_answer(sharded: Stor
     def keyed() -> Idempotency:
         return Idempotency(sharded.keys.idempotency("open", "k1"), "fp", 60_000)
 
-    first = await sharded.allocate("alice", STANDARD, keyed())
-    idem = keyed()
-    again = await sharded.allocate("alice", STANDARD, idem)
-    assert again.code == first.code == "ONLY"
-    assert idem.replayed
+    first = await sharded.keyed(keyed(), sharded.allocate("alice", STANDARD))
+    again = await sharded.keyed(keyed(), sharded.allocate("alice", STANDARD))
+    assert again.value.code == first.value.code == "ONLY"
+    assert (first.replayed, again.replayed) == (False, True)
     assert (await sharded.stats()).types[STANDARD].allocated == 1
 
 
@@ -204,16 +206,24 @@ async def test_no_script_runs_in_a_slot_while_it_moves(sharded: Store, redis_clu
         try:
             before = src.zcard(k.available(STANDARD))
             # The source sends it to the target (ASK), which refuses it (TRYAGAIN): it lacks the guard.
+            allocate = sharded.library.names["allocate"]
+            keys, args = ALLOCATE.bind(  # a whole allocation in that shard
+                available=k.available(STANDARD), exhausted=k.exhausted, stats=k.stats, audit_stream=k.audit,
+                held=k.held(STANDARD, "alice"), listing=k.user_coupons(STANDARD, "alice"),
+                draining=k.draining(STANDARD), prefix=k.coupon_prefix, user="alice", ctype="STANDARD",
+                audit_cap=100, max_per_user=0, held_prefix=k.held_type_prefix(STANDARD),
+                tracked_prefix=k.tracked_prefix,
+            )  # fmt: skip
             with pytest.raises((AskError, TryAgainError)):
-                await sharded._allocate_in(k, "alice", STANDARD, None, 0.3)
+                await sharded.library.run(ALLOCATE, keys, args, retry_for_s=0.3)
             with pytest.raises((AskError, TryAgainError)):
-                await sharded._run(sharded.scripts.allocate, [k.available(STANDARD)], [], False, 0.3)
+                await sharded.library.pipeline.run(allocate, [k.available(STANDARD)], [], False, 0.3)
             assert src.zcard(k.available(STANDARD)) == before
             with pytest.raises(AskError):  # nothing written where it no longer is: ask the target
                 src.exists(k.coupon(first))
             with dst.pipeline(transaction=False) as ask:  # and the target refuses it too
                 ask.execute_command("ASKING")
-                ask.evalsha(sharded.scripts.allocate.sha, 2, f"{k.tag}:guard", k.available(STANDARD))
+                ask.execute_command("FCALL", allocate, 2, f"{k.tag}:guard", k.available(STANDARD))
                 with pytest.raises(TryAgainError):
                     ask.execute()
             # Unkeyed, an allocation passes the moving shard over.
@@ -242,7 +252,7 @@ async def test_each_master_serves_a_third_of_the_allocations(sharded: Store, red
     calls = {}
     for node in masters:
         with node.client() as c:
-            calls[node.port] = int(c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+            calls[node.port] = int(c.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0))
     shares = {port: n / sum(calls.values()) for port, n in calls.items()}
     print(f"\nallocations per master: {calls}")
     assert sum(calls.values()) == 9000
@@ -551,3 +561,37 @@ async def test_slots_moved_while_allocating_lose_nothing(fresh_cluster: Cluster)
     finally:
         server.stop()
     await _all_held(fresh_cluster, load)
+
+
+async def test_the_function_library_is_on_every_replica_and_serves_after_a_failover(
+    fresh_cluster: Cluster,
+) -> None:
+    client = cluster_client(fresh_cluster)
+    store = Store(client, Keys("cp"), shards=CLUSTER_SHARDS)
+    await store.prepare()  # loaded on every master; replication brings it to their replicas
+    await store.upload([coupon(f"C{i}") for i in range(64)])
+    await client.aclose()
+    for master in fresh_cluster.masters():
+        with master.client() as c:
+            assert c.execute_command("WAIT", 1, 5000) == 1
+    for node in fresh_cluster.live():
+        with node.client() as c:
+            libraries = [dict(zip(x[::2], x[1::2], strict=True)) for x in c.function_list()]
+            assert LIBRARY.name in {lib["library_name"] for lib in libraries}
+
+    victim = fresh_cluster.master_of_slot(shard_slots()[0])
+    victim.kill()
+    fresh_cluster.wait_healthy()
+    promoted = fresh_cluster.master_of_slot(shard_slots()[0])
+    assert promoted is not victim
+    with promoted.client() as c:
+        c.config_resetstat()
+    client = cluster_client(fresh_cluster)
+    store = Store(client, Keys("cp"), shards=CLUSTER_SHARDS)  # not prepared: it calls what Redis has
+    codes = {(await store.allocate(f"u{i}", STANDARD)).code for i in range(64)}
+    assert len(codes) == 64  # every shard served, the promoted replica's too
+    await client.aclose()
+    with promoted.client() as c:
+        stats = c.info("commandstats")
+        assert stats["cmdstat_fcall"]["calls"] > 0
+        assert "cmdstat_function|load" not in stats  # it had the library: nothing loaded again

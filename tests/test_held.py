@@ -17,7 +17,8 @@ from factories import coupon
 
 from coupon_pool.errors import NotAllocated, PoolEmpty
 from coupon_pool.models import CouponType
-from coupon_pool.pool.store import Store, to_ms
+from coupon_pool.pool.codec import to_ms
+from coupon_pool.pool.store import Store
 
 STANDARD = CouponType.STANDARD
 

@@ -17,9 +17,10 @@ from redis.asyncio import Redis
 from coupon_pool.errors import StoreFull
 from coupon_pool.http.app import create_app
 from coupon_pool.models import CouponType
-from coupon_pool.pool.idempotency import Idempotency, fingerprint
+from coupon_pool.pool.keyed import Idempotency, fingerprint
 from coupon_pool.pool.keys import Keys
-from coupon_pool.pool.store import Memory, Store
+from coupon_pool.pool.store import Store
+from coupon_pool.pool.upkeep import Memory
 from coupon_pool.settings import Settings
 from coupon_pool.tools.check import check
 
@@ -169,7 +170,7 @@ async def test_a_keyed_megadeal_request_waiting_makes_its_twin_wait_then_replays
 
 async def test_an_upload_retried_after_a_partial_failure_completes_it(redis: Redis) -> None:
     store = Store(redis, Keys("cp"), upload_chunk_size=10, upload_memory_share=0.5)
-    await store.load_scripts()
+    await store.prepare()
     await store.upload([coupon("OLD3"), coupon("OLD17")])
     coupons = [coupon(f"OLD{i}" if i in (3, 17) else f"N{i}") for i in range(50)]
     body = orjson.dumps([c.code for c in coupons])
@@ -182,17 +183,17 @@ async def test_an_upload_retried_after_a_partial_failure_completes_it(redis: Red
         calls += 1
         return Memory(used=90 if calls >= 3 else 10, max=100)
 
-    store.memory = memory_that_fills_up  # type: ignore[method-assign]
+    store.upkeep.memory = memory_that_fills_up  # type: ignore[method-assign]
     with pytest.raises(StoreFull):
-        await store.upload(coupons, idem)
+        await store.keyed(idem, store.upload(coupons))
     assert (await store.stats()).types[CouponType.STANDARD].created == 2 + 18  # 2 chunks, a duplicate in each
 
-    store.memory = lambda: _roomy()  # type: ignore[method-assign]
-    resumed = await store.upload(coupons, Idempotency(idem.record, idem.fingerprint, 60_000))
-    assert (resumed.created, resumed.duplicates) == (48, ["OLD3", "OLD17"])  # as one whole upload
-    replayed = Idempotency(idem.record, idem.fingerprint, 60_000)
-    assert await store.upload(coupons, replayed) == resumed
-    assert replayed.replayed
+    store.upkeep.memory = lambda: _roomy()  # type: ignore[method-assign]
+    resumed = await store.keyed(idem, store.upload(coupons))
+    assert (resumed.value.created, resumed.value.duplicates) == (48, ["OLD3", "OLD17"])  # as one upload
+    assert not resumed.replayed
+    replayed = await store.keyed(idem, store.upload(coupons))
+    assert replayed == type(replayed)(resumed.value, replayed=True)
     assert (await store.stats()).types[CouponType.STANDARD].created == 50
     assert set(await redis.hkeys(idem.record)) == {"fp", "reply"}  # the chunks' records went
 

@@ -40,7 +40,7 @@ async def gates(connect: Callable[[], Redis], shards: int) -> AsyncIterator[Make
         clients.extend((client, blocking))
         gate = MegadealGate(client, Keys("cp"), MegadealLimits(**limits), blocking_redis=blocking)  # type: ignore[arg-type]
         store = Store(client, Keys("cp"), shards=shards)
-        await store.load_scripts()
+        await store.prepare()
         if coupons and not await client.exists("{cp}:avail:MEGADEAL"):
             await store.upload([coupon(f"MEGA-{i:04d}", type="MEGADEAL") for i in range(coupons)])
         return gate

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coupon_pool.models import CouponType
 from coupon_pool.pool.connection import connect
-from coupon_pool.pool.idempotency import Idempotency
+from coupon_pool.pool.keyed import Idempotency
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 from coupon_pool.settings import Settings
@@ -86,7 +86,7 @@ async def test_a_keyed_call_cut_off_by_a_pause_is_sent_again_and_runs_once(tmp_p
     client = connect(Settings(redis_url=redis.url, redis_timeout_s=0.3), 8, 0.3)
     store = Store(client, Keys("cp"))
     try:
-        await store.load_scripts()
+        await store.prepare()
         await store.upload([coupon("ONLY", max_usages=10)])
         assert redis.process is not None
         loop = asyncio.get_running_loop()
@@ -94,8 +94,10 @@ async def test_a_keyed_call_cut_off_by_a_pause_is_sent_again_and_runs_once(tmp_p
 
         os.kill(redis.process.pid, signal.SIGSTOP)
         loop.call_later(0.45, os.kill, redis.process.pid, signal.SIGCONT)
-        keyed = await store.allocate("u", CouponType.STANDARD, Idempotency(record, "f" * 32, 60_000))
-        assert keyed.code == "ONLY"
+        keyed = await store.keyed(
+            Idempotency(record, "f" * 32, 60_000), store.allocate("u", CouponType.STANDARD)
+        )
+        assert keyed.value.code == "ONLY"
         assert [h.user_id for h in (await store.get_coupon("ONLY")).allocations] == ["u"]
         assert await audited(client, "u") == 1  # the script ran once; the call sent again replayed
 

@@ -12,13 +12,19 @@ from coupon_pool.pool.store import Store
 async def test_stats_count_created_allocated_used_and_available_per_type(client: httpx.AsyncClient) -> None:
     coupons = [coupon_json("S1"), coupon_json("S2"), coupon_json("F1", type="FREE", max_usages=2)]
     await client.post("/v1/coupons", json={"coupons": coupons})
-    await client.post("/v1/allocations", json={"user_id": "a"})
+    # Which STANDARD coupon each user gets depends on the shard tried first: use what they got.
+    held_by_a = (await client.post("/v1/allocations", json={"user_id": "a"})).json()["code"]
     await client.post("/v1/allocations", json={"user_id": "a", "type": "FREE"})
     await client.post("/v1/redemptions", json={"code": "F1", "user_id": "a"})
-    await client.post("/v1/allocations", json={"user_id": "b"})
-    await client.post("/v1/releases", json={"code": "S2", "user_id": "b"})
-    await client.post("/v1/redemptions", json={"code": "S1", "user_id": "a"})
-    await client.post("/v1/rollbacks", json={"code": "S1", "user_id": "a"})
+    held_by_b = (await client.post("/v1/allocations", json={"user_id": "b"})).json()["code"]
+    assert {held_by_a, held_by_b} == {"S1", "S2"}
+    changes = [
+        ("/v1/releases", held_by_b, "b"),
+        ("/v1/redemptions", held_by_a, "a"),
+        ("/v1/rollbacks", held_by_a, "a"),
+    ]
+    for path, code, user in changes:
+        assert (await client.post(path, json={"code": code, "user_id": user})).status_code == 201
     stats = (await client.get("/v1/stats")).json()
     zero = {"released": 0, "rolled_back": 0, "purged": 0}
     assert stats == {

@@ -88,7 +88,7 @@ async def test_release_and_rollback_race_allocation_and_redemption(redis: Redis)
     """Many users take, use, give back and undo the same few coupons at once: the data keeps
     every rule (check) and the counters add up."""
     store = Store(redis, Keys("cp"))
-    await store.load_scripts()
+    await store.prepare()
     await store.upload([coupon(f"HOT{i}", max_usages=3) for i in range(3)])
 
     async def user(n: int) -> None:

@@ -139,7 +139,7 @@ async def test_a_50000_coupon_upload_is_stored_whole_in_chunked_script_calls(
     response = await client.post("/v1/coupons", json={"coupons": coupons})
     assert response.json() == {"created": 50_000, "duplicates": []}
     # One script call per 100 coupons (the default chunk), so others are served in between.
-    assert (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] == 500
+    assert (await redis.info("commandstats"))["cmdstat_fcall"]["calls"] == 500
     stats = (await client.get("/v1/stats")).json()
     assert stats["totals"]["created"] == 50_000
     assert stats["types"]["FREE"]["available"] == 25_000

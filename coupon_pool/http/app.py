@@ -14,7 +14,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from ..pool.megadeal import MegadealGate
-from ..pool.store import LayoutMismatch, Store
+from ..pool.placement import LayoutMismatch
+from ..pool.store import Store
 from ..settings import Settings
 from . import dashboard
 from .auth import ApiKeys
@@ -43,12 +44,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # One Redis client and one function library (with its auto-pipeline) for the process,
+        # shared by the store and the MEGADEAL gate.
         store = services.store = Store.from_settings(settings)
-        gate = services.gate = MegadealGate.from_settings(settings, store.redis)
+        gate = services.gate = MegadealGate.from_settings(settings, store.redis, store.library)
         try:
-            await store.load_scripts()
+            await store.prepare()
         except RedisError as exc:
-            log.warning("could not load the Lua scripts at start-up (%s); /readyz will say so", exc)
+            log.warning("could not load the function library at start-up (%s); /readyz will say so", exc)
         except LayoutMismatch as exc:  # serving would look for coupons in the wrong shards
             access_log.write(level="error", event="layout_mismatch", message=str(exc))
             await gate.aclose()

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import Forbidden, Unauthenticated
-from ..pool.idempotency import KEY_ID
+from ..pool.keyed import KEY_ID
 from .middleware import note
 
 _BEARER = re.compile(r"Bearer +(\S+)", re.IGNORECASE)

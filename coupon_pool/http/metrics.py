@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..pool.megadeal import GateStatus
-from ..pool.store import Memory
+from ..pool.upkeep import Memory
 from ..results import Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -11,7 +11,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
 from ..errors import CouponError
-from ..pool.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
+from ..pool.keyed import HEADER, KEY_PATTERN, REPLAYED_HEADER
 from ..results import Problem
 from .auth import Role
 from .routing import Operation

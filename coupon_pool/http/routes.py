@@ -45,12 +45,9 @@ async def allocate(call: Call, body: AllocationRequest) -> Allocation:
     the one expiring first. MEGADEAL requests pass the MEGADEAL gate first (and may wait)."""
     call.note(type=body.type, user_id=body.user_id)
     if body.type is CouponType.MEGADEAL:
-        await call.store.claim_key(call.idempotency)  # the gate keeps its records in the main slot
-        allocation = await call.gate.allocate(
-            body.user_id, started=call.started, gone=call.gone, idem=call.idempotency
-        )
+        allocation = await call.gate.allocate(body.user_id, started=call.started, gone=call.gone)
     else:
-        allocation = await call.store.allocate(body.user_id, body.type, call.idempotency)
+        allocation = await call.store.allocate(body.user_id, body.type)
     call.note(code=allocation.code)
     return allocation
 
@@ -59,7 +56,7 @@ async def redeem(call: Call, body: RedemptionRequest) -> Redemption:
     """The user must hold an unredeemed allocation of the unexpired coupon; each allocation
     is redeemed once."""
     call.note(code=body.code, user_id=body.user_id)
-    redemption = await call.store.redeem(body.code, body.user_id, body.type, call.idempotency)
+    redemption = await call.store.redeem(body.code, body.user_id, body.type)
     call.note(type=redemption.type, used=redemption.used)
     return redemption
 
@@ -68,7 +65,7 @@ async def release(call: Call, body: ReleaseRequest) -> Release:
     """The user's allocated, unredeemed usage goes back to the pool (available again unless
     the coupon has expired); the user may be allocated that coupon again later."""
     call.note(code=body.code, user_id=body.user_id)
-    released = await call.store.release(body.code, body.user_id, body.type, call.idempotency)
+    released = await call.store.release(body.code, body.user_id, body.type)
     call.note(type=released.type, allocated=released.allocated)
     return released
 
@@ -77,7 +74,7 @@ async def rollback(call: Call, body: RollbackRequest) -> Rollback:
     """The user's redemption is undone: the allocation is unredeemed again and may be redeemed
     again. Refused once the coupon has expired (410 coupon_expired)."""
     call.note(code=body.code, user_id=body.user_id)
-    undone = await call.store.rollback(body.code, body.user_id, body.type, call.idempotency)
+    undone = await call.store.rollback(body.code, body.user_id, body.type)
     call.note(type=undone.type, used=undone.used)
     return undone
 
@@ -96,7 +93,7 @@ async def upload_coupons(call: Call, body: bytes) -> UploadResult:
         coupons = validate_json(body, UploadRequest).coupons
         if idem:
             idem.identify(body)
-        result = await call.store.upload(coupons, idem)
+        result = await call.store.upload(coupons)
     else:
         result = await upload_worker(call).upload(body, idem)
     duplicates = len(result.duplicates)

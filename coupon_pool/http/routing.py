@@ -20,8 +20,8 @@ from starlette.responses import Response
 
 from .. import errors
 from ..errors import CouponError
-from ..pool import idempotency
-from ..pool.idempotency import REPLAYED_HEADER, Idempotency
+from ..pool import keyed
+from ..pool.keyed import REPLAYED_HEADER, Idempotency
 from ..pool.keys import Keys
 from ..pool.megadeal import MegadealGate
 from ..pool.store import Store
@@ -160,7 +160,7 @@ class Operation:
             if idem := keyed_call(request):
                 idem.identify(inputs["body"].model_dump_json().encode())  # spacing and defaults aside
                 call.idempotency = idem
-                return await answer_keyed(handler, call, inputs, status, media_type)
+                return await answer_keyed(services, handler, call, inputs, status, media_type)
             result = await handler(call, **inputs)
             return encode(result, status, media_type)
 
@@ -181,7 +181,7 @@ class Operation:
                     # The body is identified by its bytes, hashed where it is validated (off the
                     # event loop for a large one): see routes.upload_coupons.
                     call.idempotency = idem
-                    return await answer_keyed(handler, call, {"body": raw}, status, media_type)
+                    return await answer_keyed(services, handler, call, {"body": raw}, status, media_type)
                 result = await handler(call, body=raw)
             finally:
                 services.uploads -= 1
@@ -193,19 +193,18 @@ class Operation:
 
 
 async def answer_keyed(
-    handler: Handler, call: Call, inputs: dict[str, Any], status: int, media_type: str
+    services: Services, handler: Handler, call: Call, inputs: dict[str, Any], status: int, media_type: str
 ) -> Response:
-    """The handler's answer to a request with an Idempotency-Key: a replayed one says so."""
-    idem = call.idempotency
-    assert idem is not None
+    """The handler's answer to a request with an Idempotency-Key (the store's keyed wrapper
+    around the whole handler): a replayed one says so."""
     try:
-        result = await handler(call, **inputs)
+        outcome = await services.store.keyed(call.idempotency, handler(call, **inputs))
     except CouponError as error:
-        if idem.replayed:
+        if error.replayed:
             error.headers[REPLAYED_HEADER] = "true"
         raise
-    response = encode(result, status, media_type)
-    if idem.replayed:
+    response = encode(outcome.value, status, media_type)
+    if outcome.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
 
@@ -258,12 +257,12 @@ def idempotency_of(request: Request, keys: Keys, ttl_ms: int) -> Idempotency | N
     if not given:
         return None
     if len(given) > 1:
-        raise invalid_fields([field_error(("header", idempotency.HEADER), "send it once")], 1)
+        raise invalid_fields([field_error(("header", keyed.HEADER), "send it once")], 1)
     key = given[0]
-    if not idempotency.KEY.fullmatch(key):
+    if not keyed.KEY.fullmatch(key):
         problem = "must be 1-255 visible ASCII characters (0x21-0x7E)"
-        raise invalid_fields([field_error(("header", idempotency.HEADER), problem)], 1)
+        raise invalid_fields([field_error(("header", keyed.HEADER), problem)], 1)
     digest = hashlib.sha256(key).hexdigest()[:32]
     request_line = f"{scope['method']} {scope['path']}\n".encode()  # request.url costs µs to build
-    record = keys.idempotency(scope.get(idempotency.KEY_ID, idempotency.OPEN_SCOPE), digest)
+    record = keys.idempotency(scope.get(keyed.KEY_ID, keyed.OPEN_SCOPE), digest)
     return Idempotency(record, "", ttl_ms, request_line)

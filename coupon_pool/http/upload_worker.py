@@ -18,7 +18,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 from ..errors import CouponError, UploadWorkerLost
 from ..models import UploadRequest
-from ..pool.idempotency import Idempotency
+from ..pool import keyed
+from ..pool.keyed import Idempotency
 from ..pool.store import Store
 from ..results import UploadResult
 from ..settings import Settings
@@ -41,8 +42,8 @@ class UploadWorker:
     async def upload(self, body: bytes, idem: Idempotency | None = None) -> UploadResult:
         """Validate ``body`` as an upload and store it; raise its CouponError if it is refused.
 
-        With ``idem``, the body is fingerprinted there too, and ``idem.replayed`` says
-        whether the answer is a replay.
+        With ``idem``, the body is fingerprinted there too, and the upload runs under the
+        key there; whether its answer is a replay is reported to this process's keyed run.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -53,8 +54,7 @@ class UploadWorker:
                 "the upload worker stopped; send the upload again (stored coupons come back as duplicates)",
                 headers={"Retry-After": "1"},
             ) from None
-        if idem:
-            idem.replayed = replayed
+        keyed.report_replayed(replayed)
         if isinstance(outcome, CouponError):
             raise outcome
         return outcome
@@ -88,6 +88,7 @@ def _upload(body: bytes, idem: Idempotency | None) -> tuple[UploadResult | Coupo
         coupons = validate_json(body, UploadRequest).coupons
         if idem:
             idem.identify(body)
-        return _loop.run_until_complete(_store.upload(coupons, idem)), bool(idem and idem.replayed)
+        outcome = _loop.run_until_complete(_store.keyed(idem, _store.upload(coupons)))
+        return outcome.value, outcome.replayed
     except CouponError as error:
-        return error, bool(idem and idem.replayed)
+        return error, error.replayed

@@ -1,11 +1,13 @@
-"""Auto-pipelining: the script calls made in one event-loop turn go to Redis together.
+"""Auto-pipelining: the function calls made in one event-loop turn go to Redis together.
 
 Under load many requests reach their script call in the same turn of the event loop.
 Sent one by one, each takes a pooled connection, a write, a read and two timers, and
 Redis answers each with a read and a write of its own. Queued for the rest of the turn
 and sent as one pipeline (not a transaction: each script is still atomic on its own),
 they share one connection, one write and one read, on both sides. A lone call waits for
-nothing but the end of the turn it was made in.
+nothing but the end of the turn it was made in. A call answered "Function not found" (a
+Redis that lost the library) did not run: the library is loaded again and the call sent
+once more.
 
 When the connection fails, a pipeline that was never sent (connection.NotSent) is sent
 once more on a fresh connection; otherwise only its calls that carry an Idempotency-Key
@@ -26,19 +28,17 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
     MaxConnectionsError,
     MovedError,
-    NoScriptError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -54,12 +54,13 @@ MAX_BATCH = 128  # calls per pipeline: a bigger turn is split over several conne
 # Replies that say the cluster did not run the call (MovedError is an AskError).
 NOT_RUN = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
 
-# script, keys, args, whether it is safe to run twice (keyed), and where its reply goes
-_Call = tuple[AsyncScript, Sequence[str | bytes], Sequence[Any], bool, "asyncio.Future[Any]"]
+# function name, keys, args, whether it is safe to run twice (keyed), and where its reply goes
+_Call = tuple[bytes, Sequence[str | bytes], Sequence[Any], bool, "asyncio.Future[Any]"]
+FUNCTION_NOT_FOUND = "Function not found"
 
 
 class AutoPipeline:
-    """Runs scripts by SHA for many concurrent callers, a pipeline per event-loop turn (and node)."""
+    """Runs functions (FCALL) for many concurrent callers, a pipeline per event-loop turn (and node)."""
 
     def __init__(
         self,
@@ -70,10 +71,13 @@ class AutoPipeline:
         wait_timeout_ms: int = 1000,
         retry_for_s: float = 2.0,
         keys_of: Callable[[Sequence[str | bytes]], Sequence[str | bytes]] | None = None,
+        reload: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``keys_of``: what a call's keys become before they are sent (scripts.guarded)."""
+        """``keys_of``: what a call's keys become before they are sent (library.guarded);
+        ``reload``: loads the function library again, after "Function not found"."""
         self.redis = redis
         self.keys_of = keys_of
+        self.reload = reload
         self.cluster: RedisCluster | None = redis if isinstance(redis, RedisCluster) else None
         self.max_batch = max_batch
         self.wait_replicas = wait_replicas
@@ -82,6 +86,7 @@ class AutoPipeline:
         self._queued: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._refreshing: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Future[None] | None = None
         self._wait = b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%d\r\n$%d\r\n%d\r\n" % (
             len(str(wait_replicas)),
             wait_replicas,
@@ -91,13 +96,13 @@ class AutoPipeline:
 
     async def run(
         self,
-        script: AsyncScript,
+        function: bytes,
         keys: Sequence[str | bytes],
         args: Sequence[Any],
         idempotent: bool = False,
         retry_for_s: float | None = None,
     ) -> Any:
-        """The script's reply, or the error Redis or the connection gave for it.
+        """The function's reply, or the error Redis or the connection gave for it.
 
         ``keys[0]`` names the call's slot (on a cluster). ``idempotent``: running it twice
         has the effect of once (it carries an Idempotency-Key), so it may be sent again
@@ -107,12 +112,12 @@ class AutoPipeline:
         if self.keys_of is not None:
             keys = self.keys_of(keys)
         if self.cluster is None:
-            return await self._queue(script, keys, args, idempotent)
+            return await self._queue(function, keys, args, idempotent)
         deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
         pause, moved = 0.01, 0
         while True:
             try:
-                return await self._queue(script, keys, args, idempotent)
+                return await self._queue(function, keys, args, idempotent)
             except NOT_RUN as exc:  # the cluster did not run it: send it again, where it now says
                 if isinstance(exc, MovedError) and moved < 5:
                     moved += 1
@@ -126,14 +131,21 @@ class AutoPipeline:
                 pause = min(2 * pause, 0.2)
 
     def _queue(
-        self, script: AsyncScript, keys: Sequence[str | bytes], args: Sequence[Any], idempotent: bool
+        self, function: bytes, keys: Sequence[str | bytes], args: Sequence[Any], idempotent: bool
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._queued.append((script, keys, args, idempotent, reply))
+        self._queued.append((function, keys, args, idempotent, reply))
         if len(self._queued) == 1:
             loop.call_soon(self._flush)
         return reply
+
+    async def _reload_once(self) -> None:
+        """Load the library again; the calls that all found it missing share one load."""
+        assert self.reload is not None
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(self.reload())
+        await asyncio.shield(self._reloading)
 
     def refresh(self) -> None:
         """Reload the cluster's slot map, in the background, once at a time."""
@@ -221,7 +233,7 @@ class AutoPipeline:
             for _ in calls:
                 try:
                     replies.append(await connection.read_response())
-                except ResponseError as error:  # the script's own error: its caller's alone
+                except ResponseError as error:  # the function's own error: its caller's alone
                     replies.append(error)
             if self.wait_replicas:
                 self._check_replicated(replies, int(await connection.read_response()))
@@ -267,13 +279,18 @@ class AutoPipeline:
             elif again:
                 await self._dispatch(again, retry=False)
             return
-        for (script, keys, args, call_idempotent, reply), result in zip(calls, replies, strict=True):
-            if isinstance(result, NoScriptError):  # Redis restarted, or a replica took over
-                try:  # the call did not run: load the script (on every master), then run it
-                    await self.redis.script_load(script.script)
-                    result = await self._queue(script, keys, args, call_idempotent)
-                except Exception as exc:
-                    result = exc
+        missing = [i for i, result in enumerate(replies) if self.reload is not None and _not_found(result)]
+        if missing:  # a Redis that lost the library: those calls did not run
+            try:  # load the library (on every master) once, then run them again
+                await self._reload_once()
+                resent = [self._queue(*calls[i][:4]) for i in missing]
+                results: list[Any] = list(await asyncio.gather(*resent, return_exceptions=True))
+                for i, result in zip(missing, results, strict=True):
+                    replies[i] = result
+            except Exception as exc:
+                for i in missing:
+                    replies[i] = exc
+        for (*_, reply), result in zip(calls, replies, strict=True):
             if reply.done():  # its caller was cancelled
                 continue
             if isinstance(result, Exception):
@@ -282,17 +299,21 @@ class AutoPipeline:
                 reply.set_result(result)
 
 
+def _not_found(result: Any) -> bool:
+    return isinstance(result, ResponseError) and str(result).startswith(FUNCTION_NOT_FOUND)
+
+
 def pack(calls: Sequence[_Call]) -> bytes:
-    """The calls as EVALSHA commands in the Redis protocol (RESP), ready to write.
+    """The calls as FCALL commands in the Redis protocol (RESP), ready to write.
 
     redis-py's own packing handles every type and huge values; this handles what the hot
     calls carry (str, bytes, int) at a fifth of its cost: 26 µs for an allocation's 16
     arguments there, about 5 µs here.
     """
     out: list[bytes] = []
-    for script, keys, args, *_ in calls:
+    for function, keys, args, *_ in calls:
         out.append(
-            b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (3 + len(keys) + len(args), script.sha.encode())
+            b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%s\r\n" % (3 + len(keys) + len(args), len(function), function)
         )
         count = b"%d" % len(keys)
         out.append(b"$%d\r\n%s\r\n" % (len(count), count))

@@ -26,7 +26,9 @@ class Keys:
         self.coupon_prefix = f"{tag}:c:"
         self.audit = f"{tag}:audit"
         self.purge_lock = f"{tag}:purge:lock"
-        self._available = {t: f"{tag}:avail:{t.value}" for t in CouponType}
+        self.available_prefix = f"{tag}:avail:"  # then the type
+        self.draining_prefix = f"{tag}:draining:"  # then the type
+        self._available = {t: f"{self.available_prefix}{t.value}" for t in CouponType}
         self.megadeal_queue = f"{tag}:mega:queue"
         self.megadeal_alive = f"{tag}:mega:alive"
         self.megadeal_slots = f"{tag}:mega:slots"
@@ -37,7 +39,7 @@ class Keys:
         self.held_prefix = f"{tag}:held:"
         self.tracked_prefix = f"{tag}:trk:"
         self.user_prefix = f"{tag}:user:"
-        self._draining = {t: f"{tag}:draining:{t.value}" for t in CouponType}
+        self._draining = {t: f"{self.draining_prefix}{t.value}" for t in CouponType}
         self._held_of_type = {t: f"{self.held_prefix}{t.value}:" for t in CouponType}
         self._listing_of_type = {t: f"{self.user_prefix}{t.value}:" for t in CouponType}
         self.idempotency_prefix = f"{tag}:idem:"
@@ -73,10 +75,6 @@ class Keys:
         """In a sharded pool, the claim of an Idempotency-Key in its own shard: the request's
         fingerprint, so the key is refused for another request whatever slots each writes."""
         return f"{self.tag}:idemkey:" + record[record.index(":idem:") + 6 :]
-
-    def record_here(self, record: str) -> str:
-        """The same Idempotency-Key's record in this slot (``record``: another slot's)."""
-        return self.idempotency_prefix + record[record.index(":idem:") + 6 :]
 
     def megadeal_wake(self, ticket: str) -> str:
         """The list a MEGADEAL waiter blocks on; ``ticket`` comes from the ticket counter."""

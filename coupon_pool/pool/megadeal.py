@@ -22,12 +22,12 @@ from ..errors import ClientDisconnected, MegadealBusy
 from ..models import CouponType
 from ..results import Allocation
 from ..settings import MegadealLimits, Settings
-from .autopipeline import AutoPipeline
+from . import keyed
+from .codec import ALLOCATE_DETAIL, Allocated, Waiting, allocation, raise_if_error
 from .connection import PROCESS_PREFIX, connect, process_name
-from .idempotency import Idempotency, record_args
+from .functions import MEGADEAL_ENTER, MEGADEAL_FORGET, MEGADEAL_LEAVE
 from .keys import Keys
-from .scripts import Allocated, Scripts, Waiting, guarded
-from .store import ALLOCATE_DETAIL, allocation, raise_if_error
+from .library import Library
 
 log = logging.getLogger("coupon_pool.megadeal")
 Gone = Callable[[], Awaitable[object]]  # completes when the caller has gone away
@@ -58,44 +58,40 @@ class MegadealGate:
         keys: Keys,
         limits: MegadealLimits | None = None,
         *,
+        library: Library | None = None,
         blocking_redis: Redis | None = None,
         audit_max_len: int = 100_000,
         max_allocations_per_user: int = 0,
-        wait_replicas: int = 0,
-        wait_timeout_ms: int = 1000,
     ) -> None:
-        """``blocking_redis`` serves the waits (BLPOP); give it its own pool in a server.
+        """``library``: the process's (shared with the store); ``blocking_redis`` serves the
+        waits (BLPOP): give it its own pool in a server.
 
         Its keys and the MEGADEAL coupons are in the pool's main slot (``keys``)."""
         self.redis = redis
-        self._calls = AutoPipeline(
-            redis, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms, keys_of=guarded
-        )
+        self.run = (library or Library(redis)).run
         self.audit_max_len = audit_max_len
         self.max_allocations_per_user = max_allocations_per_user
         self.blocking_redis = blocking_redis or redis
         self.keys = keys
         self.limits = limits or MegadealLimits()
-        scripts = Scripts(redis)
-        self._enter, self._leave = scripts.megadeal_enter, scripts.megadeal_leave
-        self._forget = scripts.megadeal_forget
-        self._enter_keys = [
-            keys.available(CouponType.MEGADEAL), keys.exhausted, keys.stats, keys.audit,
-            keys.megadeal_queue, keys.megadeal_alive, keys.megadeal_slots, keys.megadeal_window,
-            keys.megadeal_ticket, keys.megadeal_high_water,
-        ]  # fmt: skip
-        self._leave_keys = [
-            keys.megadeal_queue,
-            keys.megadeal_alive,
-            keys.megadeal_slots,
-            keys.megadeal_window,
-        ]
+        self._gate_keys = {
+            "queue": keys.megadeal_queue,
+            "alive": keys.megadeal_alive,
+            "slots": keys.megadeal_slots,
+            "window": keys.megadeal_window,
+        }
+        lim = self.limits
+        self._wake_args: dict[str, Any] = {
+            "wake_prefix": keys.megadeal_wake_prefix, "max_concurrent": lim.max_concurrent,
+            "rate": lim.rate_per_s, "window_ms": WINDOW_MS, "keep_ms": WAKE_KEEP_MS,
+        }  # fmt: skip
         self.waiting = 0  # in this process
         self._node: tuple[str, Redis] | None = None  # on a cluster: the waits' client (see _woken)
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis) -> MegadealGate:
-        """The gate of ``settings``' pool on ``redis``, with a pool of its own for the waits."""
+    def from_settings(cls, settings: Settings, redis: Redis, library: Library) -> MegadealGate:
+        """The gate of ``settings``' pool on ``redis`` (calls through ``library``), with a pool
+        of its own for the waits."""
         limits = settings.megadeal
         # Waiters block on their own connections, so they never starve other requests.
         blocking = connect(settings, limits.max_waiters, HEARTBEAT_MS / 1000 + settings.redis_timeout_s)
@@ -104,11 +100,10 @@ class MegadealGate:
             redis,
             keys,
             limits,
+            library=library,
             blocking_redis=blocking,
             audit_max_len=settings.audit_max_len,
             max_allocations_per_user=settings.max_allocations_per_user,
-            wait_replicas=settings.redis_wait_replicas,
-            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
 
     async def aclose(self) -> None:
@@ -122,17 +117,17 @@ class MegadealGate:
         *,
         started: float | None = None,
         gone: Gone | None = None,
-        idem: Idempotency | None = None,
     ) -> Allocation:
         """Wait for admission (FIFO, within the limits), then allocate a MEGADEAL coupon.
 
         ``started`` (time.perf_counter) is when the request arrived: the wait is counted
         from then. ``gone`` completes when the caller has gone away: a waiter whose caller
-        is gone leaves the queue without being allocated anything. With ``idem``, the
-        first call claims its key (a second request with it waits its turn: 409), and the
-        admission stores the answer; a request whose key has an answer gets it at once.
+        is gone leaves the queue without being allocated anything. In a keyed operation
+        (keyed.Keyed), the first call claims its key (a second request with it waits its
+        turn: 409), and the admission stores the answer; a request whose key has an answer
+        gets it at once.
         """
-        async with self.slot(user_id, started=started, gone=gone, idem=idem) as allocated:
+        async with self.slot(user_id, started=started, gone=gone) as allocated:
             return allocation(allocated, user_id, CouponType.MEGADEAL)
 
     async def status(self) -> GateStatus:
@@ -153,7 +148,6 @@ class MegadealGate:
         *,
         started: float | None = None,
         gone: Gone | None = None,
-        idem: Idempotency | None = None,
     ) -> AsyncIterator[Allocated]:
         """Wait for a slot, allocating a MEGADEAL coupon on admission; hold the slot inside.
 
@@ -162,15 +156,15 @@ class MegadealGate:
         ``gone`` completed first.
         """
         started = time.perf_counter() if started is None else started
-        ticket, allocated = await self._wait_for_admission(user_id, started, gone, idem)
+        ticket, allocated = await self._wait_for_admission(user_id, started, gone)
         try:
             yield allocated
         finally:
             if ticket:  # a replayed answer holds no slot
-                await self._leave_quietly(ticket, idem)
+                await self._leave_quietly(ticket)
 
     async def _wait_for_admission(
-        self, user_id: str, started: float, gone: Gone | None, idem: Idempotency | None
+        self, user_id: str, started: float, gone: Gone | None
     ) -> tuple[str, Allocated]:
         if self.waiting >= self.limits.max_waiters:
             raise MegadealBusy(
@@ -185,14 +179,12 @@ class MegadealGate:
                 if watch is not None and watch.done():
                     raise ClientDisconnected("the client went away while waiting for a MEGADEAL slot")
                 waited_ms = int((time.perf_counter() - started) * 1000)
-                keys, args = self._enter_call(user_id, ticket, waited_ms, idem)
-                # Called again with its ticket, the script repeats nothing: safe to resend.
-                reply = await self._calls.run(self._enter, keys, args, bool(ticket))
-                if idem:
-                    reply = idem.unwrap(reply)
-                    if idem.replayed:
-                        self._raise_if_refused(reply)
-                        return "", Allocated._make(reply[1:])
+                keys, args = self._enter_call(user_id, ticket, waited_ms)
+                # Called again with its ticket, the function repeats nothing: safe to resend.
+                reply = await self.run(MEGADEAL_ENTER, keys, args, idempotent=bool(ticket))
+                if (run := keyed.current()) is not None and run.replayed:  # the stored answer
+                    self._raise_if_refused(reply)
+                    return "", Allocated._make(reply[1:])
                 ticket = reply[1]
                 if reply[0] == "ok":
                     return ticket, Allocated._make(reply[2:])
@@ -213,7 +205,7 @@ class MegadealGate:
                 await self._pause(pause, watch)
         except BaseException:
             if ticket:
-                await self._leave_quietly(ticket, idem)
+                await self._leave_quietly(ticket)
             raise
         finally:
             self.waiting -= 1
@@ -295,46 +287,46 @@ class MegadealGate:
         else:
             clients = await self.redis.client_list(_type="normal")
         owners = {c["name"] for c in clients if c.get("name", "").startswith(PROCESS_PREFIX)}
-        lim = self.limits
-        args: list[str | int] = [
-            max_number, self.keys.megadeal_wake_prefix, lim.max_concurrent, lim.rate_per_s, WINDOW_MS,
-            WAKE_KEEP_MS, *sorted(owners),
-        ]  # fmt: skip
-        return int(await self._calls.run(self._forget, self._leave_keys, args))
+        keys, args = MEGADEAL_FORGET.bind(
+            **self._gate_keys, **self._wake_args, max_number=max_number, owners=sorted(owners)
+        )
+        return int(await self.run(MEGADEAL_FORGET, keys, args))
 
-    async def _leave_quietly(self, ticket: str, idem: Idempotency | None = None) -> None:
+    async def _leave_quietly(self, ticket: str) -> None:
         # When Redis is unreachable the lease and the waiter's deadline free the place instead.
         try:
-            keys = self._leave_keys + record_args(idem)[0]
-            await self._calls.run(self._leave, keys, self._leave_args(ticket))
+            keys, args = MEGADEAL_LEAVE.bind(**self._gate_keys, **self._wake_args, ticket=ticket)
+            await self.run(MEGADEAL_LEAVE, keys, args)
         except RedisError as exc:
             log.warning("could not leave the MEGADEAL gate (ticket %s): %s", ticket, exc)
 
-    def _enter_call(
-        self, user_id: str, ticket: str, waited_ms: int, idem: Idempotency | None
-    ) -> tuple[list[str], list[str | int]]:
-        lim = self.limits
-        record, extra = record_args(idem)
-        mega = CouponType.MEGADEAL
-        keys = [
-            *self._enter_keys, self.keys.held(mega, user_id), self.keys.user_coupons(mega, user_id),
-            self.keys.draining(mega), *record,
-        ]  # fmt: skip
-        args = [
-            self.keys.coupon_prefix, user_id, mega.value, ticket, process_name(),
-            lim.max_concurrent, lim.rate_per_s, WINDOW_MS, int(lim.lease_s * 1000), HEARTBEAT_MS, waited_ms,
-            int(lim.max_wait_s * 1000), self.audit_max_len, self.max_allocations_per_user,
-            self.keys.held_type_prefix(mega), self.keys.tracked_prefix, *extra,
-        ]  # fmt: skip
-        return keys, args
-
-    def _leave_args(self, ticket: str) -> list[str | int]:
-        lim = self.limits
-        return [
-            ticket,
-            self.keys.megadeal_wake_prefix,
-            lim.max_concurrent,
-            lim.rate_per_s,
-            WINDOW_MS,
-            WAKE_KEEP_MS,
-        ]
+    def _enter_call(self, user_id: str, ticket: str, waited_ms: int) -> tuple[list[Any], list[Any]]:
+        lim, k, mega = self.limits, self.keys, CouponType.MEGADEAL
+        return MEGADEAL_ENTER.bind(
+            **self._gate_keys,
+            available=k.available(mega),
+            exhausted=k.exhausted,
+            stats=k.stats,
+            audit_stream=k.audit,
+            counter=k.megadeal_ticket,
+            high_water=k.megadeal_high_water,
+            held=k.held(mega, user_id),
+            listing=k.user_coupons(mega, user_id),
+            draining=k.draining(mega),
+            prefix=k.coupon_prefix,
+            user=user_id,
+            ctype=mega.value,
+            ticket=ticket,
+            owner=process_name(),
+            max_concurrent=lim.max_concurrent,
+            rate=lim.rate_per_s,
+            window_ms=WINDOW_MS,
+            lease_ms=int(lim.lease_s * 1000),
+            max_sleep_ms=HEARTBEAT_MS,
+            waited_ms=waited_ms,
+            max_wait_ms=int(lim.max_wait_s * 1000),
+            audit_cap=self.audit_max_len,
+            max_per_user=self.max_allocations_per_user,
+            held_prefix=k.held_type_prefix(mega),
+            tracked_prefix=k.tracked_prefix,
+        )

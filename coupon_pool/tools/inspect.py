@@ -19,9 +19,9 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 
 from ..models import CODE_PATTERN, CouponType
+from ..pool.codec import from_ms
 from ..pool.connection import connect
 from ..pool.keys import CouponField, Keys, Layout
-from ..pool.store import from_ms
 from ..settings import Settings
 from .common import operator_settings
 

@@ -1,7 +1,7 @@
-"""The ceiling: a bare Starlette endpoint doing one EVALSHA per request on the same Redis.
+"""The ceiling: a bare Starlette endpoint doing one FCALL per request on the same Redis.
 
-It answers every path and method the way the service would at best: read the body, run
-one tiny script, answer JSON (201 to a POST, 200 to a GET). So the bench can also drive
+It answers every path and method the way the service would at best: read the body, call
+one tiny function (an INCR), answer JSON (201 to a POST, 200 to a GET). So the bench can also drive
 it directly, e.g. to compare its client with wrk on the same endpoint. Served by the same
 uvicorn as ``coupon-pool serve``, it is what the service's figures are divided by.
 """
@@ -26,18 +26,22 @@ from ...pool.autopipeline import AutoPipeline
 from ...pool.connection import connect
 from ...settings import Settings
 
-SCRIPT = "return redis.call('INCR', KEYS[1])"
+FUNCTION = "reference_incr"
+LIBRARY = f"""#!lua name=coupon_pool_reference
+redis.register_function('{FUNCTION}', function(keys, args) return redis.call('INCR', keys[1]) end)
+"""
 KEY = "{cp-reference}:n"
 
 
 def create_reference_app(settings: Settings | None = None, *, autopipeline: bool = False) -> Starlette:
-    """The ceiling; with ``autopipeline``, its EVALSHA goes through the service's AutoPipeline."""
+    """The ceiling; with ``autopipeline``, its FCALL goes through the service's AutoPipeline."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings, settings.redis_max_connections, settings.redis_timeout_s)
-        app.state.script = redis.register_script(SCRIPT)
+        await redis.function_load(LIBRARY, replace=True)
+        app.state.redis = redis
         app.state.pipeline = AutoPipeline(redis) if autopipeline else None
         try:
             yield
@@ -48,9 +52,9 @@ def create_reference_app(settings: Settings | None = None, *, autopipeline: bool
         await request.body()
         state = request.app.state
         if state.pipeline:
-            n = await state.pipeline.run(state.script, [KEY], [])
+            n = await state.pipeline.run(FUNCTION.encode(), [KEY], [])
         else:
-            n = await state.script(keys=[KEY])
+            n = await state.redis.fcall(FUNCTION, 1, KEY)
         status = 201 if request.method == "POST" else 200  # as the service answers
         return Response(orjson.dumps({"n": n}), status_code=status, media_type="application/json")
 

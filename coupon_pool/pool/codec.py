@@ -1,0 +1,126 @@
+"""Replies to Python: the functions' answers decoded by name, times and discounts converted,
+and a function's error reply raised as the CouponError of its code."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from ..errors import BY_CODE
+from ..models import CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
+from ..results import Allocation, AuditEntry, UploadResult
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // _MS
+
+
+def from_ms(ms: int | str) -> datetime:
+    return EPOCH + timedelta(milliseconds=int(ms))
+
+
+@functools.lru_cache(maxsize=4096)  # discounts are immutable, and most pools have few distinct ones
+def discount(kind: str, value: str) -> FlatDiscount | PercentDiscount:
+    if kind == "flat":
+        return FlatDiscount.model_construct(kind="flat", value=value)
+    return PercentDiscount.model_construct(kind="percent", value=percent_value(value))
+
+
+# The replies, by name. A function answers an array: a status word ("ok" or an error
+# code), then the fields below, in this order (each file's header says the same).
+
+
+class Allocated(NamedTuple):
+    """allocate.lua's, and megadeal_enter.lua's once admitted: the coupon handed out."""
+
+    code: str
+    discount_kind: str
+    discount_value: str
+    expires_ms: str
+    allocated_ms: int
+
+
+class Redeemed(NamedTuple):
+    type: str
+    used: int
+    max_usages: str
+    redeemed_ms: int
+
+
+class Changed(NamedTuple):
+    """release.lua's (total: usages allocated now) and rollback.lua's (total: used now)."""
+
+    type: str
+    total: int
+    max_usages: str
+    at_ms: int
+
+
+class Waiting(NamedTuple):
+    """megadeal_enter.lua's "wait": come back after ``wait_ms`` at the latest."""
+
+    wait_ms: int
+    reason: str  # "rate" or "slot"
+    rank: int
+
+
+def pairs(reply: list[Any]) -> dict[str, Any]:
+    """A flat {name, value, name, value, ...} reply (stats.lua, purge.lua) as a dict."""
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def allocation(reply: Allocated, user_id: str, coupon_type: CouponType) -> Allocation:
+    return Allocation(
+        code=reply.code,
+        type=coupon_type,
+        discount=discount(reply.discount_kind, reply.discount_value),
+        expires_at=from_ms(reply.expires_ms),
+        user_id=user_id,
+        allocated_at=from_ms(reply.allocated_ms),
+    )
+
+
+def raise_if_error(reply: list[Any], details: dict[str, str], **values: Any) -> None:
+    """A function's error reply ({error code}) as the CouponError of that code, its detail
+    from ``details`` filled in with ``values``."""
+    if reply[0] != "ok":
+        raise BY_CODE[reply[0]](details.get(reply[0], "").format(**values))
+
+
+ALLOCATE_DETAIL = {
+    "pool_empty": "no {type} coupon is available for this user",
+    "user_limit_reached": "this user holds {limit} {type} coupons, the most one user may hold at once",
+}
+USE_DETAIL = {
+    "coupon_not_found": "there is no coupon {code!r}",
+    "type_mismatch": "coupon {code!r} is of another type",
+    "not_allocated": "coupon {code!r} is not allocated to this user",
+    "already_redeemed": "this user already redeemed coupon {code!r}",
+    "not_redeemed": "this user has not redeemed coupon {code!r}",
+    "coupon_expired": "coupon {code!r} has expired",
+}
+
+
+def upload_result(answer: dict[str, Any], coupons: Sequence[CouponIn]) -> UploadResult:
+    """An upload's answer from its outcome (created, 1-based positions of duplicates)."""
+    duplicates = [coupons[i - 1].code for i in answer["duplicates"]]
+    return UploadResult.model_construct(created=answer["created"], duplicates=duplicates)
+
+
+_COUNT_FIELDS = frozenset({"created", "duplicates", "used", "allocated"})
+
+
+def audit_entry(entry_id: str, fields: dict[str, str], stream_id: str | None = None) -> AuditEntry:
+    """An AuditEntry from a stream entry; counts become integers."""
+    values: dict[str, Any] = {
+        k: int(v) if k in _COUNT_FIELDS or k.startswith(("purged_", "retired_")) else v
+        for k, v in fields.items()
+    }
+    return AuditEntry.model_construct(
+        id=entry_id, time=from_ms((stream_id or entry_id).partition("-")[0]), **values
+    )

@@ -1,0 +1,47 @@
+"""What every room of the store works with: the Redis client, the function library, where
+the pool's data lives, and the pool's options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis, RedisCluster
+
+from ..models import CouponType
+from .keys import Keys, Layout
+from .library import Library
+
+TYPES = [t.value for t in CouponType]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """The pool's settings that the store applies (each one a setting of settings.py)."""
+
+    shards: int = 1  # POOL_SHARDS
+    upload_chunk_size: int = 100
+    upload_memory_share: float = 0.9
+    purge_batch_size: int = 1000
+    audit_max_len: int = 100_000
+    max_allocations_per_user: int = 0
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
+    retry_for_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Context:
+    redis: Redis
+    library: Library
+    layout: Layout
+    options: Options
+    cluster: RedisCluster | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        cluster = self.redis if isinstance(self.redis, RedisCluster) else None
+        object.__setattr__(self, "cluster", cluster)
+
+    @property
+    def keys(self) -> Keys:
+        """The main slot's keys."""
+        return self.layout.main

@@ -1,0 +1,188 @@
+"""One coupon's life: allocate a usage to a user, redeem it, roll the redemption back, or
+release the allocation. Each is one function call in the slot that holds the coupon."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..models import CouponType
+from ..results import Allocation, Redemption, Release, Rollback
+from . import keyed
+from .autopipeline import NOT_RUN
+from .codec import (
+    ALLOCATE_DETAIL,
+    USE_DETAIL,
+    Allocated,
+    Changed,
+    Redeemed,
+    allocation,
+    from_ms,
+    raise_if_error,
+)
+from .connection import NotSent
+from .context import Context
+from .functions import ALLOCATE, REDEEM, RELEASE, ROLLBACK, Function
+from .keys import Keys
+from .placement import Placement
+
+
+class _SlotArgs:
+    """A slot's constant arguments, encoded once (redis-py passes bytes as is)."""
+
+    def __init__(self, k: Keys) -> None:
+        self.available = {t: k.available(t).encode() for t in CouponType}
+        self.exhausted = k.exhausted.encode()
+        self.stats = k.stats.encode()
+        self.audit = k.audit.encode()
+        self.coupon_prefix = k.coupon_prefix.encode()
+        self.held_prefixes = {t: k.held_type_prefix(t).encode() for t in CouponType}
+        self.tracked_prefix = k.tracked_prefix.encode()
+        self.draining = {t: k.draining(t).encode() for t in CouponType}
+
+
+class Coupons:
+    def __init__(self, ctx: Context, placement: Placement) -> None:
+        self.ctx = ctx
+        self.run = ctx.library.run
+        self.placement = placement
+        self._slot = {k.tag: _SlotArgs(k) for k in ctx.layout.slots}
+        options = ctx.options
+        self._audit_cap = str(options.audit_max_len).encode()
+        self._max_per_user = str(options.max_allocations_per_user).encode()
+        self._type_names = {t: t.value.encode() for t in CouponType}
+
+    async def allocate(self, user_id: str, coupon_type: CouponType) -> Allocation:
+        """Reserve one usage of the first-expiring available coupon of a shard for ``user_id``;
+        the shards are tried in turn (Placement.walk) before the answer is pool_empty.
+        MEGADEAL coupons are allocated by the MEGADEAL gate (megadeal.py)."""
+        if coupon_type is CouponType.MEGADEAL:
+            raise ValueError(
+                "MEGADEAL allocations go through MegadealGate.allocate, which applies the limits"
+            )
+        run = keyed.current()
+        shards = self.placement.walk(run.idem.record if run else None)
+        unreachable: Exception | None = None
+        for n, k in enumerate(shards):
+            last = n == len(shards) - 1
+            try:
+                # Unkeyed, a shard that cannot run it now is passed over at once (the last is waited for).
+                reply = await self._allocate_in(k, user_id, coupon_type, None if run or last else 0.0)
+            except (NotSent, *NOT_RUN) as exc:
+                if run or last:  # a keyed call keeps its order: a retry walks it again
+                    raise
+                unreachable = exc  # its master is failing over, or its slot moving: try the next
+                continue
+            if reply[0] != "pool_empty":
+                break
+        if unreachable is not None and reply[0] == "pool_empty":
+            raise unreachable  # some shard could not be asked: not known to be empty
+        limit = self.ctx.options.max_allocations_per_user
+        raise_if_error(reply, ALLOCATE_DETAIL, type=coupon_type.value, limit=limit)
+        return allocation(Allocated._make(reply[1:]), user_id, coupon_type)
+
+    async def _allocate_in(self, k: Keys, user_id: str, coupon_type: CouponType, wait: float | None) -> Any:
+        a = self._slot[k.tag]
+        keys, args = ALLOCATE.bind(
+            available=a.available[coupon_type],
+            exhausted=a.exhausted,
+            stats=a.stats,
+            audit_stream=a.audit,
+            held=k.held(coupon_type, user_id),
+            listing=k.user_coupons(coupon_type, user_id),
+            draining=a.draining[coupon_type],
+            prefix=a.coupon_prefix,
+            user=user_id,
+            ctype=self._type_names[coupon_type],
+            audit_cap=self._audit_cap,
+            max_per_user=self._max_per_user,
+            held_prefix=a.held_prefixes[coupon_type],
+            tracked_prefix=a.tracked_prefix,
+        )
+        return await self.run(ALLOCATE, keys, args, retry_for_s=wait)
+
+    async def redeem(self, code: str, user_id: str, coupon_type: CouponType | None) -> Redemption:
+        """Record that ``user_id`` used the coupon ``code`` allocated to them."""
+        redeemed = Redeemed._make((await self._use(REDEEM, code, user_id, coupon_type))[1:])
+        return Redemption(
+            code=code,
+            type=CouponType(redeemed.type),
+            user_id=user_id,
+            redeemed_at=from_ms(redeemed.redeemed_ms),
+            used=int(redeemed.used),
+            max_usages=int(redeemed.max_usages),
+        )
+
+    async def rollback(self, code: str, user_id: str, coupon_type: CouponType | None) -> Rollback:
+        """Undo the user's redemption of ``code``: the allocation is unredeemed again."""
+        undone = Changed._make((await self._use(ROLLBACK, code, user_id, coupon_type))[1:])
+        return Rollback(
+            code=code,
+            type=CouponType(undone.type),
+            user_id=user_id,
+            rolled_back_at=from_ms(undone.at_ms),
+            used=int(undone.total),
+            max_usages=int(undone.max_usages),
+        )
+
+    async def release(self, code: str, user_id: str, coupon_type: CouponType | None) -> Release:
+        """Give the user's unredeemed allocation of ``code`` back to the pool."""
+
+        def call(k: Keys) -> Awaitable[Any]:
+            keys, args = RELEASE.bind(
+                coupon=k.coupon(code),
+                exhausted=k.exhausted,
+                stats=k.stats,
+                audit_stream=k.audit,
+                user=user_id,
+                expected=coupon_type.value if coupon_type else "",
+                code=code,
+                audit_cap=self._audit_cap,
+                available_prefix=k.available_prefix,
+                draining_prefix=k.draining_prefix,
+                held_prefix=k.held_prefix,
+                listing_prefix=k.user_prefix,
+                tracked_prefix=k.tracked_prefix,
+            )
+            return self.run(RELEASE, keys, args)
+
+        released = Changed._make((await self._on_coupon(code, coupon_type, call))[1:])
+        return Release(
+            code=code,
+            type=CouponType(released.type),
+            user_id=user_id,
+            released_at=from_ms(released.at_ms),
+            allocated=int(released.total),
+            max_usages=int(released.max_usages),
+        )
+
+    async def _use(self, fn: Function, code: str, user_id: str, coupon_type: CouponType | None) -> list[Any]:
+        """Run redeem or rollback: same keys, same arguments, same checks."""
+        ctype = self._type_names[coupon_type] if coupon_type else b""
+
+        def call(k: Keys) -> Awaitable[Any]:
+            a = self._slot[k.tag]
+            keys, args = fn.bind(
+                coupon=k.coupon(code),
+                stats=a.stats,
+                audit_stream=a.audit,
+                user=user_id,
+                expected=ctype,
+                code=code,
+                audit_cap=self._audit_cap,
+            )
+            return self.run(fn, keys, args)
+
+        return await self._on_coupon(code, coupon_type, call)
+
+    async def _on_coupon(
+        self, code: str, coupon_type: CouponType | None, call: Callable[[Keys], Awaitable[Any]]
+    ) -> list[Any]:
+        """``call(slot)`` in each slot coupon ``code`` may be in, until one has it; its reply,
+        or its error raised. Keyed, each slot keeps its own answer (the last one says)."""
+        for k in self.placement.slots_of(code, coupon_type):
+            reply: list[Any] = await call(k)
+            if reply[0] != "coupon_not_found":
+                break
+        raise_if_error(reply, USE_DETAIL, code=code)
+        return reply

@@ -1,0 +1,300 @@
+"""The Lua functions of lua/, each one's KEYS and ARGV declared once, by name, and the library
+they make.
+
+A declaration gives both sides of a call: the Python side builds a call's KEYS and ARGV by
+name (``ALLOCATE.bind(available=..., user=...)``), and the Lua side gets the same names as
+locals, generated before the function's body (``local available, exhausted = keys[2],
+keys[3]``...), so no position is written twice. Each file's header documents the same
+names in the same order (a test holds them together).
+
+The library is one Redis Functions library (``FUNCTION LOAD``, ``FCALL``): the coupon hash's
+field names as constants (keys.CouponField, RecordField), then lua/lib.lua (the shared
+helpers), then every function. Redis runs that text once, when the library loads; a call
+runs only its function's body (EVALSHA ran the whole script, helper definitions included,
+on every call). The library's name and its functions' names carry a digest of its text, so
+two versions of the service can share a Redis while one replaces the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .keys import CouponField, RecordField
+
+KEYED_KEYS = ("record",)  # a keyed call's last key: its Idempotency-Key record, when it has one
+KEYED_ARGS = ("fp", "ttl_ms")  # and its arguments: the request's fingerprint, how long to keep the record
+
+
+@dataclass(frozen=True)
+class Function:
+    """One function of the library: lua/<name>.lua's body, called with these names.
+
+    KEYS are ``keys`` (then ``more_keys``, a list), and for a ``keyed`` function its
+    Idempotency-Key record when it has one; ARGV are ``args``, then for a keyed function
+    ``fp`` and ``ttl_ms`` (empty without a key), then ``more_args`` (a list). Lua gets
+    ``numbers`` as numbers. KEYS[1], before all of them, is the slot's guard
+    (library.guarded), which the generated locals skip.
+    """
+
+    name: str
+    keys: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    keyed: bool = False
+    more_keys: str = ""
+    more_args: str = ""
+    numbers: frozenset[str] = frozenset()
+    flags: tuple[str, ...] = ()  # Redis's: "no-writes", "allow-oom"
+    answers: bool = True  # keyed, its reply is the operation's answer (stored, replayed)
+    _slots: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.keys):
+            self._slots[name] = (0, i)
+        for i, name in enumerate(self.args):
+            self._slots[name] = (1, i)
+
+    def bind(self, **given: Any) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of a call, from its values by name (every declared name, once)."""
+        if len(given) != len(self.keys) + len(self.args) + bool(self.more_keys) + bool(self.more_args):
+            missing = set(self._slots) - set(given)
+            raise TypeError(f"{self.name}: missing {sorted(missing)} or unknown names in {sorted(given)}")
+        keys = [given[name] for name in self.keys]
+        args = [given[name] for name in self.args]
+        if self.more_keys:
+            keys += given[self.more_keys]
+        if self.keyed:  # no Idempotency-Key, until library.Library.run puts one in
+            args += UNKEYED
+        if self.more_args:
+            args += given[self.more_args]
+        return keys, args
+
+    def lua_locals(self) -> str:
+        """The Lua that names the function's KEYS and ARGV (``keys[1]`` is the guard)."""
+        lines = []
+
+        def assign(names: Sequence[str], values: Sequence[str]) -> None:
+            if names:
+                lines.append(f"local {', '.join(names)} = {', '.join(values)}")
+
+        def value(name: str, table: str, index: int) -> str:
+            item = f"{table}[{index}]"
+            return f"tonumber({item})" if name in self.numbers else item
+
+        keys, args = list(self.keys), list(self.args)
+        assign(keys, [value(n, "keys", i + 2) for i, n in enumerate(keys)])
+        assign(args, [value(n, "args", i + 1) for i, n in enumerate(args)])
+        if self.more_keys:
+            assign([self.more_keys], [f"{{ unpack(keys, {len(keys) + 2}) }}"])
+        if self.keyed:
+            assign(KEYED_KEYS, [f"keys[{len(keys) + 2}]"])
+            assign(KEYED_ARGS, [f"args[{len(args) + 1}]", f"args[{len(args) + 2}]"])
+        if self.more_args:
+            first = len(args) + 1 + (len(KEYED_ARGS) if self.keyed else 0)
+            assign([self.more_args], [f"{{ unpack(args, {first}) }}"])
+        return "\n".join(lines) + "\n"
+
+    def documented(self) -> tuple[list[str], list[str]]:
+        """The KEYS and ARGV names lua/<name>.lua's header must list, in order."""
+        keys = [*self.keys, *([self.more_keys] if self.more_keys else [])]
+        args = list(self.args)
+        if self.keyed:
+            keys += KEYED_KEYS
+            args += KEYED_ARGS
+        if self.more_args:
+            args.append(self.more_args)
+        return keys, args
+
+
+UNKEYED = (b"", b"")  # fp and ttl_ms of a keyed function's call without an Idempotency-Key
+
+# The functions, in lua/'s files. Key and argument names are those the Lua body uses.
+UPLOAD = Function(
+    "upload",
+    keys=("stats", "audit_stream", "claims"),
+    args=(
+        "prefix",
+        "audit_cap",
+        "upload_id",
+        "part",
+        "available_prefix",
+        "owner",
+        "lease_ms",
+        "claimed_type",
+    ),
+    keyed=True,
+    more_args="lines",
+)
+UPLOAD_RECORD = Function(
+    "upload_record",
+    keys=("record",),
+    args=("action", "fp", "owner", "ttl_ms", "lease_ms", "chunk_size", "reply"),
+)
+ALLOCATE = Function(
+    "allocate",
+    keys=("available", "exhausted", "stats", "audit_stream", "held", "listing", "draining"),
+    args=("prefix", "user", "ctype", "audit_cap", "max_per_user", "held_prefix", "tracked_prefix"),
+    keyed=True,
+    numbers=frozenset({"max_per_user"}),
+)
+REDEEM = Function(
+    "redeem",
+    keys=("coupon", "stats", "audit_stream"),
+    args=("user", "expected", "code", "audit_cap"),
+    keyed=True,
+)
+ROLLBACK = Function(
+    "rollback",
+    keys=("coupon", "stats", "audit_stream"),
+    args=("user", "expected", "code", "audit_cap"),
+    keyed=True,
+)
+RELEASE = Function(
+    "release",
+    keys=("coupon", "exhausted", "stats", "audit_stream"),
+    args=(
+        "user",
+        "expected",
+        "code",
+        "audit_cap",
+        "available_prefix",
+        "draining_prefix",
+        "held_prefix",
+        "listing_prefix",
+        "tracked_prefix",
+    ),
+    keyed=True,
+    flags=("allow-oom",),  # it frees an allocation: it must work when Redis is full
+)
+USER_COUPONS = Function(
+    "user_coupons",
+    more_keys="listings",
+    args=("prefix", "user", "limit", "after_ms", "after_code"),
+    numbers=frozenset({"limit"}),
+)
+STATS = Function(
+    "stats",
+    keys=("stats",),
+    args=("available_prefix", "draining_prefix"),
+    more_args="types",
+    flags=("no-writes",),
+)
+PURGE = Function(
+    "purge",
+    keys=("stats", "audit_stream", "exhausted"),
+    args=("prefix", "limit", "audit_cap", "tracked_prefix", "available_prefix", "draining_prefix"),
+    more_args="types",
+    numbers=frozenset({"limit"}),
+    flags=("allow-oom",),  # it frees memory
+)
+_GATE_KEYS = ("queue", "alive", "slots", "window")
+_WAKE_ARGS = ("wake_prefix", "max_concurrent", "rate", "window_ms", "keep_ms")
+MEGADEAL_ENTER = Function(
+    "megadeal_enter",
+    keys=(
+        "available",
+        "exhausted",
+        "stats",
+        "audit_stream",
+        *_GATE_KEYS,
+        "counter",
+        "high_water",
+        "held",
+        "listing",
+        "draining",
+    ),
+    args=(
+        "prefix",
+        "user",
+        "ctype",
+        "ticket",
+        "owner",
+        "max_concurrent",
+        "rate",
+        "window_ms",
+        "lease_ms",
+        "max_sleep_ms",
+        "waited_ms",
+        "max_wait_ms",
+        "audit_cap",
+        "max_per_user",
+        "held_prefix",
+        "tracked_prefix",
+    ),
+    keyed=True,
+    numbers=frozenset(
+        {
+            "max_concurrent",
+            "rate",
+            "window_ms",
+            "lease_ms",
+            "max_sleep_ms",
+            "waited_ms",
+            "max_wait_ms",
+            "max_per_user",
+        }
+    ),
+)
+MEGADEAL_LEAVE = Function(
+    "megadeal_leave",
+    keys=_GATE_KEYS,
+    args=("ticket", *_WAKE_ARGS),
+    keyed=True,  # it frees the key of a waiter that leaves unanswered
+    answers=False,
+    numbers=frozenset({"max_concurrent", "rate", "window_ms"}),
+    flags=("allow-oom",),  # it frees a slot
+)
+MEGADEAL_FORGET = Function(
+    "megadeal_forget",
+    keys=_GATE_KEYS,
+    args=("max_number", *_WAKE_ARGS),
+    more_args="owners",
+    numbers=frozenset({"max_number", "max_concurrent", "rate", "window_ms"}),
+    flags=("allow-oom",),  # it frees places in the queue
+)
+FUNCTIONS = (
+    UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
+    MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET,
+)  # fmt: skip
+
+
+def lua_dir() -> Path:
+    """The scripts ship inside the wheel as coupon_pool/lua, and live in lua/ in a checkout."""
+    packaged = Path(__file__).parent.parent / "lua"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent.parent / "lua"
+
+
+def constants() -> str:
+    """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'``...) and of an
+    Idempotency-Key record (``R_REPLY``...)."""
+    fields = [("F", f) for f in CouponField] + [("R", f) for f in RecordField]
+    return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
+
+
+@dataclass(frozen=True)
+class Library:
+    """The library's text, its name in Redis, and each function's name there."""
+
+    source: str
+    name: str
+    names: dict[str, bytes]  # Function.name -> the name FCALL takes
+
+
+def build(folder: Path | None = None) -> Library:
+    folder = folder or lua_dir()
+    parts = [constants(), (folder / "lib.lua").read_text()]
+    for fn in FUNCTIONS:
+        flags = "".join(f"'{flag}', " for flag in fn.flags)
+        body = (folder / f"{fn.name}.lua").read_text()
+        parts.append(
+            f"redis.register_function{{function_name = '{fn.name}_@V', flags = {{ {flags}}},\n"
+            f"callback = function(keys, args)\n{fn.lua_locals()}{body}\nend}}\n"
+        )
+    text = "\n".join(parts)
+    version = hashlib.sha1(text.encode()).hexdigest()[:10]
+    name = f"coupon_pool_{version}"
+    source = f"#!lua name={name}\n" + text.replace("_@V'", f"_{version}'")
+    return Library(source, name, {fn.name: f"{fn.name}_{version}".encode() for fn in FUNCTIONS})

@@ -1,0 +1,188 @@
+"""Reads: a user's coupons, one coupon with its holders, the counters, and the audit trail;
+each merged over the pool's slots."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from ..errors import CouponNotFound
+from ..models import MAX_LISTED_HOLDERS, CouponType
+from ..results import (
+    AuditPage,
+    Coupon,
+    Holder,
+    Stats,
+    TypeStats,
+    UserCoupon,
+    UserCouponsPage,
+    UserCouponStatus,
+)
+from .codec import audit_entry, discount, from_ms, pairs
+from .context import TYPES, Context
+from .functions import STATS, USER_COUPONS
+from .keys import CouponField, Keys
+from .placement import Placement
+
+_COUPON_FIELDS = [
+    CouponField.TYPE, CouponField.DISCOUNT_KIND, CouponField.DISCOUNT_VALUE, CouponField.EXPIRES,
+    CouponField.MAX_USAGES, CouponField.ALLOCATED, CouponField.USED, CouponField.CREATED,
+]  # fmt: skip
+_LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
+
+
+class Reads:
+    def __init__(self, ctx: Context, placement: Placement) -> None:
+        self.ctx = ctx
+        self.redis = ctx.redis
+        self.layout = ctx.layout
+        self.placement = placement
+
+    async def user_coupons(self, user_id: str, limit: int, after: str | None) -> UserCouponsPage:
+        """A page of the coupons ``user_id`` holds, newest allocation first (every slot's, merged)."""
+        after_ms, _, after_code = after.partition(".") if after else ("", "", "")
+        replies = []
+        for k in self.layout.slots:
+            keys, args = USER_COUPONS.bind(
+                listings=[k.user_coupons(t, user_id) for t in CouponType],
+                prefix=k.coupon_prefix,
+                user=user_id,
+                limit=limit,
+                after_ms=after_ms,
+                after_code=after_code,
+            )
+            replies.append(await self.ctx.library.run(USER_COUPONS, keys, args))
+        found = [tuple(reply[i : i + 7]) for reply in replies for i in range(2, len(reply), 7)]
+        # The functions' order: newest first, then the greater code first.
+        found.sort(key=lambda e: (int(e[1]), e[0]), reverse=True)
+        more = len(found) > limit or any(reply[0] for reply in replies)
+        now = datetime.now(UTC)
+        listed = []
+        for code, allocated_ms, ctype, kind, value, expires_ms, state in found[:limit]:
+            _, _, redeemed_ms = state.partition(":")
+            expires_at = from_ms(expires_ms)
+            status: UserCouponStatus = (
+                "redeemed" if redeemed_ms else "expired" if expires_at <= now else "allocated"
+            )
+            listed.append(
+                UserCoupon.model_construct(
+                    code=code,
+                    type=CouponType(ctype),
+                    discount=discount(kind, value),
+                    expires_at=expires_at,
+                    allocated_at=from_ms(allocated_ms),
+                    redeemed_at=from_ms(redeemed_ms) if redeemed_ms else None,
+                    status=status,
+                )
+            )
+        following = None
+        if more and found[:limit]:
+            last = found[:limit][-1]
+            following = f"{int(float(last[1]))}.{last[0]}"
+        elif more:  # every entry met was of a purged coupon: go on after the cursor's place
+            following = after
+        return UserCouponsPage.model_construct(coupons=listed, next=following)
+
+    async def get_coupon(self, code: str) -> Coupon:
+        """A coupon with its counts and who holds it."""
+        for k in self.placement.slots_of(code, None):
+            key = k.coupon(code)
+            fields: list[Any] = await self.redis.hmget(key, _COUPON_FIELDS)
+            if fields[0] is not None:
+                break
+        else:
+            raise CouponNotFound(f"there is no coupon {code!r}")
+        c = dict(zip(_COUPON_FIELDS, fields, strict=True))
+        holders = []
+        prefix = CouponField.HOLDER.value
+        async for field, state in self.redis.hscan_iter(key, match=f"{prefix}*", count=MAX_LISTED_HOLDERS):
+            allocated_ms, _, redeemed_ms = state.partition(":")
+            holders.append(
+                Holder.model_construct(
+                    user_id=field[len(prefix) :],
+                    allocated_at=from_ms(allocated_ms),
+                    redeemed_at=from_ms(redeemed_ms) if redeemed_ms else None,
+                )
+            )
+            if len(holders) == MAX_LISTED_HOLDERS:
+                break
+        return Coupon.model_construct(
+            code=code,
+            type=CouponType(c[CouponField.TYPE]),
+            discount=discount(c[CouponField.DISCOUNT_KIND], c[CouponField.DISCOUNT_VALUE]),
+            expires_at=from_ms(c[CouponField.EXPIRES]),
+            max_usages=int(c[CouponField.MAX_USAGES]),
+            allocated=int(c[CouponField.ALLOCATED]),
+            used=int(c[CouponField.USED]),
+            created_at=from_ms(c[CouponField.CREATED]),
+            allocations=sorted(holders, key=lambda h: h.allocated_at),
+        )
+
+    async def stats(self) -> Stats:
+        """The counters of every slot, summed (each slot's read in one function call)."""
+        counters: dict[str, int] = {}
+        for k in self.layout.slots:
+            keys, args = STATS.bind(
+                stats=k.stats,
+                available_prefix=k.available_prefix,
+                draining_prefix=k.draining_prefix,
+                types=TYPES,
+            )
+            for name, value in pairs(await self.ctx.library.run(STATS, keys, args)).items():
+                counters[name] = counters.get(name, 0) + int(value)
+        types = {
+            t: TypeStats.model_validate(
+                {name: counters.get(f"{t.value}:{name}", 0) for name in TypeStats.model_fields}
+            )
+            for t in CouponType
+        }
+        totals = TypeStats.model_construct(
+            **{f: sum(getattr(s, f) for s in types.values()) for f in TypeStats.model_fields}
+        )
+        return Stats.model_construct(types=types, totals=totals)
+
+    async def audit(self, limit: int, after: str | None) -> AuditPage:
+        """Audit entries after the id ``after``, or the last ``limit`` ones; oldest first.
+
+        A sharded pool has a stream per slot: their entries are merged by id, then by slot,
+        and each id gets the slot's index as a third part (``<ms>-<seq>-<slot>``).
+        """
+        if not self.layout.sharded:
+            if after is not None and after.count("-") == 2:  # a sharded pool's id: its slot part
+                after = after.rpartition("-")[0]
+            raw = await self._audit_of(self.layout.main, limit, after)
+            entries = [audit_entry(i, fields) for i, fields in raw]
+        else:
+            ms_seq, _, slot = (
+                (after or "").rpartition("-") if after and after.count("-") == 2 else (after, "", "")
+            )
+            at = int(slot) if slot else len(self.layout.slots)  # a bare id: after it in every slot
+            merged = []
+            for n, k in enumerate(self.layout.slots):
+                # Entries with the cursor's id in slots after the cursor's come after it too.
+                page = await self._audit_of(k, limit, ms_seq, inclusive=n > at)
+                merged += [(_id_key(i), n, i, fields) for i, fields in page]
+            merged.sort(key=lambda e: (e[0], e[1]))
+            merged = merged[-limit:] if after is None else merged[:limit]
+            entries = [audit_entry(f"{i}-{n}", fields, i) for _, n, i, fields in merged]
+        return AuditPage.model_construct(entries=entries, next=entries[-1].id if entries else after)
+
+    async def _audit_of(
+        self, k: Keys, limit: int, after: str | None, inclusive: bool = False
+    ) -> list[tuple[str, dict[str, str]]]:
+        if after is None:
+            latest = cast(
+                list[tuple[str, dict[str, str]]], await self.redis.xrevrange(k.audit, count=limit) or []
+            )
+            return list(reversed(latest))
+        if after == _LAST_STREAM_ID and not inclusive:  # nothing follows it (and Redis refuses "(" before it)
+            return []
+        bound = after if inclusive else f"({after}"
+        return cast(
+            list[tuple[str, dict[str, str]]], await self.redis.xrange(k.audit, min=bound, count=limit) or []
+        )
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,83 @@
+"""Keeping the pool in shape: the purge of expired coupons, and what Redis's memory allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import RedisCluster
+
+from ..models import CouponType
+from ..results import PurgeResult
+from .codec import pairs
+from .context import TYPES, Context
+from .functions import PURGE
+from .keys import Keys
+
+
+@dataclass(frozen=True)
+class Memory:
+    used: int
+    max: int  # 0: no limit
+
+
+class Upkeep:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def purge(self) -> PurgeResult:
+        """Remove expired coupons, slot by slot, a batch per function call, until none is left."""
+        purged = dict.fromkeys(CouponType, 0)
+        retired = dict.fromkeys(CouponType, 0)
+        batch = self.ctx.options.purge_batch_size
+        for k in self.ctx.layout.slots:
+            keys, args = PURGE.bind(
+                stats=k.stats,
+                audit_stream=k.audit,
+                exhausted=k.exhausted,
+                prefix=k.coupon_prefix,
+                limit=batch,
+                audit_cap=self.ctx.options.audit_max_len,
+                tracked_prefix=k.tracked_prefix,
+                available_prefix=k.available_prefix,
+                draining_prefix=k.draining_prefix,
+                types=TYPES,
+            )
+            while True:
+                reply = pairs(await self.ctx.library.run(PURGE, keys, args))
+                for t in CouponType:
+                    purged[t] += int(reply[f"purged:{t.value}"])
+                    retired[t] += int(reply[f"retired:{t.value}"])
+                if int(reply["examined"]) < batch:
+                    break
+        return PurgeResult.model_construct(purged=purged, retired=retired)
+
+    async def try_purge_lock(self, seconds: float) -> bool:
+        """Claim the purge for the next ``seconds``: True for one caller across all processes."""
+        lock = self.ctx.keys.purge_lock
+        return bool(await self.ctx.redis.set(lock, "1", nx=True, px=max(1, int(seconds * 1000))))
+
+    async def memory(self) -> Memory:
+        """What Redis uses, and its maxmemory (0: no limit); in a cluster, its fullest master's."""
+        cluster = self.ctx.cluster
+        if cluster is None:
+            return _memory(await self.ctx.redis.info("memory"))
+        found = await cluster.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return max((_memory(info) for info in found.values()), key=lambda m: (m.used / m.max) if m.max else 0)
+
+    async def memory_of(self, k: Keys) -> Memory:
+        """The memory of the node that holds slot ``k``."""
+        cluster = self.ctx.cluster
+        if cluster is None:
+            return await self.memory()
+        await cluster.initialize()  # the slot map, if no call has loaded it yet
+        node = cluster.get_node_from_key(k.stats)
+        return _memory(await cluster.info("memory", target_nodes=node))
+
+    def uploads_stop_at(self, memory: Memory) -> int | None:
+        """The bytes of Redis memory from which uploads are refused; None without a limit."""
+        return int(memory.max * self.ctx.options.upload_memory_share) if memory.max else None
+
+
+def _memory(info: dict[str, Any]) -> Memory:
+    return Memory(used=int(info["used_memory"]), max=int(info["maxmemory"]))

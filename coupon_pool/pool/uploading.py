@@ -1,0 +1,174 @@
+"""Uploads: new coupons stored in chunks, one function call each, so Redis serves others in
+between; with an Idempotency-Key, resumable chunk by chunk."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+from typing import Any, cast
+
+import orjson
+
+from ..errors import StoreFull
+from ..models import CouponIn, CouponType
+from ..results import UploadResult
+from . import keyed
+from .codec import to_ms, upload_result
+from .context import Context
+from .functions import UPLOAD, UPLOAD_RECORD
+from .keys import Keys
+from .upkeep import Upkeep
+
+UPLOAD_LEASE_MS = 30_000  # an upload attempt owns its key this long after its last chunk
+
+
+class Uploading:
+    def __init__(self, ctx: Context, upkeep: Upkeep) -> None:
+        self.ctx = ctx
+        self.layout = ctx.layout
+        self.run = ctx.library.run
+        self.upkeep = upkeep
+
+    async def upload(self, coupons: Sequence[CouponIn]) -> UploadResult:
+        """Store new coupons; each goes to its slot: its shard, or for a MEGADEAL coupon the
+        main slot. In a sharded pool a MEGADEAL coupon is first claimed in its code's shard (so
+        a code is unique pool-wide), then stored in the main slot.
+
+        In a keyed operation, each chunk's outcome is recorded by the call that stores it (in
+        its slot's copy of the record): a retry after a partial failure stores only the chunks
+        not recorded yet, and answers what one complete upload would have.
+        """
+        run = keyed.current()
+        owner = uuid.uuid4().hex[:16]
+        chunk_size = self.ctx.options.upload_chunk_size
+        groups = self._groups(coupons)
+        records: list[str] = []
+        if run:
+            idem, main = run.idem, self.layout.main
+            records = [idem.record] + [idem.record_in(k.tag) for k, _ in groups if k is not main]
+            for record in records:  # the main slot's first: it holds the answer
+                keys, args = UPLOAD_RECORD.bind(
+                    record=record, action="claim", fp=idem.fingerprint, owner=owner, ttl_ms=idem.ttl_ms,
+                    lease_ms=UPLOAD_LEASE_MS, chunk_size=chunk_size, reply="",
+                )  # fmt: skip
+                # A second claim by the same owner is the same claim: safe to send again.
+                claim = run.unwrap(await self.run(UPLOAD_RECORD, keys, args, idempotent=True))
+                if run.replayed:
+                    return upload_result(cast(dict[str, Any], claim), coupons)
+                chunk_size = int(claim[1])
+        try:
+            created, positions = await self._chunks(coupons, groups, chunk_size, owner)
+        except BaseException:
+            if run:  # a retry may resume at once; the chunks recorded stay recorded
+                for record in records:
+                    with contextlib.suppress(Exception):
+                        await self._record(record, "abandon", run.idem, owner)
+            raise
+        answer = {"created": created, "duplicates": positions}
+        if run:
+            reply = orjson.dumps(answer)
+            for record in reversed(records):  # the main slot's last: once it answers, all do
+                if (await self._record(record, "finish", run.idem, owner, reply))[0] != "ok":
+                    raise keyed.in_progress(0)
+        return upload_result(answer, coupons)
+
+    def _record(
+        self, record: str, action: str, idem: keyed.Idempotency, owner: str, reply: bytes = b""
+    ) -> Any:
+        keys, args = UPLOAD_RECORD.bind(
+            record=record, action=action, fp=idem.fingerprint, owner=owner, ttl_ms=idem.ttl_ms,
+            lease_ms="", chunk_size="", reply=reply,
+        )  # fmt: skip
+        return self.run(UPLOAD_RECORD, keys, args, idempotent=True)
+
+    def _groups(self, coupons: Sequence[CouponIn]) -> list[tuple[Keys, list[int]]]:
+        """The positions (0-based) of the coupons each slot takes first, by slot."""
+        if not self.layout.sharded:
+            return [(self.layout.main, list(range(len(coupons))))]
+        by_shard: dict[str, list[int]] = {}
+        for i, c in enumerate(coupons):
+            by_shard.setdefault(self.layout.home(c.code).tag, []).append(i)
+        return [(k, by_shard[k.tag]) for k in self.layout.shards if k.tag in by_shard]
+
+    async def _chunks(
+        self, coupons: Sequence[CouponIn], groups: list[tuple[Keys, list[int]]], chunk_size: int, owner: str
+    ) -> tuple[int, list[int]]:
+        """Created, and the 1-based positions of duplicates in ``coupons``."""
+        created = 0
+        duplicates: list[int] = []
+        upload_id = uuid.uuid4().hex[:16]
+        sharded = self.layout.sharded
+        plan = [(k, chunk, sharded) for k, positions in groups for chunk in _split(positions, chunk_size)]
+        part = 0
+        claimed: list[int] = []
+        while plan:
+            parts = part + len(plan)
+            for k, chunk, claiming in plan:
+                part += 1
+                made, duplicate, claims = await self._part(
+                    k, coupons, chunk, f"{part}/{parts}", upload_id, owner, claiming, created
+                )
+                created += made
+                duplicates += duplicate
+                claimed += claims
+            # Then the MEGADEAL coupons their shards claimed, in the main slot.
+            plan = [(self.layout.main, chunk, False) for chunk in _split(sorted(claimed), chunk_size)]
+            claimed = []
+        return created, sorted(duplicates)
+
+    async def _part(
+        self,
+        k: Keys,
+        coupons: Sequence[CouponIn],
+        chunk: list[int],
+        part: str,
+        upload_id: str,
+        owner: str,
+        claiming: bool,
+        created: int,
+    ) -> tuple[int, list[int], list[int]]:
+        """Store one chunk in slot ``k``: created, 1-based positions of duplicates, positions claimed."""
+        share = self.ctx.options.upload_memory_share
+        if share < 1:
+            memory = await self.upkeep.memory_of(k)
+            stop_at = self.upkeep.uploads_stop_at(memory)
+            if stop_at is not None and memory.used >= stop_at:
+                raise StoreFull(
+                    f"Redis uses {memory.used} of its {memory.max} bytes, and uploads stop at "
+                    f"{share:.0%} of it (allocations and redemptions go on); "
+                    f"{created} coupons of this upload were stored before it stopped "
+                    f"(sent again, they come back as duplicates; with the same Idempotency-Key, "
+                    f"the upload resumes)",
+                    created=created,
+                )
+        keys, args = UPLOAD.bind(
+            stats=k.stats,
+            audit_stream=k.audit,
+            claims=k.megadeal_claims,
+            prefix=k.coupon_prefix,
+            audit_cap=self.ctx.options.audit_max_len,
+            upload_id=upload_id,
+            part=part,
+            available_prefix=k.available_prefix,
+            owner=owner,
+            lease_ms=UPLOAD_LEASE_MS,
+            claimed_type=CouponType.MEGADEAL.value if claiming else "",
+            lines=[
+                f"{c.code} {c.type.value} {c.discount.kind} {c.discount.value} "
+                f"{to_ms(c.expires_at)} {c.max_usages}"
+                for c in (coupons[i] for i in chunk)
+            ],
+        )
+        # Keyed, a chunk whose attempt's lease ran out (a retry took over) raises 409.
+        reply = await self.run(UPLOAD, keys, args)
+        marks = [int(i) for i in reply[1:]]
+        return (
+            int(reply[0]),
+            [chunk[i - 1] + 1 for i in marks if i > 0],
+            [chunk[-i - 1] for i in marks if i < 0],
+        )
+
+
+def _split(positions: list[int], size: int) -> list[list[int]]:
+    return [positions[start : start + size] for start in range(0, len(positions), size)]
