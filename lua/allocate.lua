@@ -5,7 +5,7 @@
 --       exhausted     coupons with no free usage (code -> expires_at ms)
 --       stats         the stats hash
 --       audit_stream  the audit stream
---       held          the user's held set of this type (see reserve_first_unheld in lib.lua)
+--       held          the user's held set of this type (see first_unheld in lib.lua)
 --       listing       the user's coupons of this type (code -> allocated_at ms)
 --       draining      this type's coupons with no free usage still listed in held sets
 --       record        (optional) the Idempotency-Key's record

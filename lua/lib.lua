@@ -81,13 +81,25 @@ local function drain(k)
   end
 end
 
+-- Coupon `code`'s discount kind and value, expiry, max usages and allocated count, if
+-- `holder` (its holder field) does not hold it yet; nil if it does.
+local function unheld(prefix, code, holder)
+  local c = redis.call('HMGET', prefix .. code, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, F_MAX_USAGES,
+    F_ALLOCATED, holder)
+  if c[6] then return nil end
+  return c
+end
+
 -- The first coupon in `available` (unexpired at `now`) with a free usage that the user
--- does not hold, reserved for them with HSETNX on its holder field; nil when there is none.
-local function reserve_first_unheld(k, prefix, holder, now)
+-- does not hold, and its fields (see unheld); nil when there is none. `listed`: how many
+-- coupons of the type the user's listing holds. A user whose listing is empty holds no
+-- coupon of the type, so their held set (at most stale, expired entries) is not read.
+local function first_unheld(k, prefix, holder, now, listed)
   local available, held = k.available, k.held
   local draining = redis.call('ZCARD', k.draining) > 0
   if draining then drain(k) end
-  local n, h0 = redis.call('ZCARD', held), 0
+  local n, h0 = 0, 0
+  if listed > 0 then n = redis.call('ZCARD', held) end
   if n > 0 then
     h0 = redis.call('ZCOUNT', held, '-inf', now)
     if h0 > 0 then  -- the user's expired entries go, a batch per call
@@ -100,19 +112,22 @@ local function reserve_first_unheld(k, prefix, holder, now)
   if n == 0 and not draining then  -- nothing listed: the first coupon, as a rule
     local first = redis.call('ZRANGE', available, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
     if not first then return nil end
-    if redis.call('HSETNX', prefix .. first, holder, now) == 1 then return first end
+    local c = unheld(prefix, first, holder)
+    if c then return first, c end
   end
   local a0 = redis.call('ZCOUNT', available, '-inf', now)
   local skip, i = 0, 0
-  local listable = redis.call('ZCARD', k.listing) >= TRACK_FROM
+  local listable = listed >= TRACK_FROM
   while true do
     i = first_mismatch(available, a0 + skip, held, h0, i, n)
     local code, score = rank_member(available, a0 + skip + i)
     if not code then return nil end
-    if draining and redis.call('ZSCORE', k.draining, code) then
+    local spent = draining and redis.call('ZSCORE', k.draining, code)
+    local c = not spent and unheld(prefix, code, holder)
+    if c then
+      return code, c
+    elseif spent then
       skip = skip + 1  -- no free usage: set aside
-    elseif redis.call('HSETNX', prefix .. code, holder, now) == 1 then
-      return code
     elseif listable then  -- held but not listed: list it
       redis.call('ZADD', held, score, code)
       redis.call('SADD', k.tracked_prefix .. code, k.user)
@@ -124,8 +139,9 @@ local function reserve_first_unheld(k, prefix, holder, now)
 end
 
 -- Reserve one usage of the first-expiring coupon in `available` with a free usage that
--- the user does not hold yet, counting it in `stats` under "<ctype>:allocated" and in the
--- user's `listing` of the type (code -> allocated_at ms). Coupon hashes are prefix .. code.
+-- the user does not hold yet: its holder field (allocated_at) and its allocated count in
+-- one HSET, counted in `stats` under "<ctype>:allocated" and in the user's `listing` of
+-- the type (code -> allocated_at ms). Coupon hashes are prefix .. code.
 -- A coupon whose last usage this reserves leaves `available` for `exhausted` (same score,
 -- its expiry) once no held set lists it, so each coupon is in exactly one of the sorted
 -- sets for the purge to find; one with usages left joins the user's held set (from the
@@ -136,24 +152,25 @@ end
 -- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
 --      or {"pool_empty"} or {"user_limit_reached"}.
 local function allocate_one(k, prefix, ctype, max_per_user, now)
-  if max_per_user > 0 and redis.call('ZCARD', k.listing) >= max_per_user then
+  local listed = redis.call('ZCARD', k.listing)
+  if max_per_user > 0 and listed >= max_per_user then
     return { 'user_limit_reached' }
   end
-  local code = reserve_first_unheld(k, prefix, F_HOLDER .. k.user, now)
+  local holder = F_HOLDER .. k.user
+  local code, c = first_unheld(k, prefix, holder, now, listed)
   if not code then
     return { 'pool_empty' }
   end
-  local key = prefix .. code
-  local allocated = redis.call('HINCRBY', key, F_ALLOCATED, 1)
-  local c = redis.call('HMGET', key, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, F_MAX_USAGES)
-  redis.call('ZADD', k.listing, now, code)
+  local allocated = tonumber(c[5]) + 1
+  redis.call('HSET', prefix .. code, holder, now, F_ALLOCATED, allocated)
+  listed = listed + redis.call('ZADD', k.listing, now, code)
   if allocated >= tonumber(c[4]) then
     if untrack(k, code, DRAIN_NOW) then
       exhaust(k, code, c[3])
     else
       redis.call('ZADD', k.draining, c[3], code)
     end
-  elseif redis.call('ZCARD', k.listing) > TRACK_FROM then
+  elseif listed > TRACK_FROM then
     redis.call('ZADD', k.held, c[3], code)
     redis.call('SADD', k.tracked_prefix .. code, k.user)
   end
