@@ -9,7 +9,6 @@ from typing import Any
 from ..models import CouponType
 from ..results import Allocation, Redemption, Release, Rollback
 from . import keyed
-from .autopipeline import NOT_RUN
 from .codec import (
     ALLOCATE_DETAIL,
     USE_DETAIL,
@@ -25,6 +24,7 @@ from .context import Context
 from .functions import ALLOCATE, REDEEM, RELEASE, ROLLBACK, Function
 from .keys import Keys
 from .placement import Placement
+from .protocol import NOT_RUN
 
 
 class _SlotArgs:

@@ -11,12 +11,12 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 
 from ..errors import ClientDisconnected, MegadealBusy
 from ..models import CouponType
@@ -28,13 +28,11 @@ from .connection import PROCESS_PREFIX, connect, process_name
 from .functions import MEGADEAL_ENTER, MEGADEAL_FORGET, MEGADEAL_LEAVE
 from .keys import Keys
 from .library import Library
+from .wakeups import Wakeups, pause_unless_gone
 
 log = logging.getLogger("coupon_pool.megadeal")
 Gone = Callable[[], Awaitable[object]]  # completes when the caller has gone away
 
-# What a wait's connection to one node of a cluster takes from the cluster client's.
-_NODE_CONNECTION = ("username", "password", "socket_timeout", "socket_connect_timeout", "decode_responses",
-                    "client_name", "encoding", "encoding_errors", "health_check_interval")  # fmt: skip
 WINDOW_MS = 1000  # the rate limit is per rolling second
 HEARTBEAT_MS = 1000  # a waiter calls Redis again at least this often
 WAKE_KEEP_MS = 2000  # a wake-up waits this long for its waiter
@@ -86,7 +84,7 @@ class MegadealGate:
             "rate": lim.rate_per_s, "window_ms": WINDOW_MS, "keep_ms": WAKE_KEEP_MS,
         }  # fmt: skip
         self.waiting = 0  # in this process
-        self._node: tuple[str, Redis] | None = None  # on a cluster: the waits' client (see _woken)
+        self.wakeups = Wakeups(self.blocking_redis, keys.megadeal_queue, self.limits.max_waiters)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis, library: Library) -> MegadealGate:
@@ -107,7 +105,7 @@ class MegadealGate:
         )
 
     async def aclose(self) -> None:
-        await self._drop_node_client()
+        await self.wakeups.aclose()
         if self.blocking_redis is not self.redis:
             await self.blocking_redis.aclose()
 
@@ -201,8 +199,8 @@ class MegadealGate:
                 if waiting.reason == "rate":
                     pause: Awaitable[Any] = asyncio.sleep(wait)  # the window opens at a known moment
                 else:
-                    pause = self._woken(ticket, wait)
-                await self._pause(pause, watch)
+                    pause = self.wakeups.wait(self.keys.megadeal_wake(ticket), wait)
+                await pause_unless_gone(pause, watch)
         except BaseException:
             if ticket:
                 await self._leave_quietly(ticket)
@@ -211,59 +209,6 @@ class MegadealGate:
             self.waiting -= 1
             if watch is not None:
                 watch.cancel()
-
-    async def _woken(self, ticket: str, wait: float) -> None:
-        """Until a wake-up for ``ticket`` or ``wait`` seconds, whichever comes first.
-
-        On a cluster the wait blocks on a connection of its own to the master of the gate's
-        slot (redis-py's cluster client, when one blocked call times out, disconnects the
-        node's other connections under the calls still on them). If that master has changed
-        (MOVED, a failover) the wait ends at once: the waiter asks the gate again, through
-        the cluster client, and the next wait finds the new master.
-        """
-        key = self.keys.megadeal_wake(ticket)
-        if not isinstance(self.blocking_redis, RedisCluster):
-            await self.blocking_redis.blpop([key], timeout=wait)
-            return
-        try:
-            await (await self._node_client()).blpop([key], timeout=wait)
-        except (RedisError, RedisClusterException):
-            await self._drop_node_client()
-
-    async def _node_client(self) -> Redis:
-        cluster = cast(RedisCluster, self.blocking_redis)
-        await cluster.initialize()
-        node = cluster.get_node_from_key(self.keys.megadeal_queue)
-        if node is None:
-            raise RedisClusterException("no node serves the gate's slot")
-        if self._node is None or self._node[0] != node.name:
-            await self._drop_node_client()
-            given = cluster.get_connection_kwargs()
-            kwargs: dict[str, Any] = {k: given[k] for k in _NODE_CONNECTION if given.get(k) is not None}
-            pool = ConnectionPool(
-                host=node.host, port=node.port, max_connections=self.limits.max_waiters, **kwargs
-            )
-            self._node = (node.name, Redis(connection_pool=pool))
-        return self._node[1]
-
-    async def _drop_node_client(self) -> None:
-        if self._node is not None:
-            client, self._node = self._node[1], None
-            with suppress(RedisError):
-                await client.aclose()
-
-    @staticmethod
-    async def _pause(pause: Awaitable[Any], watch: asyncio.Future[Any] | None) -> None:
-        """Wait for ``pause``, or less if the caller goes away (``watch`` completes)."""
-        if watch is None:
-            await pause
-            return
-        waiting = asyncio.ensure_future(pause)
-        await asyncio.wait({waiting, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiting.done():
-            waiting.cancel()
-            with suppress(asyncio.CancelledError, RedisError):
-                await waiting
 
     def _raise_if_refused(self, reply: list[Any]) -> None:
         raise_if_error(reply, ALLOCATE_DETAIL, type="MEGADEAL", limit=self.max_allocations_per_user)
