@@ -341,6 +341,10 @@ def test_a_full_redis_refuses_uploads_first_then_answers_507_not_500(
             assert full.status_code == 507
             assert full.json()["code"] == "store_full"
             assert http.get("/v1/stats").status_code == 200  # reading goes on
+            # A release frees an allocation: its function runs on a full Redis (allow-oom).
+            held = allocated[0].json()["code"]
+            released = http.post("/v1/releases", json={"code": held, "user_id": "u0"})
+            assert released.status_code == 201, released.text
     finally:
         server.stop()
         redis.stop()
