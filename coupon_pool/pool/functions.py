@@ -111,148 +111,88 @@ class Function:
 
 UNKEYED = (b"", b"")  # fp and ttl_ms of a keyed function's call without an Idempotency-Key
 
-# The functions, in lua/'s files. Key and argument names are those the Lua body uses.
-UPLOAD = Function(
+
+# The functions, in lua/'s files. Key and argument names are those the Lua body uses; a
+# name list is written as one string, space-separated.
+def declare(name: str, keys: str = "", args: str = "", numbers: str = "", **rest: Any) -> Function:
+    return Function(
+        name, keys=tuple(keys.split()), args=tuple(args.split()), numbers=frozenset(numbers.split()), **rest
+    )
+
+
+_GATE_KEYS = "queue alive slots window"
+_WAKE_ARGS = "wake_prefix max_concurrent rate window_ms keep_ms"
+_WAKE_NUMBERS = "max_concurrent rate window_ms"
+UPLOAD = declare(
     "upload",
-    keys=("stats", "audit_stream", "claims"),
-    args=(
-        "prefix",
-        "audit_cap",
-        "upload_id",
-        "part",
-        "available_prefix",
-        "owner",
-        "lease_ms",
-        "claimed_type",
-    ),
+    keys="stats audit_stream claims",
+    args="prefix audit_cap upload_id part available_prefix owner lease_ms claimed_type",
     keyed=True,
     more_args="lines",
 )
-UPLOAD_RECORD = Function(
-    "upload_record",
-    keys=("record",),
-    args=("action", "fp", "owner", "ttl_ms", "lease_ms", "chunk_size", "reply"),
+UPLOAD_RECORD = declare(
+    "upload_record", keys="record", args="action fp owner ttl_ms lease_ms chunk_size reply"
 )
-ALLOCATE = Function(
+ALLOCATE = declare(
     "allocate",
-    keys=("available", "exhausted", "stats", "audit_stream", "held", "listing", "draining"),
-    args=("prefix", "user", "ctype", "audit_cap", "max_per_user", "held_prefix", "tracked_prefix"),
+    keys="available exhausted stats audit_stream held listing draining",
+    args="prefix user ctype audit_cap max_per_user held_prefix tracked_prefix",
     keyed=True,
-    numbers=frozenset({"max_per_user"}),
+    numbers="max_per_user",
 )
-REDEEM = Function(
-    "redeem",
-    keys=("coupon", "stats", "audit_stream"),
-    args=("user", "expected", "code", "audit_cap"),
-    keyed=True,
+REDEEM = declare("redeem", keys="coupon stats audit_stream", args="user expected code audit_cap", keyed=True)
+ROLLBACK = declare(
+    "rollback", keys="coupon stats audit_stream", args="user expected code audit_cap", keyed=True
 )
-ROLLBACK = Function(
-    "rollback",
-    keys=("coupon", "stats", "audit_stream"),
-    args=("user", "expected", "code", "audit_cap"),
-    keyed=True,
-)
-RELEASE = Function(
+RELEASE = declare(
     "release",
-    keys=("coupon", "exhausted", "stats", "audit_stream"),
-    args=(
-        "user",
-        "expected",
-        "code",
-        "audit_cap",
-        "available_prefix",
-        "draining_prefix",
-        "held_prefix",
-        "listing_prefix",
-        "tracked_prefix",
-    ),
+    keys="coupon exhausted stats audit_stream",
+    args="user expected code audit_cap available_prefix draining_prefix held_prefix listing_prefix "
+    "tracked_prefix",
     keyed=True,
     flags=("allow-oom",),  # it frees an allocation: it must work when Redis is full
 )
-USER_COUPONS = Function(
-    "user_coupons",
-    more_keys="listings",
-    args=("prefix", "user", "limit", "after_ms", "after_code"),
-    numbers=frozenset({"limit"}),
+USER_COUPONS = declare(
+    "user_coupons", more_keys="listings", args="prefix user limit after_ms after_code", numbers="limit"
 )
-STATS = Function(
+STATS = declare(
     "stats",
-    keys=("stats",),
-    args=("available_prefix", "draining_prefix"),
+    keys="stats",
+    args="available_prefix draining_prefix",
     more_args="types",
     flags=("no-writes",),
 )
-PURGE = Function(
+PURGE = declare(
     "purge",
-    keys=("stats", "audit_stream", "exhausted"),
-    args=("prefix", "limit", "audit_cap", "tracked_prefix", "available_prefix", "draining_prefix"),
+    keys="stats audit_stream exhausted",
+    args="prefix limit audit_cap tracked_prefix available_prefix draining_prefix",
     more_args="types",
-    numbers=frozenset({"limit"}),
+    numbers="limit",
     flags=("allow-oom",),  # it frees memory
 )
-_GATE_KEYS = ("queue", "alive", "slots", "window")
-_WAKE_ARGS = ("wake_prefix", "max_concurrent", "rate", "window_ms", "keep_ms")
-MEGADEAL_ENTER = Function(
+MEGADEAL_ENTER = declare(
     "megadeal_enter",
-    keys=(
-        "available",
-        "exhausted",
-        "stats",
-        "audit_stream",
-        *_GATE_KEYS,
-        "counter",
-        "high_water",
-        "held",
-        "listing",
-        "draining",
-    ),
-    args=(
-        "prefix",
-        "user",
-        "ctype",
-        "ticket",
-        "owner",
-        "max_concurrent",
-        "rate",
-        "window_ms",
-        "lease_ms",
-        "max_sleep_ms",
-        "waited_ms",
-        "max_wait_ms",
-        "audit_cap",
-        "max_per_user",
-        "held_prefix",
-        "tracked_prefix",
-    ),
+    keys=f"available exhausted stats audit_stream {_GATE_KEYS} counter high_water held listing draining",
+    args="prefix user ctype ticket owner max_concurrent rate window_ms lease_ms max_sleep_ms waited_ms "
+    "max_wait_ms audit_cap max_per_user held_prefix tracked_prefix",
     keyed=True,
-    numbers=frozenset(
-        {
-            "max_concurrent",
-            "rate",
-            "window_ms",
-            "lease_ms",
-            "max_sleep_ms",
-            "waited_ms",
-            "max_wait_ms",
-            "max_per_user",
-        }
-    ),
+    numbers=f"{_WAKE_NUMBERS} lease_ms max_sleep_ms waited_ms max_wait_ms max_per_user",
 )
-MEGADEAL_LEAVE = Function(
+MEGADEAL_LEAVE = declare(
     "megadeal_leave",
     keys=_GATE_KEYS,
-    args=("ticket", *_WAKE_ARGS),
+    args=f"ticket {_WAKE_ARGS}",
     keyed=True,  # it frees the key of a waiter that leaves unanswered
     answers=False,
-    numbers=frozenset({"max_concurrent", "rate", "window_ms"}),
+    numbers=_WAKE_NUMBERS,
     flags=("allow-oom",),  # it frees a slot
 )
-MEGADEAL_FORGET = Function(
+MEGADEAL_FORGET = declare(
     "megadeal_forget",
     keys=_GATE_KEYS,
-    args=("max_number", *_WAKE_ARGS),
+    args=f"max_number {_WAKE_ARGS}",
     more_args="owners",
-    numbers=frozenset({"max_number", "max_concurrent", "rate", "window_ms"}),
+    numbers=f"max_number {_WAKE_NUMBERS}",
     flags=("allow-oom",),  # it frees places in the queue
 )
 FUNCTIONS = (
