@@ -145,6 +145,13 @@ class PoolEmpty(CouponError):
     code, status, title = "pool_empty", 409, "No coupon available"
 
 
+class TooManyFailedLookups(CouponError):
+    """The caller's budget of failed coupon lookups is spent (FAILED_LOOKUPS_PER_S)."""
+
+    code, status, title = "too_many_failed_lookups", 429, "Too many failed lookups"
+    sends = ("Retry-After",)
+
+
 class MegadealBusy(CouponError):
     code, status, title = "megadeal_busy", 429, "MEGADEAL limit reached"
     sends = ("Retry-After",)

@@ -87,6 +87,14 @@ def _shards(value: int) -> str | None:
     return None if 1 <= value <= MAX_POOL_SHARDS else f"must be 1 to {MAX_POOL_SHARDS}"
 
 
+def _lookup_rate(value: float) -> str | None:
+    return None if 0.01 <= value <= 100_000 else "must be 0.01 to 100000 (failed lookups a second)"
+
+
+def _lookup_burst(value: int) -> str | None:
+    return None if 1 <= value <= 1_000_000 else "must be 1 to 1000000"
+
+
 def _share(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be above 0 and at most 1"
 
@@ -180,6 +188,10 @@ class Settings:
     max_allocations_per_user: int = env("MAX_ALLOCATIONS_PER_USER", 0, _int, _at_least_0)
     # How long the answer to a request with an Idempotency-Key is kept for its retries.
     idempotency_ttl_s: int = env("IDEMPOTENCY_TTL_S", 86_400, _int, _at_least_1)
+    # A caller's budget of lookups that fail (a code that does not exist, or is not the
+    # user's): refill per second and size; past it, 429 too_many_failed_lookups.
+    failed_lookups_per_s: float = env("FAILED_LOOKUPS_PER_S", 10.0, _float, _lookup_rate)
+    failed_lookup_burst: int = env("FAILED_LOOKUP_BURST", 100, _int, _lookup_burst)
     purge_interval_s: float = env("PURGE_INTERVAL_S", 60.0, _float, _positive)
     purge_batch_size: int = env("PURGE_BATCH_SIZE", 1000, _int, _at_least_1)
     megadeal_max_concurrent: int = env("MEGADEAL_MAX_CONCURRENT", 5, _int, _at_least_1)

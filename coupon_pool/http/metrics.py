@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,6 +30,11 @@ class RequestMetrics:
             "coupon_pool_http_request_duration_seconds", "Time to answer an HTTP request",
             ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.lookups_refused = Counter(
+            "coupon_pool_failed_lookups_refused",
+            "Requests answered 429 too_many_failed_lookups: a caller over its budget of failed lookups",
+            registry=self.registry,
+        )
         # labels() takes a lock and builds a key per call: look each series up once.
         self._series: dict[tuple[str, str, int], Histogram] = {}
 

@@ -33,7 +33,7 @@ from ..results import (
 )
 from .auth import Role
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .routing import Call, Operation
+from .routing import Call, Lookup, Operation
 from .upload_worker import UploadWorker
 from .validation import validate_json
 
@@ -186,20 +186,20 @@ OPERATIONS = (
     Operation(
         method="POST", path="/v1/redemptions", handler=redeem, tag="coupons",
         summary="Record the use of an allocated coupon",
-        body=RedemptionRequest, response=Redemption, status=201, idempotent=True,
+        body=RedemptionRequest, response=Redemption, status=201, idempotent=True, lookup=Lookup.FAILURES,
         errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
                 errors.AlreadyRedeemed),
     ),
     Operation(
         method="POST", path="/v1/releases", handler=release, tag="coupons",
         summary="Give an allocated, unredeemed coupon back to the pool",
-        body=ReleaseRequest, response=Release, status=201, idempotent=True,
+        body=ReleaseRequest, response=Release, status=201, idempotent=True, lookup=Lookup.FAILURES,
         errors=(errors.CouponNotFound, errors.TypeMismatch, errors.NotAllocated, errors.AlreadyRedeemed),
     ),
     Operation(
         method="POST", path="/v1/rollbacks", handler=rollback, tag="coupons",
         summary="Undo a redemption",
-        body=RollbackRequest, response=Rollback, status=201, idempotent=True,
+        body=RollbackRequest, response=Rollback, status=201, idempotent=True, lookup=Lookup.FAILURES,
         errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
                 errors.NotRedeemed),
     ),
@@ -212,7 +212,7 @@ OPERATIONS = (
     Operation(
         method="GET", path="/v1/coupons/{code}", handler=get_coupon, tag="coupons",
         summary="A coupon with its usage counts",
-        path_params=CouponPath, response=Coupon, errors=(errors.CouponNotFound,),
+        path_params=CouponPath, response=Coupon, errors=(errors.CouponNotFound,), lookup=Lookup.EVERY,
     ),
     Operation(
         method="GET", path="/v1/users/{user_id:path}/coupons", handler=user_coupons, tag="coupons",

@@ -27,6 +27,8 @@ class Options:
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
     retry_for_s: float = 2.0
+    failed_lookups_per_s: float = 10.0
+    failed_lookup_burst: int = 100
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .keys import CouponField, RecordField
+from .keys import BucketField, CouponField, RecordField
 
 KEYED_KEYS = ("record",)  # a keyed call's last key: its Idempotency-Key record, when it has one
 KEYED_ARGS = ("fp", "ttl_ms")  # and its arguments: the request's fingerprint, how long to keep the record
@@ -195,9 +196,10 @@ MEGADEAL_FORGET = declare(
     numbers=f"max_number {_WAKE_NUMBERS}",
     flags=("allow-oom",),  # it frees places in the queue
 )
+FAILED_LOOKUP = declare("failed_lookup", keys="bucket", args="rate burst spend", numbers="rate burst spend")
 FUNCTIONS = (
     UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
-    MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET,
+    MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP,
 )  # fmt: skip
 
 
@@ -208,9 +210,10 @@ def lua_dir() -> Path:
 
 
 def constants() -> str:
-    """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'``...) and of an
-    Idempotency-Key record (``R_REPLY``...)."""
-    fields = [("F", f) for f in CouponField] + [("R", f) for f in RecordField]
+    """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'``...), of an
+    Idempotency-Key record (``R_REPLY``...) and of a budget of failed lookups (``B_AT``...)."""
+    fields: list[tuple[str, StrEnum]] = [("F", f) for f in CouponField]
+    fields += [("R", f) for f in RecordField] + [("B", f) for f in BucketField]
     return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
 
 

@@ -43,6 +43,7 @@ class Keys:
         self._held_of_type = {t: f"{self.held_prefix}{t.value}:" for t in CouponType}
         self._listing_of_type = {t: f"{self.user_prefix}{t.value}:" for t in CouponType}
         self.idempotency_prefix = f"{tag}:idem:"
+        self.failed_lookups_prefix = f"{tag}:lookups:"
         self.shard_count = f"{tag}:shards"  # main slot: POOL_SHARDS, recorded on first use
         # In a shard: the codes of MEGADEAL coupons (which live in the main slot) whose home
         # this shard is, code -> "<expires_at ms> <upload line>": codes stay unique pool-wide.
@@ -70,6 +71,10 @@ class Keys:
     def idempotency(self, scope: str, key_digest: str) -> str:
         """The record of an Idempotency-Key: ``scope`` names the caller, the digest the key."""
         return f"{self.idempotency_prefix}{scope}:{key_digest}"
+
+    def failed_lookups(self, scope: str) -> str:
+        """A caller's budget of failed lookups; ``scope`` names the caller (its API key id)."""
+        return self.failed_lookups_prefix + scope
 
     def key_claim(self, record: str) -> str:
         """In a sharded pool, the claim of an Idempotency-Key in its own shard: the request's
@@ -146,3 +151,11 @@ class RecordField(StrEnum):
     LEASE = "lease"  # until when (ms) it owns it
     CHUNK = "chunk"  # an upload's chunk size, kept so a resumed upload chunks alike
     PART = "part:"  # an upload's chunk outcome, "part:<i>": {created, duplicate positions}
+
+
+class BucketField(StrEnum):
+    """The fields of a caller's budget of failed lookups ``{ns}:lookups:<scope>`` (a token
+    bucket); the Lua functions see each as a constant ``B_<NAME>``."""
+
+    TOKENS = "tokens"  # what is left, a decimal number
+    AT = "at"  # when it was counted, ms

@@ -21,6 +21,7 @@ from .coupons import Coupons
 from .keyed import Keyed
 from .keys import Keys, Layout
 from .library import Library
+from .lookups import FailedLookups
 from .placement import Placement
 from .reads import Reads
 from .upkeep import Upkeep
@@ -57,6 +58,7 @@ class Store:
             upkeep.purge, upkeep.try_purge_lock, upkeep.memory, upkeep.uploads_stop_at,
         )  # fmt: skip
         self.upload = uploading.upload
+        self.failed_lookups = FailedLookups(ctx)
         self.check_layout = self.placement.check_layout
 
     @classmethod
@@ -90,6 +92,8 @@ def options_of(settings: Settings) -> dict[str, Any]:
         "purge_batch_size": settings.purge_batch_size,
         "audit_max_len": settings.audit_max_len,
         "max_allocations_per_user": settings.max_allocations_per_user,
+        "failed_lookups_per_s": settings.failed_lookups_per_s,
+        "failed_lookup_burst": settings.failed_lookup_burst,
     }
 
 
