@@ -31,6 +31,7 @@ local HELD_EXPIRED_BATCH = 64  -- expired entries removed from a held set per ca
 local TRACK_FROM = 8           -- coupons of a type a user holds before any is listed
 local DRAIN_NOW = 64           -- holders cleaned when a coupon's last usage goes
 local DRAIN_BATCH = 64         -- holders of a draining coupon cleaned per later allocation
+local SILENT_BATCH = 100       -- silent MEGADEAL waiters taken out of the queue per call
 
 local function rank_member(set, rank)
   local m = redis.call('ZRANGE', set, rank, rank, 'WITHSCORES')

@@ -4,7 +4,10 @@
 -- rate admissions in any rolling window of window_ms. Waiters are admitted in ticket order
 -- (first come, first served): a ticket is admitted only when its rank in the queue is
 -- below both the free slots and the free places in the window, so no later ticket takes
--- capacity an earlier live one could use.
+-- capacity an earlier live one could use. A waiter not heard from for silent_ms (its
+-- process paused or stalled: a live waiter calls at least every max_sleep_ms) leaves the
+-- queue, so it holds nobody up; its ticket keeps its number, so when it calls again, if
+-- its deadline has not passed, it takes its place back, ahead of every later ticket.
 --
 -- KEYS: available     the available set of MEGADEAL coupons
 --       exhausted     coupons with no free usage (where allocate_one moves a coupon)
@@ -18,6 +21,7 @@
 --       slots         admitted tickets (sorted set: ticket -> lease end ms); a slot whose
 --                     holder died frees itself when its lease ends
 --       window        admissions in the window (sorted set: ticket -> admitted at ms)
+--       heard         when each queued waiter last called (sorted set: ticket -> ms)
 --       counter       the ticket counter (string)
 --       high_water    the most slots held at once (string)
 --       held, listing, draining  as in allocate.lua
@@ -32,6 +36,9 @@
 --       max_concurrent, rate, window_ms  the limits: slots at once, admissions per window
 --       lease_ms      how long an admitted slot is held at most
 --       max_sleep_ms  longest sleep before calling again
+--       silent_ms     a waiter not heard from for this long leaves the queue until it calls
+--       wake_prefix   key prefix of wake lists (as in megadeal_leave.lua)
+--       keep_ms       how long a wake-up is kept for its waiter
 --       waited_ms     how long the request has waited so far, by the app's clock
 --       max_wait_ms   how long it may wait in all: past that it is never admitted
 --       audit_cap     audit stream length cap (approximate)
@@ -50,7 +57,8 @@
 --          reason "rate" (the window opens then: sleep) or "slot" (a slot frees at the
 --          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner).
 -- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
--- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() from lib.lua.
+-- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() and
+-- wake_waiters() from lib.lua.
 
 local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
     draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user }
@@ -60,16 +68,27 @@ local deadline = now - waited_ms + max_wait_ms
 -- Forget waiters past their deadline, leases that ended and admissions out of the window.
 for _, late in ipairs(redis.call('ZRANGE', alive, '-inf', now, 'BYSCORE')) do
   redis.call('ZREM', queue, late)
+  redis.call('ZREM', heard, late)
 end
 redis.call('ZREMRANGEBYSCORE', alive, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', window, '-inf', now - window_ms)
+-- Waiters gone silent leave the queue (a batch per call), and those behind them move up.
+local silent = redis.call('ZRANGE', heard, '-inf', now - silent_ms, 'BYSCORE', 'LIMIT', 0, SILENT_BATCH)
+for _, quiet in ipairs(silent) do
+  redis.call('ZREM', queue, quiet)
+  redis.call('ZREM', heard, quiet)
+end
+if #silent > 0 then
+  wake_waiters(queue, slots, window, wake_prefix, max_concurrent, rate, window_ms, keep_ms, now)
+end
 
 local found = idem_lookup(record, fp, ticket, now)
 if found then
   if ticket ~= '' then  -- its claim was taken over (its lease ran out): it leaves
     redis.call('ZREM', queue, ticket)
     redis.call('ZREM', alive, ticket)
+    redis.call('ZREM', heard, ticket)
   end
   return found
 end
@@ -85,6 +104,7 @@ local number = tonumber(string.match(ticket, '^(%d+):'))
 local function leave_queue()
   redis.call('ZREM', queue, ticket)
   redis.call('ZREM', alive, ticket)
+  redis.call('ZREM', heard, ticket)
 end
 
 if redis.call('ZCOUNT', available, '(' .. now, '+inf') == 0 then
@@ -94,8 +114,10 @@ if redis.call('ZCOUNT', available, '(' .. now, '+inf') == 0 then
   return { 'pool_empty', ticket }
 end
 
--- Its place is its number: a waiter that was dropped and calls again still comes first.
+-- Its place is its number: a waiter that was dropped (silent, or its process taken for
+-- dead) and calls again still comes first.
 redis.call('ZADD', queue, number, ticket)
+redis.call('ZADD', heard, now, ticket)
 local rank = redis.call('ZRANK', queue, ticket)
 if now >= deadline then
   -- Never admitted past its wait, however late its process calls (a pause, a slow loop).

@@ -1,13 +1,13 @@
 -- megadeal_forget.lua: drop the MEGADEAL waiters of app processes that are gone, and wake
 -- the waiters that may now be admitted.
 --
--- A waiter keeps its place until its deadline even when its process stops calling (a
--- paused process's waiters keep their turn). A process that died would then hold the
--- queue until its waiters' deadlines; so every app process, once a second, lists the
--- processes whose Redis connections are open (CLIENT LIST: a killed process's connections
--- close at once, a paused one's stay) and passes them here.
+-- A waiter whose process stops calling leaves the queue after silent_ms (see
+-- megadeal_enter.lua) and takes its place back when it calls again. A process that died
+-- never calls again: so every app process, once a second, lists the processes whose Redis
+-- connections are open (CLIENT LIST: a killed process's connections close at once, a
+-- paused one's stay) and passes them here, and their waiters go at once.
 --
--- KEYS: queue, alive, slots, window  as in megadeal_enter.lua
+-- KEYS: queue, alive, slots, window, heard  as in megadeal_enter.lua
 -- ARGV: max_number    only tickets numbered up to this are judged (later ones may belong
 --                     to a process that started after the list was taken)
 --       wake_prefix   key prefix of wake lists
@@ -29,6 +29,7 @@ for _, ticket in ipairs(redis.call('ZRANGE', queue, '-inf', max_number, 'BYSCORE
   if not live[owner] then
     redis.call('ZREM', queue, ticket)
     redis.call('ZREM', alive, ticket)
+    redis.call('ZREM', heard, ticket)
     dropped = dropped + 1
   end
 end

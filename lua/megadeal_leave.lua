@@ -1,7 +1,7 @@
 -- megadeal_leave.lua: give up a ticket (served, timed out or failed) and wake the waiters
 -- that may now be admitted.
 --
--- KEYS: queue, alive, slots, window  as in megadeal_enter.lua
+-- KEYS: queue, alive, slots, window, heard  as in megadeal_enter.lua
 --       record        (optional) the Idempotency-Key's record: dropped if this ticket still
 --                     owns it without a reply (the request failed: a retry runs again)
 -- ARGV: ticket        the ticket leaving
@@ -19,6 +19,7 @@
 local now = now_ms()
 redis.call('ZREM', queue, ticket)
 redis.call('ZREM', alive, ticket)
+redis.call('ZREM', heard, ticket)
 redis.call('ZREM', slots, ticket)
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
 if record then

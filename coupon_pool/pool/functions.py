@@ -121,7 +121,7 @@ def declare(name: str, keys: str = "", args: str = "", numbers: str = "", **rest
     )
 
 
-_GATE_KEYS = "queue alive slots window"
+_GATE_KEYS = "queue alive slots window heard"
 _WAKE_ARGS = "wake_prefix max_concurrent rate window_ms keep_ms"
 _WAKE_NUMBERS = "max_concurrent rate window_ms"
 UPLOAD = declare(
@@ -174,10 +174,10 @@ PURGE = declare(
 MEGADEAL_ENTER = declare(
     "megadeal_enter",
     keys=f"available exhausted stats audit_stream {_GATE_KEYS} counter high_water held listing draining",
-    args="prefix user ctype ticket owner max_concurrent rate window_ms lease_ms max_sleep_ms waited_ms "
-    "max_wait_ms audit_cap max_per_user held_prefix tracked_prefix",
+    args="prefix user ctype ticket owner max_concurrent rate window_ms lease_ms max_sleep_ms silent_ms "
+    "wake_prefix keep_ms waited_ms max_wait_ms audit_cap max_per_user held_prefix tracked_prefix",
     keyed=True,
-    numbers=f"{_WAKE_NUMBERS} lease_ms max_sleep_ms waited_ms max_wait_ms max_per_user",
+    numbers=f"{_WAKE_NUMBERS} lease_ms max_sleep_ms silent_ms waited_ms max_wait_ms max_per_user",
 )
 MEGADEAL_LEAVE = declare(
     "megadeal_leave",

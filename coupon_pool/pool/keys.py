@@ -33,6 +33,7 @@ class Keys:
         self.megadeal_alive = f"{tag}:mega:alive"
         self.megadeal_slots = f"{tag}:mega:slots"
         self.megadeal_window = f"{tag}:mega:window"
+        self.megadeal_heard = f"{tag}:mega:heard"
         self.megadeal_ticket = f"{tag}:mega:ticket"
         self.megadeal_high_water = f"{tag}:mega:hwm"
         self.megadeal_wake_prefix = f"{tag}:mega:wake:"

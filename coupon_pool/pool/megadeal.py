@@ -34,7 +34,8 @@ log = logging.getLogger("coupon_pool.megadeal")
 Gone = Callable[[], Awaitable[object]]  # completes when the caller has gone away
 
 WINDOW_MS = 1000  # the rate limit is per rolling second
-HEARTBEAT_MS = 1000  # a waiter calls Redis again at least this often
+HEARTBEAT_MS = 500  # a waiter calls Redis again at least this often
+SILENT_MS = 3 * HEARTBEAT_MS  # a waiter not heard from for this long holds nobody up
 WAKE_KEEP_MS = 2000  # a wake-up waits this long for its waiter
 FORGET_INTERVAL_S = 1.0  # how often each process drops the waiters of dead processes
 
@@ -77,6 +78,7 @@ class MegadealGate:
             "alive": keys.megadeal_alive,
             "slots": keys.megadeal_slots,
             "window": keys.megadeal_window,
+            "heard": keys.megadeal_heard,
         }
         lim = self.limits
         self._wake_args: dict[str, Any] = {
@@ -134,7 +136,7 @@ class MegadealGate:
         now_ms = int(now_s) * 1000 + int(now_us) // 1000
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcount(self.keys.megadeal_slots, f"({now_ms}", "+inf")  # score: the lease's end
-            pipe.zcard(self.keys.megadeal_queue)
+            pipe.zcount(self.keys.megadeal_alive, f"({now_ms}", "+inf")  # queued, a silent waiter too
             pipe.zcount(self.keys.megadeal_window, f"({now_ms - 1000}", "+inf")  # score: admitted at
             slots, queued, admitted = await pipe.execute()
         return GateStatus(slots=slots, queued=queued, waiting=self.waiting, admitted_last_s=admitted)
@@ -249,6 +251,7 @@ class MegadealGate:
         lim, k, mega = self.limits, self.keys, CouponType.MEGADEAL
         return MEGADEAL_ENTER.bind(
             **self._gate_keys,
+            **self._wake_args,
             available=k.available(mega),
             exhausted=k.exhausted,
             stats=k.stats,
@@ -263,11 +266,9 @@ class MegadealGate:
             ctype=mega.value,
             ticket=ticket,
             owner=process_name(),
-            max_concurrent=lim.max_concurrent,
-            rate=lim.rate_per_s,
-            window_ms=WINDOW_MS,
             lease_ms=int(lim.lease_s * 1000),
             max_sleep_ms=HEARTBEAT_MS,
+            silent_ms=SILENT_MS,
             waited_ms=waited_ms,
             max_wait_ms=int(lim.max_wait_s * 1000),
             audit_cap=self.audit_max_len,
