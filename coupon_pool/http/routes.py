@@ -32,8 +32,9 @@ from ..results import (
     UserCouponsPage,
 )
 from .auth import Role
+from .lookups import Lookup
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .routing import Call, Lookup, Operation
+from .routing import Call, Operation
 from .upload_worker import UploadWorker
 from .validation import validate_json
 

@@ -21,7 +21,7 @@ from .coupons import Coupons
 from .keyed import Keyed
 from .keys import Keys, Layout
 from .library import Library
-from .lookups import FailedLookups
+from .budgets import FailedLookups
 from .placement import Placement
 from .reads import Reads
 from .upkeep import Upkeep
