@@ -3,7 +3,7 @@ REDIS_WAIT_REPLICAS=1, measured in turn by the bundled bench.
 
     .venv/bin/python scripts/cluster_bench.py [--scenario allocate] [--rounds 3] [--duration 8]
 
-Starts a redis-server and a six-node cluster of its own (tests/cluster.py), then three
+Starts a redis-server and a six-node cluster of its own (support/cluster.py), then three
 services (`coupon-pool serve`, one worker each): on the single Redis (one shard), on the
 cluster (POOL_SHARDS=16), and on the cluster with each change waiting for a replica (a
 namespace of its own). In each round `coupon-pool bench SCENARIO` runs against each in
@@ -23,8 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster, free_cluster_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # support/, when run as a file
+from support.cluster import Cluster, free_cluster_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

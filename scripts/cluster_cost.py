@@ -3,7 +3,7 @@ same on a single Redis: the figures of the capacity model in docs/benchmarks.md.
 
     python scripts/cluster_cost.py [N] [SHARDS]     (defaults: 30000, 16)
 
-Starts a cluster of its own (tests/cluster.py: three masters and three replicas on free
+Starts a cluster of its own (support/cluster.py: three masters and three replicas on free
 loopback ports) and a single redis-server, uploads 300 STANDARD coupons of 1,000,000
 usages to each, then makes N allocations to new users through Store.allocate, 100 at a
 time (auto-pipelined, as under load), after CONFIG RESETSTAT on every master. Redis's own
@@ -21,17 +21,15 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import cast
 
 from redis import Redis as SyncRedis
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import Redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster, free_cluster_port
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # support/, when run as a file
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
+from support.cluster import Cluster, cluster_client, free_cluster_port
 
 AT_ONCE = 100
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +92,7 @@ def evalsha(port: int) -> tuple[int, float]:
 async def on_cluster(count: int, shards: int) -> None:
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="cluster-cost-"))).start()
     try:
-        client = cast(Redis, RedisCluster.from_url(cluster.url, decode_responses=True))
+        client = cluster_client(cluster)
         store = Store(client, Keys("cp"), shards=shards, upload_chunk_size=1000)
         await store.prepare()
         await store.upload(coupons())

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from browser import chromium
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # support/, when run as a file
+from support.browser import chromium
 
 
 def main() -> None:

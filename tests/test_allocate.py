@@ -6,11 +6,11 @@ import asyncio
 
 import httpx
 import pytest
-from factories import coupon, coupon_json, expired_coupon
 
 from coupon_pool.errors import PoolEmpty
 from coupon_pool.models import CouponType
 from coupon_pool.pool.store import Store
+from support.factories import coupon, coupon_json, expired_coupon
 
 
 async def test_allocation_hands_out_a_coupon_of_the_requested_type(store: Store) -> None:

@@ -6,13 +6,13 @@ from typing import Any
 
 import httpx
 import pytest
-from factories import coupon, coupon_json, expired_coupon
 from redis.asyncio import Redis
 
 from coupon_pool.models import CouponType
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
+from support.factories import coupon, coupon_json, expired_coupon
 
 
 def without_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

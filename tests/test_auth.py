@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import RedisServer
-from factories import coupon_json
 from redis.asyncio import Redis
 
 from coupon_pool.http.app import create_app
 from coupon_pool.http.auth import key_id
 from coupon_pool.settings import Settings, SettingsError
+from support.factories import coupon_json
+from support.redis_server import RedisServer
 
 ADMIN = "admin-key-0123456789abcdef"
 CLIENT = "client-key-0123456789abcdef"

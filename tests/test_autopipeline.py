@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import RedisServer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coupon_pool.pool.autopipeline import AutoPipeline
+from support.redis_server import RedisServer
 
 LIBRARY = """#!lua name=autopipeline_test
 redis.register_function('echo', function(keys, args)

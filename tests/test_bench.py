@@ -17,10 +17,11 @@ import httpx
 import orjson
 import pytest
 import redis
-from conftest import LiveServer, RedisServer
 
 from coupon_pool.models import CouponType
 from coupon_pool.tools.bench.cli import RATE_CEILING, mixed_pool, warn_if_failing
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 SMALL = ["--requests", "300", "--connections", "20", "--warmup", "0", "--json", "--quiet"]
 LATENCY_KEYS = {"p50", "p95", "p99", "max"}

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import RedisServer
-from factories import coupon
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -22,6 +20,8 @@ from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
 from coupon_pool.settings import MegadealLimits
 from coupon_pool.tools.check import check
+from support.factories import coupon
+from support.redis_server import RedisServer
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
 

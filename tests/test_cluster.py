@@ -19,9 +19,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from cluster import Cluster
-from conftest import CLUSTER_SHARDS, REPO, LiveServer, RedisServer, cluster_client, free_port
-from factories import coupon, coupon_json
 from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import AskError, TryAgainError
@@ -37,6 +34,11 @@ from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.placement import LayoutMismatch
 from coupon_pool.pool.store import Store
 from coupon_pool.tools.check import check
+from support import REPO, free_port
+from support.cluster import CLUSTER_SHARDS, Cluster, cluster_client
+from support.factories import coupon, coupon_json
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 FREE, STANDARD, MEGADEAL = CouponType.FREE, CouponType.STANDARD, CouponType.MEGADEAL
 

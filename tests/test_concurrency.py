@@ -6,9 +6,10 @@ import asyncio
 from collections import Counter
 
 import httpx
-from conftest import LiveServer
-from factories import coupon_json
 from redis.asyncio import Redis
+
+from support.factories import coupon_json
+from support.live_server import LiveServer
 
 
 async def test_200_concurrent_allocations_for_100_coupons(live_server: LiveServer, redis: Redis) -> None:

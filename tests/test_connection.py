@@ -6,11 +6,11 @@ import asyncio
 import time
 
 import pytest
-from conftest import RedisServer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from coupon_pool.pool.connection import FairConnectionPool
+from support.redis_server import RedisServer
 
 BUSY_LUA = "local x = 0 for i = 1, 20000 do x = x + i end return x"  # about half a millisecond
 

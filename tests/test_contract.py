@@ -16,14 +16,14 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from factories import coupon_json
 from pydantic import ValidationError
 
 from coupon_pool.http.routes import OPERATIONS
 from coupon_pool.models import FlatDiscount, PercentDiscount
 from coupon_pool.settings import Settings
+from support import REPO
+from support.factories import coupon_json
 
-REPO = Path(__file__).resolve().parent.parent
 METHODS = ("get", "post")
 
 

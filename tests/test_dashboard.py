@@ -10,9 +10,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
-from browser import chromium
-from conftest import LiveServer, RedisServer
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+
+from support.browser import chromium
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 ADMIN_KEY = "dashboard-admin-key-0123456789"
 CLIENT_KEY = "dashboard-client-key-0123456789"

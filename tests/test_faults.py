@@ -23,13 +23,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer, wait_until
-from factories import coupon_json
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
 
 from coupon_pool.pool.keys import Keys
 from coupon_pool.tools.check import check
+from support import REPO, wait_until
+from support.factories import coupon_json
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 
 def start_pair(tmp_path: Path, *redis_args: str) -> tuple[RedisServer, LiveServer]:
@@ -278,7 +280,7 @@ async def test_a_server_killed_mid_request_leaves_no_half_allocation_and_its_meg
             await asyncio.gather(*clients)
 
         holder = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).parent / "megadeal_holder.py"),
+            sys.executable, str(REPO / "support" / "megadeal_holder.py"),
             redis_server.url, str(5 - held), "60", "5", stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:

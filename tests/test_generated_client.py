@@ -18,8 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
+
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 ADMIN_KEY = "generated-client-admin-key-0123"
 CLIENT_KEY = "generated-client-client-key-0123"

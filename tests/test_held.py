@@ -13,12 +13,12 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
-from factories import coupon
 
 from coupon_pool.errors import NotAllocated, PoolEmpty
 from coupon_pool.models import CouponType
 from coupon_pool.pool.codec import to_ms
 from coupon_pool.pool.store import Store
+from support.factories import coupon
 
 STANDARD = CouponType.STANDARD
 

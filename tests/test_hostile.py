@@ -17,12 +17,15 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer, wait_until
-from factories import coupon_json
-from rawhttp import read_answer
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
+
+from support import wait_until
+from support.factories import coupon_json
+from support.live_server import LiveServer
+from support.rawhttp import read_answer
+from support.redis_server import RedisServer
 
 ADMIN = "hostile-admin-key-0123456789"
 OTHER = "hostile-other-key-0123456789"

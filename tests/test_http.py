@@ -6,13 +6,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
-from factories import coupon_json
 from pydantic import TypeAdapter
 
 from coupon_pool.http.app import create_app
 from coupon_pool.results import Allocation, Coupon, Problem, Redemption, Stats, UploadResult
 from coupon_pool.settings import Settings
+from support import free_port
+from support.factories import coupon_json
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> None:

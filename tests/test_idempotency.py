@@ -10,8 +10,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer
-from factories import coupon, coupon_json
 from redis.asyncio import Redis
 
 from coupon_pool.errors import StoreFull
@@ -23,6 +21,9 @@ from coupon_pool.pool.store import Store
 from coupon_pool.pool.upkeep import Memory
 from coupon_pool.settings import Settings
 from coupon_pool.tools.check import check
+from support.factories import coupon, coupon_json
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 ADMIN, CLIENT = "admin-key-0123456789abcdef", "client-key-0123456789abcdef"
 

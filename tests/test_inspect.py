@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
 from coupon_pool.settings import Settings, redacted
 from coupon_pool.tools.common import announce
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 
 def inspect(redis_server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import LiveServer, RedisServer
-from factories import coupon_json
-from rawhttp import read_answer
 from redis.asyncio import Redis
 
 from coupon_pool.http.app import create_app
 from coupon_pool.http.bodies import SMALL_BODY_BYTES
 from coupon_pool.settings import Settings
+from support.factories import coupon_json
+from support.live_server import LiveServer
+from support.rawhttp import read_answer
+from support.redis_server import RedisServer
 
 JSON = {"content-type": "application/json"}
 

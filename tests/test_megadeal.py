@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import CLUSTER_SHARDS, LiveServer, RedisServer, cluster_client
-from factories import coupon
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
@@ -26,6 +24,11 @@ from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
 from coupon_pool.results import Allocation
 from coupon_pool.settings import MegadealLimits, Settings
+from support import REPO
+from support.cluster import CLUSTER_SHARDS, cluster_client
+from support.factories import coupon
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 MakeGate = Callable[..., Awaitable[MegadealGate]]
 HIGH_WATER = "{cp}:mega:hwm"
@@ -174,7 +177,7 @@ async def test_slots_of_a_killed_process_come_back_after_the_lease(
 ) -> None:
     gate = await make_gate(max_concurrent=2, rate_per_s=100, lease_s=1.5, max_wait_s=5)
     holder = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).parent / "megadeal_holder.py"), redis_server.url, "2", "1.5",
+        sys.executable, str(REPO / "support" / "megadeal_holder.py"), redis_server.url, "2", "1.5",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert holder.stdout is not None
@@ -209,7 +212,7 @@ async def test_a_slot_whose_lease_ended_is_not_counted_in_use(
 ) -> None:
     gate = await make_gate(max_concurrent=2, rate_per_s=100, lease_s=1.0)
     holder = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).parent / "megadeal_holder.py"), redis_server.url, "1", "1.0",
+        sys.executable, str(REPO / "support" / "megadeal_holder.py"), redis_server.url, "1", "1.0",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert holder.stdout is not None

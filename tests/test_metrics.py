@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 
 import httpx
-from factories import coupon_json
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -14,6 +13,7 @@ from coupon_pool.http.app import create_app
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.settings import MegadealLimits, Settings
+from support.factories import coupon_json
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from factories import coupon_json
+
+from support.factories import coupon_json
 
 
 async def log_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:

@@ -16,16 +16,18 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
 from coupon_pool.http.openapi import openapi_document
 from coupon_pool.http.routes import OPERATIONS
+from support import REPO
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 ADMIN_KEY = "schemathesis-admin-key-0123456789"
 CLIENT_KEY = "schemathesis-client-key-0123456789"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+HOOKS = REPO / "support" / "schemathesis_hooks.py"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
@@ -58,8 +60,7 @@ def test_every_answer_matches_the_openapi_document(
                 "--generation-database", "none", "--report-dir", str(tmp_path),
             ],
             capture_output=True, text=True, timeout=600, cwd=tmp_path,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py")),
-                 "PYTHONPATH": str(Path(__file__).parent)},
+            env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "PYTHONPATH": str(REPO)},
         )  # fmt: skip
     finally:
         server.stop()
@@ -68,7 +69,7 @@ def test_every_answer_matches_the_openapi_document(
     assert "enabled = false" not in CONFIG.read_text()  # with every check on
 
 
-LINTERS = Path(__file__).resolve().parent.parent / "tools" / "openapi-lint"
+LINTERS = REPO / "tools" / "openapi-lint"
 
 
 @pytest.mark.parametrize(

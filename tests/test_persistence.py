@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conftest import RedisServer
-from factories import coupon
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
@@ -14,6 +12,8 @@ from coupon_pool.models import CouponType
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.library import LIBRARY
 from coupon_pool.pool.store import Store
+from support.factories import coupon
+from support.redis_server import RedisServer
 
 
 async def test_coupons_allocations_redemptions_and_counters_survive_a_restart(tmp_path: Path) -> None:

@@ -10,8 +10,6 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer, wait_until
-from factories import coupon, coupon_json, expired_coupon
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
@@ -19,6 +17,10 @@ from coupon_pool.errors import CouponNotFound, PoolEmpty
 from coupon_pool.models import CouponType
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
+from support import wait_until
+from support.factories import coupon, coupon_json, expired_coupon
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
 

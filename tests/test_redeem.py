@@ -6,7 +6,6 @@ import asyncio
 
 import httpx
 import pytest
-from factories import coupon, coupon_json, expired_coupon
 
 from coupon_pool.errors import (
     AlreadyRedeemed,
@@ -17,6 +16,7 @@ from coupon_pool.errors import (
 )
 from coupon_pool.models import CouponType
 from coupon_pool.pool.store import Store
+from support.factories import coupon, coupon_json, expired_coupon
 
 
 async def test_redeeming_an_allocated_coupon_counts_its_use(store: Store) -> None:

@@ -15,8 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveServer, RedisServer
-from factories import coupon, coupon_json
 from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -26,6 +24,9 @@ from coupon_pool.pool.keyed import Idempotency
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 from coupon_pool.settings import Settings
+from support.factories import coupon, coupon_json
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 
 def restart(redis: RedisServer, how: str) -> None:

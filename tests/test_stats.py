@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import httpx
-from factories import coupon, coupon_json, expired_coupon
 
 from coupon_pool.models import CouponType
 from coupon_pool.pool.store import Store
+from support.factories import coupon, coupon_json, expired_coupon
 
 
 async def test_stats_count_created_allocated_used_and_available_per_type(client: httpx.AsyncClient) -> None:

@@ -8,7 +8,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from factories import coupon, coupon_json, expired_coupon
 from redis.asyncio import Redis
 
 from coupon_pool.errors import (
@@ -25,6 +24,7 @@ from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 from coupon_pool.settings import Settings
 from coupon_pool.tools.check import check
+from support.factories import coupon, coupon_json, expired_coupon
 
 STANDARD = CouponType.STANDARD
 

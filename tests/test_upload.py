@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import httpx
-from factories import coupon, coupon_json
 from redis.asyncio import Redis
 
 from coupon_pool.models import CouponType
 from coupon_pool.pool.store import Store
+from support.factories import coupon, coupon_json
 
 
 async def test_upload_stores_every_new_coupon(store: Store) -> None:

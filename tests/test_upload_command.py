@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
 from coupon_pool.tools.upload import INVALID_DATA, Item, _refusal, idempotency_key
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 HEADER = ["code", "type", "discount_kind", "discount_value", "expires_at", "max_usages"]
 ADMIN_KEY = "upload-admin-key-0123456789"

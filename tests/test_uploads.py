@@ -10,11 +10,13 @@ from pathlib import Path
 
 import httpx
 import orjson
-from conftest import LiveServer, RedisServer, wait_until
-from factories import coupon_json
 from redis.asyncio import Redis
 
 from coupon_pool.errors import CouponError, ValidationFailed
+from support import wait_until
+from support.factories import coupon_json
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
 
 LARGE = 1_000  # coupons: a body well over the 64 KB that is validated in the serving process
 

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from factories import coupon_json
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from coupon_pool.errors import CouponError, InvalidJson, ValidationFailed
 from coupon_pool.http.validation import validate_json
 from coupon_pool.models import AllocationRequest, CouponIn, RedemptionRequest, UploadRequest
+from support.factories import coupon_json
 
 JSON = {"content-type": "application/json"}
 FUTURE = "2099-01-01T00:00:00Z"

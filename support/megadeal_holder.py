@@ -1,6 +1,6 @@
 """Take MEGADEAL slots and hold them until killed.
 
-    python megadeal_holder.py REDIS_URL SLOTS LEASE_S [CAPACITY]
+    python support/megadeal_holder.py REDIS_URL SLOTS LEASE_S [CAPACITY]
 
 CAPACITY is the gate's limit of concurrent slots (default: SLOTS).
 """

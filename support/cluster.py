@@ -1,4 +1,4 @@
-"""A real Redis Cluster for the suite: redis-server in cluster mode, formed by redis-cli.
+"""A real Redis Cluster: redis-server in cluster mode, formed by redis-cli.
 
 Six nodes (three masters, a replica each) on free loopback ports, each port at most
 55535 (a node's cluster bus listens on its port + 10000). A short cluster-node-timeout
@@ -14,12 +14,16 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import cast
 
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis, RedisCluster
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 MAX_PORT = 55535
 NODE_TIMEOUT_MS = 1000
+CLUSTER_SHARDS = 16  # the shards of the tests' pools on a cluster
 
 
 def free_cluster_port(taken: set[int]) -> int:
@@ -161,3 +165,8 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def cluster_client(cluster: Cluster) -> Redis:
+    """A client of the cluster, typed as the service types it (connection.connect)."""
+    return cast(Redis, RedisCluster.from_url(cluster.url, decode_responses=True))
