@@ -1,4 +1,4 @@
-"""schemathesis hooks (loaded through SCHEMATHESIS_HOOKS by tests/test_openapi.py).
+"""schemathesis hooks (loaded through SCHEMATHESIS_HOOKS by tests/http/test_openapi.py).
 
 Two rules of the service JSON Schema cannot state, so generated uploads are steered
 rather than the positive-data check turned off:

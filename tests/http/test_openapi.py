@@ -43,7 +43,7 @@ def test_every_answer_matches_the_openapi_document(
     try:
         # Without the Idempotency-Key parameter: its rule (a key names one request; sent with
         # another body it is a documented 422) is one JSON Schema cannot state, and generated
-        # keys repeat. tests/test_idempotency.py tests the header, its replays and its refusals.
+        # keys repeat. tests/http/test_idempotency.py tests the header, its replays and its refusals.
         document = httpx.get(f"{server.url}/openapi.json").json()
         for operation in (op for path in document["paths"].values() for op in path.values()):
             operation["parameters"] = [
