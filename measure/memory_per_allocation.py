@@ -1,6 +1,6 @@
 """Redis bytes per allocation and per audit entry, for sizing maxmemory.
 
-    python scripts/memory_per_allocation.py [N] [REDIS_URL]     (defaults: 100000, redis://127.0.0.1:6390/0)
+    python measure/memory_per_allocation.py [N] [REDIS_URL]     (defaults: 100000, redis://127.0.0.1:6390/0)
 
 Uploads N single-use STANDARD coupons with an audit trail capped far above what the run
 writes, then allocates each to its own user (user ids like "user-0000001", 12

@@ -1,6 +1,6 @@
 """Redis time per allocation script, against the ceiling's INCR script, from INFO commandstats.
 
-    python scripts/script_cost.py [N] [REDIS_URL]     (defaults: 20000, redis://127.0.0.1:6390/0)
+    python measure/script_cost.py [N] [REDIS_URL]     (defaults: 20000, redis://127.0.0.1:6390/0)
 
 Uploads 50 STANDARD coupons of 10,000,000 usages into a namespace of its own
 (script-cost), then makes N allocations to new users through Store.allocate, 100 at a

@@ -1,6 +1,6 @@
 """CPU share of each Python and Redis process over a few seconds, from /proc (Linux).
 
-    python scripts/cpu_share.py [SECONDS]     (default 5)
+    python measure/cpu_share.py [SECONDS]     (default 5)
 
 Run it while a benchmark runs: it prints each process that used at least 2% of a core,
 busiest first (100% = one core), e.g. the uvicorn workers, Redis and the load client.

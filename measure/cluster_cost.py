@@ -1,7 +1,7 @@
 """Redis time per allocation on each master of a Redis Cluster, each master's share, and the
 same on a single Redis: the figures of the capacity model in docs/benchmarks.md.
 
-    python scripts/cluster_cost.py [N] [SHARDS]     (defaults: 30000, 16)
+    python measure/cluster_cost.py [N] [SHARDS]     (defaults: 30000, 16)
 
 Starts a cluster of its own (support/cluster.py: three masters and three replicas on free
 loopback ports) and a single redis-server, uploads 300 STANDARD coupons of 1,000,000

@@ -1,6 +1,6 @@
 """A screenshot of a running service's dashboard, in Debian's headless Chromium.
 
-    .venv/bin/python scripts/dashboard_screenshot.py http://127.0.0.1:8080 docs/dashboard.png [--wait 20]
+    .venv/bin/python measure/dashboard_screenshot.py http://127.0.0.1:8080 docs/dashboard.png [--wait 20]
 
 It loads /dashboard, lets it refresh for --wait seconds (so the chart has a history: run
 a load beside it, such as `coupon-pool bench mixed --duration 60`), then saves the page.

@@ -1,4 +1,4 @@
-"""Write an upload body of N coupons to stdout: python scripts/gen_coupons.py 50000 PREFIX > body.json"""
+"""Write an upload body of N coupons to stdout: python measure/gen_coupons.py 50000 PREFIX > body.json"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Redis bytes per stored coupon: upload N coupons into a fresh namespace, read INFO memory.
 
-    python scripts/memory_per_coupon.py [N] [REDIS_URL]     (defaults: 1000000, redis://127.0.0.1:6390/0)
+    python measure/memory_per_coupon.py [N] [REDIS_URL]     (defaults: 1000000, redis://127.0.0.1:6390/0)
 
 Coupons are written with Store.upload (what the service runs), a third of each type,
 with codes like the bundled generator's ("MEM-0000001"). The namespace (memory-probe) is

@@ -1,6 +1,6 @@
 """Redis time of an allocation against what the user already holds, and what it costs in memory.
 
-    python scripts/held_cost.py [HELD] [REDIS_URL]     (defaults: 100000, redis://127.0.0.1:6390/0)
+    python measure/held_cost.py [HELD] [REDIS_URL]     (defaults: 100000, redis://127.0.0.1:6390/0)
 
 Each step in a namespace of its own (held-cost-*), deleted afterwards:
 1. HELD + 5,000 STANDARD coupons of 5 usages (so they stay available); HELD of them go to

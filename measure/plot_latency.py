@@ -1,6 +1,6 @@
 """Draw latency percentile curves from `coupon-pool bench ... --json` results, as an SVG.
 
-    python scripts/plot_latency.py OUT.svg RESULT.json [RESULT.json ...]
+    python measure/plot_latency.py OUT.svg RESULT.json [RESULT.json ...]
 
 Each result with a reference gets two curves, service (solid) and reference (dashed), in
 one colour. The x axis spreads the tail: p50, p90, p99, p99.9 and max are equally far

@@ -1,6 +1,6 @@
 """The longest event-loop stall hostile inputs cause: a probe's latency while they arrive.
 
-    python scripts/hostile_probe.py URL [ADMIN_KEY]
+    python measure/hostile_probe.py URL [ADMIN_KEY]
 
 A probe thread asks URL/healthz in a loop on one keep-alive connection and records each
 answer's latency; meanwhile each hostile input below is sent five times, one after

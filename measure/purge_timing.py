@@ -1,6 +1,6 @@
 """Time a purge of N expired coupons, per script call, on a Redis of your choosing.
 
-    python scripts/purge_timing.py [N] [REDIS_URL]     (defaults: 50000, redis://127.0.0.1:6390/0)
+    python measure/purge_timing.py [N] [REDIS_URL]     (defaults: 50000, redis://127.0.0.1:6390/0)
 
 It works in a key namespace of its own (purge-timing), so a pool in the same Redis is not
 touched, and deletes that namespace's keys when done.

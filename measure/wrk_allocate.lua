@@ -1,6 +1,6 @@
 -- wrk script: POST /v1/allocations, a new user id per request (as `coupon-pool bench allocate`).
 --
---   wrk -t1 -c100 -d10s -s scripts/wrk_allocate.lua http://127.0.0.1:8080
+--   wrk -t1 -c100 -d10s -s measure/wrk_allocate.lua http://127.0.0.1:8080
 --
 -- Used in docs/benchmarks.md to check that the bundled load script is not the bottleneck:
 -- both clients drive the same endpoint and their throughputs are compared.

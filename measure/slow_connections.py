@@ -1,7 +1,7 @@
 """Hold N slow connections open against a server: each sends a request line, then one
 header byte a second, never finishing its headers.
 
-    python scripts/slow_connections.py URL [N] [SECONDS]     (defaults: 1000 connections, 30 s)
+    python measure/slow_connections.py URL [N] [SECONDS]     (defaults: 1000 connections, 30 s)
 
 Run a bench beside it to see what they cost other callers, e.g.
     coupon-pool bench allocate --duration 8 --connections 20 --json   (alone, then with this)

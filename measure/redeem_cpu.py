@@ -1,6 +1,6 @@
 """CPU per redemption in the app itself, without HTTP (the redemption twin of app_cpu.py).
 
-    python scripts/redeem_cpu.py [REQUESTS] [REDIS_URL]   (defaults: 5000, redis://127.0.0.1:6390/0)
+    python measure/redeem_cpu.py [REQUESTS] [REDIS_URL]   (defaults: 5000, redis://127.0.0.1:6390/0)
 
 Allocates 4 x REQUESTS usages of one coupon beforehand (not measured), then redeems them
 in four rounds of REQUESTS from 100 concurrent tasks, as ASGI calls with the body already

@@ -1,6 +1,6 @@
 """CPU per allocation in the app itself, without HTTP: the service's path against the ceiling's.
 
-    python scripts/app_cpu.py [REQUESTS] [ROUNDS] [REDIS_URL]   (defaults: 10000, 5, redis://127.0.0.1:6390/0)
+    python measure/app_cpu.py [REQUESTS] [ROUNDS] [REDIS_URL]   (defaults: 10000, 5, redis://127.0.0.1:6390/0)
 
 Each app (the service, then the reference endpoint of `coupon-pool bench --reference`)
 is called as an ASGI app by 100 concurrent tasks of this process, on uvloop, with the

@@ -1,7 +1,7 @@
 """Compare this checkout's service with an older revision's, in one run, builds alternated.
 
-    .venv/bin/python scripts/compare_builds.py REV [--scenario allocate] [--rounds 3] [--duration 8]
-    .venv/bin/python scripts/compare_builds.py HEAD --new-keyed   # what an Idempotency-Key costs
+    .venv/bin/python measure/compare_builds.py REV [--scenario allocate] [--rounds 3] [--duration 8]
+    .venv/bin/python measure/compare_builds.py HEAD --new-keyed   # what an Idempotency-Key costs
 
 Starts a Redis of its own (redis.conf, a temporary directory, a free port), then the
 service of REV (a `git worktree` in a temporary directory, imported ahead of this

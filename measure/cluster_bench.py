@@ -1,7 +1,7 @@
 """One app worker on a single Redis, on a Redis Cluster, and on the cluster with
 REDIS_WAIT_REPLICAS=1, measured in turn by the bundled bench.
 
-    .venv/bin/python scripts/cluster_bench.py [--scenario allocate] [--rounds 3] [--duration 8]
+    .venv/bin/python measure/cluster_bench.py [--scenario allocate] [--rounds 3] [--duration 8]
 
 Starts a redis-server and a six-node cluster of its own (support/cluster.py), then three
 services (`coupon-pool serve`, one worker each): on the single Redis (one shard), on the
