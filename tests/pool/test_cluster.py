@@ -36,7 +36,7 @@ from coupon_pool.pool.store import Store
 from coupon_pool.tools.check import check
 from support import REPO, free_port
 from support.cluster import CLUSTER_SHARDS, Cluster, cluster_client
-from support.factories import coupon, coupon_json
+from support.factories import coupon, coupon_json, expired_coupon
 from support.live_server import LiveServer
 from support.redis_server import RedisServer
 
@@ -156,8 +156,6 @@ async def test_the_audit_trail_pages_across_the_shards_in_time_order(sharded: St
 
 
 async def test_the_purge_walks_every_shard(sharded: Store) -> None:
-    from factories import expired_coupon
-
     await sharded.upload([expired_coupon(f"X{i}") for i in range(20)] + [coupon("LIVE")])
     result = await sharded.purge()
     assert result.purged[STANDARD] == 20
