@@ -9,15 +9,15 @@ run:  ## start Redis (unless REDIS_URL is set), then the service on PORT (defaul
 
 test:  ## lint, type-check and run the whole test suite (it starts its own Redis servers)
 	scripts/bootstrap.sh
-	.venv/bin/ruff check coupon_pool tests scripts
-	.venv/bin/ruff format --check coupon_pool tests scripts
+	.venv/bin/ruff check coupon_pool support tests measure
+	.venv/bin/ruff format --check coupon_pool support tests measure
 	.venv/bin/mypy
 	.venv/bin/hadolint Dockerfile
 	.venv/bin/pytest
 
 lint:
-	.venv/bin/ruff check coupon_pool tests scripts
-	.venv/bin/ruff format --check coupon_pool tests scripts
+	.venv/bin/ruff check coupon_pool support tests measure
+	.venv/bin/ruff format --check coupon_pool support tests measure
 	.venv/bin/mypy
 	.venv/bin/hadolint Dockerfile
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import free_port, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO, free_port, wait_until
 
 
 def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

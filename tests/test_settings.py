@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from coupon_pool.settings import Settings, SettingsError
-
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
 
 
 def test_defaults_apply_when_nothing_is_set() -> None:

@@ -15,13 +15,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ..settings import Settings
+from .budgets import FailedLookups
 from .connection import connect
 from .context import Context, Options
 from .coupons import Coupons
 from .keyed import Keyed
 from .keys import Keys, Layout
 from .library import Library
-from .budgets import FailedLookups
 from .placement import Placement
 from .reads import Reads
 from .upkeep import Upkeep

@@ -1,0 +1,129 @@
+"""Compare this checkout's service with an older revision's, in one run, builds alternated.
+
+    .venv/bin/python measure/compare_builds.py REV [--scenario allocate] [--rounds 3] [--duration 8]
+    .venv/bin/python measure/compare_builds.py HEAD --new-keyed   # what an Idempotency-Key costs
+
+Starts a Redis of its own (redis.conf, a temporary directory, a free port), then the
+service of REV (a `git worktree` in a temporary directory, imported ahead of this
+checkout through PYTHONPATH) and this checkout's, each in a namespace of its own. In turn,
+REV then this checkout, `coupon-pool bench SCENARIO --reference --pipelined-reference`
+runs against each (the same bench and the same pipelined ceiling for both). Prints, per
+build, the service's req/s and its ratio to the ceiling in each round, their medians, and
+new/old. The ratio is the figure to compare: the ceiling run beside each measurement
+absorbs the noise of a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str) -> None:
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("rev", help="the older revision (a commit, tag or branch)")
+    parser.add_argument("--scenario", default="allocate", choices=("allocate", "redeem"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--prepare", type=int, default=300_000, help="redeem: allocations made beforehand")
+    parser.add_argument("--new-keyed", action="store_true",
+                        help="allocate: the new build's allocations carry an Idempotency-Key each "
+                             "(with REV = HEAD: the cost of the header)")  # fmt: skip
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old_tree = Path(tmp) / "old"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_tree), args.rev],
+                       check=True, capture_output=True)  # fmt: skip
+        redis_port = free_port()
+        redis = subprocess.Popen(
+            ["redis-server", str(REPO / "redis.conf"), "--port", str(redis_port), "--dir", tmp,
+             "--logfile", str(Path(tmp) / "redis.log")],
+        )  # fmt: skip
+        servers: list[subprocess.Popen[bytes]] = []
+        try:
+            time.sleep(0.5)
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            urls = {}
+            for build, extra_path in (("old", str(old_tree)), ("new", str(REPO))):
+                port = free_port()
+                env = {**os.environ, "REDIS_URL": redis_url, "KEY_NAMESPACE": f"cmp-{build}",
+                       "PORT": str(port), "LOG_LEVEL": "warning", "PYTHONPATH": extra_path}  # fmt: skip
+                servers.append(subprocess.Popen([PYTHON, "-m", "coupon_pool", "serve"], env=env,
+                                                stdout=subprocess.DEVNULL))  # fmt: skip
+                urls[build] = f"http://127.0.0.1:{port}"
+                wait_for(f"{urls[build]}/healthz")
+            results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+            for _ in range(args.rounds):
+                for build in ("old", "new"):
+                    command = [
+                        PYTHON, "-m", "coupon_pool.tools.bench", args.scenario, "--url", urls[build],
+                        "--redis-url", redis_url, "--reference", "--pipelined-reference",
+                        "--duration", str(args.duration), "--json", "--quiet", "--into-existing-pool",
+                    ]  # fmt: skip
+                    if args.scenario == "redeem":
+                        command += ["--prepare", str(args.prepare)]
+                    if args.new_keyed and build == "new":
+                        command.append("--idempotency-keys")
+                    env = {**os.environ, "PYTHONPATH": str(REPO)}
+                    done = subprocess.run(command, env=env, capture_output=True, check=True)
+                    result = json.loads(done.stdout)
+                    results[build].append({
+                        "service": result["service"]["throughput"],
+                        "reference": result["reference"]["throughput"],
+                        "ratio": result["ratios"]["throughput"],
+                        "p99_ms": result["service"]["latency_ms"]["p99"],
+                    })  # fmt: skip
+                    print(build, results[build][-1], file=sys.stderr, flush=True)
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait(30)
+            redis.terminate()
+            redis.wait(10)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], check=False
+            )
+
+    summary: dict[str, object] = {"scenario": args.scenario, "old_rev": args.rev, "new_keyed": args.new_keyed,
+                                  "rounds": results}  # fmt: skip
+    for build in ("old", "new"):
+        for key in ("service", "ratio", "p99_ms"):
+            summary[f"{build}_median_{key}"] = statistics.median(r[key] for r in results[build])
+    summary["new_over_old_ratio"] = round(summary["new_median_ratio"] / summary["old_median_ratio"], 3)  # type: ignore[operator]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""schemathesis hooks (loaded through SCHEMATHESIS_HOOKS by tests/http/test_openapi.py).
+
+Two rules of the service JSON Schema cannot state, so generated uploads are steered
+rather than the positive-data check turned off:
+- a coupon's `expires_at` must lie in the future: expiries that are valid date-times (by
+  the service's own rule, future aside) are moved into the future;
+- a number must be sent as written (`3`, not `3.0`), while JSON Schema counts 3.0 as an
+  integer: whole floats become integers.
+Every other generated value is kept, so an invalid body stays invalid.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import schemathesis
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
+
+_DATETIME = TypeAdapter(AwareDatetime)
+
+
+def _is_datetime(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        _DATETIME.validate_json(f'"{value}"', strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _whole_numbers(item)
+    elif isinstance(value, list):
+        value[:] = [_whole_numbers(item) for item in value]
+    return value
+
+
+@schemathesis.hook
+def map_body(context: Any, body: Any) -> Any:
+    if context.operation is None or context.operation.path != "/v1/coupons" or not isinstance(body, dict):
+        return body
+    coupons = _whole_numbers(body).get("coupons")
+    if isinstance(coupons, list):
+        future = datetime.now(UTC) + timedelta(days=1)
+        for i, coupon in enumerate(coupons):
+            if isinstance(coupon, dict) and _is_datetime(coupon.get("expires_at")):
+                coupon["expires_at"] = (future + timedelta(seconds=i)).isoformat()
+    return body

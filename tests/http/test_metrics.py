@@ -1,0 +1,87 @@
+"""GET /metrics: Prometheus text with request, coupon and MEGADEAL gate metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from coupon_pool.http.app import create_app
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.megadeal import MegadealGate
+from coupon_pool.settings import MegadealLimits, Settings
+from support.factories import coupon_json
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_and_time_requests_per_route_and_status(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/coupons", json={"coupons": [coupon_json("M1"), coupon_json("M2")]})
+    for user in ("a", "b", "c"):
+        await client.post("/v1/allocations", json={"user_id": user})
+    await client.get("/v1/coupons/M1")
+
+    samples = await scrape(client)
+
+    def requests(route: str, status: str, method: str = "POST") -> float:
+        labels = (("method", method), ("route", route), ("status", status))
+        return samples[("coupon_pool_http_request_duration_seconds_count", labels)]
+
+    assert requests("/v1/allocations", "201") == 2
+    assert requests("/v1/allocations", "409") == 1
+    assert requests("/v1/coupons/{code}", "200", "GET") == 1
+    labels = (("le", "+Inf"), ("method", "POST"), ("route", "/v1/allocations"), ("status", "201"))
+    assert samples[("coupon_pool_http_request_duration_seconds_bucket", labels)] == 2
+
+
+async def test_metrics_show_coupon_counters_by_type(client: httpx.AsyncClient) -> None:
+    coupons = [coupon_json("F1", type="FREE", max_usages=2), coupon_json("S1")]
+    await client.post("/v1/coupons", json={"coupons": coupons})
+    await client.post("/v1/allocations", json={"user_id": "a", "type": "FREE"})
+    await client.post("/v1/redemptions", json={"code": "F1", "user_id": "a"})
+
+    samples = await scrape(client)
+
+    def coupons_of(name: str, coupon_type: str) -> float:
+        return samples[(f"coupon_pool_coupons_{name}", (("type", coupon_type),))]
+
+    counters = ("created_total", "allocated_total", "used_total", "purged_total", "available")
+    assert [coupons_of(n, "FREE") for n in counters] == [1, 1, 1, 0, 1]
+    assert coupons_of("available", "STANDARD") == 1
+    assert coupons_of("created_total", "MEGADEAL") == 0
+
+
+async def test_metrics_show_the_megadeal_gate(settings: Settings, redis: Redis) -> None:
+    """One slot held elsewhere, one request of this process waiting for it, one idle gate."""
+    app = create_app(dataclasses.replace(settings, megadeal_max_concurrent=1, megadeal_max_wait_s=5))
+    holder = MegadealGate(redis, Keys("cp"), MegadealLimits(max_concurrent=1))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
+        body = {"coupons": [coupon_json(f"MD{i}", type="MEGADEAL") for i in range(3)]}
+        await http.post("/v1/coupons", json=body)
+        async with holder.slot("holder"):
+            waiter = asyncio.create_task(
+                http.post("/v1/allocations", json={"user_id": "w", "type": "MEGADEAL"})
+            )
+            await asyncio.sleep(0.3)
+            held = await scrape(http)
+        served = await waiter
+        after = await scrape(http)
+    assert served.status_code == 201
+    gauges = ("slots_in_use", "queued", "waiting")
+    assert [held[(f"coupon_pool_megadeal_{n}", ())] for n in gauges] == [1, 1, 1]
+    assert [after[(f"coupon_pool_megadeal_{n}", ())] for n in gauges] == [0, 0, 0]

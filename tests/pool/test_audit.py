@@ -1,0 +1,124 @@
+"""The audit stream: one entry per operation, written by the operation's own script."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from coupon_pool.models import CouponType
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.megadeal import MegadealGate
+from coupon_pool.pool.store import Store
+from support.factories import coupon, coupon_json, expired_coupon
+
+
+def without_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if k not in ("id", "time", "upload")} for e in entries]
+
+
+async def test_every_operation_of_a_scenario_has_one_entry_in_order(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    await client.post("/v1/coupons", json={"coupons": [coupon_json("A"), coupon_json("A")]})
+    await client.post("/v1/allocations", json={"user_id": "u1"})
+    await client.post("/v1/allocations", json={"user_id": "u2"})
+    await client.post("/v1/redemptions", json={"code": "A", "user_id": "u1"})
+    await client.post("/v1/redemptions", json={"code": "A", "user_id": "u1"})
+    await client.post("/v1/redemptions", json={"code": "NOPE", "user_id": "u1", "type": "FREE"})
+    store = Store(redis, Keys("cp"))
+    await store.upload([expired_coupon("OLD", type=CouponType.FREE)])
+    await client.post("/v1/purge")
+
+    page = (await client.get("/v1/audit")).json()
+
+    assert without_ids(page["entries"]) == [
+        {"op": "upload", "part": "1/1", "created": 1, "duplicates": 1},
+        {"op": "allocate", "type": "STANDARD", "user_id": "u1", "code": "A"},
+        {"op": "allocate", "type": "STANDARD", "user_id": "u2", "error": "pool_empty"},
+        {"op": "redeem", "code": "A", "user_id": "u1", "type": "STANDARD", "used": 1},
+        {"op": "redeem", "code": "A", "user_id": "u1", "type": "STANDARD", "error": "already_redeemed"},
+        {"op": "redeem", "code": "NOPE", "user_id": "u1", "type": "FREE", "error": "coupon_not_found"},
+        {"op": "upload", "part": "1/1", "created": 1, "duplicates": 0},
+        {"op": "purge", "purged_FREE": 1},
+    ]
+    assert page["next"] == page["entries"][-1]["id"]
+    assert await redis.xlen("{cp}:audit") == 8
+
+
+async def test_megadeal_allocations_are_audited_too(redis: Redis) -> None:
+    store = Store(redis, Keys("cp"))
+    await store.upload([coupon("M", type="MEGADEAL")])
+    await MegadealGate(redis, Keys("cp")).allocate("u1")
+    entries = (await store.audit(10, None)).entries
+    assert [(e.op, e.model_extra) for e in entries[1:]] == [
+        ("allocate", {"type": "MEGADEAL", "user_id": "u1", "code": "M"})
+    ]
+
+
+async def test_a_large_upload_writes_one_entry_per_chunk_under_one_upload_id(redis: Redis) -> None:
+    store = Store(redis, Keys("cp"), upload_chunk_size=100)
+    await store.upload([coupon(f"C{i}") for i in range(250)])
+    entries = (await store.audit(10, None)).entries
+    extras = [e.model_extra or {} for e in entries]
+    assert [x["part"] for x in extras] == ["1/3", "2/3", "3/3"]
+    assert len({x["upload"] for x in extras}) == 1
+    assert sum(x["created"] for x in extras) == 250
+
+
+@pytest.mark.one_slot  # one upload entry for the five coupons; sharded, one per shard they fall in
+async def test_audit_pages_follow_on_with_after(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/coupons", json={"coupons": [coupon_json(f"P{i}") for i in range(5)]})
+    for i in range(5):
+        await client.post("/v1/allocations", json={"user_id": f"u{i}"})
+
+    first = (await client.get("/v1/audit", params={"limit": 3, "after": "0"})).json()
+    second = (await client.get("/v1/audit", params={"limit": 3, "after": first["next"]})).json()
+    third = (await client.get("/v1/audit", params={"limit": 3, "after": second["next"]})).json()
+    latest = (await client.get("/v1/audit", params={"limit": 2})).json()
+
+    ids = [e["id"] for page in (first, second) for e in page["entries"]]
+    assert len(ids) == len(set(ids)) == 6
+    assert third["entries"] == []
+    assert third["next"] == second["next"]
+    assert [e["user_id"] for e in latest["entries"]] == ["u3", "u4"]
+
+
+async def test_bad_audit_queries_are_refused_naming_the_parameter(client: httpx.AsyncClient) -> None:
+    for params, field in (
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"after": "12-x"}, "after"),
+        ({"after": "18446744073709551616"}, "after"),
+        ({"since": "1"}, "since"),
+    ):
+        response = await client.get("/v1/audit", params=params)
+        assert response.status_code == 422, params
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["errors"][0]["field"] == field
+
+
+async def test_the_stream_is_capped_at_about_its_configured_length(redis: Redis) -> None:
+    store = Store(redis, Keys("cp"), audit_max_len=10)
+    await store.upload([coupon(f"C{i}", max_usages=1000) for i in range(1)])
+    for i in range(500):
+        await store.allocate(f"user-{i}", CouponType.STANDARD)
+    # "MAXLEN ~" trims whole stream nodes (up to 100 entries each), never below the cap.
+    assert 10 <= await redis.xlen("{cp}:audit") <= 10 + 100
+
+
+async def test_a_coupon_shows_its_own_allocations_and_redemptions(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/coupons", json={"coupons": [coupon_json("SHARED", max_usages=3)]})
+    for user in ("a", "b"):
+        await client.post("/v1/allocations", json={"user_id": user})
+    redeemed = (await client.post("/v1/redemptions", json={"code": "SHARED", "user_id": "b"})).json()
+
+    body = (await client.get("/v1/coupons/SHARED")).json()
+
+    assert [(h["user_id"], h["redeemed_at"]) for h in body["allocations"]] == [
+        ("a", None),
+        ("b", redeemed["redeemed_at"]),
+    ]

@@ -1,0 +1,208 @@
+"""The invariant checker: clean after real workloads, and it names every corruption."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from coupon_pool.errors import CouponError
+from coupon_pool.models import CouponType
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.megadeal import MegadealGate
+from coupon_pool.pool.store import Store
+from coupon_pool.settings import MegadealLimits
+from coupon_pool.tools.check import check
+from support.factories import coupon
+from support.redis_server import RedisServer
+
+STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
+
+
+async def scenario(store: Store) -> None:
+    """Every kind of state: available, exhausted, redeemed, expired, purged and retired."""
+    await store.upload(
+        [
+            coupon("S1", max_usages=3),
+            coupon("S2"),
+            coupon("F1", type="FREE", max_usages=2),
+            coupon("OLD", expires_in=1),
+            coupon("LATE", expires_in=1.05),
+            coupon("USED", type="FREE", expires_in=1, max_usages=2),
+        ]
+    )
+    assert (await store.allocate("a", STANDARD)).code == "OLD"  # the first to expire
+    assert (await store.allocate("a", FREE)).code == "USED"
+    await store.redeem("USED", "a", FREE)
+    assert [(await store.allocate(u, STANDARD)).code for u in "bcd"] == ["LATE", "S1", "S1"]
+    await store.redeem("S1", "c", STANDARD)
+    await asyncio.sleep(1.2)
+    result = await store.purge()  # OLD (held, never redeemed) and LATE deleted, USED retired
+    assert (result.purged[STANDARD], result.retired[FREE]) == (2, 1)
+
+
+async def test_a_pool_after_a_scenario_has_no_violations(store: Store) -> None:
+    await scenario(store)
+    report = await check(store.redis, store.keys)
+    assert report.violations == []
+    assert report.coupons == 4  # S1, S2, F1, and USED, retired with its history
+
+
+async def test_expired_coupons_awaiting_the_purge_are_counted_not_violations(store: Store) -> None:
+    await store.upload([coupon("SOON", expires_in=0.5), coupon("LIVE")])
+    await asyncio.sleep(0.6)
+    report = await check(store.redis, store.keys)
+    assert (report.ok, report.coupons, report.awaiting_purge) == (True, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (lambda r: r.hset("{cp}:c:S2", "alloc", 5), "coupon 'S2': alloc is 5 but"),
+        (lambda r: r.hset("{cp}:c:S2", "u:mallory", "1"), "coupon 'S2': alloc is"),
+        (lambda r: r.hset("{cp}:c:S2", "used", 1), "coupon 'S2': used is 1 but 0 holders"),
+        (lambda r: r.zadd("{cp}:avail:STANDARD", {"GHOST": 1}), "holds 'GHOST', which has no coupon hash"),
+        (lambda r: r.zadd("{cp}:exhausted", {"F1": 1}), "coupon 'F1': in more than one sorted set"),
+        (lambda r: r.zrem("{cp}:avail:FREE", "F1"), "coupon 'F1': in no sorted set"),
+        (lambda r: r.hincrby("{cp}:stats", "FREE:created", 1), "FREE: created"),
+        (lambda r: r.hincrby("{cp}:stats", "STANDARD:used", 1), "STANDARD: used counter"),
+        (lambda r: r.hset("{cp}:c:S2", "u:eve", "2:1"), "holder 'eve' redeemed before it was allocated"),
+        # The per-user structures (alice holds S2, which has a usage left).
+        (
+            lambda r: r.zadd("{cp}:held:STANDARD:bob", {"S2": 4e12}),
+            "held:STANDARD:bob lists 'S2', which the user",
+        ),
+        (lambda r: r.zrem("{cp}:held:STANDARD:alice", "S2"), "names 'alice', whose held set does not list"),
+        (lambda r: r.srem("{cp}:trk:S2", "alice"), "{cp}:trk:S2 does not name the user"),
+        (
+            lambda r: r.zadd("{cp}:user:STANDARD:bob", {"S2": 1}),
+            "{cp}:user:STANDARD:bob lists 'S2', which the user does not",
+        ),
+        (lambda r: r.zadd("{cp}:draining:STANDARD", {"NOPE": 1}), "draining:STANDARD holds 'NOPE', not in"),
+        (lambda r: r.hset("{cp}:idem:open:k", "fp", "x"), "{cp}:idem:open:k never expires"),
+    ],
+    ids=[
+        "alloc",
+        "holder",
+        "used",
+        "dangling",
+        "two-sets",
+        "no-set",
+        "created",
+        "used-counter",
+        "order",
+        "held-extra",
+        "held-missing-tracked",
+        "tracked-missing",
+        "listing",
+        "count",
+        "record",
+    ],
+)
+async def test_each_corruption_is_reported(store: Store, corrupt: object, expected: str) -> None:
+    first = [coupon(f"A{i}", max_usages=2, expires_in=600) for i in range(8)]
+    await store.upload([*first, coupon("S2", max_usages=2), coupon("F1", type="FREE")])
+    for _ in range(9):  # A0-A7, then S2: with her ninth coupon her held set lists them all
+        await store.allocate("alice", STANDARD)
+    assert len(await store.redis.zrange("{cp}:held:STANDARD:alice", 0, -1)) == 9
+    assert (await check(store.redis, store.keys)).ok
+    await corrupt(store.redis)  # type: ignore[operator]
+    report = await check(store.redis, store.keys)
+    assert not report.ok
+    assert any(expected in v for v in report.violations), report.violations
+
+
+async def test_a_randomized_concurrent_workload_with_a_redis_restart_ends_clean(tmp_path: Path) -> None:
+    """Uploads, allocations, redemptions, purges and MEGADEAL bursts from 24 tasks at once,
+    while Redis is killed and started again; then the checker finds nothing wrong."""
+    server = RedisServer(tmp_path / "redis", "--appendfsync", "always").start()
+    redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=1)
+    limits = MegadealLimits(max_concurrent=2, rate_per_s=20, max_wait_s=1, lease_s=2)
+    store = Store(redis, Keys("cp"), upload_chunk_size=7, purge_batch_size=5)
+    gate = MegadealGate(redis, Keys("cp"), limits)
+    rng = random.Random(2026)
+    uploaded = 0
+    done: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def worker(n: int) -> None:
+        nonlocal uploaded
+        held: list[tuple[str, str, CouponType]] = []
+        while not stop.is_set():
+            op = rng.choice(
+                ["upload", "allocate", "allocate", "allocate", "redeem", "redeem", "purge", "mega"]
+            )
+            try:
+                if op == "upload":
+                    uploaded += 1
+                    await store.upload(
+                        [
+                            coupon(
+                                f"W{n}-{uploaded}-{i}",
+                                type=rng.choice(["FREE", "STANDARD", "MEGADEAL"]),
+                                expires_in=rng.choice([0.5, 2, 3600]),
+                                max_usages=rng.randint(1, 4),
+                            )
+                            for i in range(rng.randint(1, 20))
+                        ]
+                    )
+                elif op in ("allocate", "mega"):
+                    ctype = MEGADEAL if op == "mega" else rng.choice([FREE, STANDARD])
+                    user = f"u{rng.randint(0, 40)}"
+                    if ctype is MEGADEAL:
+                        allocation = await gate.allocate(user)
+                    else:
+                        allocation = await store.allocate(user, ctype)
+                    held.append((allocation.code, user, ctype))
+                elif op == "redeem" and held:
+                    code, user, ctype = held.pop(rng.randrange(len(held)))
+                    await store.redeem(code, user, ctype)
+                elif op == "purge":
+                    await store.purge()
+                done[op] = done.get(op, 0) + 1
+            except (CouponError, RedisError):
+                await asyncio.sleep(0.01)  # refused by a rule, or Redis is down: carry on
+
+    tasks = [asyncio.create_task(worker(n)) for n in range(24)]
+    await asyncio.sleep(2)
+    server.kill()
+    await asyncio.sleep(0.5)
+    server.start()
+    await asyncio.sleep(2)
+    stop.set()
+    await asyncio.gather(*tasks)
+    try:
+        assert done.get("allocate", 0) > 50
+        assert done.get("redeem", 0) > 20
+        assert done.get("purge", 0) > 5
+        report = await check(redis, Keys("cp"))
+        assert report.violations == []
+        assert report.coupons > 0
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+def test_the_command_exits_1_and_lists_violations(redis_server: RedisServer) -> None:
+    import redis as sync_redis
+
+    with sync_redis.Redis.from_url(redis_server.url) as r:
+        r.flushall()
+        env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"}
+        clean = subprocess.run([sys.executable, "-m", "coupon_pool", "check", "--json"], env=env,
+                               capture_output=True, timeout=30, check=False)  # fmt: skip
+        assert clean.returncode == 0, clean.stderr
+        assert orjson.loads(clean.stdout) == {"ok": True, "coupons": 0, "awaiting_purge": 0, "violations": []}
+        r.zadd("{cp}:exhausted", {"NOBODY": 1})
+        broken = subprocess.run([sys.executable, "-m", "coupon_pool", "check"], env=env,
+                                capture_output=True, timeout=30, check=False)  # fmt: skip
+    assert broken.returncode == 1
+    assert b"holds 'NOBODY', which has no coupon hash" in broken.stdout
+    assert f"coupon-pool check: reading {redis_server.url}, namespace cp\n".encode() == broken.stderr

@@ -1,0 +1,224 @@
+"""`coupon-pool upload FILE...` against a real service: large files, re-runs, refusals."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from coupon_pool.tools.upload import INVALID_DATA, Item, _refusal, idempotency_key
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
+
+HEADER = ["code", "type", "discount_kind", "discount_value", "expires_at", "max_usages"]
+ADMIN_KEY = "upload-admin-key-0123456789"
+
+
+def write_csv(path: Path, count: int, start: int = 0) -> Path:
+    with path.open("w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(HEADER)
+        for i in range(start, start + count):
+            kind, value = ("percent", "15") if i % 2 else ("flat", "2.50")
+            rows.writerow([f"F{i:07d}", "FREE" if i % 3 == 0 else "", kind, value, "2099-01-01T00:00:00Z",
+                           "" if i % 5 else "3"])  # fmt: skip
+    return path
+
+
+def upload(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coupon_pool", "upload", *map(str, args)],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def killed_after_first_line(command: list[str]) -> str:
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as cut:
+        assert cut.stderr is not None
+        line = cut.stderr.readline()
+        cut.kill()
+    return line
+
+
+def summary(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = orjson.loads(done.stdout)
+    return result
+
+
+async def created(redis: Redis) -> dict[str, str]:
+    stats: dict[str, str] = await redis.hgetall("{cp}:stats")
+    return {field: value for field, value in stats.items() if field.endswith(":created")}
+
+
+async def test_a_200000_line_file_is_stored_whole_and_a_second_run_counts_nothing_twice(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 200_000)
+
+    first = upload(path, "--url", live_server.url, "--json", "--progress-every", "0")
+    again = upload(path, "--url", live_server.url, "--json", "--quiet")
+
+    expected = {"coupons": 200_000, "created": 200_000, "duplicates": 0, "files": 1}
+    assert {k: v for k, v in summary(first).items() if k != "seconds"} == expected
+    # The second run replays each upload's answer (Idempotency-Key): the same figures.
+    assert {k: v for k, v in summary(again).items() if k != "seconds"} == expected
+    assert await created(redis) == {"FREE:created": "66667", "STANDARD:created": "133333"}
+    assert await redis.hget("{cp}:c:F0000005", "max") == "3"
+    # Not a terminal: plain lines, one per upload here, and no carriage return.
+    lines = first.stderr.splitlines()
+    assert "\r" not in first.stderr
+    assert lines[0].startswith("upload: 50,000/200,000 coupons sent, 50,000 created, 0 duplicates")
+    assert lines[-1].startswith("upload: 200,000/200,000 coupons sent, 200,000 created")
+    assert len(lines) == 4
+
+
+async def test_an_interrupted_upload_completes_on_the_next_run(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 30_000)
+    command = [sys.executable, "-m", "coupon_pool", "upload", str(path), "--url", live_server.url,
+               "--batch", "5000", "--progress-every", "0"]  # fmt: skip
+    first_line = killed_after_first_line(command)  # the first upload is acknowledged: cut the run short
+    assert first_line.startswith("upload: 5,000/30,000")
+    assert 5000 <= await redis.zcard("{cp}:avail:STANDARD") + await redis.zcard("{cp}:avail:FREE") < 30_000
+
+    rerun = upload(path, "--url", live_server.url, "--batch", "5000", "--json")
+
+    assert {k: v for k, v in summary(rerun).items() if k != "seconds"} == {
+        "coupons": 30_000, "created": 30_000, "duplicates": 0, "files": 1
+    }  # fmt: skip
+    assert await created(redis) == {"FREE:created": "10000", "STANDARD:created": "20000"}
+
+
+async def test_codes_already_stored_are_reported_by_file_and_line(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    summary(upload(write_csv(tmp_path / "old.csv", 10), "--url", live_server.url, "--json"))
+    newer = write_csv(tmp_path / "new.csv", 10, start=8)  # F0000008 and F0000009 are stored
+
+    done = upload(newer, "--url", live_server.url, "--json")
+
+    assert summary(done)["created"] == 8
+    assert summary(done)["duplicates"] == 2
+    assert f"duplicate: {newer}:2: F0000008" in done.stderr
+    assert f"duplicate: {newer}:3: F0000009" in done.stderr
+
+
+async def test_invalid_lines_are_named_by_file_line_and_column_and_nothing_is_sent(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 3)
+    with path.open("a") as out:
+        out.write("BAD1,FREE,flat,0,2099-01-01T00:00:00Z,1\n")
+        out.write("BAD2,GOLD,percent,10,2099-01-01T00:00:00Z,x\n")
+        out.write("BAD3,FREE\n")
+    lines = tmp_path / "more.jsonl"
+    lines.write_bytes(
+        b'{"code":"J1","discount":{"kind":"flat","value":"1"},"expires_at":"2099-01-01T00:00:00Z"}\n'
+        b'{"code":"J2","code":"J3","discount":{"kind":"flat","value":"1"},"expires_at":"2099-01-01T00:00:00Z"}\n'
+    )
+
+    done = upload(path, lines, "--url", live_server.url)
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines() == [
+        f"{path}:5: discount_value: must be greater than 0, with at most 12 digits before the point "
+        "and 4 after",
+        f"{path}:6: type: Input should be 'FREE', 'STANDARD' or 'MEGADEAL' "
+        "(and 1 more problem(s) on this line)",
+        f"{path}:7: (line): has 2 cells; the header names 6 columns",
+        f"{lines}:2: code: appears more than once in the same object: send it once",
+        "upload: 4 invalid line(s); nothing was sent",
+    ]
+    assert await created(redis) == {}
+
+
+def test_a_header_with_an_unknown_column_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "coupons.csv"
+    path.write_text("code,discount,expires_at\nA,1,2099-01-01T00:00:00Z\n")
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert "coupons.csv:1: (header): unknown column 'discount'" in done.stderr
+
+
+def test_a_dry_run_validates_without_a_service(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 1000)
+
+    done = upload(path, "--dry-run", "--json", "--url", "http://127.0.0.1:9")
+
+    assert summary(done) == {"valid": 1000, "files": 1}
+
+
+def test_an_unreachable_service_fails_with_exit_1_after_its_retries(tmp_path: Path) -> None:
+    done = upload(write_csv(tmp_path / "c.csv", 10), "--url", "http://127.0.0.1:9", "--retries", "1")
+
+    assert done.returncode == 1
+    assert "upload: ConnectionRefusedError: [Errno 111] Connection refused; trying again in 1s" in done.stderr
+    assert "did not take an upload after 2 tries: ConnectionRefusedError" in done.stderr
+    assert "Run the same command again" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def keyed_server(redis_server: RedisServer) -> Iterator[LiveServer]:
+    server = LiveServer(redis_server.url, COUPON_POOL_ADMIN_KEYS=ADMIN_KEY)
+    yield server
+    server.stop()
+
+
+async def test_the_admin_key_comes_from_the_environment(
+    tmp_path: Path, redis: Redis, keyed_server: LiveServer
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 10)
+
+    refused = upload(path, "--url", keyed_server.url, "--quiet")
+    taken = upload(
+        path, "--json", env={"COUPON_POOL_ADMIN_KEY": ADMIN_KEY, "COUPON_POOL_URL": keyed_server.url}
+    )
+
+    assert refused.returncode == 1
+    assert "401 unauthenticated" in refused.stderr
+    assert summary(taken)["created"] == 10
+
+
+def test_an_upload_over_the_services_body_limit_says_to_send_smaller_ones(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    small = LiveServer(redis_server.url, MAX_BODY_BYTES="100000")
+    try:
+        path = write_csv(tmp_path / "coupons.csv", 2000)  # about 250 kB as one upload
+        refused = upload(path, "--url", small.url, "--quiet")
+        taken = upload(path, "--url", small.url, "--quiet", "--json", "--batch", "500")
+    finally:
+        small.stop()
+
+    assert refused.returncode == 1
+    assert "413 body_too_large" in refused.stderr
+    assert "(send smaller uploads: --batch)" in refused.stderr
+    assert summary(taken)["coupons"] == 2000
+
+
+def test_a_refusal_by_the_service_names_the_file_and_line_of_each_item() -> None:
+    batch = [Item("a.csv", 2, b"{}"), Item("a.csv", 3, b"{}"), Item("b.jsonl", 1, b"{}")]
+    answer = {"code": "validation_error", "errors": [
+        {"index": 2, "field": "expires_at", "message": "must be in the future"},
+    ]}  # fmt: skip
+
+    assert _refusal(batch, answer).endswith("\n  b.jsonl:1: expires_at: must be in the future")
+
+
+def test_an_upload_keeps_its_key_across_runs_and_positions_tell_equal_uploads_apart() -> None:
+    body = b'{"coupons":[]}'
+    assert idempotency_key(body, 0) == idempotency_key(body, 0)
+    assert idempotency_key(body, 0) != idempotency_key(body, 1)
+    assert len(idempotency_key(body, 10**9)) <= 255
