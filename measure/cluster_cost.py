@@ -7,7 +7,7 @@ Starts a cluster of its own (support/cluster.py: three masters and three replica
 loopback ports) and a single redis-server, uploads 300 STANDARD coupons of 1,000,000
 usages to each, then makes N allocations to new users through Store.allocate, 100 at a
 time (auto-pipelined, as under load), after CONFIG RESETSTAT on every master. Redis's own
-time per EVALSHA (INFO commandstats usec_per_call), without the network; the guard key
+time per FCALL (INFO commandstats usec_per_call), without the network; the guard key
 and the shard choice included. Then uploads 100,000 more coupons and reports the memory
 they take per coupon (used_memory, summed over the masters). Stops what it started.
 """
@@ -83,9 +83,9 @@ async def bytes_per_coupon(store: Store, ports: list[int]) -> float:
     return (used() - before) / MEMORY_COUPONS
 
 
-def evalsha(port: int) -> tuple[int, float]:
+def fcall(port: int) -> tuple[int, float]:
     with SyncRedis(port=port, decode_responses=True) as c:
-        stats = c.info("commandstats").get("cmdstat_evalsha", {})
+        stats = c.info("commandstats").get("cmdstat_fcall", {})
         return int(stats.get("calls", 0)), float(stats.get("usec_per_call", 0.0))
 
 
@@ -101,7 +101,7 @@ async def on_cluster(count: int, shards: int) -> None:
             with node.client() as c:
                 c.config_resetstat()
         rate = await allocate(store, count)
-        per_master = [(node.port, *evalsha(node.port)) for node in masters]
+        per_master = [(node.port, *fcall(node.port)) for node in masters]
         size = await bytes_per_coupon(store, [n.port for n in masters])
         await client.aclose()
         print(f"cluster, {len(masters)} masters, {shards} shards: {rate:,.0f} allocations/s from one "
@@ -133,7 +133,7 @@ async def on_single(count: int) -> None:
         await store.upload(coupons())
         await client.config_resetstat()
         rate = await allocate(store, count)
-        calls, usec = evalsha(port)
+        calls, usec = fcall(port)
         size = await bytes_per_coupon(store, [port])
         await client.aclose()
         print(f"single Redis, one shard: {rate:,.0f} allocations/s from one process; {calls} calls, "

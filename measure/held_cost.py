@@ -6,7 +6,7 @@ Each step in a namespace of its own (held-cost-*), deleted afterwards:
 1. HELD + 5,000 STANDARD coupons of 5 usages (so they stay available); HELD of them go to
    one user ("service"), 100 allocations at a time through the auto-pipeline, as under
    load; then 2,000 more allocations to that user and 2,000 to fresh users, each after
-   CONFIG RESETSTAT: Redis's own time per EVALSHA (usec_per_call, no network);
+   CONFIG RESETSTAT: Redis's own time per FCALL (usec_per_call, no network);
 2. memory per allocation (INFO used_memory, audit entries trimmed away): 20,000
    allocations of multi-use coupons (they join the user's held set) and of single-use
    ones (they do not), once to 20,000 new users and once to 20 users (1,000 each);
@@ -58,7 +58,7 @@ async def timed(store: Store, users: list[str]) -> float:
     """Redis's own time per allocation script call, in microseconds."""
     await store.redis.config_resetstat()
     await allocate(store, users)
-    return float((await store.redis.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"])
+    return float((await store.redis.info("commandstats"))["cmdstat_fcall"]["usec_per_call"])
 
 
 async def in_namespace(redis: Redis, name: str) -> Store:
@@ -120,10 +120,10 @@ async def main(held: int, url: str) -> None:
             before = await used_memory(redis)
             for start in range(0, 20_000, AT_ONCE):
                 await asyncio.gather(*(
-                    store.allocate(f"user-{i:07d}", STANDARD, Idempotency(
+                    store.keyed(Idempotency(
                         store.keys.idempotency("0123456789ab", fingerprint(b"key", b"%d" % i)),
                         fingerprint(b"POST /v1/allocations\n", b"%d" % i), 86_400_000,
-                    ) if keyed else None)
+                    ) if keyed else None, store.allocate(f"user-{i:07d}", STANDARD))
                     for i in range(start, start + AT_ONCE)
                 ))  # fmt: skip
             await redis.delete(store.keys.audit)

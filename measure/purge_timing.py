@@ -1,4 +1,4 @@
-"""Time a purge of N expired coupons, per script call, on a Redis of your choosing.
+"""Time a purge of N expired coupons, per function call, on a Redis of your choosing.
 
     python measure/purge_timing.py [N] [REDIS_URL]     (defaults: 50000, redis://127.0.0.1:6390/0)
 
@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
+from coupon_pool.pool.functions import PURGE, Function
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 
@@ -41,23 +42,23 @@ async def main(count: int, url: str) -> None:
     redis = Redis.from_url(url, decode_responses=True)
     store = Store(redis, Keys("purge-timing"))
     calls: list[float] = []
-    run = store._run
+    run = store.library.run
 
-    async def timed(script: Any, *args: Any) -> Any:
+    async def timed(fn: Function, *args: Any, **named: Any) -> Any:
         start = time.perf_counter()
         try:
-            return await run(script, *args)
+            return await run(fn, *args, **named)
         finally:
-            if script is store.scripts.purge:
+            if fn is PURGE:
                 calls.append(time.perf_counter() - start)
 
     await store.upload(expired(count))
-    store._run = timed  # type: ignore[method-assign,assignment]
+    store.library.run = timed  # type: ignore[method-assign]
     start = time.perf_counter()
     result = await store.purge()
     total = time.perf_counter() - start
     purged = sum(result.purged.values())
-    print(f"purged {purged} coupons in {total * 1000:.0f} ms, {len(calls)} script calls:")
+    print(f"purged {purged} coupons in {total * 1000:.0f} ms, {len(calls)} function calls:")
     print(f"  per call median {statistics.median(calls) * 1000:.2f} ms, max {max(calls) * 1000:.2f} ms")
     async for key in redis.scan_iter(match="{purge-timing}:*"):
         await redis.delete(key)

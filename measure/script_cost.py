@@ -1,12 +1,13 @@
-"""Redis time per allocation script, against the ceiling's INCR script, from INFO commandstats.
+"""Redis time per allocation function, against the ceiling's INCR function, from INFO commandstats.
 
     python measure/script_cost.py [N] [REDIS_URL]     (defaults: 20000, redis://127.0.0.1:6390/0)
 
 Uploads 50 STANDARD coupons of 10,000,000 usages into a namespace of its own
 (script-cost), then makes N allocations to new users through Store.allocate, 100 at a
-time (auto-pipelined, as under load), and N runs of the ceiling's script, each after
-CONFIG RESETSTAT: the figure is Redis's own time per EVALSHA (usec_per_call), without
-the network. It resets the server's command statistics; the namespace is deleted after.
+time (auto-pipelined, as under load), and N runs of the ceiling's function, each after
+CONFIG RESETSTAT: the figure is Redis's own time per FCALL (usec_per_call), without the
+network (with the AOF as the server has it: measure/redis_cost.py starts its own Redis with
+redis.conf's). It resets the server's command statistics; the namespace is deleted after.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from coupon_pool.models import CouponIn, CouponType, FlatDiscount
 from coupon_pool.pool.autopipeline import AutoPipeline
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
-from coupon_pool.tools.bench.reference import SCRIPT
+from coupon_pool.tools.bench.reference import FUNCTION, LIBRARY
 
 NAMESPACE = "script-cost"
 AT_ONCE = 100
 
 
-async def usec_per_evalsha(redis: Redis) -> float:
+async def usec_per_fcall(redis: Redis) -> float:
     stats = await redis.info("commandstats")
-    return float(stats["cmdstat_evalsha"]["usec_per_call"])
+    return float(stats["cmdstat_fcall"]["usec_per_call"])
 
 
 async def main(count: int, url: str) -> None:
@@ -49,7 +50,7 @@ async def main(count: int, url: str) -> None:
             for i in range(50)
         ]
     )
-    incr = redis.register_script(SCRIPT)
+    await redis.function_load(LIBRARY, replace=True)
     pipeline = AutoPipeline(redis)
     counter = f"{{{NAMESPACE}}}:n"
     try:
@@ -57,18 +58,18 @@ async def main(count: int, url: str) -> None:
         for start in range(0, count, AT_ONCE):
             users = range(start, min(start + AT_ONCE, count))
             await asyncio.gather(*(store.allocate(f"cost-{u}", CouponType.STANDARD) for u in users))
-        allocate_us = await usec_per_evalsha(redis)
+        allocate_us = await usec_per_fcall(redis)
         await redis.config_resetstat()
         for start in range(0, count, AT_ONCE):
             calls = min(AT_ONCE, count - start)
-            await asyncio.gather(*(pipeline.run(incr, [counter], []) for _ in range(calls)))
-        incr_us = await usec_per_evalsha(redis)
+            await asyncio.gather(*(pipeline.run(FUNCTION.encode(), [counter], []) for _ in range(calls)))
+        incr_us = await usec_per_fcall(redis)
     finally:
         keys = [key async for key in redis.scan_iter(match=f"{{{NAMESPACE}}}:*", count=1000)]
         for start in range(0, len(keys), 1000):
             await redis.delete(*keys[start : start + 1000])
         await redis.aclose()
-    print(f"allocation script: {allocate_us:.2f} us per call in Redis; the ceiling's INCR: {incr_us:.2f} us")
+    print(f"allocation function: {allocate_us:.2f} us per call in Redis; the ceiling's INCR: {incr_us:.2f} us")
 
 
 if __name__ == "__main__":
