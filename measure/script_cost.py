@@ -69,7 +69,7 @@ async def main(count: int, url: str) -> None:
         for start in range(0, len(keys), 1000):
             await redis.delete(*keys[start : start + 1000])
         await redis.aclose()
-    print(f"allocation function: {allocate_us:.2f} us per call in Redis; the ceiling's INCR: {incr_us:.2f} us")
+    print(f"allocation function: {allocate_us:.2f} us per call in Redis; ceiling INCR: {incr_us:.2f} us")
 
 
 if __name__ == "__main__":
