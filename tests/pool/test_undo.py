@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from urllib.parse import quote
 
 import httpx
@@ -117,20 +118,25 @@ async def test_a_users_coupons_newest_first_with_statuses_and_pages(client: http
     coupons = [coupon_json(f"U{i}", max_usages=2) for i in range(5)]
     assert (await client.post("/v1/coupons", json={"coupons": coupons})).status_code == 201
     user = "svc/orders#1"  # a user id needs percent-encoding in the path
-    codes = []
+    codes, allocated_at = [], {}
     for _ in range(5):
-        answer = await client.post("/v1/allocations", json={"user_id": user})
-        codes.append(answer.json()["code"])
+        answer = (await client.post("/v1/allocations", json={"user_id": user})).json()
+        codes.append(answer["code"])
+        allocated_at[answer["code"]] = datetime.fromisoformat(answer["allocated_at"])
     await client.post("/v1/redemptions", json={"code": codes[1], "user_id": user})
     await client.post("/v1/releases", json={"code": codes[3], "user_id": user})
+    # Newest first, then the greater code first (two allocations may share a millisecond).
+    listed = sorted((c for c in codes if c != codes[3]), key=lambda c: (allocated_at[c], c), reverse=True)
     path = f"/v1/users/{quote(user, safe='')}/coupons"
     first = (await client.get(path, params={"limit": 2})).json()
-    assert [c["code"] for c in first["coupons"]] == [codes[4], codes[2]]
+    assert [c["code"] for c in first["coupons"]] == listed[:2]
     assert first["next"] is not None
     second = (await client.get(path, params={"limit": 2, "after": first["next"]})).json()
-    assert [c["code"] for c in second["coupons"]] == [codes[1], codes[0]]
-    assert [c["status"] for c in second["coupons"]] == ["redeemed", "allocated"]
-    assert second["coupons"][0]["redeemed_at"] is not None
+    assert [c["code"] for c in second["coupons"]] == listed[2:]
+    statuses = {
+        c["code"]: (c["status"], c["redeemed_at"] is not None) for c in second["coupons"] + first["coupons"]
+    }
+    assert statuses == {c: (("redeemed", True) if c == codes[1] else ("allocated", False)) for c in listed}
     assert second["next"] is None
     assert (await client.get(path, params={"after": "x"})).status_code == 422
     empty = (await client.get("/v1/users/nobody/coupons")).json()
