@@ -4,12 +4,17 @@ file's header documenting the same names, and the library loaded as Redis Functi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from coupon_pool.pool.functions import FUNCTIONS, Function, build, lua_dir
+from coupon_pool.models import CouponType
+from coupon_pool.pool.functions import FUNCTIONS, Function, Library, build, lua_dir
+from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.library import LIBRARY
+from coupon_pool.pool.store import Store
+from support.factories import coupon
 
 _LISTED = re.compile(r"^-- (KEYS|ARGV): |^--       ")
 
@@ -64,16 +69,42 @@ def test_the_lua_names_skip_the_guard_and_place_the_keyed_arguments() -> None:
     ]
 
 
-def test_the_library_name_changes_with_its_text(tmp_path: pytest.TempPathFactory) -> None:
-    copy = tmp_path / "lua"  # type: ignore[operator]
-    copy.mkdir()
+def another_version(folder: Path) -> Library:
+    """The library of a copy of lua/ with one comment more: another version's."""
+    folder.mkdir()
     for path in lua_dir().glob("*.lua"):
-        (copy / path.name).write_text(path.read_text())
-    assert build(copy).name == LIBRARY.name
-    (copy / "stats.lua").write_text((copy / "stats.lua").read_text() + "\n-- changed\n")
-    changed = build(copy)
+        (folder / path.name).write_text(path.read_text())
+    assert build(folder).name == LIBRARY.name
+    (folder / "stats.lua").write_text((folder / "stats.lua").read_text() + "\n-- changed\n")
+    return build(folder)
+
+
+def test_the_library_name_changes_with_its_text(tmp_path: Path) -> None:
+    changed = another_version(tmp_path / "lua")
     assert changed.name != LIBRARY.name
     assert changed.names["allocate"] != LIBRARY.names["allocate"]
+
+
+async def test_two_versions_serve_side_by_side_during_an_upgrade(redis: Redis, tmp_path: Path) -> None:
+    old = another_version(tmp_path / "lua")
+    await redis.function_load(old.source)
+    store = Store(redis, Keys("cp"))
+    await store.prepare()  # loads this version's beside the old one
+    await store.upload([coupon("C1", max_usages=3)])
+    assert (await store.allocate("alice", CouponType.STANDARD)).code == "C1"
+    listed = {dict(zip(x[::2], x[1::2], strict=True))["library_name"] for x in await redis.function_list()}
+    assert {old.name, LIBRARY.name} <= listed
+    # The old version's processes still call theirs, on the same data.
+    stats = await redis.fcall(
+        old.names["stats"].decode(),
+        2,
+        "{cp}:guard",
+        "{cp}:stats",
+        "{cp}:avail:",
+        "{cp}:draining:",
+        "STANDARD",
+    )
+    assert dict(zip(stats[::2], stats[1::2], strict=True))["STANDARD:allocated"] == "1"
 
 
 async def test_redis_lists_the_library_with_every_function(redis: Redis) -> None:
