@@ -256,6 +256,22 @@ async def megadeal_batch(build: Build, users: Sequence[str]) -> tuple[Calls, Cal
     return before, inside, await script_calls(build.redis)
 
 
+BREAKDOWN: dict[str, float] = {}  # the commands an allocation's script runs: us per allocation
+
+
+async def commands_per(redis: Redis, operations: int) -> dict[str, float]:
+    """The commands run since CONFIG RESETSTAT, other than the script calls and the
+    statistics' own: Redis's time in each, in us per operation (calls per operation too)."""
+    stats = await redis.info("commandstats")
+    skip = {f"cmdstat_{name}" for name in SCRIPT_COMMANDS} | {"cmdstat_info", "cmdstat_config|resetstat"}
+    found = {}
+    for name, s in stats.items():
+        if name not in skip:
+            found[name.removeprefix("cmdstat_")] = round(int(s["usec"]) / operations, 3)
+            found[name.removeprefix("cmdstat_") + " calls"] = round(int(s["calls"]) / operations, 3)
+    return found
+
+
 async def scenarios(build: Build, count: int) -> dict[str, Cost]:
     r = build.redis
     results: dict[str, Cost] = {}
@@ -269,6 +285,7 @@ async def scenarios(build: Build, count: int) -> dict[str, Cost]:
     codes = await allocate_all(build, users)
     results["allocate"] = cost({}, await script_calls(r), count, await rewrote(r, running))
     log("allocate", results["allocate"])
+    BREAKDOWN.update(await commands_per(r, count))
 
     running = await reset(r)
     await redeem_all(build, codes, users)
@@ -334,6 +351,7 @@ async def child(redis_url: str, namespace: str, count: int) -> dict[str, Any]:
         "redis_version": version,
         "seconds": round(seconds, 2),
         "scenarios": {name: asdict(c) for name, c in results.items()},
+        "allocate_commands": BREAKDOWN,
     }
 
 
@@ -422,6 +440,28 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def breakdown(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """What an allocation's script spends its time on: each command's Redis time and calls
+    per allocation (medians over the rounds), for each build; the rest of the script's time
+    is the script itself (its call, its Lua, and the overhead of each command it calls)."""
+
+    def timed(r: dict[str, Any]) -> dict[str, float]:
+        return {n: v for n, v in r["allocate_commands"].items() if not n.endswith(" calls")}
+
+    names = sorted({n for b in runs for r in runs[b] for n in timed(r)})
+    lines = [f"{'allocation: per command':<24}  {'old us (calls)':>16}  {'new us (calls)':>16}"]
+    totals = {b: statistics.median(sum(timed(r).values()) for r in runs[b]) for b in runs}
+
+    def median(b: str, key: str) -> float:
+        return statistics.median(r["allocate_commands"].get(key, 0.0) for r in runs[b])
+
+    for name in sorted(names, key=lambda n: -median("new", n)):
+        cells = [f"{median(b, name):7.2f} ({median(b, name + ' calls'):4.1f})" for b in ("old", "new")]
+        lines.append(f"{name:<24}  {cells[0]:>16}  {cells[1]:>16}")
+    lines.append(f"{'commands in all':<24}  {totals['old']:7.2f}{'':9}  {totals['new']:7.2f}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -478,6 +518,7 @@ def main() -> int:
           f"{args.rounds} rounds of {args.count}; {time.perf_counter() - started:.0f} s")  # fmt: skip
     print(f"script calls counted under: old cmdstat_{commands['old']}, new cmdstat_{commands['new']}")
     print(table(summary))
+    print(breakdown(runs))
     if rewrites:
         print(f"({rewrites} measurements overlapped an AOF rewrite: see aof_rewrite in the JSON)")
     if args.json:
