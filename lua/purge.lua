@@ -16,7 +16,8 @@
 -- expires and is purged, so walking those sets up to now finds each expired coupon once.
 -- A coupon never redeemed is deleted with its allocation records ("purged"). One redeemed
 -- at least once leaves its sorted set but keeps its hash and history ("retired"). No other
--- counter changes.
+-- counter changes. Both the hash and the tracked set are UNLINKed: Redis frees one of more
+-- than 64 elements in a background thread, so a coupon's holders cost this call nothing.
 -- Returns {"examined", n, "purged:<TYPE>", n, "retired:<TYPE>", n, ...} for every type;
 -- examined < limit means nothing is left.
 -- Writes one audit entry (op=purge, purged_<TYPE>, retired_<TYPE>) if it removed anything.
@@ -44,10 +45,10 @@ for _, set in ipairs(sets) do
     local ctype, used = c[1], c[2]
     redis.call('ZREM', set, code)
     if draining[set] then redis.call('ZREM', draining[set], code) end
-    redis.call('DEL', tracked_prefix .. code)
+    redis.call('UNLINK', tracked_prefix .. code)
     if ctype and purged[ctype] then
       if tonumber(used) == 0 then
-        redis.call('DEL', key)
+        redis.call('UNLINK', key)
         purged[ctype] = purged[ctype] + 1
       else
         retired[ctype] = retired[ctype] + 1
