@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
 from coupon_pool.pool.keys import CouponField, Keys
 from coupon_pool.pool.store import Store
+from coupon_pool.results import PurgeResult, TypeStats
 from coupon_pool.tools.check import check
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
@@ -61,10 +62,10 @@ async def own_store(tmp_path: Path) -> AsyncIterator[tuple[Store, RedisServer]]:
 
 
 async def expired_with_holders(
-    store: Store, code: str, ctype: CouponType, holders: int, *, max_usages: int, tracked: bool
+    store: Store, codes: list[str], ctype: CouponType, users: list[str], *, max_usages: int, tracked: bool
 ) -> None:
-    """An expired coupon held by ``holders`` users, as their allocations would have left it:
-    a holder field each, ``alloc`` and the type's allocated counter, the coupon in
+    """Expired coupons, each held by ``users`` as their allocations would have left it: a
+    holder field each, ``alloc`` and the type's allocated counter, the coupon in
     ``exhausted`` once every usage is held and no held set lists it (``tracked``: all do,
     so it is draining, or has usages left). The users' listings and held sets are left out:
     the purge reads neither."""
@@ -72,54 +73,75 @@ async def expired_with_holders(
     expires = datetime.now(UTC) - timedelta(minutes=1)
     discount = FlatDiscount.model_construct(kind="flat", value="5")
     await store.upload([CouponIn.model_construct(code=code, type=ctype, discount=discount,
-                                                 expires_at=expires, max_usages=max_usages)])  # fmt: skip
-    key, at = keys.coupon(code), str(int(expires.timestamp() * 1000) - 60_000)
-    pipe = redis.pipeline(transaction=False)
-    for start in range(0, holders, 1000):
-        users = [f"user-{i:06d}" for i in range(start, min(holders, start + 1000))]
-        pipe.hset(key, mapping={CouponField.HOLDER + u: at for u in users})
-        if tracked:
-            pipe.sadd(keys.tracked_prefix + code, *users)
-    pipe.hset(key, CouponField.ALLOCATED, holders)
-    pipe.hincrby(keys.stats, f"{ctype}:allocated", holders)
-    await pipe.execute()
-    score = int(await redis.hget(key, CouponField.EXPIRES) or 0)
-    if holders == max_usages and tracked:
-        await redis.zadd(keys.draining(ctype), {code: score})
-    elif holders == max_usages:
-        await redis.zrem(keys.available(ctype), code)
-        await redis.zadd(keys.exhausted, {code: score})
+                                                 expires_at=expires, max_usages=max_usages)
+                        for code in codes])  # fmt: skip
+    score, at = int(expires.timestamp() * 1000), str(int(expires.timestamp() * 1000) - 60_000)
+    for code in codes:
+        key, pipe = keys.coupon(code), redis.pipeline(transaction=False)
+        for start in range(0, len(users), 1000):
+            some = users[start : start + 1000]
+            pipe.hset(key, mapping={CouponField.HOLDER + u: at for u in some})
+            if tracked:
+                pipe.sadd(keys.tracked_prefix + code, *some)
+        pipe.hset(key, CouponField.ALLOCATED, len(users))
+        pipe.hincrby(keys.stats, f"{ctype}:allocated", len(users))
+        if len(users) == max_usages and tracked:
+            pipe.zadd(keys.draining(ctype), {code: score})
+        elif len(users) == max_usages:
+            pipe.zrem(keys.available(ctype), code)
+            pipe.zadd(keys.exhausted, {code: score})
+        await pipe.execute()
+
+
+async def watched_purge(
+    store: Store, server: RedisServer, build: Callable[[], Awaitable[None]]
+) -> PurgeResult:
+    """Build a pool, then purge it while a probe PINGs Redis; fail if the purge blocked Redis:
+    a slowlog entry of BLOCKED_MS, or a PING that waited that long.
+
+    On a busy machine a PING may wait 10 ms, and a short call take 10 ms, with nothing
+    blocking Redis (20 ms seen on an idle Redis, and 60 ms for a call of 4 ms, while other test
+    suites ran beside this one); a purge that blocks Redis does so each time it runs. So the
+    test fails when each of three tries saw Redis blocked.
+    """
+    for _ in range(3):
+        await store.redis.flushall()
+        await build()
+        await store.redis.config_set("slowlog-log-slower-than", BLOCKED_MS * 1000)
+        await store.redis.slowlog_reset()
+        probe = Probe(server.url)
+        probe.start()
+        await asyncio.sleep(0.05)
+        result = await store.purge()
+        await asyncio.sleep(0.3)  # Redis may still be freeing what the purge dropped
+        worst = probe.stop()
+        assert len(probe.waits) > 50
+        slow = [(bytes(e["command"])[:40], e["duration"]) for e in await store.redis.slowlog_get()]  # µs
+        blocked = f"a PING waited {worst:.1f} ms, and the slowlog has {slow}"
+        if worst < BLOCKED_MS and not slow:
+            return result
+    raise AssertionError(f"{blocked}, on the third try")
 
 
 async def test_purging_480k_holders_never_blocks_redis_10_ms(own_store: tuple[Store, RedisServer]) -> None:
     store, server = own_store
-    redis = store.redis
-    await expired_with_holders(store, "EXHAUSTED", STANDARD, HOLDERS, max_usages=HOLDERS, tracked=False)
-    await expired_with_holders(store, "DRAINING", FREE, HOLDERS, max_usages=HOLDERS, tracked=True)
-    await expired_with_holders(store, "OPEN", MEGADEAL, HOLDERS, max_usages=200_000, tracked=True)
-    assert (await check(redis, store.keys)).violations == []
-    before = await store.stats()
-    await redis.config_set("slowlog-log-slower-than", BLOCKED_MS * 1000)
-    await redis.slowlog_reset()
+    users = [f"user-{i:06d}" for i in range(HOLDERS)]
 
-    probe = Probe(server.url)
-    probe.start()
-    await asyncio.sleep(0.05)
-    result = await store.purge()
-    await asyncio.sleep(0.3)  # Redis may still be freeing what the purge dropped
-    worst = probe.stop()
-    slow = await redis.slowlog_get()
+    async def three_coupons() -> None:
+        await expired_with_holders(store, ["EXHAUSTED"], STANDARD, users, max_usages=HOLDERS, tracked=False)
+        await expired_with_holders(store, ["DRAINING"], FREE, users, max_usages=HOLDERS, tracked=True)
+        await expired_with_holders(store, ["OPEN"], MEGADEAL, users, max_usages=200_000, tracked=True)
+        assert (await check(store.redis, store.keys)).violations == []
 
-    assert len(probe.waits) > 50
-    slowest = [(bytes(e["command"])[:40], e["duration"]) for e in slow]  # call, µs
-    blocked = f"a PING waited {worst:.1f} ms; slowlog: {slowest}"
-    assert worst < BLOCKED_MS, blocked
-    assert slowest == [], blocked
+    result = await watched_purge(store, server, three_coupons)
+
     assert result.purged == {FREE: 1, STANDARD: 1, MEGADEAL: 1}
     assert result.retired == {FREE: 0, STANDARD: 0, MEGADEAL: 0}
-    after = await store.stats()
-    for t in CouponType:
-        assert after.types[t] == before.types[t].model_copy(update={"purged": before.types[t].purged + 1})
-    assert await redis.keys("{cp}:c:*") == []
-    assert await redis.keys("{cp}:trk:*") == []
-    assert (await check(redis, store.keys)).violations == []
+    stats = await store.stats()
+    for t in CouponType:  # only "purged" moved
+        assert stats.types[t] == TypeStats(
+            created=1, allocated=HOLDERS, used=0, released=0, rolled_back=0, purged=1, available=0
+        )
+    assert await store.redis.keys("{cp}:c:*") == []
+    assert await store.redis.keys("{cp}:trk:*") == []
+    assert (await check(store.redis, store.keys)).violations == []
