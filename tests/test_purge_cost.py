@@ -123,6 +123,13 @@ async def watched_purge(
     raise AssertionError(f"{blocked}, on the third try")
 
 
+async def purge_batches(store: Store) -> list[int]:
+    """The coupons each purge call deleted, from their audit entries."""
+    entries = (await store.audit(1000, None)).entries
+    extras = [e.model_extra for e in entries if e.op == "purge" and e.model_extra]
+    return [sum(int(v) for k, v in extra.items() if k.startswith("purged_")) for extra in extras]
+
+
 async def test_purging_480k_holders_never_blocks_redis_10_ms(own_store: tuple[Store, RedisServer]) -> None:
     store, server = own_store
     users = [f"user-{i:06d}" for i in range(HOLDERS)]
@@ -142,6 +149,40 @@ async def test_purging_480k_holders_never_blocks_redis_10_ms(own_store: tuple[St
         assert stats.types[t] == TypeStats(
             created=1, allocated=HOLDERS, used=0, released=0, rolled_back=0, purged=1, available=0
         )
+    assert await purge_batches(store) == [1, 1, 1]  # each coupon alone is a call's share
     assert await store.redis.keys("{cp}:c:*") == []
     assert await store.redis.keys("{cp}:trk:*") == []
     assert (await check(store.redis, store.keys)).violations == []
+
+
+async def test_many_coupons_of_a_few_long_named_holders_never_block_redis_10_ms(
+    own_store: tuple[Store, RedisServer],
+) -> None:
+    """Holders of 126 characters make a hash Redis frees field by field, and 64 holders are
+    too few for it to free them in the background: the call's share of holders bounds it."""
+    store, server = own_store
+    users = ["u" * 120 + f"{i:06d}" for i in range(64)]
+    codes = [f"C{i}" for i in range(1000)]
+
+    async def thousand_coupons() -> None:
+        await expired_with_holders(store, codes, STANDARD, users, max_usages=100, tracked=True)
+
+    result = await watched_purge(store, server, thousand_coupons)
+
+    assert result.purged[STANDARD] == 1000
+    assert (await check(store.redis, store.keys)).violations == []
+
+
+async def test_a_purge_call_ends_with_the_coupon_that_brings_it_to_5000_holders(
+    own_store: tuple[Store, RedisServer],
+) -> None:
+    store, _ = own_store
+    users = [f"user-{i:04d}" for i in range(1200)]
+    await expired_with_holders(
+        store, [f"C{i}" for i in range(25)], FREE, users, max_usages=1200, tracked=False
+    )
+
+    result = await store.purge()
+
+    assert result.purged[FREE] == 25
+    assert await purge_batches(store) == [5, 5, 5, 5, 5]
