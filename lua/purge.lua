@@ -1,5 +1,5 @@
 -- purge.lua: remove up to `limit` expired coupons from the pool, oldest expiry first
--- within each sorted set.
+-- within each sorted set, stopping sooner once they had HOLDERS_PER_CALL holders.
 --
 -- KEYS: stats         the stats hash (counters "<TYPE>:purged")
 --       audit_stream  the audit stream
@@ -16,11 +16,17 @@
 -- expires and is purged, so walking those sets up to now finds each expired coupon once.
 -- A coupon never redeemed is deleted with its allocation records ("purged"). One redeemed
 -- at least once leaves its sorted set but keeps its hash and history ("retired"). No other
--- counter changes.
--- Returns {"examined", n, "purged:<TYPE>", n, "retired:<TYPE>", n, ...} for every type;
--- examined < limit means nothing is left.
+-- counter changes. A coupon's hash (a field per holder) and tracked set (at most a user per
+-- holder) are UNLINKed, not DELeted: Redis frees a value of more than 64 elements in its
+-- background thread, and this call frees the smaller ones. So a call stops after the coupon
+-- that brings the holders (`alloc`) of the coupons it took to HOLDERS_PER_CALL: its work is
+-- bounded by `limit` and HOLDERS_PER_CALL together, whatever one coupon holds.
+-- Returns {"more", 0 or 1, "purged:<TYPE>", n, "retired:<TYPE>", n, ...} for every type;
+-- more is 0 when nothing expired is left.
 -- Writes one audit entry (op=purge, purged_<TYPE>, retired_<TYPE>) if it removed anything.
 -- Uses now_ms() and audit() from lib.lua.
+
+local HOLDERS_PER_CALL = 5000  -- holders of the coupons one call takes, about
 
 local sets, draining = {}, {}
 local purged, retired = {}, {}
@@ -33,21 +39,23 @@ end
 sets[#sets + 1] = exhausted
 local now = now_ms()
 
-local examined = 0
+local examined, holders = 0, 0
 for _, set in ipairs(sets) do
-  if examined == limit then break end
+  if examined == limit or holders >= HOLDERS_PER_CALL then break end
   local codes = redis.call('ZRANGE', set, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit - examined)
-  examined = examined + #codes
   for _, code in ipairs(codes) do
+    if holders >= HOLDERS_PER_CALL then break end
+    examined = examined + 1
     local key = prefix .. code
-    local c = redis.call('HMGET', key, F_TYPE, F_USED)
+    local c = redis.call('HMGET', key, F_TYPE, F_USED, F_ALLOCATED)
     local ctype, used = c[1], c[2]
+    holders = holders + (tonumber(c[3]) or 0)
     redis.call('ZREM', set, code)
     if draining[set] then redis.call('ZREM', draining[set], code) end
-    redis.call('DEL', tracked_prefix .. code)
+    redis.call('UNLINK', tracked_prefix .. code)
     if ctype and purged[ctype] then
       if tonumber(used) == 0 then
-        redis.call('DEL', key)
+        redis.call('UNLINK', key)
         purged[ctype] = purged[ctype] + 1
       else
         retired[ctype] = retired[ctype] + 1
@@ -56,7 +64,7 @@ for _, set in ipairs(sets) do
   end
 end
 
-local result = { 'examined', examined }
+local result = { 'more', (examined == limit or holders >= HOLDERS_PER_CALL) and 1 or 0 }
 local entry = { 'op', 'purge' }
 for _, kind in ipairs({ 'purged', 'retired' }) do
   local counts = kind == 'purged' and purged or retired

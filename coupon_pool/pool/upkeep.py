@@ -26,17 +26,16 @@ class Upkeep:
         self.ctx = ctx
 
     async def purge(self) -> PurgeResult:
-        """Remove expired coupons, slot by slot, a batch per function call, until none is left."""
+        """Remove expired coupons, slot by slot, a bounded batch per function call, until none is left."""
         purged = dict.fromkeys(CouponType, 0)
         retired = dict.fromkeys(CouponType, 0)
-        batch = self.ctx.options.purge_batch_size
         for k in self.ctx.layout.slots:
             keys, args = PURGE.bind(
                 stats=k.stats,
                 audit_stream=k.audit,
                 exhausted=k.exhausted,
                 prefix=k.coupon_prefix,
-                limit=batch,
+                limit=self.ctx.options.purge_batch_size,
                 audit_cap=self.ctx.options.audit_max_len,
                 tracked_prefix=k.tracked_prefix,
                 available_prefix=k.available_prefix,
@@ -48,7 +47,7 @@ class Upkeep:
                 for t in CouponType:
                     purged[t] += int(reply[f"purged:{t.value}"])
                     retired[t] += int(reply[f"retired:{t.value}"])
-                if int(reply["examined"]) < batch:
+                if not int(reply["more"]):
                     break
         return PurgeResult.model_construct(purged=purged, retired=retired)
 
