@@ -28,7 +28,6 @@ _COUPON_FIELDS = [
     CouponField.TYPE, CouponField.DISCOUNT_KIND, CouponField.DISCOUNT_VALUE, CouponField.EXPIRES,
     CouponField.MAX_USAGES, CouponField.ALLOCATED, CouponField.USED, CouponField.CREATED,
 ]  # fmt: skip
-_LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
 
 
 class Reads:
@@ -145,18 +144,15 @@ class Reads:
         """Audit entries after the id ``after``, or the last ``limit`` ones; oldest first.
 
         A sharded pool has a stream per slot: their entries are merged by id, then by slot,
-        and each id gets the slot's index as a third part (``<ms>-<seq>-<slot>``).
+        and each id gets the slot's index as a third part (``<ms>-<seq>-<slot>``). ``after``
+        is an id of this pool's form (models.AuditQuery checks one a request sends).
         """
         if not self.layout.sharded:
-            if after is not None and after.count("-") == 2:  # a sharded pool's id: its slot part
-                after = after.rpartition("-")[0]
             raw = await self._audit_of(self.layout.main, limit, after)
             entries = [audit_entry(i, fields) for i, fields in raw]
         else:
-            ms_seq, _, slot = (
-                (after or "").rpartition("-") if after and after.count("-") == 2 else (after, "", "")
-            )
-            at = int(slot) if slot else len(self.layout.slots)  # a bare id: after it in every slot
+            ms_seq, _, slot = after.rpartition("-") if after is not None else (None, "", "")
+            at = int(slot) if slot else 0
             merged = []
             for n, k in enumerate(self.layout.slots):
                 # Entries with the cursor's id in slots after the cursor's come after it too.
@@ -175,8 +171,6 @@ class Reads:
                 list[tuple[str, dict[str, str]]], await self.redis.xrevrange(k.audit, count=limit) or []
             )
             return list(reversed(latest))
-        if after == _LAST_STREAM_ID and not inclusive:  # nothing follows it (and Redis refuses "(" before it)
-            return []
         bound = after if inclusive else f"({after}"
         return cast(
             list[tuple[str, dict[str, str]]], await self.redis.xrange(k.audit, min=bound, count=limit) or []
