@@ -54,7 +54,19 @@ class Reads:
         found = [tuple(reply[i : i + 7]) for reply in replies for i in range(2, len(reply), 7)]
         # The functions' order: newest first, then the greater code first.
         found.sort(key=lambda e: (int(e[1]), e[0]), reverse=True)
-        more = len(found) > limit or any(reply[0] for reply in replies)
+        # A slot with more entries than it read names the last one it met (listed or purged):
+        # past the first such entry that slot's entries are unread, so the page ends there,
+        # short or even empty when the purge had deleted what it met (only a null `next` ends
+        # a listing).
+        horizon = max(((int(reply[0]), reply[1]) for reply in replies if reply[0]), default=None)
+        if horizon is not None:
+            found = [e for e in found if (int(e[1]), e[0]) >= horizon]
+        following = None
+        if len(found) > limit:
+            last = found[limit - 1]
+            following = f"{int(last[1])}.{last[0]}"
+        elif horizon is not None:
+            following = f"{horizon[0]}.{horizon[1]}"
         now = datetime.now(UTC)
         listed = []
         for code, allocated_ms, ctype, kind, value, expires_ms, state in found[:limit]:
@@ -74,12 +86,6 @@ class Reads:
                     status=status,
                 )
             )
-        following = None
-        if more and found[:limit]:
-            last = found[:limit][-1]
-            following = f"{int(float(last[1]))}.{last[0]}"
-        elif more:  # every entry met was of a purged coupon: go on after the cursor's place
-            following = after
         return UserCouponsPage.model_construct(coupons=listed, next=following)
 
     async def get_coupon(self, code: str) -> Coupon:
