@@ -48,3 +48,14 @@ def test_make_stop_stops_what_make_run_started_and_is_quiet_after(tmp_path: Path
         if run.poll() is None:
             run.kill()
         make("stop", env)
+
+
+def test_make_run_refuses_a_redis_port_out_of_range_before_starting_anything(tmp_path: Path) -> None:
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_PORT": "70000"}
+    env.pop("REDIS_URL", None)
+    done = subprocess.run([str(REPO / "scripts" / "run.sh")], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+
+    assert done.returncode == 2
+    assert done.stderr == "run: REDIS_PORT must be 1 to 65,535, not '70000'\n"
+    assert not (tmp_path / "data" / "redis").exists()
