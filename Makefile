@@ -8,7 +8,7 @@ run:  ## start Redis (unless REDIS_URL is set), then the service on PORT (defaul
 	scripts/run.sh
 
 test:  ## lint, type-check and run the whole test suite (it starts its own Redis servers)
-	scripts/bootstrap.sh
+	scripts/bootstrap.sh --test
 	.venv/bin/ruff check coupon_pool support tests measure
 	.venv/bin/ruff format --check coupon_pool support tests measure
 	.venv/bin/mypy

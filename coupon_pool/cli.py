@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coupon-pool", description="A Redis-native coupon pool service.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP service (configured by environment variables)")
-    serve.add_argument("--host", help="overrides HOST")
-    serve.add_argument("--port", type=int, help="overrides PORT")
-    serve.add_argument("--workers", type=int, help="overrides WORKERS")
+    serve.add_argument("--host", help="overrides HOST (checked alike)")
+    serve.add_argument("--port", type=int, help="overrides PORT (checked alike)")
+    serve.add_argument("--workers", type=int, help="overrides WORKERS (checked alike)")
     commands.add_parser(
         "config",
         help="check the settings in the environment and print them (secrets hidden); exit 2 if refused",
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return inspect(argv[1:])
     args = parser.parse_args(argv)
 
-    settings = settings_for("coupon-pool")
+    options = {name: getattr(args, name, None) for name in ("host", "port", "workers")}
+    settings = settings_for("coupon-pool", **{name: v for name, v in options.items() if v is not None})
     if settings is None:
         return 2
     if args.command == "config":
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(
         "coupon_pool.http.app:create_app",
         factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.workers or settings.workers,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
         log_level=settings.log_level,
         access_log=False,  # the app writes its own JSON access line per request
         http=protocol(limits),

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
@@ -27,7 +28,14 @@ MAX_UPLOAD = 50_000
 LATEST_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
 MAX_LISTED_HOLDERS = 1000
 MAX_AUDIT_PAGE = 1000
-AUDIT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20}(-[0-9]{1,4})?)?$"  # a third part: the slot (sharded pools)
+# An audit entry's id: "<ms>-<seq>"; in a sharded pool "<ms>-<seq>-<slot>" (reads.py). Numbers
+# as Redis writes them (no sign, no leading zero), of at most 19 digits: below 2^64, as a
+# stream id's parts are, and beyond any id the service writes.
+_ID_PART = r"(0|[1-9][0-9]{0,18})"
+AUDIT_ID_PATTERN = rf"^{_ID_PART}-{_ID_PART}(-(0|[1-9][0-9]{{0,2}}))?$"
+# The validation context key of the number of slots of the pool (routing.py gives it): 1, or
+# POOL_SHARDS + 1 in a sharded pool. A cursor is checked against the pool it is sent to.
+POOL_SLOTS = "pool_slots"
 CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 USER_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"  # visible ASCII: no spaces, controls or non-ASCII
 # The published patterns say exactly what the validators accept: > 0, no leading zeros.
@@ -203,7 +211,8 @@ class UserPath(_Body):
     user_id: UserId
 
 
-USER_CURSOR_PATTERN = r"^[0-9]{1,15}\.[A-Za-z0-9_-]{1,64}$"
+# A user's coupons' cursor, "<allocated_at ms>.<code>", as the service writes it.
+USER_CURSOR_PATTERN = r"^(0|[1-9][0-9]{0,14})\.[A-Za-z0-9_-]{1,64}$"
 MAX_USER_PAGE = 100
 
 
@@ -211,7 +220,9 @@ class UserCouponsQuery(_Body):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
     limit: int = Field(default=50, ge=1, le=MAX_USER_PAGE, description="most coupons to return")
     after: Annotated[str, StringConstraints(pattern=USER_CURSOR_PATTERN)] | None = Field(
-        default=None, description="the `next` of the previous page"
+        default=None,
+        description="the `next` of the previous page: `<allocated_at ms>.<code>`; any other form is "
+        "refused (422)",
     )
 
 
@@ -221,13 +232,24 @@ class CouponPath(_Body):
     code: Code
 
 
-def _stream_id(value: str) -> str:
-    if any(int(part) >= 2**64 for part in value.split("-")):
-        raise PydanticCustomError("stream_id", "each part of an entry id must be below 2^64")
+def _of_this_pool(value: str, info: ValidationInfo) -> str:
+    parts = value.split("-")
+    slots = (info.context or {}).get(POOL_SLOTS)
+    if slots == 1 and len(parts) == 3:
+        raise PydanticCustomError(
+            "stream_id", "this pool has one slot: an entry id is <ms>-<seq>, without a slot part"
+        )
+    if slots is not None and slots > 1:
+        if len(parts) == 2:
+            raise PydanticCustomError("stream_id", "this pool is sharded: an entry id is <ms>-<seq>-<slot>")
+        if int(parts[2]) >= slots:
+            raise PydanticCustomError(
+                "stream_id", "the slot (an id's third part) must be 0 to {last}", {"last": slots - 1}
+            )
     return value
 
 
-StreamId = Annotated[str, StringConstraints(pattern=AUDIT_ID_PATTERN), AfterValidator(_stream_id)]
+StreamId = Annotated[str, StringConstraints(pattern=AUDIT_ID_PATTERN), AfterValidator(_of_this_pool)]
 
 
 class AuditQuery(_Body):
@@ -236,5 +258,9 @@ class AuditQuery(_Body):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
     limit: int = Field(default=100, ge=1, le=MAX_AUDIT_PAGE, description="most entries to return")
     after: StreamId | None = Field(
-        default=None, description="an entry id: only entries after it (else the latest `limit` entries)"
+        default=None,
+        description="an entry's `id`, as the service gives them (a page's `next`): only entries after "
+        "it; without it, the latest `limit` entries. On one Redis `<ms>-<seq>`; in a sharded pool "
+        "`<ms>-<seq>-<slot>`, the slot 0 to POOL_SHARDS; any other form is refused (422). `0-0` "
+        "(sharded: `0-0-0`) starts at the oldest entry",
     )

@@ -100,7 +100,11 @@ class UserCoupon(_Body):
 
 class UserCouponsPage(_Body):
     coupons: list[UserCoupon] = Field(description="newest allocation first")
-    next: str | None = Field(description="pass as `after` for the page that follows; null: no more")
+    next: str | None = Field(
+        description="pass as `after` for the page that follows; only null ends the listing: a page "
+        "may be empty, or shorter than `limit`, and still have a `next` (the coupons it met had been "
+        "deleted by the purge; each request reads a bounded number of entries)"
+    )
 
 
 class TypeStats(_Body):

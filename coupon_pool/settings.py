@@ -8,6 +8,7 @@ lists the same variables (a test checks it does).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import sys
@@ -62,41 +63,49 @@ def _keys(name: str, raw: str) -> tuple[str, ...]:
 
 
 def _valid_keys(keys: tuple[str, ...]) -> str | None:
+    if len(keys) > MAX_KEYS:
+        return f"at most {MAX_KEYS} keys, not {len(keys)}"
     for i, key in enumerate(keys, 1):
         if not KEY_PATTERN.fullmatch(key):
             return f"key {i} must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -"
     return None
 
 
-def _at_least_1(value: int) -> str | None:
-    return None if value >= 1 else "must be at least 1"
+@dataclass(frozen=True)
+class Range:
+    """A check that a number lies from ``low`` to ``high``, ``low`` itself excluded when
+    ``above``; README's configuration table states each as ``str()`` gives it."""
+
+    low: float
+    high: float
+    above: bool = False
+
+    def __call__(self, value: float) -> str | None:
+        fits = (value > self.low if self.above else value >= self.low) and value <= self.high
+        return None if fits else f"must be {self}"  # NaN fits nowhere
+
+    def __str__(self) -> str:
+        low, high = _figure(self.low), _figure(self.high)
+        return f"above {low} and at most {high}" if self.above else f"{low} to {high}"
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be positive"
-
-
-def _at_least_0(value: int) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
+def _figure(number: float) -> str:
+    return f"{int(number):,}" if number == int(number) else f"{number:,}"
 
 
 MAX_POOL_SHARDS = 256  # a read across the pool (stats, a user's coupons) costs a call per slot
+MAX_KEYS = 100  # per list: every request's key is compared with each configured one
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")  # RFC 1123
 
 
-def _shards(value: int) -> str | None:
-    return None if 1 <= value <= MAX_POOL_SHARDS else f"must be 1 to {MAX_POOL_SHARDS}"
-
-
-def _lookup_rate(value: float) -> str | None:
-    return None if 0.01 <= value <= 100_000 else "must be 0.01 to 100000 (failed lookups a second)"
-
-
-def _lookup_burst(value: int) -> str | None:
-    return None if 1 <= value <= 1_000_000 else "must be 1 to 1000000"
-
-
-def _share(value: float) -> str | None:
-    return None if 0 < value <= 1 else "must be above 0 and at most 1"
+def _host(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(value):
+            return "must be an IP address or a host name (letters, digits, - and .)"
+    return None
 
 
 def _namespace(value: str) -> str | None:
@@ -163,50 +172,52 @@ class Settings:
     redis_cluster: bool = env("REDIS_CLUSTER", False, _flag)
     # The FREE and STANDARD pools are split into this many shards, a hash tag each; fixed
     # once the pool holds data (the service refuses to start on another count).
-    pool_shards: int = env("POOL_SHARDS", 1, _int, _shards)
+    pool_shards: int = env("POOL_SHARDS", 1, _int, Range(1, MAX_POOL_SHARDS))
     # After each change, wait until this many replicas have it (WAIT); 0: do not wait.
-    redis_wait_replicas: int = env("REDIS_WAIT_REPLICAS", 0, _int, _at_least_0)
+    redis_wait_replicas: int = env("REDIS_WAIT_REPLICAS", 0, _int, Range(0, 100))
     # How long that wait may take; a change not replicated by then answers 503.
-    redis_wait_timeout_ms: int = env("REDIS_WAIT_TIMEOUT_MS", 1000, _int, _at_least_1)
-    redis_max_connections: int = env("REDIS_MAX_CONNECTIONS", 64, _int, _at_least_1)
-    redis_timeout_s: float = env("REDIS_TIMEOUT_S", 2.0, _float, _positive)
-    upload_chunk_size: int = env("UPLOAD_CHUNK_SIZE", 100, _int, _at_least_1)
+    redis_wait_timeout_ms: int = env("REDIS_WAIT_TIMEOUT_MS", 1000, _int, Range(1, 60_000))
+    redis_max_connections: int = env("REDIS_MAX_CONNECTIONS", 64, _int, Range(1, 10_000))
+    redis_timeout_s: float = env("REDIS_TIMEOUT_S", 2.0, _float, Range(0, 60, above=True))
+    # At most 5,000: a chunk's function call holds Redis some 30 ms, and Lua unpacks at most
+    # about 8,000 values at once (a chunk of 8,000 fails).
+    upload_chunk_size: int = env("UPLOAD_CHUNK_SIZE", 100, _int, Range(1, 5000))
     # Uploads stop when Redis uses this share of its maxmemory, so allocations and
     # redemptions (which need a little memory each) go on after uploads have filled it;
     # 1: no share of their own (uploads then run until Redis refuses writes).
-    upload_memory_share: float = env("UPLOAD_MEMORY_SHARE", 0.9, _float, _share)
+    upload_memory_share: float = env("UPLOAD_MEMORY_SHARE", 0.9, _float, Range(0, 1, above=True))
     # To receive a request's body, once its headers are in.
-    body_timeout_s: float = env("BODY_TIMEOUT_S", 10.0, _float, _positive)
+    body_timeout_s: float = env("BODY_TIMEOUT_S", 10.0, _float, Range(0, 600, above=True))
     # For requests in flight to finish after SIGTERM.
-    shutdown_timeout_s: float = env("SHUTDOWN_TIMEOUT_S", 15.0, _float, _positive)
+    shutdown_timeout_s: float = env("SHUTDOWN_TIMEOUT_S", 15.0, _float, Range(0, 600, above=True))
     # An upload's; 50,000 coupons take 7-15 MB of JSON.
-    max_body_bytes: int = env("MAX_BODY_BYTES", 32 * 1024 * 1024, _int, _at_least_1)
+    max_body_bytes: int = env("MAX_BODY_BYTES", 32 * 1024 * 1024, _int, Range(1, 1024**3))
     # Uploads read or written at once per process (each holds its body, up to MAX_BODY_BYTES).
-    max_uploads: int = env("MAX_UPLOADS", 2, _int, _at_least_1)
-    audit_max_len: int = env("AUDIT_MAX_LEN", 100_000, _int, _at_least_1)
+    max_uploads: int = env("MAX_UPLOADS", 2, _int, Range(1, 64))
+    audit_max_len: int = env("AUDIT_MAX_LEN", 100_000, _int, Range(1, 10_000_000))
     # Coupons of one type a user may hold at once (releases give one back); 0: no limit.
-    max_allocations_per_user: int = env("MAX_ALLOCATIONS_PER_USER", 0, _int, _at_least_0)
+    max_allocations_per_user: int = env("MAX_ALLOCATIONS_PER_USER", 0, _int, Range(0, 1_000_000))
     # How long the answer to a request with an Idempotency-Key is kept for its retries.
-    idempotency_ttl_s: int = env("IDEMPOTENCY_TTL_S", 86_400, _int, _at_least_1)
+    idempotency_ttl_s: int = env("IDEMPOTENCY_TTL_S", 86_400, _int, Range(1, 30 * 86_400))
     # A caller's budget of lookups that fail (a code that does not exist, or is not the
     # user's): refill per second and size; past it, 429 too_many_failed_lookups.
-    failed_lookups_per_s: float = env("FAILED_LOOKUPS_PER_S", 10.0, _float, _lookup_rate)
-    failed_lookup_burst: int = env("FAILED_LOOKUP_BURST", 100, _int, _lookup_burst)
-    purge_interval_s: float = env("PURGE_INTERVAL_S", 60.0, _float, _positive)
-    purge_batch_size: int = env("PURGE_BATCH_SIZE", 1000, _int, _at_least_1)
-    megadeal_max_concurrent: int = env("MEGADEAL_MAX_CONCURRENT", 5, _int, _at_least_1)
-    megadeal_rate_per_s: int = env("MEGADEAL_RATE_PER_S", 10, _int, _at_least_1)
-    megadeal_max_wait_s: float = env("MEGADEAL_MAX_WAIT_S", 10.0, _float, _positive)
-    megadeal_lease_s: float = env("MEGADEAL_LEASE_S", 5.0, _float, _positive)
-    megadeal_max_waiters: int = env("MEGADEAL_MAX_WAITERS", 500, _int, _at_least_1)
+    failed_lookups_per_s: float = env("FAILED_LOOKUPS_PER_S", 10.0, _float, Range(0.01, 100_000))
+    failed_lookup_burst: int = env("FAILED_LOOKUP_BURST", 100, _int, Range(1, 1_000_000))
+    purge_interval_s: float = env("PURGE_INTERVAL_S", 60.0, _float, Range(0.1, 86_400))
+    purge_batch_size: int = env("PURGE_BATCH_SIZE", 1000, _int, Range(1, 10_000))
+    megadeal_max_concurrent: int = env("MEGADEAL_MAX_CONCURRENT", 5, _int, Range(1, 1000))
+    megadeal_rate_per_s: int = env("MEGADEAL_RATE_PER_S", 10, _int, Range(1, 10_000))
+    megadeal_max_wait_s: float = env("MEGADEAL_MAX_WAIT_S", 10.0, _float, Range(0, 300, above=True))
+    megadeal_lease_s: float = env("MEGADEAL_LEASE_S", 5.0, _float, Range(0, 300, above=True))
+    megadeal_max_waiters: int = env("MEGADEAL_MAX_WAITERS", 500, _int, Range(1, 10_000))
     # Connections (server.py): idle limit, headers' deadline and size, how many at once.
-    keep_alive_s: float = env("KEEP_ALIVE_S", 5.0, _float, _positive)
-    header_timeout_s: float = env("HEADER_TIMEOUT_S", 10.0, _float, _positive)
-    max_header_bytes: int = env("MAX_HEADER_BYTES", 16 * 1024, _int, _at_least_1)
-    max_connections: int = env("MAX_CONNECTIONS", 4096, _int, _at_least_1)
-    host: str = env("HOST", "127.0.0.1", _text)
-    port: int = env("PORT", 8080, _int, _at_least_1)
-    workers: int = env("WORKERS", 1, _int, _at_least_1)
+    keep_alive_s: float = env("KEEP_ALIVE_S", 5.0, _float, Range(0, 3600, above=True))
+    header_timeout_s: float = env("HEADER_TIMEOUT_S", 10.0, _float, Range(0, 600, above=True))
+    max_header_bytes: int = env("MAX_HEADER_BYTES", 16 * 1024, _int, Range(1, 1024**2))
+    max_connections: int = env("MAX_CONNECTIONS", 4096, _int, Range(1, 1024**2))
+    host: str = env("HOST", "127.0.0.1", _text, _host)
+    port: int = env("PORT", 8080, _int, Range(1, 65_535))
+    workers: int = env("WORKERS", 1, _int, Range(1, 64))
     log_level: str = env("LOG_LEVEL", "info", _lower, _log_level)
     # Secrets: never in a repr, a log line or an error message.
     admin_keys: tuple[str, ...] = env("COUPON_POOL_ADMIN_KEYS", (), _keys, _valid_keys, secret=True)
@@ -282,10 +293,11 @@ class Settings:
         )
 
 
-def settings_for(command: str) -> Settings | None:
-    """Settings.from_env() for a command line; on a bad value, say so on stderr and give None."""
+def settings_for(command: str, **overrides: Any) -> Settings | None:
+    """Settings.from_env() for a command line, with ``overrides`` (its options, checked alike);
+    on a bad value, say so on stderr and give None."""
     try:
-        return Settings.from_env()
+        return dataclasses.replace(Settings.from_env(), **overrides)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"{command}: {problem}", file=sys.stderr)

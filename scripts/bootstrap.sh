@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Prepare a checkout: a .venv with the package (and dev tools), and a redis-server binary.
-# Used by `make run` and `make test`; safe to run again.
+# Prepare a checkout: a .venv with the package (and dev tools), and a redis-server binary:
+# what `make run` needs. With --test (`make test`), also what only the tests use: Chromium
+# for the dashboard's browser tests, and the OpenAPI linters (npm). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  "") for_tests=0 ;;
+  --test) for_tests=1 ;;
+  *) echo "usage: scripts/bootstrap.sh [--test]" >&2; exit 2 ;;
+esac
 
 PYTHON=${PYTHON:-python3}
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
@@ -38,6 +45,8 @@ if ! command -v redis-server >/dev/null; then
   apt_install redis-server || { echo "bootstrap: could not install redis-server; install Redis 7 and put redis-server on PATH" >&2; exit 1; }
   # Debian starts a system Redis on 6379 on install; this project runs its own.
 fi
+
+[ "$for_tests" = 1 ] || exit 0
 
 # The dashboard's tests drive Debian's Chromium (Playwright cannot download its own browsers here).
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then

@@ -10,6 +10,10 @@ root=$(realpath -m "${DATA_DIR:-.data}")
 mkdir -p "$root"
 if [ -z "${REDIS_URL:-}" ]; then
   port=${REDIS_PORT:-6390}
+  if ! [[ $port =~ ^[1-9][0-9]{0,4}$ ]] || [ "$port" -gt 65535 ]; then
+    echo "run: REDIS_PORT must be 1 to 65,535, not '$port'" >&2
+    exit 2
+  fi
   data="$root/redis"
   mkdir -p "$data"
   if redis-cli -p "$port" ping >/dev/null 2>&1; then

@@ -1,21 +1,27 @@
 """schemathesis hooks (loaded through SCHEMATHESIS_HOOKS by tests/http/test_openapi.py).
 
-Two rules of the service JSON Schema cannot state, so generated uploads are steered
+Three rules of the service JSON Schema cannot state, so generated requests are steered
 rather than the positive-data check turned off:
 - a coupon's `expires_at` must lie in the future: expiries that are valid date-times (by
   the service's own rule, future aside) are moved into the future;
 - a number must be sent as written (`3`, not `3.0`), while JSON Schema counts 3.0 as an
-  integer: whole floats become integers.
-Every other generated value is kept, so an invalid body stays invalid.
+  integer: whole floats become integers;
+- an audit cursor has a slot part exactly when the pool is sharded (the document, the same
+  for every deployment, allows both forms): the test's server is one Redis, so a generated
+  `<ms>-<seq>-<slot>` loses its slot.
+Every other generated value is kept, so an invalid request stays invalid.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import schemathesis
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
+
+from coupon_pool.models import AUDIT_ID_PATTERN
 
 _DATETIME = TypeAdapter(AwareDatetime)
 
@@ -52,3 +58,13 @@ def map_body(context: Any, body: Any) -> Any:
             if isinstance(coupon, dict) and _is_datetime(coupon.get("expires_at")):
                 coupon["expires_at"] = (future + timedelta(seconds=i)).isoformat()
     return body
+
+
+@schemathesis.hook
+def map_query(context: Any, query: Any) -> Any:
+    if context.operation is None or context.operation.path != "/v1/audit" or not isinstance(query, dict):
+        return query
+    after = query.get("after")
+    if isinstance(after, str) and re.fullmatch(AUDIT_ID_PATTERN, after) and after.count("-") == 2:
+        query["after"] = after.rpartition("-")[0]
+    return query

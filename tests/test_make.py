@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -47,3 +49,47 @@ def test_make_stop_stops_what_make_run_started_and_is_quiet_after(tmp_path: Path
         if run.poll() is None:
             run.kill()
         make("stop", env)
+
+
+def test_make_run_refuses_a_redis_port_out_of_range_before_starting_anything(tmp_path: Path) -> None:
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_PORT": "70000"}
+    env.pop("REDIS_URL", None)
+    done = subprocess.run([str(REPO / "scripts" / "run.sh")], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+
+    assert done.returncode == 2
+    assert done.stderr == "run: REDIS_PORT must be 1 to 65,535, not '70000'\n"
+    assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_make_run_bootstraps_without_npm_or_chromium_and_make_test_asks_for_them(tmp_path: Path) -> None:
+    """scripts/bootstrap.sh in a copy of the checkout whose .venv is ready, on a PATH with
+    python3, redis-server and the shell's tools but no npm, Chromium or apt-get."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "requirements").mkdir()
+    for name in ("scripts/bootstrap.sh", "pyproject.toml", "requirements/dev.lock"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    (tmp_path / "scripts" / "bootstrap.sh").chmod(0o755)
+    bin_dir, venv = tmp_path / "bin", tmp_path / ".venv" / "bin"
+    bin_dir.mkdir()
+    venv.mkdir(parents=True)
+    for tool in ("bash", "cat", "cksum", "cut", "id", "dirname"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))  # 3.11 or newer
+    (bin_dir / "redis-server").write_text("#!/bin/sh\n")
+    (bin_dir / "redis-server").chmod(0o755)
+    (venv / "python").symlink_to(bin_dir / "python3")
+    checksum = subprocess.run("cat pyproject.toml requirements/dev.lock | cksum", shell=True, cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.split()[0]  # fmt: skip
+    (tmp_path / ".venv" / f".installed-{checksum}").touch()
+    env = {"PATH": str(bin_dir), "CHROMIUM": str(tmp_path / "no-chromium")}
+
+    def bootstrap(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(tmp_path / "scripts" / "bootstrap.sh"), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+
+    for_run = bootstrap()
+    assert (for_run.returncode, for_run.stderr) == (0, "")
+    for_tests = bootstrap("--test")
+    assert for_tests.returncode == 1
+    assert "chromium is missing" in for_tests.stderr

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from coupon_pool.settings import Settings, SettingsError
+from coupon_pool.settings import Range, Settings, SettingsError
 from support import REPO
 
 
@@ -30,16 +31,27 @@ def test_environment_overrides_defaults() -> None:
     ("env", "message"),
     [
         ({"PORT": "eighty"}, "PORT must be an integer"),
-        ({"UPLOAD_CHUNK_SIZE": "0"}, "UPLOAD_CHUNK_SIZE: must be at least 1"),
+        ({"PORT": "70000"}, "PORT: must be 1 to 65,535, not 70000"),
+        ({"PORT": "0"}, "PORT: must be 1 to 65,535, not 0"),
+        ({"HOST": "local host"}, "HOST: must be an IP address or a host name"),
+        ({"HOST": ""}, "HOST: must be an IP address or a host name"),
+        ({"WORKERS": "65"}, "WORKERS: must be 1 to 64"),
+        ({"UPLOAD_CHUNK_SIZE": "0"}, "UPLOAD_CHUNK_SIZE: must be 1 to 5,000"),
+        ({"UPLOAD_CHUNK_SIZE": "8000"}, "UPLOAD_CHUNK_SIZE: must be 1 to 5,000"),
         ({"KEY_NAMESPACE": "a}b"}, "KEY_NAMESPACE"),
-        ({"REDIS_TIMEOUT_S": "-1"}, "REDIS_TIMEOUT_S"),
+        ({"REDIS_TIMEOUT_S": "-1"}, "REDIS_TIMEOUT_S: must be above 0 and at most 60"),
+        ({"REDIS_TIMEOUT_S": "inf"}, "REDIS_TIMEOUT_S: must be above 0 and at most 60, not inf"),
+        ({"REDIS_TIMEOUT_S": "nan"}, "REDIS_TIMEOUT_S: must be above 0 and at most 60, not nan"),
+        ({"PURGE_INTERVAL_S": "0.01"}, "PURGE_INTERVAL_S: must be 0.1 to 86,400"),
         ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER must be 1 or 0"),
         ({"POOL_SHARDS": "0"}, "POOL_SHARDS: must be 1 to 256"),
         ({"POOL_SHARDS": "257"}, "POOL_SHARDS: must be 1 to 256"),
-        ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS: must be 0 or more"),
-        ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS: must be at least 1"),
+        ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS: must be 0 to 100"),
+        ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS: must be 1 to 60,000"),
+        ({"COUPON_POOL_CLIENT_KEYS": ",".join(f"client-key-{i:06d}" for i in range(101))},
+         "COUPON_POOL_CLIENT_KEYS: at most 100 keys, not 101"),
     ],
-)
+)  # fmt: skip
 def test_bad_values_are_refused_at_start_up(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
@@ -95,3 +107,28 @@ def test_every_refused_value_is_named_at_once() -> None:
     assert [problem.split(":")[0].split(" ")[0] for problem in refused.value.problems] == [
         "PORT", "KEY_NAMESPACE", "COUPON_POOL_ADMIN_KEYS"
     ]  # fmt: skip
+
+
+def test_every_setting_has_a_bound_and_readme_states_each_range() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| variable | default | allowed | meaning |") :].split("\n\n")[0]
+    rows = {line.split(" | ")[0]: line.split(" | ")[2] for line in table.splitlines()[2:]}
+    for f in dataclasses.fields(Settings):
+        name, check = f.metadata["env"], f.metadata["check"]
+        assert check is not None or f.type == "bool", f"{name} has no bound"  # a flag: 1 or 0
+        row = next(allowed for variables, allowed in rows.items() if f"`{name}`" in variables)
+        if isinstance(check, Range):
+            assert any(part.startswith(str(check)) for part in row.split(" / ")), (name, row)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [(["config"], {"PORT": "70000"}), (["serve"], {"PORT": "70000"}), (["serve", "--port", "70000"], {})],
+    ids=["config", "serve", "serve --port"],
+)
+def test_a_port_out_of_range_stops_config_and_serve_with_exit_2(argv: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "coupon_pool", *argv], env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+
+    assert done.returncode == 2
+    assert done.stderr == "coupon-pool: PORT: must be 1 to 65,535, not 70000\n"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
 from redis.exceptions import RedisError, ResponseError
 
+from ..pool.connection import process_name
 from ..pool.megadeal import FORGET_INTERVAL_S, MegadealGate
 from ..pool.store import Store
 from .middleware import JsonLines
@@ -18,13 +20,15 @@ log = logging.getLogger("coupon_pool")
 
 
 async def purge_periodically(store: Store, interval_s: float, lines: JsonLines, stop: asyncio.Event) -> None:
-    """Every ``interval_s``, purge expired coupons if no other process claimed this round.
+    """Every ``interval_s``, purge expired coupons if this loop holds the purge lock: it takes
+    it when it is free and renews it while it holds it, so one process purges every interval.
 
     Ends when ``stop`` is set.
     """
+    owner = f"{process_name()}/{uuid.uuid4().hex[:8]}"  # the lock's value: who holds it
     async for _ in every(interval_s, stop):
         try:
-            if not await store.try_purge_lock(interval_s):
+            if not await store.try_purge_lock(interval_s, owner):
                 continue
             result = await store.purge()
         except RedisError as exc:

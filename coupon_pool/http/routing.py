@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from .. import errors
 from ..errors import CouponError
+from ..models import POOL_SLOTS
 from ..pool import keyed
 from ..pool.keyed import REPLAYED_HEADER, Idempotency
 from ..pool.keys import Keys
@@ -159,7 +160,8 @@ class Operation:
             if body is not None:
                 inputs["body"] = validate_json(await read_json(request), body)
             if query is not None:
-                inputs["query"] = parse_query(request, query)
+                # What a cursor may name depends on the pool: its slots.
+                inputs["query"] = parse_query(request, query, {POOL_SLOTS: len(services.store.layout.slots)})
             if path_params is not None:
                 inputs["path"] = parse_model(request.path_params, path_params)
             call = Call(request, services.store, services.gate)
@@ -232,15 +234,18 @@ def _model_fields(value: object) -> dict[str, Any]:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def parse_model(values: dict[str, Any], model: type[BaseModel]) -> BaseModel:
+def parse_model(
+    values: dict[str, Any], model: type[BaseModel], context: dict[str, Any] | None = None
+) -> BaseModel:
     try:
-        return model.model_validate(values)
+        return model.model_validate(values, context=context)
     except ValidationError as exc:
         raise from_validation_error(exc, model) from None
 
 
-def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
-    """Validate the query against ``model``; a parameter given twice is refused, as in a body.
+def parse_query(request: Request, model: type[BaseModel], context: dict[str, Any]) -> BaseModel:
+    """Validate the query against ``model`` (with ``context``, models.POOL_SLOTS); a parameter
+    given twice is refused, as in a body.
 
     A query over MAX_QUERY_BYTES is refused before it is parsed, so no query costs more
     than a few microseconds whatever it holds.
@@ -253,7 +258,7 @@ def parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
         if name in seen:
             raise invalid_fields([field_error((name,), "appears more than once: send it once")], 1)
         seen.add(name)
-    return parse_model(dict(params), model)
+    return parse_model(dict(params), model, context)
 
 
 def idempotency_of(request: Request, keys: Keys, ttl_ms: int) -> Idempotency | None:

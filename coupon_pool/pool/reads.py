@@ -28,7 +28,6 @@ _COUPON_FIELDS = [
     CouponField.TYPE, CouponField.DISCOUNT_KIND, CouponField.DISCOUNT_VALUE, CouponField.EXPIRES,
     CouponField.MAX_USAGES, CouponField.ALLOCATED, CouponField.USED, CouponField.CREATED,
 ]  # fmt: skip
-_LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"
 
 
 class Reads:
@@ -55,7 +54,19 @@ class Reads:
         found = [tuple(reply[i : i + 7]) for reply in replies for i in range(2, len(reply), 7)]
         # The functions' order: newest first, then the greater code first.
         found.sort(key=lambda e: (int(e[1]), e[0]), reverse=True)
-        more = len(found) > limit or any(reply[0] for reply in replies)
+        # A slot with more entries than it read names the last one it met (listed or purged):
+        # past the first such entry that slot's entries are unread, so the page ends there,
+        # short or even empty when the purge had deleted what it met (only a null `next` ends
+        # a listing).
+        horizon = max(((int(reply[0]), reply[1]) for reply in replies if reply[0]), default=None)
+        if horizon is not None:
+            found = [e for e in found if (int(e[1]), e[0]) >= horizon]
+        following = None
+        if len(found) > limit:
+            last = found[limit - 1]
+            following = f"{int(last[1])}.{last[0]}"
+        elif horizon is not None:
+            following = f"{horizon[0]}.{horizon[1]}"
         now = datetime.now(UTC)
         listed = []
         for code, allocated_ms, ctype, kind, value, expires_ms, state in found[:limit]:
@@ -75,12 +86,6 @@ class Reads:
                     status=status,
                 )
             )
-        following = None
-        if more and found[:limit]:
-            last = found[:limit][-1]
-            following = f"{int(float(last[1]))}.{last[0]}"
-        elif more:  # every entry met was of a purged coupon: go on after the cursor's place
-            following = after
         return UserCouponsPage.model_construct(coupons=listed, next=following)
 
     async def get_coupon(self, code: str) -> Coupon:
@@ -145,18 +150,15 @@ class Reads:
         """Audit entries after the id ``after``, or the last ``limit`` ones; oldest first.
 
         A sharded pool has a stream per slot: their entries are merged by id, then by slot,
-        and each id gets the slot's index as a third part (``<ms>-<seq>-<slot>``).
+        and each id gets the slot's index as a third part (``<ms>-<seq>-<slot>``). ``after``
+        is an id of this pool's form (models.AuditQuery checks one a request sends).
         """
         if not self.layout.sharded:
-            if after is not None and after.count("-") == 2:  # a sharded pool's id: its slot part
-                after = after.rpartition("-")[0]
             raw = await self._audit_of(self.layout.main, limit, after)
             entries = [audit_entry(i, fields) for i, fields in raw]
         else:
-            ms_seq, _, slot = (
-                (after or "").rpartition("-") if after and after.count("-") == 2 else (after, "", "")
-            )
-            at = int(slot) if slot else len(self.layout.slots)  # a bare id: after it in every slot
+            ms_seq, _, slot = after.rpartition("-") if after is not None else (None, "", "")
+            at = int(slot) if slot else 0
             merged = []
             for n, k in enumerate(self.layout.slots):
                 # Entries with the cursor's id in slots after the cursor's come after it too.
@@ -175,8 +177,6 @@ class Reads:
                 list[tuple[str, dict[str, str]]], await self.redis.xrevrange(k.audit, count=limit) or []
             )
             return list(reversed(latest))
-        if after == _LAST_STREAM_ID and not inclusive:  # nothing follows it (and Redis refuses "(" before it)
-            return []
         bound = after if inclusive else f"({after}"
         return cast(
             list[tuple[str, dict[str, str]]], await self.redis.xrange(k.audit, min=bound, count=limit) or []

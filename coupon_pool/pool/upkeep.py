@@ -51,10 +51,20 @@ class Upkeep:
                     break
         return PurgeResult.model_construct(purged=purged, retired=retired)
 
-    async def try_purge_lock(self, seconds: float) -> bool:
-        """Claim the purge for the next ``seconds``: True for one caller across all processes."""
-        lock = self.ctx.keys.purge_lock
-        return bool(await self.ctx.redis.set(lock, "1", nx=True, px=max(1, int(seconds * 1000))))
+    async def try_purge_lock(self, seconds: float, owner: str) -> bool:
+        """Claim the purge for the next ``seconds`` as ``owner``: True for one caller across all
+        processes. A lease: its holder renews it at its next turn, and another owner takes it
+        only once it has lapsed (its holder stopped purging)."""
+        lock, ms = self.ctx.keys.purge_lock, max(1, int(seconds * 1000))
+        holder = await self.ctx.redis.set(lock, owner, nx=True, px=ms, get=True)
+        if holder is None:  # it was free: taken
+            return True
+        if holder != owner:
+            return False
+        # Our own, from our last turn: one interval on, it may stand a little longer yet (Redis
+        # keeps a key through its last millisecond; two hosts' clocks drift apart). Renewed.
+        await self.ctx.redis.set(lock, owner, px=ms)
+        return True
 
     async def memory(self) -> Memory:
         """What Redis uses, and its maxmemory (0: no limit); in a cluster, its fullest master's."""

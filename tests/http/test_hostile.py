@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from support import wait_until
+from support.cluster import CLUSTER_SHARDS
 from support.factories import coupon_json
 from support.live_server import LiveServer
 from support.rawhttp import read_answer
@@ -139,11 +140,16 @@ async def test_an_unexpected_error_is_problem_json_with_its_request_id_on_a_conn
 # 3. Audit cursor overflow.
 
 
-async def test_the_last_possible_audit_cursor_is_an_empty_page(client: httpx.AsyncClient) -> None:
-    last = "18446744073709551615-18446744073709551615"
+async def test_the_last_possible_audit_cursor_is_an_empty_page_and_one_past_it_a_422(
+    client: httpx.AsyncClient, request: pytest.FixtureRequest
+) -> None:
+    slot = f"-{CLUSTER_SHARDS}" if request.node.callspec.params["client"] == "cluster" else ""
+    last = "9999999999999999999-9999999999999999999" + slot  # 19 digits: below 2^64, as Redis's
     response = await client.get("/v1/audit", params={"after": last})
     assert response.status_code == 200
     assert response.json() == {"entries": [], "next": last}
+    beyond = await client.get("/v1/audit", params={"after": "18446744073709551615-0" + slot})
+    assert beyond.status_code == 422
 
 
 # 4. Connections that never finish.

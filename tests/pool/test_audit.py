@@ -12,6 +12,7 @@ from coupon_pool.models import CouponType
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
+from support.cluster import CLUSTER_SHARDS
 from support.factories import coupon, coupon_json, expired_coupon
 
 
@@ -74,7 +75,7 @@ async def test_audit_pages_follow_on_with_after(client: httpx.AsyncClient) -> No
     for i in range(5):
         await client.post("/v1/allocations", json={"user_id": f"u{i}"})
 
-    first = (await client.get("/v1/audit", params={"limit": 3, "after": "0"})).json()
+    first = (await client.get("/v1/audit", params={"limit": 3, "after": "0-0"})).json()
     second = (await client.get("/v1/audit", params={"limit": 3, "after": first["next"]})).json()
     third = (await client.get("/v1/audit", params={"limit": 3, "after": second["next"]})).json()
     latest = (await client.get("/v1/audit", params={"limit": 2})).json()
@@ -99,6 +100,28 @@ async def test_bad_audit_queries_are_refused_naming_the_parameter(client: httpx.
         assert response.status_code == 422, params
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["field"] == field
+
+
+async def test_an_audit_cursor_is_an_entry_id_of_this_pool_and_nothing_else(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/v1/allocations", json={"user_id": "u"})  # pool_empty: one entry
+    entry_id = (await client.get("/v1/audit")).json()["entries"][-1]["id"]
+    sharded = entry_id.count("-") == 2  # <ms>-<seq>-<slot>: the slot, 0 to POOL_SHARDS
+    start, last_slot = ("0-0-0", CLUSTER_SHARDS) if sharded else ("0-0", None)
+    for after in (entry_id, start, "9999999999999999999-9999999999999999999" + ("-0" if sharded else "")):
+        assert (await client.get("/v1/audit", params={"after": after})).status_code == 200, after
+    malformed = ["1", "1-", "-1", "1--2", "01-2", "1-02", "1-2-3-4", "1-2-", "+1-2", " 1-2", "1-2 ", "1_2",
+                 "1-18446744073709551615", "10000000000000000000-0", "1-2-01", "0x1-2", "1.5-2"]  # fmt: skip
+    # A sharded pool's id on one Redis, one Redis's id (or a slot it lacks) on a sharded pool.
+    malformed += ["1-2", f"1-2-{last_slot + 1}", "1-2-999"] if last_slot is not None else ["1-2-3", "1-2-0"]
+    for after in malformed:
+        response = await client.get("/v1/audit", params={"after": after})
+        assert response.status_code == 422, after
+        assert response.headers["content-type"] == "application/problem+json"
+        assert [e["field"] for e in response.json()["errors"]] == ["after"], after
+    if last_slot is not None:  # the last slot is one of the pool's
+        assert (await client.get("/v1/audit", params={"after": f"1-2-{last_slot}"})).status_code == 200
 
 
 async def test_the_stream_is_capped_at_about_its_configured_length(redis: Redis) -> None:

@@ -143,7 +143,7 @@ async def test_the_audit_trail_pages_across_the_shards_in_time_order(sharded: St
     for i in range(20):
         await sharded.allocate(f"user-{i}", STANDARD)
     total = sum([await sharded.redis.xlen(k.audit) for k in sharded.layout.slots])
-    walked, after = [], "0"
+    walked, after = [], "0-0-0"  # before the first entry of every slot
     while True:
         page = await sharded.audit(6, after)
         if not page.entries:

@@ -121,11 +121,14 @@ async def test_a_purged_code_can_be_uploaded_again(store: Store) -> None:
     assert (await store.upload([coupon("AGAIN")])).created == 1
 
 
-async def test_the_purge_lock_has_one_owner_until_it_expires(store: Store) -> None:
-    assert await store.try_purge_lock(0.5)
-    assert not await store.try_purge_lock(0.5)
+async def test_the_purge_lock_has_one_owner_who_renews_it_until_it_lapses(store: Store) -> None:
+    assert await store.try_purge_lock(0.5, "a")
+    assert not await store.try_purge_lock(0.5, "b")
+    assert await store.try_purge_lock(0.5, "a")  # its holder's next turn: renewed
+    assert not await store.try_purge_lock(0.5, "b")
     await asyncio.sleep(0.6)
-    assert await store.try_purge_lock(0.5)
+    assert await store.try_purge_lock(0.5, "b")
+    assert not await store.try_purge_lock(0.5, "a")
 
 
 async def test_post_purge_answers_what_it_removed_by_type(client: httpx.AsyncClient) -> None:

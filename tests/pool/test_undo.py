@@ -143,6 +143,17 @@ async def test_a_users_coupons_newest_first_with_statuses_and_pages(client: http
     assert empty == {"coupons": [], "next": None}
 
 
+async def test_a_users_coupons_cursor_is_ms_dot_code_and_nothing_else(client: httpx.AsyncClient) -> None:
+    assert (
+        await client.get("/v1/users/u/coupons", params={"after": "1700000000000.A-b_9"})
+    ).status_code == 200
+    for after in ("x", "1", "1.", ".A", "01.A", "1..A", "1.A.B", "1.A B", "-1.A", "1e3.A", "1_0.A", " 1.A",
+                  "1000000000000000.A", "1." + "A" * 65, "1.A%"):  # fmt: skip
+        response = await client.get("/v1/users/u/coupons", params={"after": after})
+        assert response.status_code == 422, after
+        assert [e["field"] for e in response.json()["errors"]] == ["after"], after
+
+
 async def test_paging_goes_on_when_the_cursors_coupon_is_released(store: Store) -> None:
     await store.upload([coupon(f"P{i}", max_usages=2) for i in range(6)])
     for _ in range(6):
