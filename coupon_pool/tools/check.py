@@ -51,8 +51,8 @@ import orjson
 from redis.asyncio import Redis
 
 from ..models import CouponType
-from ..pool.keys import Keys, Layout
-from ..pool.store import Store
+from ..pool.connection import connect
+from ..pool.keys import CouponField, Keys, Layout, RecordField
 from ..settings import Settings
 from .common import operator_settings
 
@@ -96,7 +96,7 @@ async def _check_claims(redis: Redis, layout: Layout, report: Report) -> None:
     codes = [_text(c) for c in cast(list[str], await redis.zrange(mega, 0, -1))]
     codes += [_text(c) for c in cast(list[str], await redis.zrange(main.exhausted, 0, -1))]
     for code in codes:
-        found_type = await redis.hget(main.coupon(code), "type")
+        found_type = await redis.hget(main.coupon(code), CouponField.TYPE)
         if found_type is None or _text(found_type) != CouponType.MEGADEAL.value:
             continue
         home = layout.home(code)
@@ -192,7 +192,7 @@ async def _check_users(redis: Redis, keys: Keys, now_ms: int, report: Report) ->
             pipe = redis.pipeline(transaction=False)
             batch = entries[start : start + _BATCH]
             for code, _ in batch:
-                pipe.hmget(keys.coupon(_text(code)), ["exp", f"u:{user}"])
+                pipe.hmget(keys.coupon(_text(code)), [CouponField.EXPIRES, CouponField.HOLDER + user])
                 pipe.zscore(available, _text(code))
                 pipe.sismember(tracked_prefix + _text(code), user)
             found = await pipe.execute()
@@ -210,7 +210,8 @@ async def _check_users(redis: Redis, keys: Keys, now_ms: int, report: Report) ->
     for tracked in await _keys_under(redis, tracked_prefix):
         tracked_code = tracked[len(tracked_prefix) :]
         kind, expires = (
-            _text(v or "") for v in await redis.hmget(keys.coupon(tracked_code), ["type", "exp"])
+            _text(v or "")
+            for v in await redis.hmget(keys.coupon(tracked_code), [CouponField.TYPE, CouponField.EXPIRES])
         )
         if not expires or int(expires) <= now_ms:
             continue  # expired: its holders drop it from their held sets; the purge drops this set
@@ -222,7 +223,9 @@ async def _check_users(redis: Redis, keys: Keys, now_ms: int, report: Report) ->
     for listing in await _keys_under(redis, keys.user_prefix):
         ctype, _, user = listing[len(keys.user_prefix) :].partition(":")
         for code, score in cast(list[tuple[str, float]], await redis.zrange(listing, 0, -1, withscores=True)):
-            found_type, state = await redis.hmget(keys.coupon(_text(code)), ["type", f"u:{user}"])
+            found_type, state = await redis.hmget(
+                keys.coupon(_text(code)), [CouponField.TYPE, CouponField.HOLDER + user]
+            )
             if found_type is None:
                 continue  # purged: dropped from the listing when a page meets it
             if state is None:
@@ -238,7 +241,9 @@ async def _check_records(redis: Redis, keys: Keys, report: Report) -> None:
         fields = {_text(k): _text(v) for k, v in (await redis.hgetall(record)).items()}
         if await redis.pttl(record) < 0:
             report.violations.append(f"{record} never expires")
-        if not fields.get("fp") or not ("reply" in fields or ("owner" in fields and "lease" in fields)):
+        replied = RecordField.REPLY in fields
+        owned = RecordField.OWNER in fields and RecordField.LEASE in fields
+        if not fields.get(RecordField.FINGERPRINT) or not (replied or owned):
             report.violations.append(
                 f"{record} has neither a reply nor an owner with a lease: {sorted(fields)}"
             )
@@ -260,10 +265,10 @@ def _check_coupon(
     def bad(rule: str) -> None:
         report.violations.append(f"coupon {code!r}: {rule}")
 
-    ctype = fields.get("type")
+    ctype = fields.get(CouponField.TYPE)
     try:
-        expires, max_usages = int(fields["exp"]), int(fields["max"])
-        allocated, used = int(fields["alloc"]), int(fields["used"])
+        expires, max_usages = int(fields[CouponField.EXPIRES]), int(fields[CouponField.MAX_USAGES])
+        allocated, used = int(fields[CouponField.ALLOCATED]), int(fields[CouponField.USED])
     except (KeyError, ValueError):
         bad(f"fields missing or not integers: {sorted(fields)}")
         return
@@ -271,7 +276,8 @@ def _check_coupon(
         bad(f"unknown type {ctype!r}")
         return
     stored[ctype] += 1
-    holders = [(k[2:], v) for k, v in fields.items() if k.startswith("u:")]
+    holder = CouponField.HOLDER.value
+    holders = [(k[len(holder) :], v) for k, v in fields.items() if k.startswith(holder)]
     redeemed = 0
     for user, state in holders:
         allocated_at, _, redeemed_at = state.partition(":")
@@ -284,11 +290,11 @@ def _check_coupon(
     allocations[ctype] += len(holders)
     redemptions[ctype] += redeemed
     if allocated != len(holders):
-        bad(f"alloc is {allocated} but {len(holders)} users hold it")
+        bad(f"{CouponField.ALLOCATED} is {allocated} but {len(holders)} users hold it")
     if allocated > max_usages:
         bad(f"{allocated} usages allocated, more than its {max_usages}")
     if used != redeemed:
-        bad(f"used is {used} but {redeemed} holders redeemed it")
+        bad(f"{CouponField.USED} is {used} but {redeemed} holders redeemed it")
 
     found = [key for key, codes in members.items() if code in codes]
     for key in found:
@@ -342,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(settings: Settings) -> Report:
-    store = Store.from_settings(settings, max_connections=2)
+    redis = connect(settings, 2, settings.redis_timeout_s)
     try:
-        return await check(store.redis, store.layout)
+        return await check(redis, Layout(settings.key_namespace, settings.pool_shards))
     finally:
-        await store.aclose()
+        await redis.aclose()
