@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -21,11 +23,11 @@ from redis.exceptions import RedisError
 
 from coupon_pool.errors import CouponError
 from coupon_pool.models import MAX_UPLOAD, CouponType
-from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.keys import CouponField, Keys
 from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
 from coupon_pool.settings import MegadealLimits
-from coupon_pool.tools.check import check
+from coupon_pool.tools.check import Progress, check
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
 
@@ -222,7 +224,7 @@ def test_the_command_exits_1_and_lists_violations(redis_server: RedisServer) -> 
         assert clean.returncode == 0, clean.stderr
         assert orjson.loads(clean.stdout) == {"ok": True, "coupons": 0, "awaiting_purge": 0, "violations": []}
         r.zadd("{cp}:exhausted", {"NOBODY": 1})
-        broken = subprocess.run([sys.executable, "-m", "coupon_pool", "check"], env=env,
+        broken = subprocess.run([sys.executable, "-m", "coupon_pool", "check", "--quiet"], env=env,
                                 capture_output=True, timeout=30, check=False)  # fmt: skip
     assert broken.returncode == 1
     assert b"holds 'NOBODY', which has no coupon hash" in broken.stdout
@@ -290,3 +292,61 @@ def test_redis_answers_within_10_ms_while_check_walks_a_large_pool(tmp_path: Pat
         server.stop()
     assert report == {"ok": True, "coupons": 50_001, "awaiting_purge": 0, "violations": []}
     assert worst < 0.010
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_progress_on_a_terminal_is_one_line_redrawn_and_ended(store: Store) -> None:
+    await scenario(store)
+    terminal = Terminal()
+    progress = Progress(terminal)
+
+    await check(store.redis, store.keys, progress)
+    progress.end()
+
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\r")
+    assert drawn.endswith("\x1b[K\n")
+    assert drawn.count("\n") == 1
+    last = drawn.split("\r")[-1]
+    assert re.fullmatch(r"check \{cp\}: 9 keys read \(4 coupons, 0 held sets, 0 tracked sets, 5 listings, "
+                        r"0 records\), 0 violations, [0-9.]+s\x1b\[K\n", last)  # fmt: skip
+
+
+def test_progress_off_a_terminal_is_plain_lines_every_interval(redis_server: RedisServer) -> None:
+    with sync_redis.Redis.from_url(redis_server.url) as r:
+        r.flushall()
+        fields = {CouponField.TYPE: "STANDARD", CouponField.EXPIRES: 1, CouponField.MAX_USAGES: 1,
+                  CouponField.ALLOCATED: 0, CouponField.USED: 0}  # fmt: skip
+        r.hset("{cp}:c:LOST", mapping=fields)
+        r.zadd("{cp}:user:STANDARD:ann", {"LOST": 1})
+        done = subprocess.run(
+            [sys.executable, "-m", "coupon_pool", "check", "--progress-every", "0"],
+            env={"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    assert done.returncode == 1
+    announced, *lines = done.stderr.splitlines()
+    assert announced == f"coupon-pool check: reading {redis_server.url}, namespace cp"
+    assert "\r" not in done.stderr
+    assert [line.rsplit(", ", 1)[0] for line in lines] == [
+        "check {cp}: 1 keys read (1 coupons, 0 held sets, 0 tracked sets, 0 listings, 0 records), "
+        "1 violations",
+        "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 records), "
+        "2 violations",
+        "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 records), "
+        "3 violations",  # the counters, checked last
+    ]
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "inf", "3601", "soon"])
+def test_progress_every_is_a_number_of_seconds_up_to_an_hour(seconds: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "coupon_pool", "check", "--progress-every", seconds],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+
+    assert done.returncode == 2
+    assert "--progress-every: must be a number of seconds from 0 to 3600" in done.stderr

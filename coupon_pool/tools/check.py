@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -34,7 +36,7 @@ from ..settings import Settings
 from .batched import each, keys_under, sorted_sets
 from .check_coupons import CouponRules
 from .check_users import UserRules
-from .common import operator_settings
+from .common import ProgressLine, operator_settings, progress_every
 
 BATCH = 500  # keys of one kind read at once
 
@@ -54,13 +56,39 @@ class Report:
                 "violations": self.violations}  # fmt: skip
 
 
-async def check(redis: Redis, where: Keys | Layout) -> Report:
+class Progress:
+    """How far check is, on stderr: redrawn on a terminal, else a line every ``every_s`` seconds."""
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = 5.0) -> None:
+        self.line = ProgressLine(stream)
+        self.every_s = 0.1 if self.line.terminal else every_s
+        self.started = self.shown_at = time.monotonic()
+        self.text = ""
+
+    def show(self, slot: str, read: Counter[str], violations: int, *, last: bool = False) -> None:
+        """``last``: a slot's final figures, drawn now on a terminal (off one, the report follows)."""
+        moment = time.monotonic()
+        if not (last and self.line.terminal) and moment - self.shown_at < self.every_s:
+            return
+        self.shown_at = moment
+        kinds = ", ".join(f"{count:,} {kind}" for kind, count in read.items())
+        self.text = (f"check {slot}: {read.total():,} keys read ({kinds}), {violations:,} violations, "
+                     f"{moment - self.started:.1f}s")  # fmt: skip
+        self.line.tick(self.text)
+
+    def end(self) -> None:
+        """A terminal's line is kept, so the report starts on a line of its own."""
+        if self.text:
+            self.line.end()
+
+
+async def check(redis: Redis, where: Keys | Layout, progress: Progress | None = None) -> Report:
     """Every violation of the pool's rules in ``redis``, in one slot (``Keys``) or a whole pool."""
     if isinstance(where, Keys):
-        return await _check_slot(redis, where)
+        return await _check_slot(redis, where, progress)
     report = Report()
     for keys in where.slots:
-        found = await _check_slot(redis, keys)
+        found = await _check_slot(redis, keys, progress)
         report.coupons += found.coupons
         report.awaiting_purge += found.awaiting_purge
         report.violations += found.violations
@@ -69,25 +97,30 @@ async def check(redis: Redis, where: Keys | Layout) -> Report:
     return report
 
 
-async def _check_slot(redis: Redis, keys: Keys) -> Report:
+async def _check_slot(redis: Redis, keys: Keys, progress: Progress | None) -> Report:
     report = Report()
     bad = report.violations.append
     now_s, now_us = await redis.time()
     now_ms = int(now_s) * 1000 + int(now_us) // 1000
     coupons, users = CouponRules(keys, now_ms, bad), UserRules(keys, now_ms, bad)
     await coupons.load(redis)
-    readers: dict[str, Callable[[Redis, Sequence[str]], Awaitable[None]]] = {
-        keys.coupon_prefix: coupons.read,
-        keys.held_prefix: users.held_sets,
-        keys.tracked_prefix: users.tracked_sets,
-        keys.user_prefix: users.listings,
-        keys.idempotency_prefix: lambda redis, batch: _check_records(redis, batch, bad),
+    readers: dict[str, tuple[str, Callable[[Redis, Sequence[str]], Awaitable[None]]]] = {
+        keys.coupon_prefix: ("coupons", coupons.read),
+        keys.held_prefix: ("held sets", users.held_sets),
+        keys.tracked_prefix: ("tracked sets", users.tracked_sets),
+        keys.user_prefix: ("listings", users.listings),
+        keys.idempotency_prefix: ("records", lambda redis, batch: _check_records(redis, batch, bad)),
     }
     pending: dict[str, list[str]] = {prefix: [] for prefix in readers}
+    read = Counter({kind: 0 for kind, _ in readers.values()})  # keys read, by kind
 
     async def flush(prefix: str) -> None:
-        await readers[prefix](redis, pending[prefix])
+        kind, reader = readers[prefix]
+        await reader(redis, pending[prefix])
+        read[kind] += len(pending[prefix])
         pending[prefix] = []
+        if progress:
+            progress.show(keys.tag, read, len(report.violations))
 
     async for key in keys_under(redis, keys.tag + ":"):
         prefix = key[: key.find(":", len(keys.tag) + 1) + 1]  # "{ns}:c:", "{ns}:held:", ... or ""
@@ -101,6 +134,8 @@ async def _check_slot(redis: Redis, keys: Keys) -> Report:
     counters = cast(dict[str, str], await redis.hgetall(keys.stats))  # a few counters per type
     coupons.finish({name: int(value) for name, value in counters.items()})
     report.coupons, report.awaiting_purge = len(coupons.seen), coupons.awaiting_purge
+    if progress:
+        progress.show(keys.tag, read, len(report.violations), last=True)
     return report
 
 
@@ -150,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Check the pool in REDIS_URL (namespace KEY_NAMESPACE) against its rules.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--progress-every", type=progress_every, default=5.0,
+                        help="seconds between progress lines off a terminal (default 5)")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress; only the report")
     args = parser.parse_args(argv)
     settings = operator_settings("coupon-pool check")
     if settings is None:
         return 2
-    report = asyncio.run(_run(settings))
+    progress = None if args.quiet else Progress(every_s=args.progress_every)
+    report = asyncio.run(_run(settings, progress))
     if args.json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -165,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-async def _run(settings: Settings) -> Report:
+async def _run(settings: Settings, progress: Progress | None) -> Report:
     redis = connect(settings, 2, settings.redis_timeout_s)
     try:
-        return await check(redis, Layout(settings.key_namespace, settings.pool_shards))
+        return await check(redis, Layout(settings.key_namespace, settings.pool_shards), progress)
     finally:
+        if progress:
+            progress.end()
         await redis.aclose()
