@@ -15,7 +15,8 @@ import pytest
 from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
-from coupon_pool.tools.upload import INVALID_DATA, Item, _refusal, idempotency_key
+from coupon_pool.tools.coupon_files import Item
+from coupon_pool.tools.upload import INVALID_DATA, _refusal, idempotency_key
 
 HEADER = ["code", "type", "discount_kind", "discount_value", "expires_at", "max_usages"]
 ADMIN_KEY = "upload-admin-key-0123456789"

@@ -1,0 +1,156 @@
+"""Coupon files as ``coupon-pool upload`` reads them: CSV with a header row, or JSON Lines.
+
+Each coupon becomes the JSON of an upload's item (``Item``), or a problem named by file,
+line and column (``BadItem``), checked with the service's own rules, so a bad line stops
+an upload before anything is sent.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import CouponError
+from ..http.validation import validate_json
+from ..models import CouponIn
+
+COLUMNS = ("code", "type", "discount_kind", "discount_value", "expires_at", "max_usages")
+REQUIRED_COLUMNS = ("code", "discount_kind", "discount_value", "expires_at")
+MAX_LINE_BYTES = 4096  # a valid coupon takes about 150
+
+
+@dataclass(frozen=True)
+class Item:
+    """One coupon of a file, as the JSON of an upload's item, and where it came from."""
+
+    path: str
+    line: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class BadItem:
+    path: str
+    line: int
+    column: str  # a CSV column, or a JSON field path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.column}: {self.message}"
+
+
+def read(path: Path, *, check: bool = True) -> Iterator[Item | BadItem]:
+    """The coupons of ``path`` in file order: CSV with a header row, or JSON Lines.
+
+    ``check``: validate each as the service will; off for a file validated already (the
+    service validates again what it receives).
+    """
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        yield from _json_lines(path, check)
+    else:
+        yield from _csv_rows(path, check)
+
+
+def _json_lines(path: Path, check: bool) -> Iterator[Item | BadItem]:
+    with path.open("rb") as lines:
+        number = 0
+        while line := lines.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                yield BadItem(str(path), number, "(line)", f"longer than {MAX_LINE_BYTES} bytes")
+                while (rest := lines.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass
+                continue
+            if line.strip():
+                item = Item(str(path), number, line.strip())
+                yield _checked(item, csv_columns=False) if check else item
+
+
+def _csv_rows(path: Path, check: bool) -> Iterator[Item | BadItem]:
+    with path.open(newline="", encoding="utf-8-sig") as text:
+        rows = csv.reader(text, strict=True)
+        try:
+            header = next(rows, None)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            yield BadItem(str(path), 1, "(header)", str(exc))
+            return
+        problem = _header_problem(header)
+        if problem:
+            yield BadItem(str(path), 1, "(header)", problem)
+            return
+        assert header is not None
+        names = [name.strip() for name in header]
+        while True:
+            try:
+                row = next(rows, None)
+            except (csv.Error, UnicodeDecodeError) as exc:
+                yield BadItem(str(path), rows.line_num, "(line)", str(exc))
+                return
+            if row is None:
+                return
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(names):
+                message = f"has {len(row)} cells; the header names {len(names)} columns"
+                yield BadItem(str(path), rows.line_num, "(line)", message)
+                continue
+            coupon = _coupon_of(dict(zip(names, row, strict=True)))
+            item = Item(str(path), rows.line_num, orjson.dumps(coupon))
+            yield _checked(item, csv_columns=True) if check else item
+
+
+def _header_problem(header: list[str] | None) -> str | None:
+    if not header:
+        return "the file is empty: its first row must name the columns"
+    names = [name.strip() for name in header]
+    unknown = [name for name in names if name not in COLUMNS]
+    if unknown:
+        return f"unknown column {unknown[0]!r}; the columns are: {', '.join(COLUMNS)}"
+    missing = [name for name in REQUIRED_COLUMNS if name not in names]
+    if missing:
+        return f"no column {missing[0]!r}; required: {', '.join(REQUIRED_COLUMNS)}"
+    if len(set(names)) != len(names):
+        return "a column is named twice"
+    return None
+
+
+def _coupon_of(cells: dict[str, str]) -> dict[str, Any]:
+    """A CSV row as an upload's item; an empty optional cell takes the service's default."""
+    coupon: dict[str, Any] = {
+        "code": cells["code"],
+        "discount": {"kind": cells["discount_kind"], "value": cells["discount_value"]},
+        "expires_at": cells["expires_at"],
+    }
+    if cells.get("type", "").strip():
+        coupon["type"] = cells["type"]
+    usages = cells.get("max_usages", "").strip()
+    if usages:
+        # A number when it is one; otherwise the text, which validation names.
+        coupon["max_usages"] = int(usages) if usages.isascii() and usages.isdigit() else usages
+    return coupon
+
+
+_CSV_COLUMN_OF = {
+    "discount": "discount_kind",
+    "discount.kind": "discount_kind",
+    "discount.value": "discount_value",
+}
+
+
+def _checked(item: Item, *, csv_columns: bool) -> Item | BadItem:
+    """The item, validated as the service validates an upload's coupon."""
+    try:
+        validate_json(item.body, CouponIn)
+    except CouponError as exc:
+        listed = exc.extra.get("errors") or [{"field": "(line)", "message": exc.detail}]
+        where = listed[0]["field"]
+        column = _CSV_COLUMN_OF.get(where, where) if csv_columns else where
+        others = exc.extra.get("error_count", 1) - 1
+        more = f" (and {others} more problem(s) on this line)" if others > 0 else ""
+        return BadItem(item.path, item.line, column, listed[0]["message"] + more)
+    return item
