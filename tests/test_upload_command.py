@@ -142,6 +142,21 @@ async def test_invalid_lines_are_named_by_file_line_and_column_and_nothing_is_se
     assert await created(redis) == {}
 
 
+@pytest.mark.parametrize("digits", [20, 4000, 5000])  # past 64 bits; past Python's 4,300-digit limit
+def test_a_max_usages_of_many_digits_is_named_by_line_and_column(tmp_path: Path, digits: int) -> None:
+    path = tmp_path / "coupons.csv"
+    path.write_text(f"code,discount_kind,discount_value,expires_at,max_usages\n"
+                    f"A,flat,1,2099-01-01T00:00:00Z,{'9' * digits}\n")  # fmt: skip
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines() == [
+        f"{path}:2: max_usages: Input should be less than or equal to 1000000",
+        "upload: 1 invalid line(s); nothing was sent",
+    ]
+
+
 def test_a_header_with_an_unknown_column_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "coupons.csv"
     path.write_text("code,discount,expires_at\nA,1,2099-01-01T00:00:00Z\n")

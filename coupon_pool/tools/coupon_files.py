@@ -131,8 +131,19 @@ def _coupon_of(cells: dict[str, str]) -> dict[str, Any]:
     usages = cells.get("max_usages", "").strip()
     if usages:
         # A number when it is one; otherwise the text, which validation names.
-        coupon["max_usages"] = int(usages) if usages.isascii() and usages.isdigit() else usages
+        coupon["max_usages"] = _count(usages) if usages.isascii() and usages.isdigit() else usages
     return coupon
+
+
+MAX_COUNT_DIGITS = 18  # far more than a valid count has, and within JSON's 64-bit integers
+
+
+def _count(digits: str) -> int:
+    """A cell of digits as a number. Past MAX_COUNT_DIGITS (leading zeros aside), a number
+    too large, which validation names: Python refuses to convert over 4,300 digits
+    (ValueError), and the JSON encoder integers over 64 bits (TypeError)."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= MAX_COUNT_DIGITS else 10**MAX_COUNT_DIGITS
 
 
 _CSV_COLUMN_OF = {
