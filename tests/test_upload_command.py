@@ -6,7 +6,10 @@ import csv
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
 from coupon_pool.tools.coupon_files import Item
-from coupon_pool.tools.upload import INVALID_DATA, _refusal, idempotency_key
+from coupon_pool.tools.upload import INVALID_DATA, USAGE, _refusal, idempotency_key
 
 HEADER = ["code", "type", "discount_kind", "discount_value", "expires_at", "max_usages"]
 ADMIN_KEY = "upload-admin-key-0123456789"
@@ -182,6 +185,52 @@ def test_an_unreachable_service_fails_with_exit_1_after_its_retries(tmp_path: Pa
     assert "upload: ConnectionRefusedError: [Errno 111] Connection refused; trying again in 1s" in done.stderr
     assert "did not take an upload after 2 tries: ConnectionRefusedError" in done.stderr
     assert "Run the same command again" in done.stderr
+
+
+@contextmanager
+def stub_service(on_upload: Callable[[], None]) -> Iterator[str]:
+    """A stand-in for the service that calls ``on_upload`` as each upload arrives, then
+    answers that all its coupons were created: for what a real service cannot be timed to do."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the service
+
+        def do_POST(self) -> None:
+            coupons = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))["coupons"]
+            on_upload()
+            answer = orjson.dumps({"created": len(coupons), "duplicates": []})
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_file_gone_after_validation_is_named_and_exits_2(tmp_path: Path) -> None:
+    first = write_csv(tmp_path / "first.csv", 10)
+    second = write_csv(tmp_path / "second.csv", 10, start=10)
+
+    with stub_service(on_upload=lambda: second.unlink(missing_ok=True)) as url:  # as the first uploads
+        done = upload(first, second, "--url", url)
+
+    assert done.returncode == USAGE
+    assert done.stderr.splitlines()[-1] == (
+        f"coupon-pool upload: {second}: cannot be read: No such file or directory; the 10 coupons sent "
+        "before it are stored: run the same command again once it can be read"
+    )
+    assert "Traceback" not in done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -44,16 +44,24 @@ class BadItem:
         return f"{self.path}:{self.line}: {self.column}: {self.message}"
 
 
+class Unreadable(Exception):
+    """A file that cannot be opened or read: gone, not permitted, an I/O error."""
+
+
 def read(path: Path, *, check: bool = True) -> Iterator[Item | BadItem]:
-    """The coupons of ``path`` in file order: CSV with a header row, or JSON Lines.
+    """The coupons of ``path`` in file order: CSV with a header row, or JSON Lines; raises
+    Unreadable when the file cannot be read (at any point: it may go while it is read).
 
     ``check``: validate each as the service will; off for a file validated already (the
     service validates again what it receives).
     """
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        yield from _json_lines(path, check)
-    else:
-        yield from _csv_rows(path, check)
+    try:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            yield from _json_lines(path, check)
+        else:
+            yield from _csv_rows(path, check)
+    except OSError as exc:
+        raise Unreadable(f"{path}: cannot be read: {exc.strerror or exc}") from exc
 
 
 def _json_lines(path: Path, check: bool) -> Iterator[Item | BadItem]:

@@ -24,7 +24,7 @@ import orjson
 
 from ..models import MAX_UPLOAD
 from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
-from .coupon_files import COLUMNS, BadItem, Item, read
+from .coupon_files import COLUMNS, BadItem, Item, Unreadable, read
 from .upload_http import Service, UploadFailed
 
 # Exit codes, as README lists them.
@@ -118,8 +118,8 @@ def idempotency_key(body: bytes, ordinal: int) -> str:
     return f"upload-{ordinal}-" + hashlib.sha256(body).hexdigest()[:48]
 
 
-def send(paths: list[Path], total: int, service: Service, args: argparse.Namespace) -> Totals:
-    totals = Totals()
+def send(paths: list[Path], total: int, service: Service, args: argparse.Namespace, totals: Totals) -> None:
+    """Upload the coupons of ``paths``, counting what the service answers in ``totals``."""
     progress = Progress(total, sys.stderr, args.progress_every, enabled=not args.quiet)
     for ordinal, batch in enumerate(batches(paths, args.batch)):
         body = b'{"coupons":[' + b",".join(item.body for item in batch) + b"]}"
@@ -141,7 +141,6 @@ def send(paths: list[Path], total: int, service: Service, args: argparse.Namespa
                 totals.shown_duplicates.append(f"{item.path}:{item.line}: {code}" if item else code)
         progress.show(totals)
     progress.show(totals, last=True)
-    return totals
 
 
 def _refusal(batch: list[Item], answer: dict[str, Any]) -> str:
@@ -173,7 +172,7 @@ nothing twice (each upload carries an Idempotency-Key derived from its content).
 exit codes:
   {DONE}   every coupon is stored (created now, or already there: duplicates)
   {FAILED}   the service refused an upload or could not be reached (what it took is kept)
-  {USAGE}   wrong arguments, or a file that cannot be opened
+  {USAGE}   wrong arguments, or a file that cannot be read
   {INVALID_DATA}  a coupon is invalid (listed by file, line and column); nothing was sent""",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -207,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"coupon-pool upload: {path}: not a readable file", file=sys.stderr)
             return USAGE
     started = time.monotonic()
-    total = validate(args.files, sys.stderr)
+    try:
+        total = validate(args.files, sys.stderr)
+    except Unreadable as exc:
+        print(f"coupon-pool upload: {exc}; nothing was sent", file=sys.stderr)
+        return USAGE
     if total is None:
         return INVALID_DATA
     if args.dry_run:
@@ -218,13 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"coupon-pool upload: {exc}", file=sys.stderr)
         return USAGE
+    totals = Totals()
     try:
-        totals = send(args.files, total, service, args)
+        send(args.files, total, service, args, totals)
     except UploadFailed as exc:
         print(
             f"coupon-pool upload: {exc}\nRun the same command again to complete the upload.", file=sys.stderr
         )
         return FAILED
+    except Unreadable as exc:  # validated, then gone (or no longer readable) before it was sent
+        print(f"coupon-pool upload: {exc}; the {totals.coupons:,} coupons sent before it are stored: "
+              "run the same command again once it can be read", file=sys.stderr)  # fmt: skip
+        return USAGE
     finally:
         service.close()
     seconds = time.monotonic() - started
