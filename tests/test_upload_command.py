@@ -145,7 +145,7 @@ async def test_invalid_lines_are_named_by_file_line_and_column_and_nothing_is_se
     assert await created(redis) == {}
 
 
-@pytest.mark.parametrize("digits", [20, 4000, 5000])  # past 64 bits; past Python's 4,300-digit limit
+@pytest.mark.parametrize("digits", [20, 4000])  # past 64 bits; 5,000 would make the line too long
 def test_a_max_usages_of_many_digits_is_named_by_line_and_column(tmp_path: Path, digits: int) -> None:
     path = tmp_path / "coupons.csv"
     path.write_text(f"code,discount_kind,discount_value,expires_at,max_usages\n"
@@ -158,6 +158,68 @@ def test_a_max_usages_of_many_digits_is_named_by_line_and_column(tmp_path: Path,
         f"{path}:2: max_usages: Input should be less than or equal to 1000000",
         "upload: 1 invalid line(s); nothing was sent",
     ]
+
+
+CSV_HEADER = "code,discount_kind,discount_value,expires_at,max_usages"
+
+
+def padded_line(suffix: str, code: str, size: int, end: str = "\n") -> str:
+    """A valid coupon on a line of ``size`` bytes (its line break aside): JSON padded with
+    spaces, CSV with leading zeros in max_usages."""
+    if suffix == "jsonl":
+        line = orjson.dumps({"code": code, "discount": {"kind": "flat", "value": "1"},
+                             "expires_at": "2099-01-01T00:00:00Z"}).decode()  # fmt: skip
+        return line[:-1] + " " * (size - len(line)) + "}" + end
+    line = f"{code},flat,1,2099-01-01T00:00:00Z,3"
+    return line[:-1] + "0" * (size - len(line)) + "3" + end
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_line_over_4_kib_is_refused_by_its_number(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"coupons.{suffix}"
+    with path.open("w", newline="") as out:
+        out.write(f"{CSV_HEADER}\n" if suffix == "csv" else "")
+        out.write(padded_line(suffix, "SHORT", 100))
+        out.write(padded_line(suffix, "LONG", 4300))  # valid, were it shorter
+        out.write(padded_line(suffix, "EDGE", 4097, end="\r\n"))
+        out.write(padded_line(suffix, "LAST", 5000, end=""))
+    first_long = 3 if suffix == "csv" else 2
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines() == [
+        f"{path}:{first_long}: (line): longer than 4096 bytes",
+        f"{path}:{first_long + 1}: (line): longer than 4096 bytes",
+        f"{path}:{first_long + 2}: (line): longer than 4096 bytes",
+        "upload: 3 invalid line(s); nothing was sent",
+    ]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+async def test_a_line_of_4_kib_exactly_is_stored(
+    tmp_path: Path, redis: Redis, live_server: LiveServer, suffix: str
+) -> None:
+    path = tmp_path / f"coupons.{suffix}"
+    with path.open("w", newline="") as out:
+        out.write(f"{CSV_HEADER}\r\n" if suffix == "csv" else "")
+        out.write(padded_line(suffix, "FULL", 4096, end="\r\n"))
+        out.write(padded_line(suffix, "ATEND", 4096, end=""))
+
+    done = upload(path, "--url", live_server.url, "--json")
+
+    assert summary(done)["created"] == 2
+    assert await redis.exists("{cp}:c:FULL", "{cp}:c:ATEND") == 2
+
+
+def test_a_max_usages_of_thousands_of_digits_makes_a_line_too_long(tmp_path: Path) -> None:
+    path = tmp_path / "coupons.csv"
+    path.write_text(f"{CSV_HEADER}\nA,flat,1,2099-01-01T00:00:00Z,{'9' * 5000}\n")
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines()[0] == f"{path}:2: (line): longer than 4096 bytes"
 
 
 def test_a_header_with_an_unknown_column_is_refused(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ an upload before anything is sent.
 
 from __future__ import annotations
 
+import codecs
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -65,40 +66,41 @@ def read(path: Path, *, check: bool = True) -> Iterator[Item | BadItem]:
 
 
 def _json_lines(path: Path, check: bool) -> Iterator[Item | BadItem]:
-    with path.open("rb") as lines:
-        number = 0
-        while line := lines.readline(MAX_LINE_BYTES + 1):
-            number += 1
-            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                yield BadItem(str(path), number, "(line)", f"longer than {MAX_LINE_BYTES} bytes")
-                while (rest := lines.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                    pass
-                continue
-            if line.strip():
+    with path.open("rb") as binary:
+        for number, line in _lines(binary):
+            if line is None:
+                yield BadItem(str(path), number, "(line)", TOO_LONG)
+            elif line.strip():
                 item = Item(str(path), number, line.strip())
                 yield _checked(item, csv_columns=False) if check else item
 
 
 def _csv_rows(path: Path, check: bool) -> Iterator[Item | BadItem]:
-    with path.open(newline="", encoding="utf-8-sig") as text:
-        rows = csv.reader(text, strict=True)
+    with path.open("rb") as binary:
+        lines = _CsvLines(binary)
+        rows = csv.reader(lines, strict=True)
         try:
             header = next(rows, None)
         except (csv.Error, UnicodeDecodeError) as exc:
             yield BadItem(str(path), 1, "(header)", str(exc))
             return
-        problem = _header_problem(header)
+        problem = TOO_LONG if lines.too_long else _header_problem(header)
         if problem:
             yield BadItem(str(path), 1, "(header)", problem)
             return
         assert header is not None
         names = [name.strip() for name in header]
         while True:
+            failed = None
             try:
                 row = next(rows, None)
             except (csv.Error, UnicodeDecodeError) as exc:
-                yield BadItem(str(path), rows.line_num, "(line)", str(exc))
-                return
+                row, failed = None, BadItem(str(path), lines.number, "(line)", str(exc))
+            for number in lines.too_long:  # met before this row's lines
+                yield BadItem(str(path), number, "(line)", TOO_LONG)
+            lines.too_long.clear()
+            if failed:
+                yield failed
             if row is None:
                 return
             if not any(cell.strip() for cell in row):
@@ -110,6 +112,41 @@ def _csv_rows(path: Path, check: bool) -> Iterator[Item | BadItem]:
             coupon = _coupon_of(dict(zip(names, row, strict=True)))
             item = Item(str(path), rows.line_num, orjson.dumps(coupon))
             yield _checked(item, csv_columns=True) if check else item
+
+
+TOO_LONG = f"longer than {MAX_LINE_BYTES} bytes"
+
+
+def _lines(binary: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """(number, line) of each line of ``binary``; the line None when it is over
+    MAX_LINE_BYTES (its line break aside), in which case no more of it is kept."""
+    number = 0
+    while line := binary.readline(MAX_LINE_BYTES + 2):  # the most a line and its \r\n take
+        number += 1
+        cut = len(line) == MAX_LINE_BYTES + 2 and not line.endswith(b"\n")
+        while cut and (rest := binary.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+            pass
+        yield number, None if cut or len(line.rstrip(b"\r\n")) > MAX_LINE_BYTES else line
+
+
+class _CsvLines:
+    """A CSV file's lines as text for csv.reader; a line over MAX_LINE_BYTES is noted in
+    ``too_long`` and read as an empty line (a row the reader skips)."""
+
+    def __init__(self, binary: BinaryIO) -> None:
+        self._lines = _lines(binary)
+        self.number = 0  # the line read last
+        self.too_long: list[int] = []
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        self.number, line = next(self._lines)
+        if line is None:
+            self.too_long.append(self.number)
+            return "\n"
+        return (line.removeprefix(codecs.BOM_UTF8) if self.number == 1 else line).decode()
 
 
 def _header_problem(header: list[str] | None) -> str | None:
