@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from conftest import LiveServer, RedisServer
 from redis.asyncio import Redis
 
 from coupon_pool.tools.coupon_files import Item
-from coupon_pool.tools.upload import INVALID_DATA, USAGE, _refusal, idempotency_key
+from coupon_pool.tools.upload import DONE, INVALID_DATA, USAGE, _refusal, idempotency_key
+from coupon_pool.tools.upload import main as upload_main
 
 HEADER = ["code", "type", "discount_kind", "discount_value", "expires_at", "max_usages"]
 ADMIN_KEY = "upload-admin-key-0123456789"
@@ -250,18 +252,20 @@ def test_an_unreachable_service_fails_with_exit_1_after_its_retries(tmp_path: Pa
 
 
 @contextmanager
-def stub_service(on_upload: Callable[[], None]) -> Iterator[str]:
+def stub_service(on_upload: Callable[[], int | None]) -> Iterator[str]:
     """A stand-in for the service that calls ``on_upload`` as each upload arrives, then
-    answers that all its coupons were created: for what a real service cannot be timed to do."""
+    answers the status it returns (with Retry-After), or else that all the upload's coupons
+    were created: for what a real service cannot be timed to do."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the service
 
         def do_POST(self) -> None:
             coupons = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))["coupons"]
-            on_upload()
-            answer = orjson.dumps({"created": len(coupons), "duplicates": []})
-            self.send_response(201)
+            status = on_upload() or 201
+            answer = orjson.dumps({"created": len(coupons), "duplicates": []} if status == 201 else {})
+            self.send_response(status)
+            self.send_header("Retry-After", "0")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
@@ -284,7 +288,7 @@ def test_a_file_gone_after_validation_is_named_and_exits_2(tmp_path: Path) -> No
     first = write_csv(tmp_path / "first.csv", 10)
     second = write_csv(tmp_path / "second.csv", 10, start=10)
 
-    with stub_service(on_upload=lambda: second.unlink(missing_ok=True)) as url:  # as the first uploads
+    with stub_service(lambda: second.unlink(missing_ok=True)) as url:  # as the first uploads
         done = upload(first, second, "--url", url)
 
     assert done.returncode == USAGE
@@ -293,6 +297,46 @@ def test_a_file_gone_after_validation_is_named_and_exits_2(tmp_path: Path) -> No
         "before it are stored: run the same command again once it can be read"
     )
     assert "Traceback" not in done.stderr
+
+
+class Terminal(io.StringIO):
+    """A terminal for stdout and stderr alike, as a shell shows them."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_on_a_terminal_the_summary_starts_on_a_line_of_its_own(
+    tmp_path: Path, redis: Redis, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 300)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+
+    assert upload_main([str(path), "--url", live_server.url]) == DONE  # one upload: one draw, then last
+
+    bar, summary_line, end = terminal.getvalue().split("\n")
+    assert bar.split("\r")[-1].startswith("[########################] 300/300 coupons sent")
+    assert summary_line.startswith("300 coupons from 1 file(s): 300 created, 0 duplicates")
+    assert end == ""
+
+
+def test_on_a_terminal_a_retry_is_announced_on_a_line_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 10)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    answers = iter([None, 503])  # the second upload is refused once, then taken
+
+    with stub_service(lambda: next(answers, None)) as url:
+        assert upload_main([str(path), "--url", url, "--batch", "5"]) == DONE
+
+    lines = terminal.getvalue().split("\n")
+    assert lines[0].startswith("\r[############            ] 5/10 coupons sent")
+    assert lines[1] == "upload: 503 ; trying again in 0s"
+    assert lines[2].startswith("\r[########################] 10/10 coupons sent")
 
 
 @pytest.fixture(scope="module")

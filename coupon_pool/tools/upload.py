@@ -45,13 +45,16 @@ class Progress:
 
     def __init__(self, total: int, stream: TextIO, every_s: float, enabled: bool) -> None:
         self.total, self.every_s, self.enabled = total, every_s, enabled
+        self.stream = stream
         self.line = ProgressLine(stream)
         self.terminal = self.line.terminal
         self.started = time.monotonic()
         self.shown_at = 0.0
         self.shown = -1  # coupons sent, as last shown
+        self.open = False  # a bar is drawn on a terminal line not ended yet
 
     def show(self, totals: Totals, *, last: bool = False) -> None:
+        """The figures, at most every ``every_s`` (0.1 s on a terminal); ``last``: now."""
         if not self.enabled or totals.coupons == self.shown:
             return
         now = time.monotonic()
@@ -67,10 +70,21 @@ class Progress:
         if self.terminal:
             done = totals.coupons / self.total if self.total else 1.0
             self.line.tick(f"[{'#' * round(24 * done):<24}] {figures}")
+            self.open = True
         else:
             self.line.tick(f"upload: {figures}")
-        if last:
+
+    def note(self, message: str) -> None:
+        """A line of its own between two draws of the bar (which then starts a new line)."""
+        self.end()
+        self.stream.write(f"upload: {message}\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        """End the bar's line, so what follows (the summary, a problem) starts on a line of its own."""
+        if self.open:
             self.line.end()
+            self.open = False
 
 
 def _duration(seconds: float) -> str:
@@ -118,29 +132,38 @@ def idempotency_key(body: bytes, ordinal: int) -> str:
     return f"upload-{ordinal}-" + hashlib.sha256(body).hexdigest()[:48]
 
 
-def send(paths: list[Path], total: int, service: Service, args: argparse.Namespace, totals: Totals) -> None:
+def send(
+    paths: list[Path], service: Service, args: argparse.Namespace, totals: Totals, progress: Progress
+) -> None:
     """Upload the coupons of ``paths``, counting what the service answers in ``totals``."""
-    progress = Progress(total, sys.stderr, args.progress_every, enabled=not args.quiet)
-    for ordinal, batch in enumerate(batches(paths, args.batch)):
-        body = b'{"coupons":[' + b",".join(item.body for item in batch) + b"]}"
-        status, answer = service.upload(body, idempotency_key(body, ordinal))
-        if status == 422 and answer.get("code") == "validation_error":
-            raise UploadFailed(_refusal(batch, answer))
-        if status != 201:
-            detail = answer.get("detail") or answer
-            hint = " (send smaller uploads: --batch)" if answer.get("code") == "body_too_large" else ""
-            raise UploadFailed(f"the service answered {status} {answer.get('code', '')}: {detail}{hint}")
-        duplicates = answer["duplicates"]
-        totals.coupons += len(batch)
-        totals.created += answer["created"]
-        totals.duplicates += len(duplicates)
-        if len(totals.shown_duplicates) < MAX_SHOWN_ERRORS and duplicates:
-            where = {orjson.loads(item.body)["code"]: item for item in batch}
-            for code in duplicates[: MAX_SHOWN_ERRORS - len(totals.shown_duplicates)]:
-                item = where.get(code)
-                totals.shown_duplicates.append(f"{item.path}:{item.line}: {code}" if item else code)
-        progress.show(totals)
-    progress.show(totals, last=True)
+    try:
+        for ordinal, batch in enumerate(batches(paths, args.batch)):
+            body = b'{"coupons":[' + b",".join(item.body for item in batch) + b"]}"
+            status, answer = service.upload(body, idempotency_key(body, ordinal))
+            _count(status, answer, batch, totals)
+            progress.show(totals)
+        progress.show(totals, last=True)
+    finally:
+        progress.end()  # before what follows: the summary, or a problem
+
+
+def _count(status: int, answer: dict[str, Any], batch: list[Item], totals: Totals) -> None:
+    """One upload's answer, counted in ``totals``; UploadFailed if the service refused it."""
+    if status == 422 and answer.get("code") == "validation_error":
+        raise UploadFailed(_refusal(batch, answer))
+    if status != 201:
+        detail = answer.get("detail") or answer
+        hint = " (send smaller uploads: --batch)" if answer.get("code") == "body_too_large" else ""
+        raise UploadFailed(f"the service answered {status} {answer.get('code', '')}: {detail}{hint}")
+    duplicates = answer["duplicates"]
+    totals.coupons += len(batch)
+    totals.created += answer["created"]
+    totals.duplicates += len(duplicates)
+    if len(totals.shown_duplicates) < MAX_SHOWN_ERRORS and duplicates:
+        where = {orjson.loads(item.body)["code"]: item for item in batch}
+        for code in duplicates[: MAX_SHOWN_ERRORS - len(totals.shown_duplicates)]:
+            item = where.get(code)
+            totals.shown_duplicates.append(f"{item.path}:{item.line}: {code}" if item else code)
 
 
 def _refusal(batch: list[Item], answer: dict[str, Any]) -> str:
@@ -216,14 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         _summary(args, {"valid": total, "files": len(args.files)}, f"{total:,} valid coupons; nothing sent")
         return DONE
+    progress = Progress(total, sys.stderr, args.progress_every, enabled=not args.quiet)
     try:
-        service = Service(args.url, args.api_key, sys.stderr, args.retries)
+        service = Service(args.url, args.api_key, progress.note, args.retries)
     except ValueError as exc:
         print(f"coupon-pool upload: {exc}", file=sys.stderr)
         return USAGE
     totals = Totals()
     try:
-        send(args.files, total, service, args, totals)
+        send(args.files, service, args, totals, progress)
     except UploadFailed as exc:
         print(
             f"coupon-pool upload: {exc}\nRun the same command again to complete the upload.", file=sys.stderr

@@ -5,7 +5,8 @@ from __future__ import annotations
 import http.client
 import time
 import urllib.parse
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -19,7 +20,8 @@ class UploadFailed(Exception):
 class Service:
     """POST /v1/coupons on one keep-alive connection, with retries that are safe to make."""
 
-    def __init__(self, url: str, api_key: str | None, stream: TextIO, retries: int) -> None:
+    def __init__(self, url: str, api_key: str | None, say: Callable[[str], None], retries: int) -> None:
+        """``say``: where a retry is announced."""
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"--url must be http(s)://host[:port], not {url!r}")
@@ -28,7 +30,7 @@ class Service:
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
-        self.stream, self.retries = stream, retries
+        self.say, self.retries = say, retries
         self.connection: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -64,7 +66,7 @@ class Service:
                 wait = _retry_after(response.getheader("Retry-After"), wait)
             if attempt == self.retries:
                 raise UploadFailed(f"the service did not take an upload after {attempt + 1} tries: {problem}")
-            self.stream.write(f"upload: {problem}; trying again in {wait:.0f}s\n")
+            self.say(f"{problem}; trying again in {wait:.0f}s")
             time.sleep(wait)
         raise AssertionError("unreachable")
 
