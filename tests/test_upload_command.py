@@ -72,10 +72,14 @@ async def test_a_200000_line_file_is_stored_whole_and_a_second_run_counts_nothin
     first = upload(path, "--url", live_server.url, "--json", "--progress-every", "0")
     again = upload(path, "--url", live_server.url, "--json", "--quiet")
 
-    expected = {"coupons": 200_000, "created": 200_000, "duplicates": 0, "files": 1}
-    assert {k: v for k, v in summary(first).items() if k != "seconds"} == expected
-    # The second run replays each upload's answer (Idempotency-Key): the same figures.
-    assert {k: v for k, v in summary(again).items() if k != "seconds"} == expected
+    expected = {"coupons": 200_000, "created": 200_000, "duplicates": 0, "files": 1, "uploads": 4}
+    assert {k: v for k, v in summary(first).items() if k != "seconds"} == {
+        **expected, "replayed": 0, "created_now": 200_000
+    }  # fmt: skip
+    # The second run replays each upload's answer (Idempotency-Key): the same figures, said to be replays.
+    assert {k: v for k, v in summary(again).items() if k != "seconds"} == {
+        **expected, "replayed": 4, "created_now": 0
+    }  # fmt: skip
     assert await created(redis) == {"FREE:created": "66667", "STANDARD:created": "133333"}
     assert await redis.hget("{cp}:c:F0000005", "max") == "3"
     # Not a terminal: plain lines, one per upload here, and no carriage return.
@@ -98,10 +102,34 @@ async def test_an_interrupted_upload_completes_on_the_next_run(
 
     rerun = upload(path, "--url", live_server.url, "--batch", "5000", "--json")
 
-    assert {k: v for k, v in summary(rerun).items() if k != "seconds"} == {
-        "coupons": 30_000, "created": 30_000, "duplicates": 0, "files": 1
+    figures = summary(rerun)
+    assert {k: figures[k] for k in ("coupons", "created", "duplicates", "files", "uploads")} == {
+        "coupons": 30_000, "created": 30_000, "duplicates": 0, "files": 1, "uploads": 6
     }  # fmt: skip
+    assert figures["replayed"] >= 1  # the uploads acknowledged before the cut
+    assert figures["created_now"] == 30_000 - 5_000 * figures["replayed"]
     assert await created(redis) == {"FREE:created": "10000", "STANDARD:created": "20000"}
+
+
+async def test_the_same_coupons_under_another_name_are_said_to_be_replays_of_the_earlier_run(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    first = write_csv(tmp_path / "coupons.csv", 25)
+    copy = tmp_path / "renamed.csv"
+    copy.write_bytes(first.read_bytes())
+    summary(upload(first, "--url", live_server.url, "--json"))
+
+    again = upload(copy, "--url", live_server.url)
+
+    assert again.returncode == 0
+    assert again.stdout.startswith(
+        "25 coupons from 1 file(s): 25 created, 0 duplicates (already stored), in "
+    )
+    assert again.stdout.endswith(
+        "; 1 of 1 upload(s) had been sent before, by a run of the same coupons: their figures are that "
+        "run's, and this run created 0\n"
+    )
+    assert await created(redis) == {"FREE:created": "9", "STANDARD:created": "16"}  # once
 
 
 async def test_codes_already_stored_are_reported_by_file_and_line(

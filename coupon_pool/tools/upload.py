@@ -25,7 +25,7 @@ import orjson
 from ..models import MAX_UPLOAD
 from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
 from .coupon_files import COLUMNS, BadItem, Item, Unreadable, read
-from .upload_http import Service, UploadFailed
+from .upload_http import Answer, Service, UploadFailed
 
 # Exit codes, as README lists them.
 DONE, FAILED, USAGE, INVALID_DATA = 0, 1, 2, 65
@@ -34,10 +34,15 @@ MAX_SHOWN_ERRORS = 20
 
 @dataclass
 class Totals:
+    """What the service answered, replays included; and how much of it was replayed."""
+
     coupons: int = 0
     created: int = 0
     duplicates: int = 0
     shown_duplicates: list[str] = field(default_factory=list)
+    uploads: int = 0
+    replayed: int = 0  # uploads answered with the answer of an earlier run (same content, same place)
+    replayed_created: int = 0  # what those earlier runs created
 
 
 class Progress:
@@ -64,8 +69,9 @@ class Progress:
         elapsed = max(now - self.started, 1e-9)
         rate = totals.coupons / elapsed
         left = (self.total - totals.coupons) / rate if rate else float("inf")
+        replayed = f", {totals.replayed:,} upload(s) replayed" if totals.replayed else ""
         figures = (f"{totals.coupons:,}/{self.total:,} coupons sent, {totals.created:,} created, "
-                   f"{totals.duplicates:,} duplicates, {rate:,.0f}/s, "
+                   f"{totals.duplicates:,} duplicates{replayed}, {rate:,.0f}/s, "
                    f"{_duration(left)} left")  # fmt: skip
         if self.terminal:
             done = totals.coupons / self.total if self.total else 1.0
@@ -139,16 +145,16 @@ def send(
     try:
         for ordinal, batch in enumerate(batches(paths, args.batch)):
             body = b'{"coupons":[' + b",".join(item.body for item in batch) + b"]}"
-            status, answer = service.upload(body, idempotency_key(body, ordinal))
-            _count(status, answer, batch, totals)
+            _count(service.upload(body, idempotency_key(body, ordinal)), batch, totals)
             progress.show(totals)
         progress.show(totals, last=True)
     finally:
         progress.end()  # before what follows: the summary, or a problem
 
 
-def _count(status: int, answer: dict[str, Any], batch: list[Item], totals: Totals) -> None:
+def _count(reply: Answer, batch: list[Item], totals: Totals) -> None:
     """One upload's answer, counted in ``totals``; UploadFailed if the service refused it."""
+    status, answer = reply.status, reply.document
     if status == 422 and answer.get("code") == "validation_error":
         raise UploadFailed(_refusal(batch, answer))
     if status != 201:
@@ -156,6 +162,10 @@ def _count(status: int, answer: dict[str, Any], batch: list[Item], totals: Total
         hint = " (send smaller uploads: --batch)" if answer.get("code") == "body_too_large" else ""
         raise UploadFailed(f"the service answered {status} {answer.get('code', '')}: {detail}{hint}")
     duplicates = answer["duplicates"]
+    totals.uploads += 1
+    if reply.replayed:
+        totals.replayed += 1
+        totals.replayed_created += answer["created"]
     totals.coupons += len(batch)
     totals.created += answer["created"]
     totals.duplicates += len(duplicates)
@@ -262,10 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - started
     for line in totals.shown_duplicates:
         print(f"duplicate: {line}", file=sys.stderr)
+    created_now = totals.created - totals.replayed_created
     summary = {"coupons": totals.coupons, "created": totals.created, "duplicates": totals.duplicates,
-               "files": len(args.files), "seconds": round(seconds, 3)}  # fmt: skip
+               "files": len(args.files), "uploads": totals.uploads, "replayed": totals.replayed,
+               "created_now": created_now, "seconds": round(seconds, 3)}  # fmt: skip
     text = (f"{totals.coupons:,} coupons from {len(args.files)} file(s): {totals.created:,} created, "
             f"{totals.duplicates:,} duplicates (already stored), in {seconds:.1f}s")  # fmt: skip
+    if totals.replayed:
+        text += (f"; {totals.replayed:,} of {totals.uploads:,} upload(s) had been sent before, by a run of "
+                 "the same coupons: their figures are that run's, and this run created "
+                 f"{created_now:,}")  # fmt: skip
     _summary(args, summary, text)
     return DONE
 

@@ -6,15 +6,23 @@ import http.client
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
+
+from ..pool.keyed import REPLAYED_HEADER
 
 TIMEOUT_S = 120.0  # one upload of 50,000 takes about a second; a loaded service, longer
 
 
 class UploadFailed(Exception):
     """The service refused an upload or could not be reached: exit FAILED."""
+
+
+class Answer(NamedTuple):
+    status: int
+    document: dict[str, Any]
+    replayed: bool  # the service's first answer to this Idempotency-Key, not this request's
 
 
 class Service:
@@ -44,9 +52,9 @@ class Service:
             self.connection.close()
             self.connection = None
 
-    def upload(self, body: bytes, key: str) -> tuple[int, dict[str, Any]]:
-        """(status, JSON answer) of one upload; connection failures, 503 and 409 in progress,
-        and 429 are retried (the Idempotency-Key makes a retry safe)."""
+    def upload(self, body: bytes, key: str) -> Answer:
+        """The answer to one upload; connection failures, 503 and 409 in progress, and 429 are
+        retried (the Idempotency-Key makes a retry safe)."""
         headers = {**self.headers, "Idempotency-Key": key}
         for attempt in range(self.retries + 1):
             wait = min(2.0**attempt, 30.0)
@@ -61,7 +69,8 @@ class Service:
             else:
                 document = _json(answer)
                 if response.status not in (409, 429, 503) or attempt == self.retries:
-                    return response.status, document
+                    replayed = response.getheader(REPLAYED_HEADER, "").lower() == "true"
+                    return Answer(response.status, document, replayed)
                 problem = f"{response.status} {document.get('code', '')}"
                 wait = _retry_after(response.getheader("Retry-After"), wait)
             if attempt == self.retries:
