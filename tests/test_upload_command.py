@@ -420,3 +420,11 @@ def test_an_upload_keeps_its_key_across_runs_and_positions_tell_equal_uploads_ap
     assert idempotency_key(body, 0) == idempotency_key(body, 0)
     assert idempotency_key(body, 0) != idempotency_key(body, 1)
     assert len(idempotency_key(body, 10**9)) <= 255
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "3601"])
+def test_progress_every_is_a_number_of_seconds_up_to_an_hour(tmp_path: Path, seconds: str) -> None:
+    done = upload(write_csv(tmp_path / "c.csv", 1), "--dry-run", "--progress-every", seconds)
+
+    assert done.returncode == USAGE
+    assert "--progress-every: must be a number of seconds from 0 to 3600" in done.stderr

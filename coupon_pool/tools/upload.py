@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import orjson
 
 from ..models import MAX_UPLOAD
-from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, service_url
+from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, progress_every, service_url
 from .coupon_files import COLUMNS, BadItem, Item, Unreadable, read
 from .upload_http import Answer, Service, UploadFailed
 
@@ -219,7 +219,7 @@ exit codes:
                    help="tries again after a failed connection, 503, 429 or 409 (default 5, "
                         "waiting 1, 2, 4, ... s or as Retry-After says)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="validate the files only; send nothing")
-    p.add_argument("--progress-every", type=float, default=5.0,
+    p.add_argument("--progress-every", type=progress_every, default=5.0,
                    help="seconds between progress lines off a terminal (default 5)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress; only the summary and problems")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
