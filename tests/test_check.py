@@ -28,6 +28,7 @@ from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
 from coupon_pool.settings import MegadealLimits
 from coupon_pool.tools.check import Progress, check
+from coupon_pool.tools.check_coupons import CouponRules
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
 
@@ -123,6 +124,20 @@ async def test_each_corruption_is_reported(store: Store, corrupt: object, expect
     report = await check(store.redis, store.keys)
     assert not report.ok
     assert any(expected in v for v in report.violations), report.violations
+
+
+async def test_a_coupon_that_scan_returns_twice_is_counted_once(store: Store) -> None:
+    """SCAN may return a key twice, while Redis resizes its table."""
+    await store.upload([coupon("TWICE")])
+    violations: list[str] = []
+    rules = CouponRules(store.keys, now_ms=0, bad=violations.append)
+    await rules.load(store.redis)
+
+    await rules.read(store.redis, ["{cp}:c:TWICE", "{cp}:c:TWICE"])
+    await rules.read(store.redis, ["{cp}:c:TWICE"])
+    rules.finish({"STANDARD:created": 1})
+
+    assert violations == []
 
 
 async def test_a_megadeal_coupon_is_claimed_in_its_codes_shard_alone(redis_cluster: Cluster) -> None:

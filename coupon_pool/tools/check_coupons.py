@@ -65,9 +65,12 @@ class CouponRules:
         """Check the coupons whose hashes are ``coupon_keys``."""
         prefix = self.keys.coupon_prefix
         for key, fields in (await hashes(redis, coupon_keys)).items():
-            if fields:  # deleted between SCAN and now: nothing to check
-                self.seen.add(key[len(prefix) :])
-                self.coupon(key[len(prefix) :], fields)
+            code = key[len(prefix) :]
+            # Empty: deleted since SCAN found it. Seen: SCAN may return a key twice (while
+            # Redis resizes its table), and a coupon counted twice would break the counters.
+            if fields and code not in self.seen:
+                self.seen.add(code)
+                self.coupon(code, fields)
 
     def coupon(self, code: str, fields: dict[str, str]) -> None:
         def bad(rule: str) -> None:
