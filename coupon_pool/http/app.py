@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await store.aclose()
             await gate.aclose()
             if app.state.upload_worker:
-                app.state.upload_worker.close()
+                await app.state.upload_worker.close()
             access_log.flush()
 
     app = Starlette(

@@ -26,6 +26,9 @@ from ..settings import Settings
 from .validation import validate_json
 
 PARENT_CHECK_S = 0.5  # how soon a worker notices its app process has died
+# At shutdown, an upload still in the worker has outlived its request's grace period
+# (SHUTDOWN_TIMEOUT_S): after this long it is cut, as a crash would cut it (resumable).
+STOP_S = 2.0
 
 
 class UploadWorker:
@@ -59,8 +62,21 @@ class UploadWorker:
             raise outcome
         return outcome
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    async def close(self, timeout_s: float = STOP_S) -> None:
+        """Stop the worker (killed if it has not stopped within ``timeout_s``), and release
+        the executor's queues before returning.
+
+        The queues hold five POSIX semaphores, which multiprocessing unlinks when they are
+        garbage-collected, or at exit. A service stopped by SIGTERM never gets there: uvicorn,
+        once shut down, raises the signal again, and the process dies of it without running
+        its exit handlers; the resource tracker then warns of "leaked semaphore objects".
+        """
+        pool, processes = self._pool, list(self._pool._processes.values())
+        stopping = asyncio.ensure_future(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
+        if not (await asyncio.wait({stopping}, timeout=timeout_s))[0]:
+            for process in processes:
+                process.kill()
+        await stopping
 
 
 # In the worker process: one event loop and one store, made by _init.

@@ -1,38 +1,14 @@
 """The invariant checker: walk a pool in Redis and report every rule its data breaks.
 
 ``coupon-pool check`` runs it against ``REDIS_URL``; the tests run it after concurrent
-workloads. It reads only (SCAN, HGETALL, ZRANGE, ...), in batches, so it can run beside a
-live service; run it on a quiet pool for an exact answer, since a write between two
-reads can look like a violation.
+workloads. It only reads, a page at a time (batched.py: no call holds Redis for more than
+about a millisecond), so it can run beside a live service; run it on a quiet pool for an
+exact answer, since a write between two reads can look like a violation.
 
-The rules, per coupon hash ``{ns}:c:<code>``:
-- its fields are whole: a known type, exp and max and alloc and used are integers;
-- ``alloc`` equals its holders (``u:<user>`` fields) and is at most ``max``: no usage is
-  handed out twice, and a user holds a code at most once (one field per user);
-- ``used`` equals its redeemed holders, and each redemption is not earlier than the
-  allocation it redeems;
-- it is in exactly one sorted set, with its expiry as the score: its type's available set
-  while it has a free usage, ``{ns}:exhausted`` once it has none, or none at all once
-  the purge retired it (expired, redeemed at least once).
-Per sorted set: every member has a coupon hash. Per type: ``created - purged`` equals the
-coupons stored, ``used`` (net of rollbacks) equals the redemptions recorded, and
-``allocated`` (net of releases) is at least the allocations recorded (the purge deletes
-never-redeemed coupons with their allocations, so the counter can only be larger).
-Expired coupons still in an available set are not a violation: allocation skips them and
-the purge removes them; they are counted apart. An expired coupon may sit in
-``{ns}:exhausted`` with a free usage (a release after expiry leaves it out of the pool).
-
-Per user (lib.lua's structures for allocation, releases and the user's listing):
-- every unexpired entry of a held set ``{ns}:held:<TYPE>:<user>`` is a coupon of that type
-  in its available set, held by that user, scored by its expiry, and the coupon's tracked
-  set ``{ns}:trk:<code>`` names the user (a held set may lack entries, never have extra);
-- every user a tracked set of an unexpired coupon names lists the coupon in their held set;
-- every entry of a listing ``{ns}:user:<TYPE>:<user>`` whose coupon still exists is a
-  coupon of that type held by the user, scored by its allocated_at;
-- a coupon in its available set with no free usage is draining (``{ns}:draining:<TYPE>``,
-  see lib.lua), and every draining coupon is in its type's available set.
-Per Idempotency-Key record ``{ns}:idem:...``: it expires, has a fingerprint, and has a
-reply or an owner with a lease.
+Each slot is read in one SCAN of its keys, handed out by kind a batch at a time: coupon
+hashes, their sorted sets and the counters (check_coupons.py); held sets, tracked sets and
+listings (check_users.py); and Idempotency-Key records ``{ns}:idem:...``, each of which
+expires, has a fingerprint, and has a reply or an owner with a lease.
 
 A sharded pool (POOL_SHARDS above 1) is checked slot by slot, the main slot and each
 shard ``{ns:<i>}`` on its own (each slot's counters count its own coupons); and every
@@ -43,21 +19,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from ..models import CouponType
-from ..pool.keys import Keys, Layout
-from ..pool.store import Store
+from ..pool.connection import connect
+from ..pool.keys import CouponField, Keys, Layout, RecordField
 from ..settings import Settings
-from .common import operator_settings
+from .batched import each, keys_under, sorted_sets
+from .check_coupons import CouponRules
+from .check_users import UserRules
+from .common import ProgressLine, operator_settings, progress_every
 
-_BATCH = 500
-_TYPES = tuple(t.value for t in CouponType)
+BATCH = 500  # keys of one kind read at once
 
 
 @dataclass
@@ -75,249 +56,127 @@ class Report:
                 "violations": self.violations}  # fmt: skip
 
 
-async def check(redis: Redis, where: Keys | Layout) -> Report:
+class Progress:
+    """How far check is, on stderr: redrawn on a terminal, else a line every ``every_s`` seconds."""
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = 5.0) -> None:
+        self.line = ProgressLine(stream)
+        self.every_s = 0.1 if self.line.terminal else every_s
+        self.started = self.shown_at = time.monotonic()
+        self.text = ""
+
+    def show(self, slot: str, read: Counter[str], violations: int, *, last: bool = False) -> None:
+        """``last``: a slot's final figures, drawn now on a terminal (off one, the report follows)."""
+        moment = time.monotonic()
+        if not (last and self.line.terminal) and moment - self.shown_at < self.every_s:
+            return
+        self.shown_at = moment
+        kinds = ", ".join(f"{count:,} {kind}" for kind, count in read.items())
+        self.text = (f"check {slot}: {read.total():,} keys read ({kinds}), {violations:,} violations, "
+                     f"{moment - self.started:.1f}s")  # fmt: skip
+        self.line.tick(self.text)
+
+    def end(self) -> None:
+        """A terminal's line is kept, so the report starts on a line of its own."""
+        if self.text:
+            self.line.end()
+
+
+async def check(redis: Redis, where: Keys | Layout, progress: Progress | None = None) -> Report:
     """Every violation of the pool's rules in ``redis``, in one slot (``Keys``) or a whole pool."""
     if isinstance(where, Keys):
-        return await _check_slot(redis, where)
+        return await _check_slot(redis, where, progress)
     report = Report()
     for keys in where.slots:
-        found = await _check_slot(redis, keys)
+        found = await _check_slot(redis, keys, progress)
         report.coupons += found.coupons
         report.awaiting_purge += found.awaiting_purge
         report.violations += found.violations
     if where.sharded:
-        await _check_claims(redis, where, report)
+        await _check_claims(redis, where, report.violations.append)
     return report
 
 
-async def _check_claims(redis: Redis, layout: Layout, report: Report) -> None:
-    main = layout.main
-    mega = main.available(CouponType.MEGADEAL)
-    codes = [_text(c) for c in cast(list[str], await redis.zrange(mega, 0, -1))]
-    codes += [_text(c) for c in cast(list[str], await redis.zrange(main.exhausted, 0, -1))]
-    for code in codes:
-        found_type = await redis.hget(main.coupon(code), "type")
-        if found_type is None or _text(found_type) != CouponType.MEGADEAL.value:
-            continue
-        home = layout.home(code)
-        line = await redis.hget(home.megadeal_claims, code)
-        if line is None or _text(line).split(" ")[1:2] != ["MEGADEAL"]:
-            report.violations.append(f"MEGADEAL coupon {code!r} is not claimed in {home.megadeal_claims}")
-        elif await redis.exists(home.coupon(code)):
-            report.violations.append(f"MEGADEAL coupon {code!r} shares its code with {home.coupon(code)}")
-
-
-async def _check_slot(redis: Redis, keys: Keys) -> Report:
+async def _check_slot(redis: Redis, keys: Keys, progress: Progress | None) -> Report:
     report = Report()
+    bad = report.violations.append
     now_s, now_us = await redis.time()
     now_ms = int(now_s) * 1000 + int(now_us) // 1000
-    sets = {t: keys.available(CouponType(t)) for t in _TYPES}
-    members: dict[str, dict[str, float]] = {}  # sorted set -> {code: score}
-    for key in (*sets.values(), keys.exhausted):
-        scored = cast(list[tuple[str, float]], await redis.zrange(key, 0, -1, withscores=True))
-        members[key] = {_text(m): s for m, s in scored}
-    draining: set[str] = set()
-    for t in _TYPES:
-        drains = keys.draining(CouponType(t))
-        for member in cast(list[str], await redis.zrange(drains, 0, -1)):
-            draining.add(_text(member))
-            if _text(member) not in members[sets[t]]:
-                report.violations.append(f"{drains} holds {_text(member)!r}, not in {sets[t]}")
-    stored: Counter[str] = Counter()
-    allocations: Counter[str] = Counter()
-    redemptions: Counter[str] = Counter()
-    seen: set[str] = set()
+    coupons, users = CouponRules(keys, now_ms, bad), UserRules(keys, now_ms, bad)
+    await coupons.load(redis)
+    readers: dict[str, tuple[str, Callable[[Redis, Sequence[str]], Awaitable[None]]]] = {
+        keys.coupon_prefix: ("coupons", coupons.read),
+        keys.held_prefix: ("held sets", users.held_sets),
+        keys.tracked_prefix: ("tracked sets", users.tracked_sets),
+        keys.user_prefix: ("listings", users.listings),
+        keys.idempotency_prefix: ("records", lambda redis, batch: _check_records(redis, batch, bad)),
+    }
+    pending: dict[str, list[str]] = {prefix: [] for prefix in readers}
+    read = Counter({kind: 0 for kind, _ in readers.values()})  # keys read, by kind
 
-    prefix = keys.coupon_prefix
-    batch: list[str] = []
+    async def flush(prefix: str) -> None:
+        kind, reader = readers[prefix]
+        await reader(redis, pending[prefix])
+        read[kind] += len(pending[prefix])
+        pending[prefix] = []
+        if progress:
+            progress.show(keys.tag, read, len(report.violations))
 
-    async def flush() -> None:
-        pipe = redis.pipeline(transaction=False)
-        for key in batch:
-            pipe.hgetall(key)
-        for key, fields in zip(batch, await pipe.execute(), strict=True):
-            code = key[len(prefix) :]
-            if fields:  # deleted between SCAN and HGETALL: nothing to check
-                seen.add(code)
-                _check_coupon(code, {_text(k): _text(v) for k, v in fields.items()}, now_ms, sets,
-                              keys.exhausted, members, report, stored, allocations, redemptions,
-                              code in draining)  # fmt: skip
-        batch.clear()
-
-    async for key in redis.scan_iter(match=_escape(prefix) + "*", count=1000):
-        batch.append(_text(key))
-        if len(batch) >= _BATCH:
-            await flush()
-    if batch:
-        await flush()
-
-    for key, codes in members.items():
-        for code in codes.keys() - seen:
-            report.violations.append(f"{key} holds {code!r}, which has no coupon hash")
-    counters = {_text(k): int(v) for k, v in (await redis.hgetall(keys.stats)).items()}
-    for t in _TYPES:
-        created, purged = counters.get(f"{t}:created", 0), counters.get(f"{t}:purged", 0)
-        if created - purged != stored[t]:
-            report.violations.append(
-                f"{t}: created {created} - purged {purged} != {stored[t]} coupons stored"
-            )
-        if counters.get(f"{t}:used", 0) != redemptions[t]:
-            report.violations.append(
-                f"{t}: used counter {counters.get(f'{t}:used', 0)} != {redemptions[t]} redemptions recorded"
-            )
-        counted = counters.get(f"{t}:allocated", 0)
-        if counted < allocations[t]:
-            report.violations.append(
-                f"{t}: allocated counter {counted} < {allocations[t]} allocations recorded"
-            )
-    report.coupons = len(seen)
-    await _check_users(redis, keys, now_ms, report)
-    await _check_records(redis, keys, report)
+    async for key in keys_under(redis, keys.tag + ":"):
+        prefix = key[: key.find(":", len(keys.tag) + 1) + 1]  # "{ns}:c:", "{ns}:held:", ... or ""
+        if prefix in pending:
+            pending[prefix].append(key)
+            if len(pending[prefix]) >= BATCH:
+                await flush(prefix)
+    for prefix in readers:
+        if pending[prefix]:
+            await flush(prefix)
+    counters = cast(dict[str, str], await redis.hgetall(keys.stats))  # a few counters per type
+    coupons.finish({name: int(value) for name, value in counters.items()})
+    report.coupons, report.awaiting_purge = len(coupons.seen), coupons.awaiting_purge
+    if progress:
+        progress.show(keys.tag, read, len(report.violations), last=True)
     return report
 
 
-async def _keys_under(redis: Redis, prefix: str) -> list[str]:
-    return [_text(k) async for k in redis.scan_iter(match=_escape(prefix) + "*", count=1000)]
+_RECORD_FIELDS = [RecordField.FINGERPRINT, RecordField.REPLY, RecordField.OWNER, RecordField.LEASE]
 
 
-async def _check_users(redis: Redis, keys: Keys, now_ms: int, report: Report) -> None:
-    bad = report.violations.append
-    tracked_prefix, held_prefix = keys.tracked_prefix, keys.held_prefix
-    for held in await _keys_under(redis, held_prefix):
-        ctype, _, user = held[len(held_prefix) :].partition(":")
-        available = keys.available(CouponType(ctype)) if ctype in _TYPES else ""
-        entries = cast(list[tuple[str, float]], await redis.zrange(held, now_ms + 1, "+inf", byscore=True,
-                                                                   withscores=True))  # fmt: skip
-        for start in range(0, len(entries), _BATCH):
-            pipe = redis.pipeline(transaction=False)
-            batch = entries[start : start + _BATCH]
-            for code, _ in batch:
-                pipe.hmget(keys.coupon(_text(code)), ["exp", f"u:{user}"])
-                pipe.zscore(available, _text(code))
-                pipe.sismember(tracked_prefix + _text(code), user)
-            found = await pipe.execute()
-            for i, (code, score) in enumerate(batch):
-                (expires, holder), in_available, is_tracked = found[3 * i : 3 * i + 3]
-                where = f"{held} lists {_text(code)!r}"
-                if holder is None:
-                    bad(f"{where}, which the user does not hold")
-                elif in_available is None:
-                    bad(f"{where}, which is not in {available}")
-                elif expires is None or int(expires) != score:
-                    bad(f"{where} scored {score:.0f}, not its expiry {expires}")
-                if not is_tracked:
-                    bad(f"{where}, but {tracked_prefix}{_text(code)} does not name the user")
-    for tracked in await _keys_under(redis, tracked_prefix):
-        tracked_code = tracked[len(tracked_prefix) :]
-        kind, expires = (
-            _text(v or "") for v in await redis.hmget(keys.coupon(tracked_code), ["type", "exp"])
-        )
-        if not expires or int(expires) <= now_ms:
-            continue  # expired: its holders drop it from their held sets; the purge drops this set
-        for member in await redis.smembers(tracked):
-            holder = _text(member)
-            held_set = keys.held(CouponType(kind), holder) if kind in _TYPES else ""
-            if not held_set or await redis.zscore(held_set, tracked_code) is None:
-                bad(f"{tracked} names {holder!r}, whose held set does not list {tracked_code!r}")
-    for listing in await _keys_under(redis, keys.user_prefix):
-        ctype, _, user = listing[len(keys.user_prefix) :].partition(":")
-        for code, score in cast(list[tuple[str, float]], await redis.zrange(listing, 0, -1, withscores=True)):
-            found_type, state = await redis.hmget(keys.coupon(_text(code)), ["type", f"u:{user}"])
-            if found_type is None:
-                continue  # purged: dropped from the listing when a page meets it
-            if state is None:
-                bad(f"{listing} lists {_text(code)!r}, which the user does not hold")
-            elif _text(found_type) != ctype:
-                bad(f"{listing} lists {_text(code)!r}, of type {_text(found_type)}")
-            elif int(_text(state).partition(":")[0]) != score:
-                bad(f"{listing} scores {_text(code)!r} {score:.0f}, not its allocated_at {_text(state)}")
+async def _check_records(redis: Redis, records: Sequence[str], bad: Callable[[str], None]) -> None:
+    found = await each(
+        redis, records, lambda pipe, record: (pipe.hmget(record, _RECORD_FIELDS), pipe.pttl(record)), 2
+    )
+    for i, record in enumerate(records):
+        (fingerprint, reply, owner, lease), ttl = found[2 * i : 2 * i + 2]
+        if ttl == -2:
+            continue  # expired since SCAN found it
+        if ttl < 0:
+            bad(f"{record} never expires")
+        if not fingerprint or not (reply is not None or (owner is not None and lease is not None)):
+            has = [str(name) for name, value in zip(_RECORD_FIELDS, found[2 * i], strict=True)
+                   if value is not None]  # fmt: skip
+            bad(f"{record} has neither a reply nor an owner with a lease: {has}")
 
 
-async def _check_records(redis: Redis, keys: Keys, report: Report) -> None:
-    for record in await _keys_under(redis, keys.idempotency_prefix):
-        fields = {_text(k): _text(v) for k, v in (await redis.hgetall(record)).items()}
-        if await redis.pttl(record) < 0:
-            report.violations.append(f"{record} never expires")
-        if not fields.get("fp") or not ("reply" in fields or ("owner" in fields and "lease" in fields)):
-            report.violations.append(
-                f"{record} has neither a reply nor an owner with a lease: {sorted(fields)}"
-            )
+async def _check_claims(redis: Redis, layout: Layout, bad: Callable[[str], None]) -> None:
+    main = layout.main
+    scored = await sorted_sets(redis, [main.available(CouponType.MEGADEAL), main.exhausted])
+    codes = [code for entries in scored.values() for code, _ in entries]
+    types = await each(redis, codes, lambda pipe, code: pipe.hget(main.coupon(code), CouponField.TYPE))
+    megadeal = [code for code, kind in zip(codes, types, strict=True) if kind == CouponType.MEGADEAL.value]
 
+    def queue(pipe: Pipeline, code: str) -> None:
+        home = layout.home(code)
+        pipe.hget(home.megadeal_claims, code)
+        pipe.exists(home.coupon(code))
 
-def _check_coupon(
-    code: str,
-    fields: dict[str, str],
-    now_ms: int,
-    sets: dict[str, str],
-    exhausted: str,
-    members: dict[str, dict[str, float]],
-    report: Report,
-    stored: Counter[str],
-    allocations: Counter[str],
-    redemptions: Counter[str],
-    draining: bool,
-) -> None:
-    def bad(rule: str) -> None:
-        report.violations.append(f"coupon {code!r}: {rule}")
-
-    ctype = fields.get("type")
-    try:
-        expires, max_usages = int(fields["exp"]), int(fields["max"])
-        allocated, used = int(fields["alloc"]), int(fields["used"])
-    except (KeyError, ValueError):
-        bad(f"fields missing or not integers: {sorted(fields)}")
-        return
-    if ctype not in _TYPES:
-        bad(f"unknown type {ctype!r}")
-        return
-    stored[ctype] += 1
-    holders = [(k[2:], v) for k, v in fields.items() if k.startswith("u:")]
-    redeemed = 0
-    for user, state in holders:
-        allocated_at, _, redeemed_at = state.partition(":")
-        if not allocated_at.isdigit() or (redeemed_at and not redeemed_at.isdigit()):
-            bad(f"holder {user!r} has a malformed record {state!r}")
-        elif redeemed_at:
-            redeemed += 1
-            if int(redeemed_at) < int(allocated_at):
-                bad(f"holder {user!r} redeemed before it was allocated")
-    allocations[ctype] += len(holders)
-    redemptions[ctype] += redeemed
-    if allocated != len(holders):
-        bad(f"alloc is {allocated} but {len(holders)} users hold it")
-    if allocated > max_usages:
-        bad(f"{allocated} usages allocated, more than its {max_usages}")
-    if used != redeemed:
-        bad(f"used is {used} but {redeemed} holders redeemed it")
-
-    found = [key for key, codes in members.items() if code in codes]
-    for key in found:
-        if members[key][code] != expires:
-            bad(f"scored {members[key][code]:.0f} in {key}, not its expiry {expires}")
-    if len(found) > 1:
-        bad(f"in more than one sorted set: {found}")
-    elif not found:
-        if expires > now_ms or used == 0:
-            bad("in no sorted set, yet not retired (unexpired, or never redeemed)")
-    elif found[0] == exhausted:
-        if allocated < max_usages and expires > now_ms:
-            bad(f"in {exhausted} with a free usage ({allocated} of {max_usages})")
-    else:
-        if found[0] != sets[ctype]:
-            bad(f"in {found[0]}, not the available set of its type {ctype}")
-        if allocated >= max_usages and not draining:
-            bad(f"available with no free usage ({allocated} of {max_usages}), and not draining")
-        if expires <= now_ms:
-            report.awaiting_purge += 1
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _escape(pattern: str) -> str:
-    """A literal key prefix as a SCAN pattern: the hash tag's braces are fine, these are not."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in pattern)
+    found = await each(redis, megadeal, queue, 2)
+    for i, code in enumerate(megadeal):
+        (line, shared), home = found[2 * i : 2 * i + 2], layout.home(code)
+        if line is None or line.split(" ")[1:2] != ["MEGADEAL"]:
+            bad(f"MEGADEAL coupon {code!r} is not claimed in {home.megadeal_claims}")
+        elif shared:
+            bad(f"MEGADEAL coupon {code!r} shares its code with {home.coupon(code)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Check the pool in REDIS_URL (namespace KEY_NAMESPACE) against its rules.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--progress-every", type=progress_every, default=5.0,
+                        help="seconds between progress lines off a terminal (default 5)")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress; only the report")
     args = parser.parse_args(argv)
     settings = operator_settings("coupon-pool check")
     if settings is None:
         return 2
-    report = asyncio.run(_run(settings))
+    progress = None if args.quiet else Progress(every_s=args.progress_every)
+    report = asyncio.run(_run(settings, progress))
     if args.json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -341,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
-async def _run(settings: Settings) -> Report:
-    store = Store.from_settings(settings, max_connections=2)
+async def _run(settings: Settings, progress: Progress | None) -> Report:
+    redis = connect(settings, 2, settings.redis_timeout_s)
     try:
-        return await check(store.redis, store.layout)
+        return await check(redis, Layout(settings.key_namespace, settings.pool_shards), progress)
     finally:
-        await store.aclose()
+        if progress:
+            progress.end()
+        await redis.aclose()

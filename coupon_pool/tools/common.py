@@ -6,6 +6,7 @@ The operator commands (check, inspect) read Redis and say which; the callers' co
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import TextIO
@@ -38,6 +39,20 @@ class ProgressLine:
         if self.terminal:
             self.stream.write("\n")
             self.stream.flush()
+
+
+MAX_PROGRESS_EVERY_S = 3600.0
+
+
+def progress_every(text: str) -> float:
+    """``--progress-every``: seconds between progress lines off a terminal, 0 to an hour."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_PROGRESS_EVERY_S:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to {MAX_PROGRESS_EVERY_S:.0f}")
+    return seconds
 
 
 def announce(command: str, settings: Settings) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from coupon_pool.tools.upload import INVALID_DATA, Item, _refusal, idempotency_key
+from coupon_pool.tools.coupon_files import Item
+from coupon_pool.tools.upload import DONE, INVALID_DATA, USAGE, _refusal, idempotency_key
+from coupon_pool.tools.upload import main as upload_main
 from support.live_server import LiveServer
 from support.redis_server import RedisServer
 
@@ -67,10 +73,14 @@ async def test_a_200000_line_file_is_stored_whole_and_a_second_run_counts_nothin
     first = upload(path, "--url", live_server.url, "--json", "--progress-every", "0")
     again = upload(path, "--url", live_server.url, "--json", "--quiet")
 
-    expected = {"coupons": 200_000, "created": 200_000, "duplicates": 0, "files": 1}
-    assert {k: v for k, v in summary(first).items() if k != "seconds"} == expected
-    # The second run replays each upload's answer (Idempotency-Key): the same figures.
-    assert {k: v for k, v in summary(again).items() if k != "seconds"} == expected
+    expected = {"coupons": 200_000, "created": 200_000, "duplicates": 0, "files": 1, "uploads": 4}
+    assert {k: v for k, v in summary(first).items() if k != "seconds"} == {
+        **expected, "replayed": 0, "created_now": 200_000
+    }  # fmt: skip
+    # The second run replays each upload's answer (Idempotency-Key): the same figures, said to be replays.
+    assert {k: v for k, v in summary(again).items() if k != "seconds"} == {
+        **expected, "replayed": 4, "created_now": 0
+    }  # fmt: skip
     assert await created(redis) == {"FREE:created": "66667", "STANDARD:created": "133333"}
     assert await redis.hget("{cp}:c:F0000005", "max") == "3"
     # Not a terminal: plain lines, one per upload here, and no carriage return.
@@ -93,10 +103,34 @@ async def test_an_interrupted_upload_completes_on_the_next_run(
 
     rerun = upload(path, "--url", live_server.url, "--batch", "5000", "--json")
 
-    assert {k: v for k, v in summary(rerun).items() if k != "seconds"} == {
-        "coupons": 30_000, "created": 30_000, "duplicates": 0, "files": 1
+    figures = summary(rerun)
+    assert {k: figures[k] for k in ("coupons", "created", "duplicates", "files", "uploads")} == {
+        "coupons": 30_000, "created": 30_000, "duplicates": 0, "files": 1, "uploads": 6
     }  # fmt: skip
+    assert figures["replayed"] >= 1  # the uploads acknowledged before the cut
+    assert figures["created_now"] == 30_000 - 5_000 * figures["replayed"]
     assert await created(redis) == {"FREE:created": "10000", "STANDARD:created": "20000"}
+
+
+async def test_the_same_coupons_under_another_name_are_said_to_be_replays_of_the_earlier_run(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    first = write_csv(tmp_path / "coupons.csv", 25)
+    copy = tmp_path / "renamed.csv"
+    copy.write_bytes(first.read_bytes())
+    summary(upload(first, "--url", live_server.url, "--json"))
+
+    again = upload(copy, "--url", live_server.url)
+
+    assert again.returncode == 0
+    assert again.stdout.startswith(
+        "25 coupons from 1 file(s): 25 created, 0 duplicates (already stored), in "
+    )
+    assert again.stdout.endswith(
+        "; 1 of 1 upload(s) had been sent before, by a run of the same coupons: their figures are that "
+        "run's, and this run created 0\n"
+    )
+    assert await created(redis) == {"FREE:created": "9", "STANDARD:created": "16"}  # once
 
 
 async def test_codes_already_stored_are_reported_by_file_and_line(
@@ -142,6 +176,83 @@ async def test_invalid_lines_are_named_by_file_line_and_column_and_nothing_is_se
     assert await created(redis) == {}
 
 
+@pytest.mark.parametrize("digits", [20, 4000])  # past 64 bits; 5,000 would make the line too long
+def test_a_max_usages_of_many_digits_is_named_by_line_and_column(tmp_path: Path, digits: int) -> None:
+    path = tmp_path / "coupons.csv"
+    path.write_text(f"code,discount_kind,discount_value,expires_at,max_usages\n"
+                    f"A,flat,1,2099-01-01T00:00:00Z,{'9' * digits}\n")  # fmt: skip
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines() == [
+        f"{path}:2: max_usages: Input should be less than or equal to 1000000",
+        "upload: 1 invalid line(s); nothing was sent",
+    ]
+
+
+CSV_HEADER = "code,discount_kind,discount_value,expires_at,max_usages"
+
+
+def padded_line(suffix: str, code: str, size: int, end: str = "\n") -> str:
+    """A valid coupon on a line of ``size`` bytes (its line break aside): JSON padded with
+    spaces, CSV with leading zeros in max_usages."""
+    if suffix == "jsonl":
+        line = orjson.dumps({"code": code, "discount": {"kind": "flat", "value": "1"},
+                             "expires_at": "2099-01-01T00:00:00Z"}).decode()  # fmt: skip
+        return line[:-1] + " " * (size - len(line)) + "}" + end
+    line = f"{code},flat,1,2099-01-01T00:00:00Z,3"
+    return line[:-1] + "0" * (size - len(line)) + "3" + end
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_line_over_4_kib_is_refused_by_its_number(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"coupons.{suffix}"
+    with path.open("w", newline="") as out:
+        out.write(f"{CSV_HEADER}\n" if suffix == "csv" else "")
+        out.write(padded_line(suffix, "SHORT", 100))
+        out.write(padded_line(suffix, "LONG", 4300))  # valid, were it shorter
+        out.write(padded_line(suffix, "EDGE", 4097, end="\r\n"))
+        out.write(padded_line(suffix, "LAST", 5000, end=""))
+    first_long = 3 if suffix == "csv" else 2
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines() == [
+        f"{path}:{first_long}: (line): longer than 4096 bytes",
+        f"{path}:{first_long + 1}: (line): longer than 4096 bytes",
+        f"{path}:{first_long + 2}: (line): longer than 4096 bytes",
+        "upload: 3 invalid line(s); nothing was sent",
+    ]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+async def test_a_line_of_4_kib_exactly_is_stored(
+    tmp_path: Path, redis: Redis, live_server: LiveServer, suffix: str
+) -> None:
+    path = tmp_path / f"coupons.{suffix}"
+    with path.open("w", newline="") as out:
+        out.write(f"{CSV_HEADER}\r\n" if suffix == "csv" else "")
+        out.write(padded_line(suffix, "FULL", 4096, end="\r\n"))
+        out.write(padded_line(suffix, "ATEND", 4096, end=""))
+
+    done = upload(path, "--url", live_server.url, "--json")
+
+    assert summary(done)["created"] == 2
+    assert await redis.exists("{cp}:c:FULL", "{cp}:c:ATEND") == 2
+
+
+def test_a_max_usages_of_thousands_of_digits_makes_a_line_too_long(tmp_path: Path) -> None:
+    path = tmp_path / "coupons.csv"
+    path.write_text(f"{CSV_HEADER}\nA,flat,1,2099-01-01T00:00:00Z,{'9' * 5000}\n")
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines()[0] == f"{path}:2: (line): longer than 4096 bytes"
+
+
 def test_a_header_with_an_unknown_column_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "coupons.csv"
     path.write_text("code,discount,expires_at\nA,1,2099-01-01T00:00:00Z\n")
@@ -167,6 +278,94 @@ def test_an_unreachable_service_fails_with_exit_1_after_its_retries(tmp_path: Pa
     assert "upload: ConnectionRefusedError: [Errno 111] Connection refused; trying again in 1s" in done.stderr
     assert "did not take an upload after 2 tries: ConnectionRefusedError" in done.stderr
     assert "Run the same command again" in done.stderr
+
+
+@contextmanager
+def stub_service(on_upload: Callable[[], int | None]) -> Iterator[str]:
+    """A stand-in for the service that calls ``on_upload`` as each upload arrives, then
+    answers the status it returns (with Retry-After), or else that all the upload's coupons
+    were created: for what a real service cannot be timed to do."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the service
+
+        def do_POST(self) -> None:
+            coupons = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))["coupons"]
+            status = on_upload() or 201
+            answer = orjson.dumps({"created": len(coupons), "duplicates": []} if status == 201 else {})
+            self.send_response(status)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_file_gone_after_validation_is_named_and_exits_2(tmp_path: Path) -> None:
+    first = write_csv(tmp_path / "first.csv", 10)
+    second = write_csv(tmp_path / "second.csv", 10, start=10)
+
+    with stub_service(lambda: second.unlink(missing_ok=True)) as url:  # as the first uploads
+        done = upload(first, second, "--url", url)
+
+    assert done.returncode == USAGE
+    assert done.stderr.splitlines()[-1] == (
+        f"coupon-pool upload: {second}: cannot be read: No such file or directory; the 10 coupons sent "
+        "before it are stored: run the same command again once it can be read"
+    )
+    assert "Traceback" not in done.stderr
+
+
+class Terminal(io.StringIO):
+    """A terminal for stdout and stderr alike, as a shell shows them."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_on_a_terminal_the_summary_starts_on_a_line_of_its_own(
+    tmp_path: Path, redis: Redis, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 300)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+
+    assert upload_main([str(path), "--url", live_server.url]) == DONE  # one upload: one draw, then last
+
+    bar, summary_line, end = terminal.getvalue().split("\n")
+    assert bar.split("\r")[-1].startswith("[########################] 300/300 coupons sent")
+    assert summary_line.startswith("300 coupons from 1 file(s): 300 created, 0 duplicates")
+    assert end == ""
+
+
+def test_on_a_terminal_a_retry_is_announced_on_a_line_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 10)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    answers = iter([None, 503])  # the second upload is refused once, then taken
+
+    with stub_service(lambda: next(answers, None)) as url:
+        assert upload_main([str(path), "--url", url, "--batch", "5"]) == DONE
+
+    lines = terminal.getvalue().split("\n")
+    assert lines[0].startswith("\r[############            ] 5/10 coupons sent")
+    assert lines[1] == "upload: 503 ; trying again in 0s"
+    assert lines[2].startswith("\r[########################] 10/10 coupons sent")
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +421,11 @@ def test_an_upload_keeps_its_key_across_runs_and_positions_tell_equal_uploads_ap
     assert idempotency_key(body, 0) == idempotency_key(body, 0)
     assert idempotency_key(body, 0) != idempotency_key(body, 1)
     assert len(idempotency_key(body, 10**9)) <= 255
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "3601"])
+def test_progress_every_is_a_number_of_seconds_up_to_an_hour(tmp_path: Path, seconds: str) -> None:
+    done = upload(write_csv(tmp_path / "c.csv", 1), "--dry-run", "--progress-every", seconds)
+
+    assert done.returncode == USAGE
+    assert "--progress-every: must be a number of seconds from 0 to 3600" in done.stderr
