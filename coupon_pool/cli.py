@@ -10,7 +10,7 @@ import sys
 import uvicorn
 
 from .http.server import ConnectionLimits, protocol
-from .settings import settings_for
+from .tools.common import settings_for
 
 SPARE_DESCRIPTORS = 256  # beside the connections: Redis pools, the upload worker, files
 

@@ -11,7 +11,6 @@ import dataclasses
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -291,14 +290,3 @@ class Settings:
             lease_s=self.megadeal_lease_s,
             max_waiters=self.megadeal_max_waiters,
         )
-
-
-def settings_for(command: str, **overrides: Any) -> Settings | None:
-    """Settings.from_env() for a command line, with ``overrides`` (its options, checked alike);
-    on a bad value, say so on stderr and give None."""
-    try:
-        return dataclasses.replace(Settings.from_env(), **overrides)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            print(f"{command}: {problem}", file=sys.stderr)
-        return None

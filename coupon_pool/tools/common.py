@@ -7,11 +7,12 @@ The operator commands (check, inspect) read Redis and say which; the callers' co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
-from ..settings import Settings, redacted, settings_for
+from ..settings import Settings, SettingsError, redacted
 
 MAKE_RUN_REDIS_URL = "redis://127.0.0.1:6390/0"  # the Redis `make run` starts (REDIS_PORT 6390)
 URL_ENV, ADMIN_KEY_ENV = "COUPON_POOL_URL", "COUPON_POOL_ADMIN_KEY"  # one of COUPON_POOL_ADMIN_KEYS
@@ -75,3 +76,14 @@ def operator_settings(command: str) -> Settings | None:
     if settings is not None:
         announce(command, settings)
     return settings
+
+
+def settings_for(command: str, **overrides: Any) -> Settings | None:
+    """Settings.from_env() for a command line, with ``overrides`` (its options, checked alike);
+    on a bad value, say so on stderr and give None."""
+    try:
+        return dataclasses.replace(Settings.from_env(), **overrides)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"{command}: {problem}", file=sys.stderr)
+        return None
