@@ -427,12 +427,20 @@ class Load:
 
 
 async def _load_while(url: str, action: Any, before_s: float, after_s: float, probe: str = "") -> Load:
+    """Load before and after ``action``; with a ``probe``, on after ``after_s`` until the probe
+    has answered 200 thirty times since its last other answer (a failover that a busy machine
+    slows is seen out), 15 s more at the most."""
     load = Load(url)
     load.probe = probe
     task = asyncio.create_task(load.run())
     await asyncio.sleep(before_s)
     await asyncio.to_thread(action)
     await asyncio.sleep(after_s)
+    for _ in range(150):
+        last_down = max((t for t, status in load.probed if status != 200), default=0.0)
+        if not probe or sum(1 for t, status in load.probed if t > last_down and status == 200) >= 30:
+            break
+        await asyncio.sleep(0.1)
     load.running = False
     await task
     return load
