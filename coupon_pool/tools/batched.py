@@ -75,36 +75,33 @@ async def sorted_sets(redis: Redis, keys: Sequence[str]) -> dict[str, list[tuple
 
 async def hashes(redis: Redis, keys: Sequence[str]) -> dict[str, dict[str, str]]:
     """Each hash's fields; an absent key has none. A hash over PAGE fields is read by HSCAN."""
-    lengths: list[int] = await each(redis, keys, lambda pipe, key: pipe.hlen(key))
     found: dict[str, dict[str, str]] = {key: {} for key in keys}
-    small = [(key, 0, length) for key, length in zip(keys, lengths, strict=True) if 0 < length <= PAGE]
-    for group in _within_budget(small):
-        pipe = redis.pipeline(transaction=False)
-        for key, _, _ in group:
-            pipe.hgetall(key)
-        for (key, _, _), fields in zip(group, await pipe.execute(), strict=True):
-            found[key] = fields
-    large = [key for key, length in zip(keys, lengths, strict=True) if length > PAGE]
-    for key, page in await _scanned(redis, large, "hscan"):
-        found[key].update(page)
+    for key, fields in await _whole(redis, keys, "hlen", "hgetall", "hscan"):
+        found[key].update(fields)
     return found
 
 
 async def set_members(redis: Redis, keys: Sequence[str]) -> dict[str, set[str]]:
     """Each set's members; an absent key has none. A set over PAGE members is read by SSCAN."""
-    cards: list[int] = await each(redis, keys, lambda pipe, key: pipe.scard(key))
     found: dict[str, set[str]] = {key: set() for key in keys}
-    small = [(key, 0, card) for key, card in zip(keys, cards, strict=True) if 0 < card <= PAGE]
+    for key, members in await _whole(redis, keys, "scard", "smembers", "sscan"):
+        found[key].update(members)
+    return found
+
+
+async def _whole(redis: Redis, keys: Sequence[str], size: str, read: str, scan: str) -> list[tuple[str, Any]]:
+    """(key, part) of every non-empty key: whole in one ``read`` when ``size`` says it holds at
+    most PAGE entries, else page by page with ``scan`` (pipeline methods, by name)."""
+    sizes: list[int] = await each(redis, keys, lambda pipe, key: getattr(pipe, size)(key))
+    small = [(key, 0, n) for key, n in zip(keys, sizes, strict=True) if 0 < n <= PAGE]
+    parts: list[tuple[str, Any]] = []
     for group in _within_budget(small):
         pipe = redis.pipeline(transaction=False)
         for key, _, _ in group:
-            pipe.smembers(key)
-        for (key, _, _), members in zip(group, await pipe.execute(), strict=True):
-            found[key] = members
-    large = [key for key, card in zip(keys, cards, strict=True) if card > PAGE]
-    for key, page in await _scanned(redis, large, "sscan"):
-        found[key].update(page)
-    return found
+            getattr(pipe, read)(key)
+        parts += [(key, part) for (key, _, _), part in zip(group, await pipe.execute(), strict=True)]
+    large = [key for key, n in zip(keys, sizes, strict=True) if n > PAGE]
+    return parts + await _scanned(redis, large, scan)
 
 
 async def _scanned(redis: Redis, keys: list[str], command: str) -> list[tuple[str, Any]]:
