@@ -22,12 +22,13 @@ from .auth import ApiKeys
 from .background import forget_dead_waiters_periodically, purge_periodically
 from .bodies import BodyDeadlines
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
+from .inputs import Services
 from .metrics import RequestMetrics
 from .middleware import JsonLines, RequestTelemetry
 from .openapi import openapi_document
 from .problems import EXCEPTION_HANDLERS, unexpected
 from .routes import OPERATIONS
-from .routing import Services
+from .routing import Shortcuts
 
 log = logging.getLogger("coupon_pool")
 
@@ -87,17 +88,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await app.state.upload_worker.close()
             access_log.flush()
 
+    operations = [Route(op.path, op.endpoint(services, api_keys), methods=[op.method]) for op in OPERATIONS]
     app = Starlette(
-        routes=[
-            *(
-                Route(op.path, api_keys.guard(op.endpoint(services), op.role), methods=[op.method])
-                for op in OPERATIONS
-            ),
-            *dashboard.routes(keys_required=api_keys.enabled),
-        ],
+        routes=[*operations, *dashboard.routes(keys_required=api_keys.enabled)],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
-            Middleware(RequestTelemetry, metrics=request_metrics, log=access_log, on_error=unexpected)
+            Middleware(RequestTelemetry, metrics=request_metrics, log=access_log, on_error=unexpected),
+            Middleware(Shortcuts, routes=operations),
         ],
         lifespan=lifespan,
     )

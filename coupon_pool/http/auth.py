@@ -14,10 +14,9 @@ import enum
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from starlette.requests import Request
-from starlette.responses import Response
 
 from ..errors import Forbidden, Unauthenticated
 from ..pool.keyed import KEY_ID
@@ -25,8 +24,6 @@ from .middleware import note
 
 _BEARER = re.compile(r"Bearer +(\S+)", re.IGNORECASE)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="coupon-pool"'}
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Role(enum.IntEnum):
@@ -64,24 +61,16 @@ class ApiKeys:
             raise Unauthenticated("this API key is not valid", headers=_CHALLENGE)
         return found
 
-    def guard(self, endpoint: Endpoint, needs: Role | None) -> Endpoint:
-        """``endpoint`` behind a key check for ``needs``; unchanged if open or keys are off."""
-        if needs is None or not self.enabled:
-            return endpoint
-
-        async def guarded(request: Request) -> Response:
-            given = request.headers.getlist("authorization")
-            if len(given) > 1:  # which one would count? A proxy and the service could disagree
-                raise Unauthenticated("send one Authorization header, not several", headers=_CHALLENGE)
-            role, kid = self.identify(given[0] if given else None)
-            note(request, key_id=kid)
-            request.scope[KEY_ID] = kid  # the scope of its Idempotency-Keys
-            if role < needs:
-                raise Forbidden(f"this route needs an {needs.name.lower()} key")
-            return await endpoint(request)
-
-        guarded.__name__ = endpoint.__name__
-        return guarded
+    def admit(self, request: Request, given: list[bytes], needs: Role) -> None:
+        """Let the request through for ``needs``, or raise Unauthenticated or Forbidden;
+        ``given``: the raw value of each of its Authorization headers."""
+        if len(given) > 1:  # which one would count? A proxy and the service could disagree
+            raise Unauthenticated("send one Authorization header, not several", headers=_CHALLENGE)
+        role, kid = self.identify(given[0].decode("latin-1") if given else None)
+        note(request, key_id=kid)
+        request.scope[KEY_ID] = kid  # the scope of its Idempotency-Keys
+        if role < needs:
+            raise Forbidden(f"this route needs an {needs.name.lower()} key")
 
 
 def _digest(key: str) -> bytes:

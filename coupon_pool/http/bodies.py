@@ -72,21 +72,25 @@ class BodyDeadlines:
             self._expired.discard(task)
 
 
-async def read_json(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
-    """The body of a JSON request; UnsupportedMediaType, or BodyTooLarge past ``limit`` bytes.
+async def read_json(
+    request: Request,
+    content_type: bytes | None,
+    content_length: bytes | None,
+    limit: int = SMALL_BODY_BYTES,
+) -> bytes:
+    """The body of a JSON request, given its Content-Type and Content-Length headers (the
+    first of each, raw); UnsupportedMediaType, or BodyTooLarge past ``limit`` bytes.
 
     A declared Content-Length over the limit is refused before any of the body is read; a
     body sent without one (chunked) is refused as soon as it passes the limit.
     """
-    headers = request.headers
-    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type = content_type.decode("latin-1").split(";")[0].strip().lower() if content_type else ""
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise errors.UnsupportedMediaType("send the body as application/json")
-    declared = headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
+    if content_length is not None:
+        if not content_length.isdigit():  # bytes: ASCII digits only
             raise errors.BadContentLength("Content-Length must be a number of bytes")
-        if int(declared) > limit:
+        if int(content_length) > limit:
             raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
     deadlines: BodyDeadlines = request.app.state.body_deadlines
     return await deadlines.read(request, limit)

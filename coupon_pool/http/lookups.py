@@ -18,7 +18,7 @@ from ..errors import CouponError
 from ..pool import keyed
 
 if TYPE_CHECKING:
-    from .routing import Call, Handler, Services
+    from .inputs import Call, Handler, Services
 
 
 class Lookup(Enum):

@@ -32,9 +32,10 @@ from ..results import (
     UserCouponsPage,
 )
 from .auth import Role
+from .inputs import Call
 from .lookups import Lookup
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .routing import Call, Operation
+from .routing import Operation
 from .upload_worker import UploadWorker
 from .validation import validate_json
 
