@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+import itertools
+import math
+from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ..pool.megadeal import GateStatus
 from ..pool.upkeep import Memory
@@ -26,30 +30,64 @@ class RequestMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.latency = Histogram(
+        self.latency = LatencyHistogram(
             "coupon_pool_http_request_duration_seconds", "Time to answer an HTTP request",
-            ["method", "route", "status"], buckets=_BUCKETS, registry=self.registry,
+            ("method", "route", "status"), _BUCKETS,
         )  # fmt: skip
+        self.registry.register(self.latency)
         self.lookups_refused = Counter(
             "coupon_pool_failed_lookups_refused",
             "Requests answered 429 too_many_failed_lookups: a caller over its budget of failed lookups",
             registry=self.registry,
         )
-        # labels() takes a lock and builds a key per call: look each series up once.
-        self._series: dict[tuple[str, str, int], Histogram] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = self.latency.labels(method, route, str(status))
-        series.observe(seconds)
+        self.latency.observe((method, route, status), seconds)
 
     def render(self, stats: Stats, gate: GateStatus, memory: Memory) -> bytes:
         """The exposition text: these request metrics, then the pool's state read just now."""
         snapshot = CollectorRegistry(auto_describe=False)
         snapshot.register(_Snapshot(stats, gate, memory))
         return generate_latest(self.registry) + generate_latest(snapshot)
+
+
+class LatencyHistogram(Collector):
+    """A histogram with labels, exposed as prometheus_client's ``Histogram`` would expose it
+    (the same samples, in the same order), observed for a fraction of its cost.
+
+    ``Histogram.labels(...).observe()`` takes two locks and walks the buckets in Python
+    (about 1.2 us); this finds the bucket by bisection and adds to a list (about 0.2 us).
+    The app observes only from its event loop's thread, so there is nothing to lock.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: Sequence[float]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = [*buckets, math.inf]
+        self._les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[object, ...], list[float]] = {}  # label values -> counts, then sum
+
+    def observe(self, labels: tuple[object, ...], value: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0] * (len(self.bounds) + 1)
+        series[bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value: le
+        series[-1] += value
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labels)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, series in self._series.items():
+            cumulative = list(itertools.accumulate(series[:-1]))
+            family.add_metric(
+                [str(v) for v in labels], list(zip(self._les, cumulative, strict=True)), series[-1]
+            )
+        yield family
 
 
 class _Snapshot(Collector):

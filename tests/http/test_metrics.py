@@ -6,10 +6,12 @@ import asyncio
 import dataclasses
 
 import httpx
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from coupon_pool.http.app import create_app
+from coupon_pool.http.metrics import LatencyHistogram
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.settings import MegadealLimits, Settings
@@ -85,3 +87,25 @@ async def test_metrics_show_the_megadeal_gate(settings: Settings, redis: Redis) 
     gauges = ("slots_in_use", "queued", "waiting")
     assert [held[(f"coupon_pool_megadeal_{n}", ())] for n in gauges] == [1, 1, 1]
     assert [after[(f"coupon_pool_megadeal_{n}", ())] for n in gauges] == [0, 0, 0]
+
+
+def test_the_latency_histogram_renders_as_prometheus_clients_histogram_would() -> None:
+    """The same exposition text, sample for sample, as prometheus_client's Histogram with the
+    same name, labels and buckets given the same observations (bounds included: le is <=)."""
+    buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+    name, doc, labels = (
+        "coupon_pool_http_request_duration_seconds",
+        "Time to answer",
+        ("method", "route", "status"),
+    )
+    theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    theirs = Histogram(name, doc, labels, buckets=buckets, registry=theirs_registry)
+    ours = LatencyHistogram(name, doc, labels, buckets)
+    ours_registry.register(ours)
+    observations = [0.0, 0.0005, 0.001, 0.0010001, 0.0025, 0.003, 0.7, 15.0, 15.5, 300.0, *buckets]
+    for i, seconds in enumerate(observations):
+        series = ("POST", "/v1/allocations", 201) if i % 3 else ("GET", "/v1/stats", 503)
+        theirs.labels(*(str(v) for v in series)).observe(seconds)
+        ours.observe(series, seconds)
+    assert generate_latest(ours_registry) == generate_latest(theirs_registry)
+    assert b'le="+Inf"' in generate_latest(ours_registry)
