@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from hiredis import pack_command
 from redis.exceptions import AskError, ClusterDownError, ReadOnlyError, ResponseError, TryAgainError
 
 # function name, keys, args, whether it is safe to run twice (keyed), and where its reply goes
@@ -23,18 +24,23 @@ def not_found(result: Any) -> bool:
 def pack(calls: Sequence[Call]) -> bytes:
     """The calls as FCALL commands in the Redis protocol (RESP), ready to write.
 
-    redis-py's own packing handles every type and huge values; this handles what the hot
-    calls carry (str, bytes, int) at a fifth of its cost: 26 µs for an allocation's 16
-    arguments there, about 5 µs here.
+    hiredis packs a command in C (str, bytes, int and float, as str() writes them): about
+    3 us for an allocation's 16 arguments, where Python's formatting took 8 and redis-py's
+    own packing 26. A call carrying anything else is packed in Python, alone.
     """
     out: list[bytes] = []
     for function, keys, args, *_ in calls:
-        out.append(
-            b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%s\r\n" % (3 + len(keys) + len(args), len(function), function)
-        )
-        count = b"%d" % len(keys)
-        out.append(b"$%d\r\n%s\r\n" % (len(count), count))
-        for item in (*keys, *args):
-            value = item if isinstance(item, bytes) else str(item).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+        command = (b"FCALL", function, len(keys), *keys, *args)
+        try:
+            out.append(pack_command(command))
+        except TypeError:  # a type hiredis does not take (a bool): as str() writes it
+            out.append(_pack_python(command))
+    return b"".join(out)
+
+
+def _pack_python(command: Sequence[Any]) -> bytes:
+    out = [b"*%d\r\n" % len(command)]
+    for item in command:
+        value = item if isinstance(item, bytes) else str(item).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
     return b"".join(out)
