@@ -40,7 +40,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     api_keys = ApiKeys(settings.admin_keys, settings.client_keys)
     request_metrics = RequestMetrics()
     services = Services(
-        max_uploads=settings.max_uploads, idempotency_ttl_ms=settings.idempotency_ttl_s * 1000
+        max_uploads=settings.max_uploads,
+        max_body_bytes=settings.max_body_bytes,
+        idempotency_ttl_ms=settings.idempotency_ttl_s * 1000,
+        deadlines=BodyDeadlines(settings.body_timeout_s),
     )
 
     @asynccontextmanager
@@ -68,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.warning("no API keys configured: every route is open (local development only)")
         dump_tasks_on_sigusr1()
         tune_gc()
-        sweeping = asyncio.create_task(app.state.body_deadlines.sweep())
+        sweeping = asyncio.create_task(services.deadlines.sweep())
         stop_background = asyncio.Event()
         purging = asyncio.create_task(
             purge_periodically(store, settings.purge_interval_s, access_log, stop_background)
@@ -101,6 +104,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.metrics = request_metrics
     app.state.upload_worker = None
-    app.state.body_deadlines = BodyDeadlines(settings.body_timeout_s)
     app.state.openapi = orjson.dumps(openapi_document(OPERATIONS))
     return app

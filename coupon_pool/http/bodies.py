@@ -73,6 +73,7 @@ class BodyDeadlines:
 
 
 async def read_json(
+    deadlines: BodyDeadlines,
     request: Request,
     content_type: bytes | None,
     content_length: bytes | None,
@@ -84,13 +85,13 @@ async def read_json(
     A declared Content-Length over the limit is refused before any of the body is read; a
     body sent without one (chunked) is refused as soon as it passes the limit.
     """
-    media_type = content_type.decode("latin-1").split(";")[0].strip().lower() if content_type else ""
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise errors.UnsupportedMediaType("send the body as application/json")
+    if content_type != b"application/json":  # else parsed: parameters, case, +json
+        media_type = content_type.decode("latin-1").split(";")[0].strip().lower() if content_type else ""
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise errors.UnsupportedMediaType("send the body as application/json")
     if content_length is not None:
         if not content_length.isdigit():  # bytes: ASCII digits only
             raise errors.BadContentLength("Content-Length must be a number of bytes")
         if int(content_length) > limit:
             raise errors.BodyTooLarge(f"this body may hold at most {limit} bytes", limit=limit)
-    deadlines: BodyDeadlines = request.app.state.body_deadlines
     return await deadlines.read(request, limit)

@@ -88,7 +88,7 @@ class Endpoint:
             return await self._run_large(request, content_type, content_length, idempotency_keys)
         inputs: dict[str, Any] = {}
         if op.body is not None:
-            raw = await read_json(request, content_type, content_length)
+            raw = await read_json(services.deadlines, request, content_type, content_length)
             inputs["body"] = validate_json(raw, op.body)
         if op.query is not None:
             # What a cursor may name depends on the pool: its slots.
@@ -117,8 +117,9 @@ class Endpoint:
             )
         services.uploads += 1
         try:
-            limit = request.app.state.settings.max_body_bytes
-            raw = await read_json(request, content_type, content_length, limit)
+            raw = await read_json(
+                services.deadlines, request, content_type, content_length, services.max_body_bytes
+            )
             call = Call(request, services.store, services.gate)
             if keys and self.op.idempotent:
                 # The body is identified by its bytes, hashed where it is validated (off the

@@ -20,6 +20,7 @@ from ..pool import keyed
 from ..pool.keyed import Idempotency
 from ..pool.megadeal import MegadealGate
 from ..pool.store import Store
+from .bodies import BodyDeadlines
 from .middleware import STARTED, note
 from .problems import field_error, from_validation_error, invalid_fields
 
@@ -31,7 +32,9 @@ class Services:
     """What the app's lifespan opens for the handlers; the endpoints hold it from the start."""
 
     max_uploads: int  # large bodies read or written at once (MAX_UPLOADS); more are refused
+    max_body_bytes: int  # MAX_BODY_BYTES: an upload's body
     idempotency_ttl_ms: int  # IDEMPOTENCY_TTL_S
+    deadlines: BodyDeadlines  # of every body read (BODY_TIMEOUT_S)
     store: Store = None  # type: ignore[assignment]
     gate: MegadealGate = None  # type: ignore[assignment]
     uploads: int = 0

@@ -53,14 +53,18 @@ class JsonLines:
         self._second = (0, "1970-01-01T00:00:00")
 
     def write(self, **fields: Any) -> None:
-        self._pending.append(orjson.dumps({"time": self._now(), **fields}))
+        self.emit({"time": self.now(), **fields})
+
+    def emit(self, line: dict[str, Any]) -> None:
+        """Write ``line``, whose first key is "time" (``now()``)."""
+        self._pending.append(orjson.dumps(line))
         if len(self._pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no event loop running: write at once
                 self.flush()
 
-    def _now(self) -> str:
+    def now(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second[0]:
@@ -127,16 +131,19 @@ class RequestTelemetry:
         finally:
             seconds = time.perf_counter() - start
             route = scope.get("route")
-            self.metrics.observe(scope["method"], route.path if route else "unmatched", status, seconds)
-            self.log.write(
-                level="error" if status >= 500 else "info",
-                request_id=request_id,
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                latency_ms=round(seconds * 1000, 3),
-                **fields,
-            )
+            method = scope["method"]
+            self.metrics.observe(method, route.path if route else "unmatched", status, seconds)
+            line = {
+                "time": self.log.now(),
+                "level": "error" if status >= 500 else "info",
+                "request_id": request_id,
+                "method": method,
+                "path": scope["path"],
+                "status": status,
+                "latency_ms": round(seconds * 1000, 3),
+            }
+            line.update(fields)  # the operation's own: never one of the keys above (see note)
+            self.log.emit(line)
 
 
 def _request_id(scope: Scope) -> str:
