@@ -1,6 +1,7 @@
 """Compare this checkout's service with an older revision's, in one run, builds alternated.
 
     .venv/bin/python measure/compare_builds.py REV [--scenario allocate] [--rounds 3] [--duration 8]
+    .venv/bin/python measure/compare_builds.py REV --workers 2    # both services and the ceiling on 2 workers
     .venv/bin/python measure/compare_builds.py HEAD --new-keyed   # what an Idempotency-Key costs
 
 Starts a Redis of its own (redis.conf, a temporary directory, a free port), then the
@@ -55,6 +56,8 @@ def main() -> int:
     parser.add_argument("--scenario", default="allocate", choices=("allocate", "redeem"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn workers of each service (WORKERS) and of the ceiling")  # fmt: skip
     parser.add_argument("--prepare", type=int, default=300_000, help="redeem: allocations made beforehand")
     parser.add_argument("--new-keyed", action="store_true",
                         help="allocate: the new build's allocations carry an Idempotency-Key each "
@@ -78,7 +81,8 @@ def main() -> int:
             for build, extra_path in (("old", str(old_tree)), ("new", str(REPO))):
                 port = free_port()
                 env = {**os.environ, "REDIS_URL": redis_url, "KEY_NAMESPACE": f"cmp-{build}",
-                       "PORT": str(port), "LOG_LEVEL": "warning", "PYTHONPATH": extra_path}  # fmt: skip
+                       "PORT": str(port), "LOG_LEVEL": "warning", "PYTHONPATH": extra_path,
+                       "WORKERS": str(args.workers)}  # fmt: skip
                 servers.append(subprocess.Popen([PYTHON, "-m", "coupon_pool", "serve"], env=env,
                                                 stdout=subprocess.DEVNULL))  # fmt: skip
                 urls[build] = f"http://127.0.0.1:{port}"
@@ -90,6 +94,7 @@ def main() -> int:
                         PYTHON, "-m", "coupon_pool.tools.bench", args.scenario, "--url", urls[build],
                         "--redis-url", redis_url, "--reference", "--pipelined-reference",
                         "--duration", str(args.duration), "--json", "--quiet", "--into-existing-pool",
+                        "--workers", str(args.workers),
                     ]  # fmt: skip
                     if args.scenario == "redeem":
                         command += ["--prepare", str(args.prepare)]
@@ -116,7 +121,7 @@ def main() -> int:
             )
 
     summary: dict[str, object] = {"scenario": args.scenario, "old_rev": args.rev, "new_keyed": args.new_keyed,
-                                  "rounds": results}  # fmt: skip
+                                  "workers": args.workers, "rounds": results}  # fmt: skip
     for build in ("old", "new"):
         for key in ("service", "ratio", "p99_ms"):
             summary[f"{build}_median_{key}"] = statistics.median(r[key] for r in results[build])

@@ -21,7 +21,7 @@ from ..pool.keyed import Idempotency
 from ..pool.megadeal import MegadealGate
 from ..pool.store import Store
 from .bodies import BodyDeadlines
-from .middleware import STARTED, note
+from .middleware import LOG_FIELDS, STARTED
 from .problems import field_error, from_validation_error, invalid_fields
 
 MAX_QUERY_BYTES = 1024
@@ -51,7 +51,7 @@ class Call:
 
     def note(self, **fields: Any) -> None:
         """Add fields about the operation to this request's log line."""
-        note(self.request, **fields)
+        self.request.scope.setdefault(LOG_FIELDS, {}).update(fields)  # as middleware.note, one call less
 
     @property
     def started(self) -> float:
