@@ -48,6 +48,16 @@ def wait_for(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def check_source(build: str, tree: Path, env: dict[str, str]) -> None:
+    """Refuse to measure unless the server of ``build`` will import coupon_pool from ``tree``
+    (the same interpreter, flags, environment and working directory as the server's)."""
+    done = subprocess.run([PYTHON, "-P", "-c", "import coupon_pool; print(coupon_pool.__file__)"],
+                          env=env, cwd=tree, capture_output=True, text=True, check=True)  # fmt: skip
+    source = Path(done.stdout.strip()).resolve()
+    if not source.is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the {build} build would import coupon_pool from {source}, not from {tree}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,8 +93,12 @@ def main() -> int:
                 env = {**os.environ, "REDIS_URL": redis_url, "KEY_NAMESPACE": f"cmp-{build}",
                        "PORT": str(port), "LOG_LEVEL": "warning", "PYTHONPATH": extra_path,
                        "WORKERS": str(args.workers)}  # fmt: skip
-                servers.append(subprocess.Popen([PYTHON, "-m", "coupon_pool", "serve"], env=env,
-                                                stdout=subprocess.DEVNULL))  # fmt: skip
+                tree = Path(extra_path)
+                check_source(build, tree, env)
+                # -P and the build's tree as the working directory: `python -m` would otherwise put
+                # the current directory (this checkout, when run from its root) ahead of PYTHONPATH.
+                command = [PYTHON, "-P", "-m", "coupon_pool", "serve"]
+                servers.append(subprocess.Popen(command, env=env, cwd=tree, stdout=subprocess.DEVNULL))
                 urls[build] = f"http://127.0.0.1:{port}"
                 wait_for(f"{urls[build]}/healthz")
             results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
