@@ -27,9 +27,11 @@ class BodyDeadlines:
         self.seconds = seconds
         self._reading: dict[asyncio.Task[Any], float] = {}  # task -> its deadline
         self._expired: set[asyncio.Task[Any]] = set()  # cancelled here, not yet told
+        self._loop: asyncio.AbstractEventLoop | None = None  # the sweep's
 
     async def sweep(self) -> None:
         """Cancel each read past its deadline, until cancelled itself."""
+        self._loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.seconds / 4)
             now = time.monotonic()
@@ -40,7 +42,9 @@ class BodyDeadlines:
 
     async def read(self, request: Request, limit: int) -> bytes:
         """The whole body; BodyTooLarge past ``limit`` bytes, RequestTimeout past the deadline."""
-        task = asyncio.current_task()
+        # With its loop named, current_task() skips get_running_loop(), which on Python 3.11
+        # makes a getpid() system call (a fork check) every time.
+        task = asyncio.current_task(self._loop)
         assert task is not None
         cancelling = task.cancelling()
         self._reading[task] = time.monotonic() + self.seconds

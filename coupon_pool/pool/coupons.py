@@ -51,6 +51,24 @@ class Coupons:
         self._audit_cap = str(options.audit_max_len).encode()
         self._max_per_user = str(options.max_allocations_per_user).encode()
         self._type_names = {t: t.value.encode() for t in CouponType}
+        # Each call's names that are the same for every call in a slot, bound once.
+        self._allocate = {
+            (k.tag, t): ALLOCATE.prepare(
+                available=a.available[t], exhausted=a.exhausted, stats=a.stats, audit_stream=a.audit,
+                draining=a.draining[t], prefix=a.coupon_prefix, ctype=self._type_names[t],
+                audit_cap=self._audit_cap, max_per_user=self._max_per_user,
+                held_prefix=a.held_prefixes[t], tracked_prefix=a.tracked_prefix,
+            )
+            for k in ctx.layout.slots
+            for a in (self._slot[k.tag],)
+            for t in CouponType
+        }  # fmt: skip
+        self._use_calls = {
+            (k.tag, fn.name): fn.prepare(stats=a.stats, audit_stream=a.audit, audit_cap=self._audit_cap)
+            for k in ctx.layout.slots
+            for a in (self._slot[k.tag],)
+            for fn in (REDEEM, ROLLBACK)
+        }
 
     async def allocate(self, user_id: str, coupon_type: CouponType) -> Allocation:
         """Reserve one usage of the first-expiring available coupon of a shard for ``user_id``;
@@ -82,22 +100,8 @@ class Coupons:
         return allocation(Allocated._make(reply[1:]), user_id, coupon_type)
 
     async def _allocate_in(self, k: Keys, user_id: str, coupon_type: CouponType, wait: float | None) -> Any:
-        a = self._slot[k.tag]
-        keys, args = ALLOCATE.bind(
-            available=a.available[coupon_type],
-            exhausted=a.exhausted,
-            stats=a.stats,
-            audit_stream=a.audit,
-            held=k.held(coupon_type, user_id),
-            listing=k.user_coupons(coupon_type, user_id),
-            draining=a.draining[coupon_type],
-            prefix=a.coupon_prefix,
-            user=user_id,
-            ctype=self._type_names[coupon_type],
-            audit_cap=self._audit_cap,
-            max_per_user=self._max_per_user,
-            held_prefix=a.held_prefixes[coupon_type],
-            tracked_prefix=a.tracked_prefix,
+        keys, args = self._allocate[k.tag, coupon_type].bind(
+            held=k.held(coupon_type, user_id), listing=k.user_coupons(coupon_type, user_id), user=user_id
         )
         return await self.run(ALLOCATE, keys, args, retry_for_s=wait)
 
@@ -161,16 +165,8 @@ class Coupons:
         ctype = self._type_names[coupon_type] if coupon_type else b""
 
         def call(k: Keys) -> Awaitable[Any]:
-            a = self._slot[k.tag]
-            keys, args = fn.bind(
-                coupon=k.coupon(code),
-                stats=a.stats,
-                audit_stream=a.audit,
-                user=user_id,
-                expected=ctype,
-                code=code,
-                audit_cap=self._audit_cap,
-            )
+            prepared = self._use_calls[k.tag, fn.name]
+            keys, args = prepared.bind(coupon=k.coupon(code), user=user_id, expected=ctype, code=code)
             return self.run(fn, keys, args)
 
         return await self._on_coupon(code, coupon_type, call)

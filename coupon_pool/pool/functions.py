@@ -73,6 +73,20 @@ class Function:
             args += given[self.more_args]
         return keys, args
 
+    def prepare(self, **constants: Any) -> Prepared:
+        """The call with ``constants`` bound once (a slot's keys, say): ``.bind()`` then takes
+        only the rest, by name, and costs a list copy and a store per name."""
+        if self.more_keys or self.more_args:
+            raise TypeError(f"{self.name}: a call with more_keys or more_args cannot be prepared")
+        unknown = set(constants) - set(self._slots)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown names {sorted(unknown)}")
+        keys = [constants.get(name) for name in self.keys]
+        args = [constants.get(name) for name in self.args] + (list(UNKEYED) if self.keyed else [])
+        open_keys = tuple((i, name) for i, name in enumerate(self.keys) if name not in constants)
+        open_args = tuple((i, name) for i, name in enumerate(self.args) if name not in constants)
+        return Prepared(self.name, keys, args, open_keys, open_args)
+
     def lua_locals(self) -> str:
         """The Lua that names the function's KEYS and ARGV (``keys[1]`` is the guard)."""
         lines = []
@@ -107,6 +121,29 @@ class Function:
             args += KEYED_ARGS
         if self.more_args:
             args.append(self.more_args)
+        return keys, args
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A function's call with some names bound (Function.prepare)."""
+
+    name: str
+    keys: list[Any]
+    args: list[Any]
+    open_keys: tuple[tuple[int, str], ...]  # (position, name) of each name still to give
+    open_args: tuple[tuple[int, str], ...]
+
+    def bind(self, **given: Any) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of a call, from the names ``prepare`` left open (each once)."""
+        if len(given) != len(self.open_keys) + len(self.open_args):
+            expected = sorted(name for _, name in (*self.open_keys, *self.open_args))
+            raise TypeError(f"{self.name}: takes {expected}, not {sorted(given)}")
+        keys, args = self.keys.copy(), self.args.copy()
+        for i, name in self.open_keys:
+            keys[i] = given[name]
+        for i, name in self.open_args:
+            args[i] = given[name]
         return keys, args
 
 

@@ -113,3 +113,25 @@ async def test_redis_lists_the_library_with_every_function(redis: Redis) -> None
     functions = dict(zip(library[::2], library[1::2], strict=True))["functions"]
     listed = {dict(zip(f[::2], f[1::2], strict=True))["name"] for f in functions}
     assert listed == {name.decode() for name in LIBRARY.names.values()}
+
+
+@pytest.mark.parametrize(
+    "fn", [f for f in FUNCTIONS if not (f.more_keys or f.more_args)], ids=lambda f: f.name
+)
+def test_a_prepared_call_binds_as_the_function_does(fn: Function) -> None:
+    """Names bound once (prepare) and the rest per call (bind) make the same KEYS and ARGV as
+    every name given at once, whichever names are bound first."""
+    names = [*fn.keys, *fn.args]
+    values = {name: f"value-of-{name}" for name in names}
+    for split in range(len(names) + 1):
+        constants = {name: values[name] for name in names[:split]}
+        rest = {name: values[name] for name in names[split:]}
+        assert fn.prepare(**constants).bind(**rest) == fn.bind(**values)
+    prepared = fn.prepare(**{name: values[name] for name in names[:-1]})
+    keys, _ = prepared.bind(**{names[-1]: "x"})
+    keys.append("changed")  # each call gets lists of its own
+    assert prepared.bind(**{names[-1]: "x"}) == fn.bind(**{**values, names[-1]: "x"})
+    with pytest.raises(TypeError):
+        prepared.bind()
+    with pytest.raises(TypeError):
+        fn.prepare(no_such_name=1)
