@@ -20,6 +20,7 @@ def to_ms(moment: datetime) -> int:
     return (moment - EPOCH) // _MS
 
 
+@functools.lru_cache(maxsize=4096)  # a coupon's expiry recurs, and so does a busy millisecond
 def from_ms(ms: int | str) -> datetime:
     seconds, millis = divmod(int(ms), 1000)
     return EPOCH + timedelta(0, seconds, millis * 1000)  # positional: a third faster than milliseconds=
