@@ -66,6 +66,10 @@ def main() -> int:
     parser.add_argument("--scenario", default="allocate", choices=("allocate", "redeem"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--slices", type=int, default=1,
+                        help="each round's bench alternates the service and its ceiling this many "
+                             "times, DURATION/SLICES seconds each, and keeps the slice with the median "
+                             "ratio")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1,
                         help="uvicorn workers of each service (WORKERS) and of the ceiling")  # fmt: skip
     parser.add_argument("--prepare", type=int, default=300_000, help="redeem: allocations made beforehand")
@@ -107,8 +111,8 @@ def main() -> int:
                     command = [
                         PYTHON, "-m", "coupon_pool.tools.bench", args.scenario, "--url", urls[build],
                         "--redis-url", redis_url, "--reference", "--pipelined-reference",
-                        "--duration", str(args.duration), "--json", "--quiet", "--into-existing-pool",
-                        "--workers", str(args.workers),
+                        "--duration", str(args.duration / args.slices), "--rounds", str(args.slices),
+                        "--json", "--quiet", "--into-existing-pool", "--workers", str(args.workers),
                     ]  # fmt: skip
                     if args.scenario == "redeem":
                         command += ["--prepare", str(args.prepare)]
@@ -135,7 +139,8 @@ def main() -> int:
             )
 
     summary: dict[str, object] = {"scenario": args.scenario, "old_rev": args.rev, "new_keyed": args.new_keyed,
-                                  "workers": args.workers, "rounds": results}  # fmt: skip
+                                  "workers": args.workers, "slices": args.slices,
+                                  "rounds": results}  # fmt: skip
     for build in ("old", "new"):
         for key in ("service", "ratio", "p99_ms"):
             summary[f"{build}_median_{key}"] = statistics.median(r[key] for r in results[build])
