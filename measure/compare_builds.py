@@ -77,6 +77,8 @@ def main() -> int:
                         help="allocate: the new build's allocations carry an Idempotency-Key each "
                              "(with REV = HEAD: the cost of the header)")  # fmt: skip
     args = parser.parse_args()
+    if args.slices < 1 or args.slices % 2 == 0:
+        parser.error("--slices must be odd: the bench keeps the middle one")
 
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = Path(tmp) / "old"
@@ -106,8 +108,10 @@ def main() -> int:
                 urls[build] = f"http://127.0.0.1:{port}"
                 wait_for(f"{urls[build]}/healthz")
             results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-            for _ in range(args.rounds):
-                for build in ("old", "new"):
+            for n in range(args.rounds):
+                # The order turns each round, so a drift over the run (the data set growing,
+                # a background save) falls on both builds alike.
+                for build in ("old", "new") if n % 2 == 0 else ("new", "old"):
                     command = [
                         PYTHON, "-m", "coupon_pool.tools.bench", args.scenario, "--url", urls[build],
                         "--redis-url", redis_url, "--reference", "--pipelined-reference",

@@ -32,19 +32,22 @@ class BodyDeadlines:
     async def sweep(self) -> None:
         """Cancel each read past its deadline, until cancelled itself."""
         self._loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.seconds / 4)
-            now = time.monotonic()
-            for task, deadline in list(self._reading.items()):
-                if deadline <= now and task not in self._expired:
-                    self._expired.add(task)
-                    task.cancel()
+        try:
+            while True:
+                await asyncio.sleep(self.seconds / 4)
+                now = time.monotonic()
+                for task, deadline in list(self._reading.items()):
+                    if deadline <= now and task not in self._expired:
+                        self._expired.add(task)
+                        task.cancel()
+        finally:
+            self._loop = None
 
     async def read(self, request: Request, limit: int) -> bytes:
         """The whole body; BodyTooLarge past ``limit`` bytes, RequestTimeout past the deadline."""
         # With its loop named, current_task() skips get_running_loop(), which on Python 3.11
         # makes a getpid() system call (a fork check) every time.
-        task = asyncio.current_task(self._loop)
+        task = asyncio.current_task(self._loop) or asyncio.current_task()  # no sweep: any loop
         assert task is not None
         cancelling = task.cancelling()
         self._reading[task] = time.monotonic() + self.seconds

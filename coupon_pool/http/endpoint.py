@@ -5,7 +5,8 @@ It does for its operation what Starlette's ``request_response``, ``Request`` and
 pass, the body within its deadline, and the answer goes out as two messages with its
 header list built once. The bytes are those a Starlette ``Response`` would send
 (content-length, then content-type, then any others), and its errors answer through the
-same handlers (problems.py) as Starlette's exception middleware would.
+same handlers (problems.py) as Starlette's exception middleware would (EXCEPTION_HANDLERS:
+CouponError, RedisError, RedisClusterException, HTTPException).
 
 The routes with a fixed path (the hot ones among them) reach it straight from the app's
 ``Shortcuts`` (app.py), without Starlette's router and its exception middleware; the
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from redis.exceptions import RedisClusterException, RedisError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -29,7 +31,7 @@ from .auth import ApiKeys
 from .bodies import read_json
 from .inputs import Call, Services, encode, idempotency_of, parse_model, parse_query
 from .lookups import budgeted
-from .problems import on_coupon_error, on_redis_error
+from .problems import on_coupon_error, on_http_exception, on_redis_error
 from .validation import validate_json
 
 if TYPE_CHECKING:
@@ -61,6 +63,9 @@ class Endpoint:
         except (RedisError, RedisClusterException) as error:
             await (await on_redis_error(request, error))(scope, receive, send)
             return
+        except HTTPException as error:  # as Starlette's exception middleware would answer it
+            await (await on_http_exception(request, error))(scope, receive, send)
+            return
         headers = [(b"content-length", b"%d" % len(content)), (b"content-type", self.content_type)]
         if replayed:
             headers.append(_REPLAYED)
@@ -75,9 +80,11 @@ class Endpoint:
         idempotency_keys: list[bytes] = []
         for name, value in scope["headers"]:  # one pass; the first of a repeated header counts
             if name == b"content-type":
-                content_type = content_type or value
+                if content_type is None:
+                    content_type = value
             elif name == b"content-length":
-                content_length = content_length or value
+                if content_length is None:
+                    content_length = value
             elif name == b"authorization":
                 authorization.append(value)
             elif name == b"idempotency-key":

@@ -136,7 +136,9 @@ class Prepared:
 
     def bind(self, **given: Any) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV of a call, from the names ``prepare`` left open (each once)."""
-        if len(given) != len(self.open_keys) + len(self.open_args):
+        if len(given) != len(self.open_keys) + len(self.open_args) or not all(
+            name in given for _, name in (*self.open_keys, *self.open_args)
+        ):
             expected = sorted(name for _, name in (*self.open_keys, *self.open_args))
             raise TypeError(f"{self.name}: takes {expected}, not {sorted(given)}")
         keys, args = self.keys.copy(), self.args.copy()

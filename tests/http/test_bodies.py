@@ -97,3 +97,23 @@ async def test_a_shutdown_that_lands_with_the_deadline_still_cancels(deadlines: 
     reading.cancel()  # and the server shuts down before the read has run again
     with pytest.raises(asyncio.CancelledError):
         await reading
+
+
+def test_a_read_on_another_loop_than_the_sweeps_finds_its_task() -> None:
+    """The sweep's loop is forgotten when it stops, and a read names its own task: a read on
+    another loop (the next test client of one app, say) reads as before."""
+    bodies = BodyDeadlines(0.4)
+
+    async def sweep_briefly() -> None:
+        sweeping = asyncio.create_task(bodies.sweep())
+        await asyncio.sleep(0)
+        sweeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sweeping
+
+    async def read() -> bytes:
+        request = request_receiving({"type": "http.request", "body": b"{}", "more_body": False})
+        return await bodies.read(request, 100)
+
+    asyncio.run(sweep_briefly())
+    assert asyncio.run(read()) == b"{}"

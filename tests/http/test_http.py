@@ -36,6 +36,16 @@ async def test_a_body_that_is_not_json_typed_is_415(client: httpx.AsyncClient) -
     assert_problem(response, 415, "unsupported_media_type")
 
 
+async def test_of_repeated_content_types_the_first_counts_even_when_empty(client: httpx.AsyncClient) -> None:
+    """As a proxy reading the first would: an empty first Content-Type is no JSON type."""
+    headers = [("content-type", ""), ("content-type", "application/json")]
+    response = await client.post("/v1/allocations", content=b'{"user_id": "u"}', headers=headers)
+    assert_problem(response, 415, "unsupported_media_type")
+    headers = [("content-type", "application/json"), ("content-type", "text/plain")]
+    response = await client.post("/v1/allocations", content=b'{"user_id": "u"}', headers=headers)
+    assert_problem(response, 409, "pool_empty")
+
+
 async def test_json_content_type_with_charset_is_accepted(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/allocations",

@@ -133,5 +133,7 @@ def test_a_prepared_call_binds_as_the_function_does(fn: Function) -> None:
     assert prepared.bind(**{names[-1]: "x"}) == fn.bind(**{**values, names[-1]: "x"})
     with pytest.raises(TypeError):
         prepared.bind()
+    with pytest.raises(TypeError):  # as many names as it takes, but not its own
+        prepared.bind(no_such_name="x")
     with pytest.raises(TypeError):
         fn.prepare(no_such_name=1)
