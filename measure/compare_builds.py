@@ -5,10 +5,11 @@
     .venv/bin/python measure/compare_builds.py HEAD --new-keyed   # what an Idempotency-Key costs
 
 Starts a Redis of its own (redis.conf, a temporary directory, a free port), then the
-service of REV (a `git worktree` in a temporary directory, imported ahead of this
-checkout through PYTHONPATH) and this checkout's, each in a namespace of its own. In turn,
-REV then this checkout, `coupon-pool bench SCENARIO --reference --pipelined-reference`
-runs against each (the same bench and the same pipelined ceiling for both). Prints, per
+service of REV (a `git worktree` in a temporary directory) and this checkout's, each in a
+namespace of its own, each started with `python -P` from its own tree and checked to
+import coupon_pool from it. In turn (REV first, then this checkout first, and so on),
+`coupon-pool bench SCENARIO --reference --pipelined-reference` runs against each (this
+checkout's bench and pipelined ceiling for both). Prints, per
 build, the service's req/s and its ratio to the ceiling in each round, their medians, and
 new/old. The ratio is the figure to compare: the ceiling run beside each measurement
 absorbs the noise of a shared machine.
