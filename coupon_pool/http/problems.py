@@ -101,8 +101,11 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: errors.CouponError
     if exc.status_code == 405:
+        headers = dict(exc.headers or {})
+        if "Allow" in headers:  # Starlette joins a set: its order would change with the hash seed
+            headers["Allow"] = ", ".join(sorted(headers["Allow"].split(", ")))
         error = errors.MethodNotAllowed(
-            f"{request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {})
+            f"{request.method} is not allowed on {request.url.path}", headers=headers
         )
     elif exc.status_code == 404:
         error = errors.NotFound(f"no route {request.url.path}")
