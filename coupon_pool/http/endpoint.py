@@ -5,8 +5,8 @@ It does for its operation what Starlette's ``request_response``, ``Request`` and
 pass, the body within its deadline, and the answer goes out as two messages with its
 header list built once. The bytes are those a Starlette ``Response`` would send
 (content-length, then content-type, then any others), and its errors answer through the
-same handlers (problems.py) as Starlette's exception middleware would (EXCEPTION_HANDLERS:
-CouponError, RedisError, RedisClusterException, HTTPException).
+same handlers, picked the same way (problems.EXCEPTION_HANDLERS, by the exception's class),
+as Starlette's exception middleware would.
 
 The routes with a fixed path (the hot ones among them) reach it straight from the app's
 ``Shortcuts`` (app.py), without Starlette's router and its exception middleware; the
@@ -18,8 +18,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from redis.exceptions import RedisClusterException, RedisError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -31,7 +29,7 @@ from .auth import ApiKeys
 from .bodies import read_json
 from .inputs import Call, Services, encode, idempotency_of, parse_model, parse_query
 from .lookups import budgeted
-from .problems import on_coupon_error, on_http_exception, on_redis_error
+from .problems import handler_for
 from .validation import validate_json
 
 if TYPE_CHECKING:
@@ -57,14 +55,11 @@ class Endpoint:
         request = Request(scope, receive)
         try:
             content, replayed = await self._run(request, scope)
-        except CouponError as error:
-            await (await on_coupon_error(request, error))(scope, receive, send)
-            return
-        except (RedisError, RedisClusterException) as error:
-            await (await on_redis_error(request, error))(scope, receive, send)
-            return
-        except HTTPException as error:  # as Starlette's exception middleware would answer it
-            await (await on_http_exception(request, error))(scope, receive, send)
+        except Exception as error:  # answered as Starlette's exception middleware would
+            handler = handler_for(error)
+            if handler is None:
+                raise  # unexpected: RequestTelemetry answers 500
+            await (await handler(request, error))(scope, receive, send)
             return
         headers = [(b"content-length", b"%d" % len(content)), (b"content-type", self.content_type)]
         if replayed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -144,9 +145,18 @@ def unexpected(exc: Exception) -> Response:
     return problem_response(errors.CouponError("an unexpected error occurred"))
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     errors.CouponError: on_coupon_error,
     HTTPException: on_http_exception,
     RedisError: on_redis_error,
     RedisClusterException: on_redis_error,
 }
+
+
+def handler_for(exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+    """The EXCEPTION_HANDLERS entry for ``exc``, by its class's ancestry, as Starlette's
+    exception middleware picks it; None for an exception none of them answers."""
+    for cls in type(exc).__mro__:
+        if cls in EXCEPTION_HANDLERS:
+            return EXCEPTION_HANDLERS[cls]
+    return None

@@ -57,6 +57,7 @@ from redis import Redis as SyncRedis
 from coupon_pool.pool.keys import CouponField, Keys
 from support import wait_until
 from support.live_server import LiveServer
+from support.rawhttp import read_head
 from support.redis_server import RedisServer
 
 GOLDEN = Path(__file__).with_name("golden_answers.json")
@@ -418,13 +419,7 @@ def exchange(port: int, request: Request) -> Answer:
     """Send ``request`` on a new connection and read its whole answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(request.raw)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = conn.recv(65536)
-            if not more:
-                raise AssertionError(f"{request.name}: the connection closed before the head: {data!r}")
-            data += more
-        head, _, body = data.partition(b"\r\n\r\n")
+        head, body = read_head(conn)
         status_line, *lines = head.split(b"\r\n")
         headers = []
         for line in lines:
