@@ -229,7 +229,11 @@ class AutoPipeline:
                 except ResponseError as error:  # the function's own error: its caller's alone
                     replies.append(error)
             if self.wait_replicas:
-                self._check_replicated(replies, int(await connection.read_response()))
+                try:
+                    acknowledged = int(await connection.read_response())
+                except ResponseError:  # a master turned replica in a failover refuses WAIT:
+                    acknowledged = 0  # nothing is confirmed, and each call keeps its own reply
+                self._check_replicated(replies, acknowledged)
             return replies
         except BaseException:
             await connection.disconnect()  # replies may still be on their way: never reuse it

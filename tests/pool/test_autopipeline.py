@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coupon_pool.pool.autopipeline import AutoPipeline
+from coupon_pool.pool.connection import NotReplicated
 from support.redis_server import RedisServer
 
 LIBRARY = """#!lua name=autopipeline_test
@@ -19,11 +21,13 @@ redis.register_function('echo', function(keys, args)
   return args[1]
 end)
 redis.register_function('count', function(keys, args) return redis.call('INCR', keys[1]) end)
+redis.register_function{function_name='read', callback=function(keys, args) return args[1] end,
+  flags={'no-writes'}}
 redis.register_function('slow', function(keys, args)
   local x = 0 for i = 1, 80000000 do x = x + i end return x  -- about 0.4 s
 end)
 """
-ECHO, COUNT, SLOW = b"echo", b"count", b"slow"
+ECHO, COUNT, SLOW, READ = b"echo", b"count", b"slow", b"read"
 
 
 @pytest.fixture
@@ -127,3 +131,42 @@ async def test_the_callers_of_a_pipeline_cut_short_get_an_error_rather_than_wait
     with pytest.raises(RedisError, match="ended without this call's reply"):
         await asyncio.wait_for(call, 2)
     await asyncio.sleep(0.5)  # let the slow function end before the next test
+
+
+async def test_a_wait_refused_by_a_replica_leaves_each_call_its_own_answer(tmp_path: Path) -> None:
+    """A master that a failover made a replica refuses WAIT ("cannot be used with replica
+    instances"). That refusal says nothing was confirmed: a call that ran is NotReplicated
+    (503, send again with the Idempotency-Key), a call refused (READONLY, so the cluster
+    client sends it to the new master) keeps its refusal; none gets the WAIT's error."""
+    master_server = RedisServer(tmp_path / "master", "--appendonly", "no").start()
+    replica_server = RedisServer(
+        tmp_path / "replica", "--replicaof", "127.0.0.1", str(master_server.port), "--appendonly", "no"
+    ).start()
+    master = Redis.from_url(master_server.url, decode_responses=True)
+    replica = Redis.from_url(replica_server.url, decode_responses=True)
+    try:
+        await master.function_load(LIBRARY, replace=True)
+        await _until_synced(replica)
+        pipeline = AutoPipeline(replica, wait_replicas=1, wait_timeout_ms=100)
+        read, write = await asyncio.gather(
+            pipeline.run(READ, [], ["x"]), pipeline.run(COUNT, ["n"], []), return_exceptions=True
+        )
+        assert isinstance(read, NotReplicated)
+        assert isinstance(write, ReadOnlyError)
+    finally:
+        await replica.aclose()
+        await master.aclose()
+        replica_server.kill()  # nothing of either to keep
+        master_server.kill()
+
+
+async def _until_synced(replica: Redis) -> None:
+    """Until the replica has the master's functions and its link is up (10 s at most)."""
+    for _ in range(200):
+        if (
+            await replica.function_list()
+            and (await replica.info("replication"))["master_link_status"] == "up"
+        ):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the replica did not sync within 10 s")
