@@ -110,6 +110,14 @@ class CouponExpired(CouponError):
     code, status, title = "coupon_expired", 410, "Coupon expired"
 
 
+class HoldExpired(CouponError):
+    code, status, title = "hold_expired", 409, "Hold expired"
+
+
+class CouponNotYetValid(CouponError):
+    code, status, title = "coupon_not_yet_valid", 409, "Coupon not valid yet"
+
+
 class TypeMismatch(CouponError):
     code, status, title = "type_mismatch", 409, "Coupon type mismatch"
 

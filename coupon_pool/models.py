@@ -172,12 +172,50 @@ UNION_TAGS = frozenset(
 )
 
 
+EARLIEST_START = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
+MAX_METADATA_KEYS = 50
+MAX_METADATA_VALUE = 500
+MetadataKey = Annotated[str, StringConstraints(pattern=METADATA_KEY_PATTERN)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
+Metadata = Annotated[
+    dict[MetadataKey, MetadataValue],
+    Field(
+        max_length=MAX_METADATA_KEYS,
+        description=f"up to {MAX_METADATA_KEYS} keys of 1-40 characters `[A-Za-z0-9_.-]`, each with a "
+        f"string of up to {MAX_METADATA_VALUE} characters (any Unicode text); given back with the "
+        "coupon, its allocations, validations and a user's coupons",
+    ),
+]
+
+
+def _starts_before_expiry(value: datetime | None, info: ValidationInfo) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or in_utc < EARLIEST_START:
+        raise PydanticCustomError("start_range", "must be after 1970-01-01T00:00:00Z (in UTC)")
+    expires_at = info.data.get("expires_at")
+    if expires_at is not None and in_utc >= expires_at:
+        raise PydanticCustomError("start_after_expiry", "must be before expires_at")
+    return value
+
+
 class CouponIn(_Body):
     code: Code
     type: CouponType = CouponType.STANDARD
     discount: Discount
     expires_at: FutureTime = Field(examples=["2099-12-31T23:59:59Z"])
     max_usages: int = Field(default=1, ge=1, le=1_000_000)
+    starts_at: Annotated[AwareDatetime | None, AfterValidator(_starts_before_expiry)] = Field(
+        default=None,
+        description="when the coupon joins the pool (before expires_at); until then it is scheduled: "
+        "never allocated, and validation answers coupon_not_yet_valid. Without it, or in the past: at once",
+    )
+    metadata: Metadata | None = None
 
 
 class UploadRequest(_Body):
@@ -186,15 +224,30 @@ class UploadRequest(_Body):
     coupons: list[CouponIn] = Field(max_length=MAX_UPLOAD)
 
 
+MAX_HOLD_S = 86_400
+
+
 class AllocationRequest(_Body):
     user_id: UserId
     type: CouponType = CouponType.STANDARD
+    hold_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_HOLD_S,
+        description="hold the coupon this many seconds (at most until it expires) instead of giving "
+        "it for good: a redemption within the hold confirms it, a release ends it, and at its end "
+        "it goes back to the pool by itself (a redemption then answers 409 hold_expired)",
+    )
 
 
 class RedemptionRequest(_Body):
     code: Code
     user_id: UserId
     type: CouponType | None = None
+
+
+class ValidationRequest(RedemptionRequest):
+    """Would this redemption succeed now?"""
 
 
 class ReleaseRequest(RedemptionRequest):

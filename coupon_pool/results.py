@@ -16,10 +16,18 @@ class UploadResult(_Body):
     duplicates: list[str] = Field(description="codes not stored because they already existed")
 
 
+HolderStatus = Literal["allocated", "held", "redeemed", "hold_expired"]
+
+
 class Holder(_Body):
     user_id: str
     allocated_at: datetime
     redeemed_at: datetime | None
+    status: HolderStatus = Field(
+        description="held: an allocation with hold_s, until hold_expires_at; hold_expired: a hold that "
+        "ended unconfirmed (the user holds the coupon no more)"
+    )
+    hold_expires_at: datetime | None = Field(description="a hold's end; null for an allocation for good")
 
 
 class Coupon(_Body):
@@ -31,6 +39,9 @@ class Coupon(_Body):
     allocated: int
     used: int
     created_at: datetime
+    starts_at: datetime | None = Field(description="when it joins the pool; null: at its upload")
+    scheduled: bool = Field(description="its start is ahead: it is not allocated yet")
+    metadata: dict[str, str]
     allocations: list[Holder] = Field(
         description=f"who holds it, oldest allocation first; at most {MAX_LISTED_HOLDERS} listed"
     )
@@ -48,6 +59,11 @@ class Allocation:
     expires_at: datetime
     user_id: str
     allocated_at: datetime
+    hold_expires_at: Annotated[
+        datetime | None,
+        Field(description="with hold_s: when the hold ends unless a redemption confirms it; else null"),
+    ]
+    metadata: Annotated[dict[str, str], Field(description="the coupon's, as uploaded ({} without)")]
 
 
 @dataclass(slots=True)
@@ -83,7 +99,7 @@ class Rollback:
     max_usages: int
 
 
-UserCouponStatus = Literal["allocated", "redeemed", "expired"]
+UserCouponStatus = Literal["allocated", "held", "redeemed", "hold_expired", "expired"]
 
 
 class UserCoupon(_Body):
@@ -93,9 +109,12 @@ class UserCoupon(_Body):
     expires_at: datetime
     allocated_at: datetime
     redeemed_at: datetime | None
+    hold_expires_at: datetime | None = Field(description="a hold's end; null for an allocation for good")
     status: UserCouponStatus = Field(
-        description="redeemed; else expired once past expires_at; else allocated"
+        description="redeemed; else hold_expired once a hold ended unconfirmed (the user holds it no "
+        "more); else expired once past expires_at; else held (a hold, until hold_expires_at) or allocated"
     )
+    metadata: dict[str, str]
 
 
 class UserCouponsPage(_Body):
@@ -107,6 +126,27 @@ class UserCouponsPage(_Body):
     )
 
 
+class ValidatedCoupon(_Body):
+    code: str
+    type: CouponType
+    discount: Discount
+    expires_at: datetime
+    starts_at: datetime | None
+    hold_expires_at: datetime | None = Field(description="the user's hold's end, if they hold it so")
+    metadata: dict[str, str]
+
+
+class Validation(_Body):
+    valid: bool = Field(description="a redemption sent now would succeed")
+    code: str | None = Field(
+        description="when not valid, the error code the redemption would answer (coupon_not_found, "
+        "type_mismatch, coupon_not_yet_valid, not_allocated, already_redeemed, hold_expired, "
+        "coupon_expired); null when valid"
+    )
+    detail: str | None = Field(description="when not valid, what the redemption would say")
+    coupon: ValidatedCoupon | None = Field(description="the coupon; null when there is none")
+
+
 class TypeStats(_Body):
     created: int
     allocated: int = Field(description="usages allocated, net of releases")
@@ -115,6 +155,9 @@ class TypeStats(_Body):
     rolled_back: int = Field(description="redemptions undone")
     purged: int = Field(description="expired coupons deleted unused by the purge")
     available: int = Field(description="unexpired coupons with at least one free usage")
+    held: int = Field(description="allocations held (hold_s) now, neither confirmed nor ended")
+    hold_expired: int = Field(description="holds that ended unconfirmed, their usage back in the pool")
+    scheduled: int = Field(description="coupons whose start is ahead: not in the pool yet")
 
 
 def _every_type(schema: dict[str, Any]) -> None:

@@ -204,6 +204,9 @@ class Settings:
     failed_lookup_burst: int = env("FAILED_LOOKUP_BURST", 100, _int, Range(1, 1_000_000))
     purge_interval_s: float = env("PURGE_INTERVAL_S", 60.0, _float, Range(0.1, 86_400))
     purge_batch_size: int = env("PURGE_BATCH_SIZE", 1000, _int, Range(1, 10_000))
+    # How often each app process settles due holds and starts (0: never; allocations, stats
+    # and the purge settle what they meet whatever this is).
+    settle_interval_s: float = env("SETTLE_INTERVAL_S", 1.0, _float, Range(0, 3600))
     megadeal_max_concurrent: int = env("MEGADEAL_MAX_CONCURRENT", 5, _int, Range(1, 1000))
     megadeal_rate_per_s: int = env("MEGADEAL_RATE_PER_S", 10, _int, Range(1, 10_000))
     megadeal_max_wait_s: float = env("MEGADEAL_MAX_WAIT_S", 10.0, _float, Range(0, 300, above=True))

@@ -8,6 +8,7 @@
 --       held          the user's held set of this type (see first_unheld in lib.lua)
 --       listing       the user's coupons of this type (code -> allocated_at ms)
 --       draining      this type's coupons with no free usage still listed in held sets
+--       due           this type's timers: holds and starts (see settle in lib.lua)
 --       record        (optional) the Idempotency-Key's record
 -- ARGV: prefix        key prefix of coupon hashes (a coupon's key is prefix .. code; it
 --                     shares the hash tag of KEYS, so the script stays in one cluster slot)
@@ -17,25 +18,34 @@
 --       max_per_user  most coupons of the type a user may hold; 0: no limit
 --       held_prefix   key prefix of this type's held sets ({ns}:held:<TYPE>:)
 --       tracked_prefix  key prefix of the coupons' tracked sets ({ns}:trk:)
+--       slot          the prefix of the slot's keys ({ns}:), for settle()
+--       hold_ms       > 0: hold the usage this long (at most until the coupon expires), not
+--                     for good (see allocate_one in lib.lua); 0: allocate it for good
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
+-- First, up to SETTLE_IN_ALLOCATION of the type's due timers are carried out (holds past
+-- their deadline back to the pool, scheduled coupons whose start came into it).
 -- The coupon that expires first is handed out first, skipping coupons this user already
 -- holds. A coupon moves from the available set to the exhausted set when its last usage
 -- is reserved.
 --
--- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
+-- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms,
+--          hold deadline ms or "", metadata JSON or ""}
 --      or {"pool_empty"} when no unexpired coupon with a free usage is left for this user,
 --      or {"user_limit_reached"};
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=allocate, type, user_id, and code or error.
--- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() from lib.lua.
+-- Uses now_ms(), settle(), allocate_one(), audit_allocation(), idem_lookup(), idem_store()
+-- from lib.lua.
 
 local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
-    draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user }
+    draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user, due = due,
+    slot = slot, hold_ms = hold_ms }
 local now = now_ms()
 
 local found = idem_lookup(record, fp, '', now)
 if found then return found end
+settle(slot, ctype, due, now, SETTLE_IN_ALLOCATION, audit_cap)
 local result = allocate_one(k, prefix, ctype, max_per_user, now)
 audit_allocation(audit_stream, audit_cap, ctype, user, result)
 idem_store(record, fp, ttl_ms, result)

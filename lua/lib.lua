@@ -82,12 +82,13 @@ local function drain(k)
   end
 end
 
--- Coupon `code`'s discount kind and value, expiry, max usages and allocated count, if
--- `holder` (its holder field) does not hold it yet; nil if it does.
+-- Coupon `code`'s discount kind and value, expiry, max usages, allocated count, holder
+-- field and metadata, if `holder` (its holder field) does not hold it; nil if it does. A
+-- hold that lapsed ("<at>x<deadline>") holds it no more.
 local function unheld(prefix, code, holder)
   local c = redis.call('HMGET', prefix .. code, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, F_MAX_USAGES,
-    F_ALLOCATED, holder)
-  if c[6] then return nil end
+    F_ALLOCATED, holder, F_METADATA)
+  if c[6] and not string.find(c[6], 'x', 1, true) then return nil end
   return c
 end
 
@@ -148,9 +149,14 @@ end
 -- sets for the purge to find; one with usages left joins the user's held set (from the
 -- user's TRACK_FROM-th coupon of the type on). `max_per_user` > 0 caps the coupons of the
 -- type a user holds at once.
--- `k` names the keys: available, exhausted, stats, held, listing, draining, held_prefix
--- ({ns}:held:<TYPE>:), tracked_prefix ({ns}:trk:), and the user.
--- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms}
+-- With `k.hold_ms` > 0 the usage is held, not given for good: its holder field is
+-- "<now>h<deadline>", the deadline (now + hold_ms, at most the coupon's expiry) in the
+-- type's timers (`k.due`) under "<code> <user>", counted in "<ctype>:held"; redeem confirms
+-- it, release ends it, and settle() gives it back at the deadline.
+-- `k` names the keys: available, exhausted, stats, held, listing, draining, due, held_prefix
+-- ({ns}:held:<TYPE>:), tracked_prefix ({ns}:trk:), slot ({ns}:), the user and hold_ms.
+-- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms,
+--          hold deadline ms or "", metadata JSON or ""}
 --      or {"pool_empty"} or {"user_limit_reached"}.
 local function allocate_one(k, prefix, ctype, max_per_user, now)
   local listed = redis.call('ZCARD', k.listing)
@@ -163,7 +169,17 @@ local function allocate_one(k, prefix, ctype, max_per_user, now)
     return { 'pool_empty' }
   end
   local allocated = tonumber(c[5]) + 1
-  redis.call('HSET', prefix .. code, holder, now, F_ALLOCATED, allocated)
+  local state, deadline = now, ''
+  if k.hold_ms > 0 then
+    deadline = math.min(now + k.hold_ms, tonumber(c[3]))
+    state = now .. 'h' .. deadline
+    redis.call('ZADD', k.due, deadline, code .. ' ' .. k.user)
+    redis.call('HINCRBY', k.stats, ctype .. ':held', 1)
+  end
+  if c[6] then  -- a hold of this user's that lapsed: it is theirs again
+    redis.call('ZREM', k.slot .. K_LAPSED .. ctype .. ':' .. k.user, code)
+  end
+  redis.call('HSET', prefix .. code, holder, state, F_ALLOCATED, allocated)
   listed = listed + redis.call('ZADD', k.listing, now, code)
   if allocated >= tonumber(c[4]) then
     if untrack(k, code, DRAIN_NOW) then
@@ -176,7 +192,7 @@ local function allocate_one(k, prefix, ctype, max_per_user, now)
     redis.call('SADD', k.tracked_prefix .. code, k.user)
   end
   redis.call('HINCRBY', k.stats, ctype .. ':allocated', 1)
-  return { 'ok', code, c[1], c[2], c[3], now }
+  return { 'ok', code, c[1], c[2], c[3], now, deadline, c[7] or '' }
 end
 
 -- Idempotency records ({ns}:idem:<scope>:<key digest>), a hash: "fp" the request's
@@ -203,11 +219,19 @@ local function idem_store(record, fp, ttl_ms, reply)
   redis.call('PEXPIRE', record, ttl_ms)
 end
 
+-- A holder field's value: allocated_at ms, then its mark and a time: "" (allocated), ":"
+-- (redeemed at), "h" (held until), "x" (held until, and lapsed).
+local function holder_state(value)
+  return string.match(value, '^(%d+)(%D?)(%d*)$')
+end
+
 -- The user's allocation of the coupon hash `coupon`, as a table: type, expires, max,
--- allocated, holder (its field name), allocated_at, redeemed_at (nil while unredeemed);
--- or, second, the error: "coupon_not_found", "type_mismatch" (`expected` is a type, or ""
--- for any), "not_allocated". The first value always has the type when the coupon exists.
-local function holding(coupon, user, expected)
+-- allocated, holder (its field name), allocated_at, redeemed_at (nil while unredeemed),
+-- hold (its deadline ms while held, nil otherwise); or, second, the error:
+-- "coupon_not_found", "type_mismatch" (`expected` is a type, or "" for any),
+-- "not_allocated", "hold_expired" (a hold past its deadline: c.hold is then its deadline,
+-- or nil once it lapsed). The first value always has the type when the coupon exists.
+local function holding(coupon, user, expected, now)
   local holder = F_HOLDER .. user
   local r = redis.call('HMGET', coupon, F_TYPE, F_EXPIRES, F_MAX_USAGES, F_ALLOCATED, holder)
   local c = { type = r[1], holder = holder }
@@ -215,9 +239,38 @@ local function holding(coupon, user, expected)
   if expected ~= '' and expected ~= r[1] then return c, 'type_mismatch' end
   if not r[5] then return c, 'not_allocated' end
   c.expires, c.max, c.allocated = tonumber(r[2]), r[3], tonumber(r[4])
-  local at, redeemed = string.match(r[5], '^(%d+):(%d+)$')
-  c.allocated_at = at or r[5]
-  c.redeemed_at = redeemed
+  local at, mark, time = holder_state(r[5])
+  c.allocated_at = at
+  if mark == ':' then c.redeemed_at = time end
+  if mark == 'x' then return c, 'hold_expired' end
+  if mark == 'h' then
+    c.hold = tonumber(time)
+    if c.hold <= now then return c, 'hold_expired' end
+  end
+  return c, nil
+end
+
+-- The rules a redemption of coupon hash `coupon` by `user` must pass now, shared by
+-- redeem.lua and validate.lua so the two cannot disagree. Returns the coupon as a table
+-- (type, expires, max, kind, value, starts, metadata, holder: the field name, and from the
+-- holder field: allocated_at, mark and time as holder_state() reads them), then the error
+-- or nil. Checked in this order: "coupon_not_found", "type_mismatch" (`expected` a type,
+-- or "" for any), "coupon_not_yet_valid" (its start is ahead), "not_allocated",
+-- "already_redeemed", "hold_expired" (a hold past its deadline), "coupon_expired".
+local function redeemable(coupon, user, expected, now)
+  local holder = F_HOLDER .. user
+  local r = redis.call('HMGET', coupon, F_TYPE, F_EXPIRES, F_MAX_USAGES, holder, F_STARTS, F_DISCOUNT_KIND,
+    F_DISCOUNT_VALUE, F_METADATA)
+  local c = { type = r[1], expires = r[2], max = r[3], holder = holder, starts = r[5], kind = r[6], value = r[7],
+    metadata = r[8] }
+  if not r[1] then return c, 'coupon_not_found' end
+  if expected ~= '' and expected ~= r[1] then return c, 'type_mismatch' end
+  if r[5] and tonumber(r[5]) > now then return c, 'coupon_not_yet_valid' end
+  if not r[4] then return c, 'not_allocated' end
+  c.allocated_at, c.mark, c.time = holder_state(r[4])
+  if c.mark == ':' then return c, 'already_redeemed' end
+  if c.mark == 'x' or (c.mark == 'h' and tonumber(c.time) <= now) then return c, 'hold_expired' end
+  if tonumber(r[2]) <= now then return c, 'coupon_expired' end
   return c, nil
 end
 
@@ -262,4 +315,89 @@ local function wake_waiters(queue, slots, window, wake_prefix, max_concurrent, r
     redis.call('PEXPIRE', key, keep_ms)
   end
   return #woken
+end
+
+-- Holds and starts. Each type has its timers in a slot ({ns}:due:<TYPE>, a sorted set): a
+-- hold, "<code> <user>" -> its deadline ms, and a scheduled coupon (uploaded with a start
+-- ahead: in no available set yet), "<code>" -> its starts_at ms. settle() carries out
+-- those that are due: the allocation of the type does a few first (so a coupon whose hold
+-- ended or whose start came is allocatable at once, whatever a sweep does), stats and the
+-- purge more, and the app's sweep (SETTLE_INTERVAL_S) the rest, a batch per call.
+local SETTLE_IN_ALLOCATION = 16  -- timers one allocation carries out, at most
+
+-- The keys of type `ctype` in the slot whose keys start with `slot` ("{ns}:").
+local function type_keys(slot, ctype)
+  return { slot = slot, ctype = ctype, due = slot .. K_DUE .. ctype, available = slot .. K_AVAILABLE .. ctype,
+    draining = slot .. K_DRAINING .. ctype, exhausted = slot .. K_EXHAUSTED, stats = slot .. K_STATS,
+    audit = slot .. K_AUDIT, prefix = slot .. K_COUPON, held = slot .. K_HELD .. ctype .. ':',
+    listing = slot .. K_LISTING .. ctype .. ':', lapsed = slot .. K_LAPSED .. ctype .. ':',
+    tracked = slot .. K_TRACKED }
+end
+
+-- The end of `user`'s allocation of `code` (`t`: type_keys): one usage back to the pool, as
+-- release.lua gives it. `c` has the coupon's expires (a number), max and allocated (the
+-- count before). Its holder field is left to the caller. Returns the usages allocated now.
+local function give_back(t, code, user, c, now)
+  local allocated = redis.call('HINCRBY', t.prefix .. code, F_ALLOCATED, -1)
+  if redis.call('ZREM', t.draining, code) == 0 and c.allocated >= tonumber(c.max) and c.expires > now then
+    redis.call('ZREM', t.exhausted, code)
+    redis.call('ZADD', t.available, c.expires, code)
+  end
+  redis.call('ZREM', t.held .. user, code)
+  redis.call('SREM', t.tracked .. code, user)
+  redis.call('ZREM', t.listing .. user, code)
+  redis.call('HINCRBY', t.stats, t.ctype .. ':allocated', -1)
+  return allocated
+end
+
+-- A hold that is no more (confirmed, released or lapsed) leaves the timers and the count.
+local function unhold(t, code, user)
+  redis.call('ZREM', t.due, code .. ' ' .. user)
+  redis.call('HINCRBY', t.stats, t.ctype .. ':held', -1)
+end
+
+-- `user`'s hold of `code` ends unconfirmed: the usage goes back to the pool as a release
+-- gives it, the holder field becomes "<at>x<deadline>" (redeem answers hold_expired), the
+-- user's lapsed listing gets it (GET /v1/users/{id}/coupons shows it), counted in
+-- "<TYPE>:hold_expired", with an audit entry (op=hold_expired). Nothing if it is not a
+-- hold (any more): its coupon purged, say.
+local function lapse(t, code, user, now, audit_cap)
+  unhold(t, code, user)
+  local coupon = t.prefix .. code
+  local holder = F_HOLDER .. user
+  local r = redis.call('HMGET', coupon, F_EXPIRES, F_MAX_USAGES, F_ALLOCATED, holder)
+  local at, mark, deadline = holder_state(r[4] or '')
+  if mark ~= 'h' then return end
+  local lapsed = at .. 'x' .. deadline
+  redis.call('HSET', coupon, holder, lapsed)
+  give_back(t, code, user, { expires = tonumber(r[1]), max = r[2], allocated = tonumber(r[3]) }, now)
+  redis.call('ZADD', t.lapsed .. user, at, code)
+  redis.call('HINCRBY', t.stats, t.ctype .. ':hold_expired', 1)
+  audit(t.audit, audit_cap, 'op', 'hold_expired', 'code', code, 'user_id', user, 'type', t.ctype)
+end
+
+-- A scheduled coupon's start has come: it joins its available set (an expired one too,
+-- for the purge to find).
+local function start(t, code)
+  redis.call('HINCRBY', t.stats, t.ctype .. ':scheduled', -1)
+  local expires = redis.call('HGET', t.prefix .. code, F_EXPIRES)
+  if expires then redis.call('ZADD', t.available, expires, code) end
+end
+
+-- Carry out up to `budget` of the due timers of type `ctype` (`due` its timers, `slot` the
+-- slot's prefix), oldest first. Returns how many it carried out.
+local function settle(slot, ctype, due, now, budget, audit_cap)
+  local members = redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0, budget)
+  if #members == 0 then return 0 end
+  local t = type_keys(slot, ctype)
+  for _, member in ipairs(members) do
+    local space = string.find(member, ' ', 1, true)
+    if space then
+      lapse(t, string.sub(member, 1, space - 1), string.sub(member, space + 1), now, audit_cap)
+    else
+      redis.call('ZREM', due, member)
+      start(t, member)
+    end
+  end
+  return #members
 end

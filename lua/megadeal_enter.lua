@@ -24,7 +24,7 @@
 --       heard         when each queued waiter last called (sorted set: ticket -> ms)
 --       counter       the ticket counter (string)
 --       high_water    the most slots held at once (string)
---       held, listing, draining  as in allocate.lua
+--       held, listing, draining, due  as in allocate.lua
 --       record        (optional) the Idempotency-Key's record: claimed by the first call
 --                     (owner: the ticket, lease: until the wait and a slot's lease end),
 --                     given the reply on admission or pool_empty, dropped when the wait ends
@@ -43,10 +43,13 @@
 --       max_wait_ms   how long it may wait in all: past that it is never admitted
 --       audit_cap     audit stream length cap (approximate)
 --       max_per_user  most coupons of the type a user may hold; 0: no limit
---       held_prefix, tracked_prefix  as in allocate.lua
+--       held_prefix, tracked_prefix, slot, hold_ms  as in allocate.lua
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
--- Returns {"ok", ticket, code, kind, value, expires_at ms, allocated_at ms}: admitted,
+-- First, as allocate.lua does, up to SETTLE_IN_ALLOCATION of the type's due timers are
+-- carried out.
+-- Returns {"ok", ticket, code, kind, value, expires_at ms, allocated_at ms, hold deadline ms
+--          or "", metadata JSON or ""}: admitted,
 --          allocated, and holding a slot until megadeal_leave.lua or the lease ends;
 --      or {"pool_empty", ticket}: nothing to allocate (not queued);
 --      or {"user_limit_reached", ticket}: the user holds the most allowed (not queued);
@@ -57,12 +60,14 @@
 --          reason "rate" (the window opens then: sleep) or "slot" (a slot frees at the
 --          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner).
 -- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
--- Uses now_ms(), allocate_one(), audit_allocation(), idem_lookup(), idem_store() and
--- wake_waiters() from lib.lua.
+-- Uses now_ms(), settle(), allocate_one(), audit_allocation(), idem_lookup(), idem_store()
+-- and wake_waiters() from lib.lua.
 
 local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
-    draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user }
+    draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user, due = due,
+    slot = slot, hold_ms = hold_ms }
 local now = now_ms()
+settle(slot, ctype, due, now, SETTLE_IN_ALLOCATION, audit_cap)
 local deadline = now - waited_ms + max_wait_ms
 
 -- Forget waiters past their deadline, leases that ended and admissions out of the window.
@@ -142,7 +147,7 @@ if rank < free_slots and rank < free_rate then
   if held > tonumber(redis.call('GET', high_water) or '0') then
     redis.call('SET', high_water, held)
   end
-  return { 'ok', ticket, result[2], result[3], result[4], result[5], result[6] }
+  return { 'ok', ticket, result[2], result[3], result[4], result[5], result[6], result[7], result[8] }
 end
 
 local wait, reason

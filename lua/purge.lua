@@ -10,6 +10,7 @@
 --       tracked_prefix  key prefix of the coupons' tracked sets (dropped with the coupon)
 --       available_prefix  key prefix of the available sets ({ns}:avail:, then the type)
 --       draining_prefix   key prefix of the draining sets (a coupon purged leaves it too)
+--       due_prefix    key prefix of the types' timers ({ns}:due:, then the type)
 --       types         the coupon types, one each
 --
 -- Every stored coupon is in exactly one of the available sets and `exhausted` until it
@@ -21,6 +22,10 @@
 -- background thread, and this call frees the smaller ones. So a call stops after the coupon
 -- that brings the holders (`alloc`) of the coupons it took to HOLDERS_PER_CALL: its work is
 -- bounded by `limit` and HOLDERS_PER_CALL together, whatever one coupon holds.
+-- A hold ends at its coupon's expiry at the latest, so only a coupon that expired before
+-- the first due timer (settle.lua carries those out; the store calls it first) can have no
+-- hold left to settle: the purge takes only those ("horizon"), and a coupon's holds are
+-- always settled before the coupon goes.
 -- Returns {"more", 0 or 1, "purged:<TYPE>", n, "retired:<TYPE>", n, ...} for every type;
 -- more is 0 when nothing expired is left.
 -- Writes one audit entry (op=purge, purged_<TYPE>, retired_<TYPE>) if it removed anything.
@@ -38,11 +43,16 @@ for _, ctype in ipairs(types) do
 end
 sets[#sets + 1] = exhausted
 local now = now_ms()
+local horizon = now
+for _, ctype in ipairs(types) do
+  local first = redis.call('ZRANGE', due_prefix .. ctype, 0, 0, 'WITHSCORES')
+  if first[2] and tonumber(first[2]) <= horizon then horizon = tonumber(first[2]) - 1 end
+end
 
 local examined, holders = 0, 0
 for _, set in ipairs(sets) do
   if examined == limit or holders >= HOLDERS_PER_CALL then break end
-  local codes = redis.call('ZRANGE', set, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit - examined)
+  local codes = redis.call('ZRANGE', set, '-inf', horizon, 'BYSCORE', 'LIMIT', 0, limit - examined)
   for _, code in ipairs(codes) do
     if holders >= HOLDERS_PER_CALL then break end
     examined = examined + 1

@@ -8,54 +8,48 @@
 --       expected      the expected coupon type, or "" to accept any type
 --       code          the coupon's code (for the audit entry)
 --       audit_cap     audit stream length cap (approximate)
+--       slot          the prefix of the slot's keys ({ns}:): a hold's keys are built from it
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
--- Checks, in this order: the coupon exists, its type matches, the user holds an
--- allocation of it, that allocation is not redeemed yet, the coupon has not expired.
+-- The rules are redeemable()'s in lib.lua, which validate.lua applies too: the coupon
+-- exists, its type matches, it has started, the user holds an allocation of it, that
+-- allocation is not redeemed yet, it is not a hold past its deadline, the coupon has not
+-- expired. A hold within its deadline is confirmed: it is then a redeemed allocation like
+-- any other. A hold found past its deadline is given back to the pool now (as settle()
+-- would), and the answer is hold_expired.
 --
 -- Returns {'ok', type, used, max_usages, redeemed_at ms}
---      or {error code}: "coupon_not_found", "type_mismatch", "not_allocated",
---         "already_redeemed", "coupon_expired";
+--      or {error code}: "coupon_not_found", "type_mismatch", "coupon_not_yet_valid",
+--         "not_allocated", "already_redeemed", "hold_expired", "coupon_expired";
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
--- The holder field F_HOLDER .. user holds "<allocated_at ms>" and becomes
--- "<allocated_at ms>:<redeemed_at ms>" once redeemed.
+-- The holder field F_HOLDER .. user holds "<allocated_at ms>" (or, held, "<allocated_at
+-- ms>h<deadline ms>") and becomes "<allocated_at ms>:<redeemed_at ms>" once redeemed.
 -- Writes one audit entry: op=redeem, code, user_id, type, and used or error.
--- Uses now_ms(), audit(), idem_lookup() and idem_store() from lib.lua.
+-- Uses now_ms(), redeemable(), type_keys(), lapse(), unhold(), audit(), idem_lookup() and
+-- idem_store() from lib.lua.
 
+local now = now_ms()
 if record then
-  local found = idem_lookup(record, fp, '', now_ms())
+  local found = idem_lookup(record, fp, '', now)
   if found then return found end
 end
 
--- As holding() in lib.lua does, inline: this is the hot path.
-local holder = F_HOLDER .. user
-local c = redis.call('HMGET', coupon, F_TYPE, F_EXPIRES, F_MAX_USAGES, holder)
-local ctype, expires, max, held = c[1], c[2], c[3], c[4]
-local failure
-if not ctype then
-  failure = 'coupon_not_found'
-elseif expected ~= '' and expected ~= ctype then
-  failure = 'type_mismatch'
-elseif not held then
-  failure = 'not_allocated'
-elseif string.find(held, ':', 1, true) then
-  failure = 'already_redeemed'
-end
-local now = now_ms()
-if not failure and tonumber(expires) <= now then
-  failure = 'coupon_expired'
-end
+local c, failure = redeemable(coupon, user, expected, now)
 if failure then
-  audit(audit_stream, audit_cap, 'op', 'redeem', 'code', code, 'user_id', user, 'type', ctype or expected,
+  if failure == 'hold_expired' and c.mark == 'h' then
+    lapse(type_keys(slot, c.type), code, user, now, audit_cap)
+  end
+  audit(audit_stream, audit_cap, 'op', 'redeem', 'code', code, 'user_id', user, 'type', c.type or expected,
     'error', failure)
   if record then idem_store(record, fp, ttl_ms, { failure }) end
   return { failure }
 end
 
-redis.call('HSET', coupon, holder, held .. ':' .. now)
+redis.call('HSET', coupon, c.holder, c.allocated_at .. ':' .. now)
+if c.mark == 'h' then unhold(type_keys(slot, c.type), code, user) end
 local used = redis.call('HINCRBY', coupon, F_USED, 1)
-redis.call('HINCRBY', stats, ctype .. ':used', 1)
-audit(audit_stream, audit_cap, 'op', 'redeem', 'code', code, 'user_id', user, 'type', ctype, 'used', used)
-local reply = { 'ok', ctype, used, max, now }
+redis.call('HINCRBY', stats, c.type .. ':used', 1)
+audit(audit_stream, audit_cap, 'op', 'redeem', 'code', code, 'user_id', user, 'type', c.type, 'used', used)
+local reply = { 'ok', c.type, used, c.max, now }
 if record then idem_store(record, fp, ttl_ms, reply) end
 return reply

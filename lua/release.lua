@@ -2,7 +2,6 @@
 -- was cancelled).
 --
 -- KEYS: coupon        the coupon hash
---       exhausted     coupons with no free usage
 --       stats         the stats hash
 --       audit_stream  the audit stream
 --       record        (optional) the Idempotency-Key's record
@@ -10,24 +9,22 @@
 --       expected      the expected coupon type, or "" to accept any type
 --       code          the coupon's code
 --       audit_cap     audit stream length cap (approximate)
---       available_prefix  key prefix of the available sets ({ns}:avail:, then the type)
---       draining_prefix   key prefix of the draining sets ({ns}:draining:, then the type)
---       held_prefix   key prefix of the users' held sets ({ns}:held:, then "<TYPE>:<user>")
---       listing_prefix  key prefix of the users' listings ({ns}:user:, then "<TYPE>:<user>")
---       tracked_prefix  key prefix of the coupons' tracked sets ({ns}:trk:)
+--       slot          the prefix of the slot's keys ({ns}:): the type's keys are built from it
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
 -- The user stops holding the coupon (and may be allocated it again later); its allocated
 -- count drops by one, and a coupon that had no free usage goes back to its available set
 -- if it has not expired (an expired one stays out, for the purge); a draining one (see
--- lib.lua) simply stops draining. Counted per type as
+-- lib.lua) simply stops draining. A hold ends early; one past its deadline is given back
+-- as settle() would, and the answer is hold_expired. Counted per type as
 -- "<TYPE>:released"; "<TYPE>:allocated" counts allocations net of releases.
 -- Returns {'ok', type, allocated, max_usages, released_at ms}
 --      or {error code}: "coupon_not_found", "type_mismatch", "not_allocated",
---         "already_redeemed";
+--         "already_redeemed", "hold_expired";
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=release, code, user_id, type, and allocated or error.
--- Uses now_ms(), holding(), idem_lookup() and conclude() from lib.lua.
+-- Uses now_ms(), holding(), type_keys(), give_back(), unhold(), lapse(), idem_lookup() and
+-- conclude() from lib.lua.
 
 local now = now_ms()
 
@@ -37,24 +34,18 @@ if found then return found end
 local a = { op = 'release', stream = audit_stream, cap = audit_cap, code = code, user = user, record = record,
   fp = fp, ttl_ms = ttl_ms }
 
-local c, failure = holding(coupon, user, expected)
+local c, failure = holding(coupon, user, expected, now)
 if failure then
+  if failure == 'hold_expired' and c.hold then lapse(type_keys(slot, c.type), code, user, now, audit_cap) end
   return conclude(a, { failure }, c.type or expected, 'error', failure)
 end
 if c.redeemed_at then
   return conclude(a, { 'already_redeemed' }, c.type, 'error', 'already_redeemed')
 end
 
+local t = type_keys(slot, c.type)
 redis.call('HDEL', coupon, c.holder)
-local allocated = redis.call('HINCRBY', coupon, F_ALLOCATED, -1)
-local draining = draining_prefix .. c.type
-if redis.call('ZREM', draining, code) == 0 and c.allocated >= tonumber(c.max) and c.expires > now then
-  redis.call('ZREM', exhausted, code)
-  redis.call('ZADD', available_prefix .. c.type, c.expires, code)
-end
-redis.call('ZREM', held_prefix .. c.type .. ':' .. user, code)
-redis.call('SREM', tracked_prefix .. code, user)
-redis.call('ZREM', listing_prefix .. c.type .. ':' .. user, code)
-redis.call('HINCRBY', stats, c.type .. ':allocated', -1)
+if c.hold then unhold(t, code, user) end
+local allocated = give_back(t, code, user, c, now)
 redis.call('HINCRBY', stats, c.type .. ':released', 1)
 return conclude(a, { 'ok', c.type, allocated, c.max, now }, c.type, 'allocated', allocated)

@@ -9,6 +9,7 @@
 --       expected      the expected coupon type, or "" to accept any type
 --       code          the coupon's code
 --       audit_cap     audit stream length cap (approximate)
+--       slot          the prefix of the slot's keys ({ns}:): a hold's keys are built from it
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
 -- Refused once the coupon has expired: by then the purge may have retired it on the
@@ -16,10 +17,11 @@
 -- "<TYPE>:used" counts redemptions net of rollbacks; "<TYPE>:rolled_back" counts these.
 -- Returns {'ok', type, used, max_usages, rolled_back_at ms}
 --      or {error code}: "coupon_not_found", "type_mismatch", "not_allocated",
---         "not_redeemed", "coupon_expired";
+--         "not_redeemed" (a hold within its deadline too), "hold_expired" (a hold past it,
+--         which is then given back as settle() would), "coupon_expired";
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=rollback, code, user_id, type, and used or error.
--- Uses now_ms(), holding(), idem_lookup() and conclude() from lib.lua.
+-- Uses now_ms(), holding(), type_keys(), lapse(), idem_lookup() and conclude() from lib.lua.
 
 local now = now_ms()
 
@@ -29,8 +31,9 @@ if found then return found end
 local a = { op = 'rollback', stream = audit_stream, cap = audit_cap, code = code, user = user, record = record,
   fp = fp, ttl_ms = ttl_ms }
 
-local c, failure = holding(coupon, user, expected)
+local c, failure = holding(coupon, user, expected, now)
 if failure then
+  if failure == 'hold_expired' and c.hold then lapse(type_keys(slot, c.type), code, user, now, audit_cap) end
   return conclude(a, { failure }, c.type or expected, 'error', failure)
 end
 if not c.redeemed_at then

@@ -11,14 +11,20 @@
 --       part          audit entry)
 --       available_prefix  key prefix of the available sets (sorted sets: code -> expires_at
 --                     ms), {ns}:avail: then the type
+--       due_prefix    key prefix of the types' timers ({ns}:due:, then the type)
 --       owner         with `record`: the attempt that must own it
 --       lease_ms      with `record`: how much longer the attempt owns it
 --       claimed_type  in a shard of a sharded pool, "MEGADEAL": coupons of that type (stored
 --                     in the main slot) are not stored here but claimed, so codes stay
 --                     unique pool-wide; "" elsewhere
 --       fp, ttl_ms    with `record`: unused here (upload_record.lua keeps the record)
---       lines         one coupon each, as "code type kind value expires_at_ms max_usages"
---                     (space-separated; no field can hold a space)
+--       lines         one coupon each, as "code type kind value expires_at_ms max_usages
+--                     starts_at_ms metadata": space-separated, starts_at_ms 0 without a start,
+--                     metadata its JSON object or nothing (the rest of the line; no other
+--                     field can hold a space)
+--
+-- A coupon whose start is ahead is scheduled: in no available set, but in its type's timers
+-- (due), counted in "<TYPE>:scheduled", until settle() (lib.lua) puts it in the pool.
 --
 -- Returns {created, i, j, ...}: the number stored, then the 1-based positions in this
 -- chunk of the coupons not stored because their code already existed (in Redis, or
@@ -42,7 +48,7 @@ if record then
   if r[2] then return cjson.decode(r[2]) end
 end
 local created = 0
-local created_by_type = {}
+local created_by_type, scheduled_by_type = {}, {}
 local duplicates = {}
 local claimed = {}
 
@@ -56,8 +62,8 @@ local function claim_of(code)
 end
 
 for i, line in ipairs(lines) do
-  local code, ctype, kind, value, expires, max =
-      string.match(line, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local code, ctype, kind, value, expires, max, starts, metadata =
+      string.match(line, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (.*)$')
   local key = prefix .. code
   local claim = claiming and claim_of(code)
   if redis.call('EXISTS', key) == 1 or (claim and claim ~= line) or (claim and ctype ~= claimed_type) then
@@ -68,7 +74,14 @@ for i, line in ipairs(lines) do
   else
     redis.call('HSET', key, F_TYPE, ctype, F_DISCOUNT_KIND, kind, F_DISCOUNT_VALUE, value,
       F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms)
-    redis.call('ZADD', available_prefix .. ctype, expires, code)
+    if metadata ~= '' then redis.call('HSET', key, F_METADATA, metadata) end
+    if starts ~= '0' then redis.call('HSET', key, F_STARTS, starts) end
+    if tonumber(starts) > created_ms then
+      redis.call('ZADD', due_prefix .. ctype, starts, code)
+      scheduled_by_type[ctype] = (scheduled_by_type[ctype] or 0) + 1
+    else
+      redis.call('ZADD', available_prefix .. ctype, expires, code)
+    end
     created = created + 1
     created_by_type[ctype] = (created_by_type[ctype] or 0) + 1
   end
@@ -76,6 +89,9 @@ end
 
 for ctype, n in pairs(created_by_type) do
   redis.call('HINCRBY', stats, ctype .. ':created', n)
+end
+for ctype, n in pairs(scheduled_by_type) do
+  redis.call('HINCRBY', stats, ctype .. ':scheduled', n)
 end
 
 audit(audit_stream, audit_cap, 'op', 'upload', 'upload', upload_id, 'part', part,

@@ -1,6 +1,7 @@
 -- user_coupons.lua: a page of the coupons a user holds, newest allocation first.
 --
--- KEYS: listings      the user's listing of each type (code -> allocated_at ms), any order
+-- KEYS: listings      the user's listing of each type (code -> allocated_at ms), and their
+--                     lapsed listing of each (holds that ended unconfirmed), any order
 -- ARGV: prefix        key prefix of coupon hashes
 --       user          the user id
 --       limit         most entries on the page
@@ -10,7 +11,8 @@
 -- An entry whose coupon is gone (the purge deleted it: expired, never redeemed) is removed
 -- from its listing when a page meets it, and not listed.
 -- Returns {next_ms, next_code, then per entry: code, allocated_at ms, type, discount kind,
--- discount value, expires_at ms, holder record}; next_ms is "" when nothing follows.
+-- discount value, expires_at ms, holder record, metadata JSON or ""}; next_ms is "" when
+-- nothing follows.
 -- Reads at most limit + 1 entries of each listing and, where the cursor's entry is gone,
 -- the entries of that listing allocated in the same millisecond as it.
 
@@ -46,9 +48,10 @@ end)
 local result = { '', '' }
 for i = 1, math.min(#entries, limit) do
   local e = entries[i]
-  local c = redis.call('HMGET', prefix .. e.code, F_TYPE, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, holder)
+  local c = redis.call('HMGET', prefix .. e.code, F_TYPE, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, holder,
+    F_METADATA)
   if c[1] and c[5] then
-    for _, v in ipairs({ e.code, e.at, c[1], c[2], c[3], c[4], c[5] }) do result[#result + 1] = v end
+    for _, v in ipairs({ e.code, e.at, c[1], c[2], c[3], c[4], c[5], c[6] or '' }) do result[#result + 1] = v end
   else
     redis.call('ZREM', e.listing, e.code)
   end

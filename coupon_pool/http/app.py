@@ -19,7 +19,7 @@ from ..pool.store import Store
 from ..settings import Settings
 from . import dashboard
 from .auth import ApiKeys
-from .background import forget_dead_waiters_periodically, purge_periodically
+from .background import forget_dead_waiters_periodically, purge_periodically, settle_periodically
 from .bodies import BodyDeadlines
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
 from .inputs import Services
@@ -77,14 +77,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             purge_periodically(store, settings.purge_interval_s, access_log, stop_background)
         )
         forgetting = asyncio.create_task(forget_dead_waiters_periodically(gate, stop_background))
+        settling = asyncio.create_task(
+            settle_periodically(store, settings.settle_interval_s, access_log, stop_background)
+        )
         try:
             yield
         finally:
             stop_background.set()
             purging.cancel()
             forgetting.cancel()
+            settling.cancel()
             sweeping.cancel()
-            await asyncio.wait({purging, forgetting}, timeout=2 * settings.redis_timeout_s + 1)
+            await asyncio.wait({purging, forgetting, settling}, timeout=2 * settings.redis_timeout_s + 1)
             await store.aclose()
             await gate.aclose()
             if app.state.upload_worker:

@@ -1,5 +1,5 @@
-"""Work an app process does on its own, beside the requests: the periodic purge, and
-dropping the MEGADEAL waiters of processes that are gone."""
+"""Work an app process does on its own, beside the requests: the periodic purge, settling
+due holds and starts, and dropping the MEGADEAL waiters of processes that are gone."""
 
 from __future__ import annotations
 
@@ -35,6 +35,23 @@ async def purge_periodically(store: Store, interval_s: float, lines: JsonLines, 
             lines.write(level="warning", event="purge", error=repr(exc))
             continue
         lines.write(level="info", event="purge", **result.model_dump(mode="json"))
+
+
+async def settle_periodically(store: Store, interval_s: float, lines: JsonLines, stop: asyncio.Event) -> None:
+    """Every ``interval_s``, carry out the holds past their deadline and the starts that came
+    (store.settle: a bounded batch per call, until none is due). Every process does: a
+    timer settled is gone from the set, so two processes never settle one twice. Allocations,
+    stats and the purge settle what they meet, so this only keeps the pool tidy between them."""
+    if interval_s <= 0:
+        return
+    async for _ in every(interval_s, stop):
+        try:
+            settled = await store.settle()
+        except RedisError as exc:
+            lines.write(level="warning", event="settle", error=repr(exc))
+            continue
+        if settled:
+            lines.write(level="info", event="settle", settled=settled)
 
 
 async def forget_dead_waiters_periodically(gate: MegadealGate, stop: asyncio.Event) -> None:

@@ -38,6 +38,8 @@ LOOKUP_FAILURES = frozenset(
         "already_redeemed",
         "not_redeemed",
         "coupon_expired",
+        "hold_expired",
+        "coupon_not_yet_valid",
     ]
 )
 
@@ -55,14 +57,21 @@ def budgeted(handler: Handler, lookup: Lookup, services: Services) -> Handler:
         else:
             outcome = await _settled(handler(call, **inputs))
         if isinstance(outcome, CouponError) and outcome.code in LOOKUP_FAILURES:
-            wait_ms = await budget.spend(scope)
-            if wait_ms is not None:
-                raise _refused(call, wait_ms) from None
+            await spend_lookup(call, services)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     return run
+
+
+async def spend_lookup(call: Call, services: Services | None = None) -> None:
+    """A failed lookup of the caller's: a token of their budget, or 429 past it."""
+    scope = call.request.scope.get(keyed.KEY_ID, keyed.OPEN_SCOPE)
+    budget = (services or call).store.failed_lookups
+    wait_ms = await budget.spend(scope)
+    if wait_ms is not None:
+        raise _refused(call, wait_ms) from None
 
 
 async def _settled(work: Awaitable[Any]) -> Any:

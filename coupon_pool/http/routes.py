@@ -14,6 +14,7 @@ from ..models import (
     UploadRequest,
     UserCouponsQuery,
     UserPath,
+    ValidationRequest,
 )
 from ..results import (
     Allocation,
@@ -30,10 +31,11 @@ from ..results import (
     Stats,
     UploadResult,
     UserCouponsPage,
+    Validation,
 )
 from .auth import Role
 from .inputs import Call
-from .lookups import Lookup
+from .lookups import LOOKUP_FAILURES, Lookup, spend_lookup
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .routing import Operation
 from .upload_worker import UploadWorker
@@ -47,9 +49,11 @@ async def allocate(call: Call, body: AllocationRequest) -> Allocation:
     the one expiring first. MEGADEAL requests pass the MEGADEAL gate first (and may wait)."""
     call.note(type=body.type, user_id=body.user_id)
     if body.type is CouponType.MEGADEAL:
-        allocation = await call.gate.allocate(body.user_id, started=call.started, gone=call.gone)
+        allocation = await call.gate.allocate(
+            body.user_id, hold_s=body.hold_s, started=call.started, gone=call.gone
+        )
     else:
-        allocation = await call.store.allocate(body.user_id, body.type)
+        allocation = await call.store.allocate(body.user_id, body.type, body.hold_s)
     call.note(code=allocation.code)
     return allocation
 
@@ -61,6 +65,19 @@ async def redeem(call: Call, body: RedemptionRequest) -> Redemption:
     redemption = await call.store.redeem(body.code, body.user_id, body.type)
     call.note(type=redemption.type, used=redemption.used)
     return redemption
+
+
+async def validate(call: Call, body: ValidationRequest) -> Validation:
+    """Would this redemption succeed now? Answered by redeem's own rules, with the coupon (its
+    discount, dates and metadata); a `code` as the redemption would answer when not. Changes
+    nothing: no counter, no audit entry, no Idempotency-Key record. An answer that is not
+    valid spends the caller's budget of failed lookups as a failed redemption does."""
+    call.note(code=body.code, user_id=body.user_id)
+    result = await call.store.validate(body.code, body.user_id, body.type)
+    call.note(valid=result.valid)
+    if result.code in LOOKUP_FAILURES:
+        await spend_lookup(call)
+    return result
 
 
 async def release(call: Call, body: ReleaseRequest) -> Release:
@@ -190,20 +207,27 @@ OPERATIONS = (
         summary="Record the use of an allocated coupon",
         body=RedemptionRequest, response=Redemption, status=201, idempotent=True, lookup=Lookup.FAILURES,
         errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
-                errors.AlreadyRedeemed),
+                errors.AlreadyRedeemed, errors.HoldExpired, errors.CouponNotYetValid),
+    ),
+    Operation(
+        method="POST", path="/v1/validations", handler=validate, tag="coupons",
+        summary="Would a redemption succeed now? (changes nothing)", role=Role.CLIENT,
+        body=ValidationRequest, response=Validation, status=200,
+        errors=(errors.TooManyFailedLookups,),
     ),
     Operation(
         method="POST", path="/v1/releases", handler=release, tag="coupons",
         summary="Give an allocated, unredeemed coupon back to the pool",
         body=ReleaseRequest, response=Release, status=201, idempotent=True, lookup=Lookup.FAILURES,
-        errors=(errors.CouponNotFound, errors.TypeMismatch, errors.NotAllocated, errors.AlreadyRedeemed),
+        errors=(errors.CouponNotFound, errors.TypeMismatch, errors.NotAllocated, errors.AlreadyRedeemed,
+                errors.HoldExpired),
     ),
     Operation(
         method="POST", path="/v1/rollbacks", handler=rollback, tag="coupons",
         summary="Undo a redemption",
         body=RollbackRequest, response=Rollback, status=201, idempotent=True, lookup=Lookup.FAILURES,
         errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
-                errors.NotRedeemed),
+                errors.NotRedeemed, errors.HoldExpired),
     ),
     Operation(
         method="POST", path="/v1/coupons", handler=upload_coupons, tag="coupons",

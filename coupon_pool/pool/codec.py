@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import orjson
+
 from ..errors import BY_CODE
 from ..models import CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
-from ..results import Allocation, AuditEntry, UploadResult
+from ..results import Allocation, AuditEntry, UploadResult, ValidatedCoupon, Validation
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -45,6 +47,8 @@ class Allocated(NamedTuple):
     discount_value: str
     expires_ms: str
     allocated_ms: int
+    hold_ms: str  # the hold's deadline, or "" for an allocation for good
+    metadata: str  # the coupon's metadata as JSON, or ""
 
 
 class Redeemed(NamedTuple):
@@ -84,7 +88,23 @@ def allocation(reply: Allocated, user_id: str, coupon_type: CouponType) -> Alloc
         expires_at=from_ms(reply.expires_ms),
         user_id=user_id,
         allocated_at=from_ms(reply.allocated_ms),
+        hold_expires_at=from_ms(reply.hold_ms) if reply.hold_ms else None,
+        metadata=metadata(reply.metadata),
     )
+
+
+def metadata(text: str | None) -> dict[str, str]:
+    """A coupon's metadata field (JSON, as upload stored it), or {} without one."""
+    return orjson.loads(text) if text else {}
+
+
+def holder_state(value: str) -> tuple[str, str, str]:
+    """A holder field's value (keys.CouponField.HOLDER) as allocated_at ms, its mark ("": for
+    good, ":" redeemed, "h" held, "x" a hold that lapsed) and the mark's time ("" without)."""
+    for i, char in enumerate(value):
+        if not char.isdigit():
+            return value[:i], char, value[i + 1 :]
+    return value, "", ""
 
 
 def raise_if_error(reply: list[Any], details: dict[str, str], **values: Any) -> None:
@@ -92,6 +112,26 @@ def raise_if_error(reply: list[Any], details: dict[str, str], **values: Any) -> 
     from ``details`` filled in with ``values``."""
     if reply[0] != "ok":
         raise BY_CODE[reply[0]](details.get(reply[0], "").format(**values))
+
+
+def validation(reply: list[Any], code: str) -> Validation:
+    """validate.lua's reply as the answer of POST /v1/validations."""
+    status = reply[0]
+    problem = None if status == "ok" else status
+    detail = USE_DETAIL[status].format(code=code) if problem else None
+    if status == "coupon_not_found":
+        return Validation.model_construct(valid=False, code=problem, detail=detail, coupon=None)
+    ctype, kind, value, expires_ms, starts_ms, meta, hold_ms = reply[1:8]
+    coupon = ValidatedCoupon.model_construct(
+        code=code,
+        type=CouponType(ctype),
+        discount=discount(kind, value),
+        expires_at=from_ms(expires_ms),
+        starts_at=from_ms(starts_ms) if starts_ms else None,
+        hold_expires_at=from_ms(hold_ms) if hold_ms else None,
+        metadata=metadata(meta),
+    )
+    return Validation.model_construct(valid=problem is None, code=problem, detail=detail, coupon=coupon)
 
 
 ALLOCATE_DETAIL = {
@@ -105,6 +145,8 @@ USE_DETAIL = {
     "already_redeemed": "this user already redeemed coupon {code!r}",
     "not_redeemed": "this user has not redeemed coupon {code!r}",
     "coupon_expired": "coupon {code!r} has expired",
+    "hold_expired": "this user's hold of coupon {code!r} has ended; the coupon went back to the pool",
+    "coupon_not_yet_valid": "coupon {code!r} has not started yet",
 }
 
 

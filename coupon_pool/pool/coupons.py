@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..models import CouponType
-from ..results import Allocation, Redemption, Release, Rollback
+from ..results import Allocation, Redemption, Release, Rollback, Validation
 from . import keyed
 from .codec import (
     ALLOCATE_DETAIL,
@@ -18,13 +18,16 @@ from .codec import (
     allocation,
     from_ms,
     raise_if_error,
+    validation,
 )
 from .connection import NotSent
 from .context import Context
-from .functions import ALLOCATE, REDEEM, RELEASE, ROLLBACK, Function
+from .functions import ALLOCATE, REDEEM, RELEASE, ROLLBACK, VALIDATE, Function
 from .keys import Keys
 from .placement import Placement
 from .protocol import NOT_RUN
+
+NO_HOLD = b"0"  # hold_ms of an allocation for good
 
 
 class _SlotArgs:
@@ -39,6 +42,8 @@ class _SlotArgs:
         self.held_prefixes = {t: k.held_type_prefix(t).encode() for t in CouponType}
         self.tracked_prefix = k.tracked_prefix.encode()
         self.draining = {t: k.draining(t).encode() for t in CouponType}
+        self.due = {t: k.due(t).encode() for t in CouponType}
+        self.slot = k.slot.encode()
 
 
 class Coupons:
@@ -57,35 +62,41 @@ class Coupons:
                 available=a.available[t], exhausted=a.exhausted, stats=a.stats, audit_stream=a.audit,
                 draining=a.draining[t], prefix=a.coupon_prefix, ctype=self._type_names[t],
                 audit_cap=self._audit_cap, max_per_user=self._max_per_user,
-                held_prefix=a.held_prefixes[t], tracked_prefix=a.tracked_prefix,
+                held_prefix=a.held_prefixes[t], tracked_prefix=a.tracked_prefix, due=a.due[t], slot=a.slot,
             )
             for k in ctx.layout.slots
             for a in (self._slot[k.tag],)
             for t in CouponType
         }  # fmt: skip
         self._use_calls = {
-            (k.tag, fn.name): fn.prepare(stats=a.stats, audit_stream=a.audit, audit_cap=self._audit_cap)
+            (k.tag, fn.name): fn.prepare(
+                stats=a.stats, audit_stream=a.audit, audit_cap=self._audit_cap, slot=a.slot
+            )
             for k in ctx.layout.slots
             for a in (self._slot[k.tag],)
-            for fn in (REDEEM, ROLLBACK)
+            for fn in (REDEEM, ROLLBACK, RELEASE)
         }
 
-    async def allocate(self, user_id: str, coupon_type: CouponType) -> Allocation:
+    async def allocate(self, user_id: str, coupon_type: CouponType, hold_s: int | None = None) -> Allocation:
         """Reserve one usage of the first-expiring available coupon of a shard for ``user_id``;
-        the shards are tried in turn (Placement.walk) before the answer is pool_empty.
+        the shards are tried in turn (Placement.walk) before the answer is pool_empty. With
+        ``hold_s``, the usage is held that long, not given for good (lib.lua, allocate_one).
         MEGADEAL coupons are allocated by the MEGADEAL gate (megadeal.py)."""
         if coupon_type is CouponType.MEGADEAL:
             raise ValueError(
                 "MEGADEAL allocations go through MegadealGate.allocate, which applies the limits"
             )
         run = keyed.current()
+        hold_ms = NO_HOLD if hold_s is None else hold_s * 1000
         shards = self.placement.walk(run.idem.record if run else None)
         unreachable: Exception | None = None
         for n, k in enumerate(shards):
             last = n == len(shards) - 1
             try:
                 # Unkeyed, a shard that cannot run it now is passed over at once (the last is waited for).
-                reply = await self._allocate_in(k, user_id, coupon_type, None if run or last else 0.0)
+                reply = await self._allocate_in(
+                    k, user_id, coupon_type, hold_ms, None if run or last else 0.0
+                )
             except (NotSent, *NOT_RUN) as exc:
                 if run or last:  # a keyed call keeps its order: a retry walks it again
                     raise
@@ -99,9 +110,14 @@ class Coupons:
         raise_if_error(reply, ALLOCATE_DETAIL, type=coupon_type.value, limit=limit)
         return allocation(Allocated._make(reply[1:]), user_id, coupon_type)
 
-    async def _allocate_in(self, k: Keys, user_id: str, coupon_type: CouponType, wait: float | None) -> Any:
+    async def _allocate_in(
+        self, k: Keys, user_id: str, coupon_type: CouponType, hold_ms: Any, wait: float | None
+    ) -> Any:
         keys, args = self._allocate[k.tag, coupon_type].bind(
-            held=k.held(coupon_type, user_id), listing=k.user_coupons(coupon_type, user_id), user=user_id
+            held=k.held(coupon_type, user_id),
+            listing=k.user_coupons(coupon_type, user_id),
+            user=user_id,
+            hold_ms=hold_ms,
         )
         return await self.run(ALLOCATE, keys, args, retry_for_s=wait)
 
@@ -130,27 +146,8 @@ class Coupons:
         )
 
     async def release(self, code: str, user_id: str, coupon_type: CouponType | None) -> Release:
-        """Give the user's unredeemed allocation of ``code`` back to the pool."""
-
-        def call(k: Keys) -> Awaitable[Any]:
-            keys, args = RELEASE.bind(
-                coupon=k.coupon(code),
-                exhausted=k.exhausted,
-                stats=k.stats,
-                audit_stream=k.audit,
-                user=user_id,
-                expected=coupon_type.value if coupon_type else "",
-                code=code,
-                audit_cap=self._audit_cap,
-                available_prefix=k.available_prefix,
-                draining_prefix=k.draining_prefix,
-                held_prefix=k.held_prefix,
-                listing_prefix=k.user_prefix,
-                tracked_prefix=k.tracked_prefix,
-            )
-            return self.run(RELEASE, keys, args)
-
-        released = Changed._make((await self._on_coupon(code, coupon_type, call))[1:])
+        """Give the user's unredeemed allocation of ``code`` back to the pool (a hold ends early)."""
+        released = Changed._make((await self._use(RELEASE, code, user_id, coupon_type))[1:])
         return Release(
             code=code,
             type=CouponType(released.type),
@@ -160,8 +157,19 @@ class Coupons:
             max_usages=int(released.max_usages),
         )
 
+    async def validate(self, code: str, user_id: str, coupon_type: CouponType | None) -> Validation:
+        """Whether ``user_id``'s redemption of ``code`` would succeed now, by redeem's own rules
+        (lib.lua, redeemable); the coupon with it. Writes nothing."""
+        expected = coupon_type.value if coupon_type else ""
+        for k in self.placement.slots_of(code, coupon_type):
+            keys, args = VALIDATE.bind(coupon=k.coupon(code), user=user_id, expected=expected)
+            reply: list[Any] = await self.run(VALIDATE, keys, args)
+            if reply[0] != "coupon_not_found":
+                break
+        return validation(reply, code)
+
     async def _use(self, fn: Function, code: str, user_id: str, coupon_type: CouponType | None) -> list[Any]:
-        """Run redeem or rollback: same keys, same arguments, same checks."""
+        """Run redeem, rollback or release: same keys, same arguments."""
         ctype = self._type_names[coupon_type] if coupon_type else b""
 
         def call(k: Keys) -> Awaitable[Any]:

@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .keys import BucketField, CouponField, RecordField
+from .keys import BucketField, CouponField, KeyPart, RecordField
 
 KEYED_KEYS = ("record",)  # a keyed call's last key: its Idempotency-Key record, when it has one
 KEYED_ARGS = ("fp", "ttl_ms")  # and its arguments: the request's fingerprint, how long to keep the record
@@ -166,7 +166,7 @@ _WAKE_NUMBERS = "max_concurrent rate window_ms"
 UPLOAD = declare(
     "upload",
     keys="stats audit_stream claims",
-    args="prefix audit_cap upload_id part available_prefix owner lease_ms claimed_type",
+    args="prefix audit_cap upload_id part available_prefix due_prefix owner lease_ms claimed_type",
     keyed=True,
     more_args="lines",
 )
@@ -175,20 +175,25 @@ UPLOAD_RECORD = declare(
 )
 ALLOCATE = declare(
     "allocate",
-    keys="available exhausted stats audit_stream held listing draining",
-    args="prefix user ctype audit_cap max_per_user held_prefix tracked_prefix",
+    keys="available exhausted stats audit_stream held listing draining due",
+    args="prefix user ctype audit_cap max_per_user held_prefix tracked_prefix slot hold_ms",
     keyed=True,
-    numbers="max_per_user",
+    numbers="max_per_user hold_ms",
 )
-REDEEM = declare("redeem", keys="coupon stats audit_stream", args="user expected code audit_cap", keyed=True)
+REDEEM = declare(
+    "redeem", keys="coupon stats audit_stream", args="user expected code audit_cap slot", keyed=True
+)
+VALIDATE = declare("validate", keys="coupon", args="user expected", flags=("no-writes",))
+SETTLE = declare(
+    "settle", keys="due", args="slot ctype budget audit_cap", numbers="budget", flags=("allow-oom",)
+)
 ROLLBACK = declare(
-    "rollback", keys="coupon stats audit_stream", args="user expected code audit_cap", keyed=True
+    "rollback", keys="coupon stats audit_stream", args="user expected code audit_cap slot", keyed=True
 )
 RELEASE = declare(
     "release",
-    keys="coupon exhausted stats audit_stream",
-    args="user expected code audit_cap available_prefix draining_prefix held_prefix listing_prefix "
-    "tracked_prefix",
+    keys="coupon stats audit_stream",
+    args="user expected code audit_cap slot",
     keyed=True,
     flags=("allow-oom",),  # it frees an allocation: it must work when Redis is full
 )
@@ -205,18 +210,19 @@ STATS = declare(
 PURGE = declare(
     "purge",
     keys="stats audit_stream exhausted",
-    args="prefix limit audit_cap tracked_prefix available_prefix draining_prefix",
+    args="prefix limit audit_cap tracked_prefix available_prefix draining_prefix due_prefix",
     more_args="types",
     numbers="limit",
     flags=("allow-oom",),  # it frees memory
 )
 MEGADEAL_ENTER = declare(
     "megadeal_enter",
-    keys=f"available exhausted stats audit_stream {_GATE_KEYS} counter high_water held listing draining",
+    keys=f"available exhausted stats audit_stream {_GATE_KEYS} counter high_water held listing draining due",
     args="prefix user ctype ticket owner max_concurrent rate window_ms lease_ms max_sleep_ms silent_ms "
-    "wake_prefix keep_ms waited_ms max_wait_ms audit_cap max_per_user held_prefix tracked_prefix",
+    "wake_prefix keep_ms waited_ms max_wait_ms audit_cap max_per_user held_prefix tracked_prefix slot "
+    "hold_ms",
     keyed=True,
-    numbers=f"{_WAKE_NUMBERS} lease_ms max_sleep_ms silent_ms waited_ms max_wait_ms max_per_user",
+    numbers=f"{_WAKE_NUMBERS} lease_ms max_sleep_ms silent_ms waited_ms max_wait_ms max_per_user hold_ms",
 )
 MEGADEAL_LEAVE = declare(
     "megadeal_leave",
@@ -237,7 +243,7 @@ MEGADEAL_FORGET = declare(
 )
 FAILED_LOOKUP = declare("failed_lookup", keys="bucket", args="rate burst spend", numbers="rate burst spend")
 FUNCTIONS = (
-    UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
+    UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, VALIDATE, SETTLE, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
     MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP,
 )  # fmt: skip
 
@@ -250,9 +256,10 @@ def lua_dir() -> Path:
 
 def constants() -> str:
     """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'``...), of an
-    Idempotency-Key record (``R_REPLY``...) and of a budget of failed lookups (``B_AT``...)."""
+    Idempotency-Key record (``R_REPLY``...), of a budget of failed lookups (``B_AT``...), and
+    the parts of a slot's key names (``K_DUE``...)."""
     fields: list[tuple[str, StrEnum]] = [("F", f) for f in CouponField]
-    fields += [("R", f) for f in RecordField] + [("B", f) for f in BucketField]
+    fields += [("R", f) for f in RecordField] + [("B", f) for f in BucketField] + [("K", f) for f in KeyPart]
     return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
 
 

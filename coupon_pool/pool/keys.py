@@ -21,13 +21,16 @@ class Keys:
         self.shard = shard
         tag = "{" + namespace + ("" if shard is None else f":{shard}") + "}"
         self.tag = tag
-        self.stats = f"{tag}:stats"
-        self.exhausted = f"{tag}:exhausted"
-        self.coupon_prefix = f"{tag}:c:"
-        self.audit = f"{tag}:audit"
+        self.slot = f"{tag}:"  # every key of the slot starts so (the functions build some from it)
+        self.stats = self.slot + KeyPart.STATS
+        self.exhausted = self.slot + KeyPart.EXHAUSTED
+        self.coupon_prefix = self.slot + KeyPart.COUPON
+        self.audit = self.slot + KeyPart.AUDIT
         self.purge_lock = f"{tag}:purge:lock"
-        self.available_prefix = f"{tag}:avail:"  # then the type
-        self.draining_prefix = f"{tag}:draining:"  # then the type
+        self.available_prefix = self.slot + KeyPart.AVAILABLE  # then the type
+        self.draining_prefix = self.slot + KeyPart.DRAINING  # then the type
+        self.due_prefix = self.slot + KeyPart.DUE  # then the type
+        self.lapsed_prefix = self.slot + KeyPart.LAPSED  # then "<TYPE>:<user>"
         self._available = {t: f"{self.available_prefix}{t.value}" for t in CouponType}
         self.megadeal_queue = f"{tag}:mega:queue"
         self.megadeal_alive = f"{tag}:mega:alive"
@@ -37,9 +40,9 @@ class Keys:
         self.megadeal_ticket = f"{tag}:mega:ticket"
         self.megadeal_high_water = f"{tag}:mega:hwm"
         self.megadeal_wake_prefix = f"{tag}:mega:wake:"
-        self.held_prefix = f"{tag}:held:"
-        self.tracked_prefix = f"{tag}:trk:"
-        self.user_prefix = f"{tag}:user:"
+        self.held_prefix = self.slot + KeyPart.HELD
+        self.tracked_prefix = self.slot + KeyPart.TRACKED
+        self.user_prefix = self.slot + KeyPart.LISTING
         self._draining = {t: f"{self.draining_prefix}{t.value}" for t in CouponType}
         self._held_of_type = {t: f"{self.held_prefix}{t.value}:" for t in CouponType}
         self._listing_of_type = {t: f"{self.user_prefix}{t.value}:" for t in CouponType}
@@ -64,6 +67,15 @@ class Keys:
     def user_coupons(self, coupon_type: CouponType, user_id: str) -> str:
         """The coupons of a type a user holds, by allocation time; ``user_id`` must be validated."""
         return self._listing_of_type[coupon_type] + user_id
+
+    def lapsed(self, coupon_type: CouponType, user_id: str) -> str:
+        """The user's holds of a type that ended unconfirmed (code -> allocated_at ms)."""
+        return f"{self.lapsed_prefix}{coupon_type.value}:{user_id}"
+
+    def due(self, coupon_type: CouponType) -> str:
+        """The type's timers: holds (``"<code> <user>"`` -> deadline ms) and starts of scheduled
+        coupons (``"<code>"`` -> starts_at ms); see settle() in lib.lua."""
+        return self.due_prefix + coupon_type.value
 
     def draining(self, coupon_type: CouponType) -> str:
         """Coupons of a type with no free usage still listed in held sets (see lib.lua)."""
@@ -120,6 +132,23 @@ class Layout:
         return self.main if coupon_type is CouponType.MEGADEAL else self.home(code)
 
 
+class KeyPart(StrEnum):
+    """What follows a slot's ``{tag}:`` in its key names. The functions see each as a constant
+    ``K_<NAME>``, so a function given only the slot (``slot``, "{ns}:") names its keys as Keys does."""
+
+    STATS = "stats"
+    EXHAUSTED = "exhausted"
+    COUPON = "c:"  # then the code
+    AUDIT = "audit"
+    AVAILABLE = "avail:"  # then the type
+    DRAINING = "draining:"  # then the type
+    HELD = "held:"  # then "<TYPE>:<user>"
+    TRACKED = "trk:"  # then the code
+    LISTING = "user:"  # then "<TYPE>:<user>"
+    DUE = "due:"  # then the type
+    LAPSED = "lapsed:"  # then "<TYPE>:<user>"
+
+
 class CouponField(StrEnum):
     """The fields of a coupon hash ``{ns}:c:<code>``; short, so the hash stays a listpack.
 
@@ -135,8 +164,12 @@ class CouponField(StrEnum):
     ALLOCATED = "alloc"  # usages allocated
     USED = "used"  # usages redeemed
     CREATED = "ct"  # created_at, ms
+    STARTS = "st"  # starts_at, ms; only when the upload gave one
+    METADATA = "md"  # the metadata, as JSON; only when the upload gave some
     # One field per holder, "u:<user_id>": "<allocated_at ms>", then
-    # "<allocated_at ms>:<redeemed_at ms>" once redeemed.
+    # "<allocated_at ms>:<redeemed_at ms>" once redeemed. A hold is "<allocated_at ms>h<deadline
+    # ms>" until redeemed (then as above) or released; one that ended unconfirmed stays as
+    # "<allocated_at ms>x<deadline ms>" (the user holds the coupon no more).
     HOLDER = "u:"
 
 

@@ -115,6 +115,7 @@ class MegadealGate:
         self,
         user_id: str,
         *,
+        hold_s: int | None = None,
         started: float | None = None,
         gone: Gone | None = None,
     ) -> Allocation:
@@ -125,9 +126,9 @@ class MegadealGate:
         is gone leaves the queue without being allocated anything. In a keyed operation
         (keyed.Keyed), the first call claims its key (a second request with it waits its
         turn: 409), and the admission stores the answer; a request whose key has an answer
-        gets it at once.
+        gets it at once. With ``hold_s``, the coupon is held that long (as Coupons.allocate).
         """
-        async with self.slot(user_id, started=started, gone=gone) as allocated:
+        async with self.slot(user_id, hold_s=hold_s, started=started, gone=gone) as allocated:
             return allocation(allocated, user_id, CouponType.MEGADEAL)
 
     async def status(self) -> GateStatus:
@@ -146,6 +147,7 @@ class MegadealGate:
         self,
         user_id: str,
         *,
+        hold_s: int | None = None,
         started: float | None = None,
         gone: Gone | None = None,
     ) -> AsyncIterator[Allocated]:
@@ -156,7 +158,8 @@ class MegadealGate:
         ``gone`` completed first.
         """
         started = time.perf_counter() if started is None else started
-        ticket, allocated = await self._wait_for_admission(user_id, started, gone)
+        hold_ms = 0 if hold_s is None else hold_s * 1000
+        ticket, allocated = await self._wait_for_admission(user_id, started, gone, hold_ms)
         try:
             yield allocated
         finally:
@@ -164,7 +167,7 @@ class MegadealGate:
                 await self._leave_quietly(ticket)
 
     async def _wait_for_admission(
-        self, user_id: str, started: float, gone: Gone | None
+        self, user_id: str, started: float, gone: Gone | None, hold_ms: int
     ) -> tuple[str, Allocated]:
         if self.waiting >= self.limits.max_waiters:
             raise MegadealBusy(
@@ -179,7 +182,7 @@ class MegadealGate:
                 if watch is not None and watch.done():
                     raise ClientDisconnected("the client went away while waiting for a MEGADEAL slot")
                 waited_ms = int((time.perf_counter() - started) * 1000)
-                keys, args = self._enter_call(user_id, ticket, waited_ms)
+                keys, args = self._enter_call(user_id, ticket, waited_ms, hold_ms)
                 # Called again with its ticket, the function repeats nothing: safe to resend.
                 reply = await self.run(MEGADEAL_ENTER, keys, args, idempotent=bool(ticket))
                 if (run := keyed.current()) is not None and run.replayed:  # the stored answer
@@ -247,7 +250,9 @@ class MegadealGate:
         except RedisError as exc:
             log.warning("could not leave the MEGADEAL gate (ticket %s): %s", ticket, exc)
 
-    def _enter_call(self, user_id: str, ticket: str, waited_ms: int) -> tuple[list[Any], list[Any]]:
+    def _enter_call(
+        self, user_id: str, ticket: str, waited_ms: int, hold_ms: int
+    ) -> tuple[list[Any], list[Any]]:
         lim, k, mega = self.limits, self.keys, CouponType.MEGADEAL
         return MEGADEAL_ENTER.bind(
             **self._gate_keys,
@@ -261,6 +266,7 @@ class MegadealGate:
             held=k.held(mega, user_id),
             listing=k.user_coupons(mega, user_id),
             draining=k.draining(mega),
+            due=k.due(mega),
             prefix=k.coupon_prefix,
             user=user_id,
             ctype=mega.value,
@@ -275,4 +281,6 @@ class MegadealGate:
             max_per_user=self.max_allocations_per_user,
             held_prefix=k.held_type_prefix(mega),
             tracked_prefix=k.tracked_prefix,
+            slot=k.slot,
+            hold_ms=hold_ms,
         )

@@ -12,27 +12,33 @@ from ..results import (
     AuditPage,
     Coupon,
     Holder,
+    HolderStatus,
     Stats,
     TypeStats,
     UserCoupon,
     UserCouponsPage,
     UserCouponStatus,
 )
-from .codec import audit_entry, discount, from_ms, pairs
+from .codec import audit_entry, discount, from_ms, holder_state, metadata, pairs
 from .context import TYPES, Context
 from .functions import STATS, USER_COUPONS
 from .keys import CouponField, Keys
 from .placement import Placement
+from .upkeep import Upkeep
 
 _COUPON_FIELDS = [
     CouponField.TYPE, CouponField.DISCOUNT_KIND, CouponField.DISCOUNT_VALUE, CouponField.EXPIRES,
     CouponField.MAX_USAGES, CouponField.ALLOCATED, CouponField.USED, CouponField.CREATED,
+    CouponField.STARTS, CouponField.METADATA,
 ]  # fmt: skip
+_HOLDER_STATUS: dict[str, HolderStatus] = {"": "allocated", ":": "redeemed", "h": "held", "x": "hold_expired"}
+SETTLE_CALLS_IN_STATS = 8  # settle.lua calls per slot and type before the counters are read
 
 
 class Reads:
-    def __init__(self, ctx: Context, placement: Placement) -> None:
+    def __init__(self, ctx: Context, placement: Placement, upkeep: Upkeep) -> None:
         self.ctx = ctx
+        self.upkeep = upkeep
         self.redis = ctx.redis
         self.layout = ctx.layout
         self.placement = placement
@@ -43,7 +49,8 @@ class Reads:
         replies = []
         for k in self.layout.slots:
             keys, args = USER_COUPONS.bind(
-                listings=[k.user_coupons(t, user_id) for t in CouponType],
+                listings=[k.user_coupons(t, user_id) for t in CouponType]
+                + [k.lapsed(t, user_id) for t in CouponType],
                 prefix=k.coupon_prefix,
                 user=user_id,
                 limit=limit,
@@ -51,7 +58,7 @@ class Reads:
                 after_code=after_code,
             )
             replies.append(await self.ctx.library.run(USER_COUPONS, keys, args))
-        found = [tuple(reply[i : i + 7]) for reply in replies for i in range(2, len(reply), 7)]
+        found = [tuple(reply[i : i + 8]) for reply in replies for i in range(2, len(reply), 8)]
         # The functions' order: newest first, then the greater code first.
         found.sort(key=lambda e: (int(e[1]), e[0]), reverse=True)
         # A slot with more entries than it read names the last one it met (listed or purged):
@@ -69,12 +76,17 @@ class Reads:
             following = f"{horizon[0]}.{horizon[1]}"
         now = datetime.now(UTC)
         listed = []
-        for code, allocated_ms, ctype, kind, value, expires_ms, state in found[:limit]:
-            _, _, redeemed_ms = state.partition(":")
+        for code, allocated_ms, ctype, kind, value, expires_ms, state, meta in found[:limit]:
+            _, mark, at_ms = holder_state(state)
             expires_at = from_ms(expires_ms)
-            status: UserCouponStatus = (
-                "redeemed" if redeemed_ms else "expired" if expires_at <= now else "allocated"
-            )
+            hold_ends = from_ms(at_ms) if mark in ("h", "x") else None
+            status: UserCouponStatus
+            if mark == ":":
+                status = "redeemed"
+            elif mark == "x" or (hold_ends is not None and hold_ends <= now):
+                status = "hold_expired"
+            else:
+                status = "expired" if expires_at <= now else "held" if mark == "h" else "allocated"
             listed.append(
                 UserCoupon.model_construct(
                     code=code,
@@ -82,8 +94,10 @@ class Reads:
                     discount=discount(kind, value),
                     expires_at=expires_at,
                     allocated_at=from_ms(allocated_ms),
-                    redeemed_at=from_ms(redeemed_ms) if redeemed_ms else None,
+                    redeemed_at=from_ms(at_ms) if mark == ":" else None,
+                    hold_expires_at=hold_ends,
                     status=status,
+                    metadata=metadata(meta),
                 )
             )
         return UserCouponsPage.model_construct(coupons=listed, next=following)
@@ -100,13 +114,18 @@ class Reads:
         c = dict(zip(_COUPON_FIELDS, fields, strict=True))
         holders = []
         prefix = CouponField.HOLDER.value
+        now = datetime.now(UTC)
         async for field, state in self.redis.hscan_iter(key, match=f"{prefix}*", count=MAX_LISTED_HOLDERS):
-            allocated_ms, _, redeemed_ms = state.partition(":")
+            allocated_ms, mark, at_ms = holder_state(state)
+            hold_ends = from_ms(at_ms) if mark in ("h", "x") else None
+            lapsed = mark == "x" or (hold_ends is not None and hold_ends <= now)
             holders.append(
                 Holder.model_construct(
                     user_id=field[len(prefix) :],
                     allocated_at=from_ms(allocated_ms),
-                    redeemed_at=from_ms(redeemed_ms) if redeemed_ms else None,
+                    redeemed_at=from_ms(at_ms) if mark == ":" else None,
+                    status=_HOLDER_STATUS[mark] if not lapsed else "hold_expired",
+                    hold_expires_at=hold_ends,
                 )
             )
             if len(holders) == MAX_LISTED_HOLDERS:
@@ -120,12 +139,19 @@ class Reads:
             allocated=int(c[CouponField.ALLOCATED]),
             used=int(c[CouponField.USED]),
             created_at=from_ms(c[CouponField.CREATED]),
+            starts_at=from_ms(starts) if (starts := c[CouponField.STARTS]) else None,
+            scheduled=bool(starts) and from_ms(starts) > now,
+            metadata=metadata(c[CouponField.METADATA]),
             allocations=sorted(holders, key=lambda h: h.allocated_at),
         )
 
     async def stats(self) -> Stats:
         """The counters of every slot, summed (each slot's read in one function call)."""
         counters: dict[str, int] = {}
+        # Holds past their deadline and starts that came count as they should now, not
+        # when a sweep gets to them: up to SETTLE_CALLS_IN_STATS batches each (the sweep,
+        # SETTLE_INTERVAL_S, does the rest).
+        await self.upkeep.settle(max_calls=SETTLE_CALLS_IN_STATS)
         for k in self.layout.slots:
             keys, args = STATS.bind(
                 stats=k.stats,

@@ -45,17 +45,17 @@ class Store:
         upkeep = self.upkeep = Upkeep(ctx)
         coupons, reads, uploading = (
             Coupons(ctx, self.placement),
-            Reads(ctx, self.placement),
+            Reads(ctx, self.placement, upkeep),
             Uploading(ctx, upkeep),
         )
-        self.allocate, self.redeem, self.rollback, self.release = (
-            coupons.allocate, coupons.redeem, coupons.rollback, coupons.release,
+        self.allocate, self.redeem, self.rollback, self.release, self.validate = (
+            coupons.allocate, coupons.redeem, coupons.rollback, coupons.release, coupons.validate,
         )  # fmt: skip
         self.user_coupons, self.get_coupon, self.stats, self.audit = (
             reads.user_coupons, reads.get_coupon, reads.stats, reads.audit,
         )  # fmt: skip
-        self.purge, self.try_purge_lock, self.memory, self.uploads_stop_at = (
-            upkeep.purge, upkeep.try_purge_lock, upkeep.memory, upkeep.uploads_stop_at,
+        self.purge, self.settle, self.try_purge_lock, self.memory, self.uploads_stop_at = (
+            upkeep.purge, upkeep.settle, upkeep.try_purge_lock, upkeep.memory, upkeep.uploads_stop_at,
         )  # fmt: skip
         self.upload = uploading.upload
         self.failed_lookups = FailedLookups(ctx)

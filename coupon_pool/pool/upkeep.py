@@ -11,8 +11,10 @@ from ..models import CouponType
 from ..results import PurgeResult
 from .codec import pairs
 from .context import TYPES, Context
-from .functions import PURGE
+from .functions import PURGE, SETTLE
 from .keys import Keys
+
+SETTLE_BATCH = 500  # timers one settle.lua call carries out
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,30 @@ class Upkeep:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    async def settle(self, max_calls: int | None = None, batch: int = SETTLE_BATCH) -> int:
+        """Carry out the due holds and starts of every slot and type (settle.lua), a batch of
+        ``batch`` per call, until none is due or, with ``max_calls``, after that many calls per
+        slot and type. Returns how many it carried out."""
+        done = 0
+        for k in self.ctx.layout.slots:
+            for t in CouponType:
+                keys, args = SETTLE.bind(
+                    due=k.due(t), slot=k.slot, ctype=t.value, budget=batch,
+                    audit_cap=self.ctx.options.audit_max_len,
+                )  # fmt: skip
+                calls = 0
+                while max_calls is None or calls < max_calls:
+                    settled, more = await self.ctx.library.run(SETTLE, keys, args)
+                    done, calls = done + int(settled), calls + 1
+                    if not int(more):
+                        break
+        return done
+
     async def purge(self) -> PurgeResult:
-        """Remove expired coupons, slot by slot, a bounded batch per function call, until none is left."""
+        """Remove expired coupons, slot by slot, a bounded batch per function call, until none is
+        left; the due holds and starts are settled first (purge.lua takes only coupons none of
+        whose holds is left to settle)."""
+        await self.settle()
         purged = dict.fromkeys(CouponType, 0)
         retired = dict.fromkeys(CouponType, 0)
         for k in self.ctx.layout.slots:
@@ -40,6 +64,7 @@ class Upkeep:
                 tracked_prefix=k.tracked_prefix,
                 available_prefix=k.available_prefix,
                 draining_prefix=k.draining_prefix,
+                due_prefix=k.due_prefix,
                 types=TYPES,
             )
             while True:

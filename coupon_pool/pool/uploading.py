@@ -151,14 +151,11 @@ class Uploading:
             upload_id=upload_id,
             part=part,
             available_prefix=k.available_prefix,
+            due_prefix=k.due_prefix,
             owner=owner,
             lease_ms=UPLOAD_LEASE_MS,
             claimed_type=CouponType.MEGADEAL.value if claiming else "",
-            lines=[
-                f"{c.code} {c.type.value} {c.discount.kind} {c.discount.value} "
-                f"{to_ms(c.expires_at)} {c.max_usages}"
-                for c in (coupons[i] for i in chunk)
-            ],
+            lines=[upload_line(coupons[i]) for i in chunk],
         )
         # Keyed, a chunk whose attempt's lease ran out (a retry took over) raises 409.
         reply = await self.run(UPLOAD, keys, args)
@@ -172,3 +169,14 @@ class Uploading:
 
 def _split(positions: list[int], size: int) -> list[list[int]]:
     return [positions[start : start + size] for start in range(0, len(positions), size)]
+
+
+def upload_line(c: CouponIn) -> str:
+    """A coupon as upload.lua reads it: "code type kind value expires_at_ms max_usages
+    starts_at_ms metadata" (starts_at_ms 0 without a start; the metadata's JSON, or nothing)."""
+    starts = to_ms(c.starts_at) if c.starts_at is not None else 0
+    meta = orjson.dumps(c.metadata).decode() if c.metadata else ""
+    return (
+        f"{c.code} {c.type.value} {c.discount.kind} {c.discount.value} "
+        f"{to_ms(c.expires_at)} {c.max_usages} {starts} {meta}"
+    )

@@ -212,7 +212,7 @@ async def test_no_script_runs_in_a_slot_while_it_moves(sharded: Store, redis_clu
                 held=k.held(STANDARD, "alice"), listing=k.user_coupons(STANDARD, "alice"),
                 draining=k.draining(STANDARD), prefix=k.coupon_prefix, user="alice", ctype="STANDARD",
                 audit_cap=100, max_per_user=0, held_prefix=k.held_type_prefix(STANDARD),
-                tracked_prefix=k.tracked_prefix,
+                tracked_prefix=k.tracked_prefix, due=k.due(STANDARD), slot=k.slot, hold_ms=0,
             )  # fmt: skip
             with pytest.raises((AskError, TryAgainError)):
                 await sharded.library.run(ALLOCATE, keys, args, retry_for_s=0.3)

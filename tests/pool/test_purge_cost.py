@@ -147,7 +147,16 @@ async def test_purging_480k_holders_never_blocks_redis_10_ms(own_store: tuple[St
     stats = await store.stats()
     for t in CouponType:  # only "purged" moved
         assert stats.types[t] == TypeStats(
-            created=1, allocated=HOLDERS, used=0, released=0, rolled_back=0, purged=1, available=0
+            created=1,
+            allocated=HOLDERS,
+            used=0,
+            released=0,
+            rolled_back=0,
+            purged=1,
+            available=0,
+            held=0,
+            hold_expired=0,
+            scheduled=0,
         )
     assert await purge_batches(store) == [1, 1, 1]  # each coupon alone is a call's share
     assert await store.redis.keys("{cp}:c:*") == []
