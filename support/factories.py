@@ -16,6 +16,8 @@ def coupon_json(
     expires_in: float = 3600,
     max_usages: int | None = None,
     discount: dict[str, Any] | None = None,
+    starts_in: float | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "code": code,
@@ -26,6 +28,10 @@ def coupon_json(
         body["type"] = type
     if max_usages is not None:
         body["max_usages"] = max_usages
+    if starts_in is not None:
+        body["starts_at"] = (datetime.now(UTC) + timedelta(seconds=starts_in)).isoformat()
+    if metadata is not None:
+        body["metadata"] = metadata
     return body
 
 
