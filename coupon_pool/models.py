@@ -220,7 +220,9 @@ class CouponIn(_Body):
 
 class UploadRequest(_Body):
     # Refused with an error of its own rather than a 422: pydantic's error type -> the error's code.
-    error_codes: ClassVar[dict[str, str]] = {"too_long": "too_many_coupons"}
+    error_codes: ClassVar[dict[tuple[tuple[int | str, ...], str], str]] = {
+        (("coupons",), "too_long"): "too_many_coupons"
+    }
     coupons: list[CouponIn] = Field(max_length=MAX_UPLOAD)
 
 

@@ -54,16 +54,17 @@ def problem_response(error: errors.CouponError) -> Response:
 def from_validation_error(exc: ValidationError, model: type[BaseModel]) -> errors.CouponError:
     """The CouponError for input ``model`` refused: 400, 413 or 422 with the bad fields listed.
 
-    A model's ``error_codes`` maps a pydantic error type to the error it stands for there
-    (an upload's list too long: 413 too_many_coupons).
+    A model's ``error_codes`` maps a field (its location) and a pydantic error type there to
+    the error it stands for (an upload's list of coupons too long: 413 too_many_coupons; a
+    coupon's metadata with too many keys stays a 422).
     """
     found = exc.errors(include_url=False, include_context=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in found):
         return errors.InvalidJson(f"the body is not valid JSON: {found[0]['msg']}")
-    own_codes: dict[str, str] = getattr(model, "error_codes", {})
+    own_codes: dict[tuple[tuple[int | str, ...], str], str] = getattr(model, "error_codes", {})
     for e in found:
-        if e["type"] in own_codes:
-            return errors.BY_CODE[own_codes[e["type"]]](e["msg"])
+        if (own := own_codes.get((tuple(e["loc"]), e["type"]))) is not None:
+            return errors.BY_CODE[own](e["msg"])
     return invalid_fields([field_error(e["loc"], e["msg"]) for e in found[:MAX_LISTED_ERRORS]], len(found))
 
 
