@@ -9,7 +9,10 @@ const RATE_WINDOW_MS = 10 * 1000;
 const RUN_OUT_WINDOW_MS = 60 * 1000;
 const AUDIT_ROWS = 12;
 const KEY_STORE = "coupon-pool.api-key"; // sessionStorage: this tab only
-const FIELDS = ["created", "allocated", "used", "released", "rolled_back", "purged", "available"];
+const FIELDS = [
+  "created", "allocated", "used", "released", "rolled_back", "purged", "available",
+  "held", "hold_expired", "scheduled",
+];
 
 const history = []; // {at: ms, stats}
 let timer = null;
