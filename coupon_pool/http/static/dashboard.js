@@ -41,8 +41,9 @@ async function read(path) {
   return body;
 }
 
-// Allocations made (allocated is net of releases) and redemptions made (used is net of rollbacks).
-const allocations = (counts) => counts.allocated + counts.released;
+// Allocations made (allocated is net of releases and of holds that lapsed) and redemptions made
+// (used is net of rollbacks).
+const allocations = (counts) => counts.allocated + counts.released + counts.hold_expired;
 const redemptions = (counts) => counts.used + counts.rolled_back;
 
 function sampleBefore(ms) {
