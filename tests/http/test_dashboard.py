@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect
 
 from support.browser import chromium
 from support.live_server import LiveServer
@@ -18,7 +18,10 @@ from support.redis_server import RedisServer
 
 ADMIN_KEY = "dashboard-admin-key-0123456789"
 CLIENT_KEY = "dashboard-client-key-0123456789"
-FIELDS = ("created", "allocated", "used", "released", "rolled_back", "purged", "available")
+FIELDS = (
+    "created", "allocated", "used", "released", "rolled_back", "purged", "available",
+    "held", "hold_expired", "scheduled",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,34 @@ def test_an_allocation_shows_within_3_seconds(
     expect(watched.page.locator("#audit tbody tr").first).to_contain_text(answer.json()["code"], timeout=3000)
     available = int(watched.page.locator('#types td[data-type="FREE"][data-field="available"]').inner_text())
     assert available == 39
+    assert watched.errors() == []
+    watched.close()
+
+
+def test_the_page_shows_holds_and_coupons_whose_start_is_ahead_by_type(
+    browser: Browser, live_server: LiveServer, flushed: None
+) -> None:
+    fill_pool(live_server.url)
+    later = {"code": "DASH-LATER", "type": "FREE", "discount": {"kind": "flat", "value": "5"},
+             "starts_at": "2098-01-01T00:00:00Z", "expires_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    assert httpx.post(f"{live_server.url}/v1/coupons", json={"coupons": [later]}).status_code == 201
+    for user, hold_s in (("holding", 3600), ("lapsing", 1)):
+        body = {"user_id": user, "type": "FREE", "hold_s": hold_s}
+        assert httpx.post(f"{live_server.url}/v1/allocations", json=body).status_code == 201
+    watched = Watched(browser)
+
+    watched.page.goto(f"{live_server.url}/dashboard")
+
+    def shown(field: str, kind: str = "FREE") -> Locator:
+        return watched.page.locator(f'#types td[data-type="{kind}"][data-field="{field}"]')
+
+    # The one-second hold lapses (the stats read settles it): wait for it; nothing changes after it.
+    expect(shown("hold_expired"), "hold expired").to_have_text("1", timeout=10_000)
+    expect(shown("held"), "held").to_have_text("1")
+    expect(shown("scheduled"), "scheduled").to_have_text("1")
+    expect(shown("held", "total")).to_have_text("1")
+    expect(shown("scheduled", "STANDARD")).to_have_text("0")
+    assert watched.page.evaluate("document.documentElement.scrollWidth") <= 1100  # the table fits
     assert watched.errors() == []
     watched.close()
 

@@ -9,7 +9,10 @@ const RATE_WINDOW_MS = 10 * 1000;
 const RUN_OUT_WINDOW_MS = 60 * 1000;
 const AUDIT_ROWS = 12;
 const KEY_STORE = "coupon-pool.api-key"; // sessionStorage: this tab only
-const FIELDS = ["created", "allocated", "used", "released", "rolled_back", "purged", "available"];
+const FIELDS = [
+  "created", "allocated", "used", "released", "rolled_back", "purged", "available",
+  "held", "hold_expired", "scheduled",
+];
 
 const history = []; // {at: ms, stats}
 let timer = null;
@@ -38,8 +41,9 @@ async function read(path) {
   return body;
 }
 
-// Allocations made (allocated is net of releases) and redemptions made (used is net of rollbacks).
-const allocations = (counts) => counts.allocated + counts.released;
+// Allocations made (allocated is net of releases and of holds that lapsed) and redemptions made
+// (used is net of rollbacks).
+const allocations = (counts) => counts.allocated + counts.released + counts.hold_expired;
 const redemptions = (counts) => counts.used + counts.rolled_back;
 
 function sampleBefore(ms) {
