@@ -185,6 +185,9 @@ Metadata = Annotated[
         description=f"up to {MAX_METADATA_KEYS} keys of 1-40 characters `[A-Za-z0-9_.-]`, each with a "
         f"string of up to {MAX_METADATA_VALUE} characters (any Unicode text); given back with the "
         "coupon, its allocations, validations and a user's coupons",
+        # pydantic states the keys' pattern as patternProperties, which alone lets other keys be
+        # anything: none may be.
+        json_schema_extra={"additionalProperties": False},
     ),
 ]
 

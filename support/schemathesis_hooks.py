@@ -3,7 +3,9 @@
 Three rules of the service JSON Schema cannot state, so generated requests are steered
 rather than the positive-data check turned off:
 - a coupon's `expires_at` must lie in the future: expiries that are valid date-times (by
-  the service's own rule, future aside) are moved into the future;
+  the service's own rule, future aside) are moved into the future; and its `starts_at`
+  before it (and after 1970): a valid date-time start of a coupon so moved goes 12 hours
+  before its expiry;
 - a number must be sent as written (`3`, not `3.0`), while JSON Schema counts 3.0 as an
   integer: whole floats become integers;
 - an audit cursor has a slot part exactly when the pool is sharded (the document, the same
@@ -56,7 +58,10 @@ def map_body(context: Any, body: Any) -> Any:
         future = datetime.now(UTC) + timedelta(days=1)
         for i, coupon in enumerate(coupons):
             if isinstance(coupon, dict) and _is_datetime(coupon.get("expires_at")):
-                coupon["expires_at"] = (future + timedelta(seconds=i)).isoformat()
+                expires_at = future + timedelta(seconds=i)
+                coupon["expires_at"] = expires_at.isoformat()
+                if _is_datetime(coupon.get("starts_at")):
+                    coupon["starts_at"] = (expires_at - timedelta(hours=12)).isoformat()
     return body
 
 

@@ -36,7 +36,11 @@ async def pool(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Redis, Layout]]:
     """The app in-process with no sweep and no periodic purge, and a client of its Redis."""
-    quiet: dict[str, Any] = {"settle_interval_s": 0, "purge_interval_s": 86_400, "failed_lookup_burst": 100_000}
+    quiet: dict[str, Any] = {
+        "settle_interval_s": 0,
+        "purge_interval_s": 86_400,
+        "failed_lookup_burst": 100_000,
+    }
     if request.param == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
@@ -123,7 +127,9 @@ async def test_a_thousand_holds_half_redeemed_the_rest_come_back_by_themselves(
     assert (stats["available"], stats["hold_expired"], stats["held"]) == (600, 600, 0)
     assert (stats["allocated"], stats["used"], stats["released"]) == (400, 400, 0)
     assert (await _audit_ops(http))["hold_expired"] == 600
-    again = await asyncio.gather(*(http.post("/v1/allocations", json={"user_id": f"next-{i}"}) for i in range(600)))
+    again = await asyncio.gather(
+        *(http.post("/v1/allocations", json={"user_id": f"next-{i}"}) for i in range(600))
+    )
     assert Counter(a.status_code for a in again) == {201: 600}
     assert {a.json()["code"] for a in again} == {h["code"] for h in held[400:]}
     assert (await check(redis, layout)).violations == []
@@ -160,7 +166,11 @@ async def test_a_redemption_racing_its_holds_end_either_confirms_it_or_finds_it_
     stats = await _stats(http)
     assert stats["used"] == len(confirmed)
     assert stats["hold_expired"] == 200 - len(confirmed)
-    assert (stats["available"], stats["held"], stats["allocated"]) == (200 - len(confirmed), 0, len(confirmed))
+    assert (stats["available"], stats["held"], stats["allocated"]) == (
+        200 - len(confirmed),
+        0,
+        len(confirmed),
+    )
     for h in held:
         got = (await http.get(f"/v1/coupons/{h['code']}")).json()
         (holder,) = got["allocations"]
@@ -171,7 +181,9 @@ async def test_a_redemption_racing_its_holds_end_either_confirms_it_or_finds_it_
     assert (await check(redis, layout)).violations == []
 
 
-async def test_validations_change_no_counter_audit_entry_or_key(pool: tuple[httpx.AsyncClient, Redis, Layout]) -> None:
+async def test_validations_change_no_counter_audit_entry_or_key(
+    pool: tuple[httpx.AsyncClient, Redis, Layout],
+) -> None:
     http, redis, layout = pool
     await _upload(http, [coupon_json("VALID"), coupon_json("DONE"), coupon_json("LATER", starts_in=600)])
     for code in ("DONE", "VALID"):
@@ -180,7 +192,11 @@ async def test_validations_change_no_counter_audit_entry_or_key(pool: tuple[http
     # A failed lookup's budget is the one thing a validation that is not valid writes (as a
     # failed redemption does): made here, before the count, by a failed redemption.
     await http.post("/v1/redemptions", json={"code": "NOPE", "user_id": "alice"})
-    stats, audit, keys = (await http.get("/v1/stats")).json(), await _audit_length(redis, layout), await _keys(redis, layout)
+    stats, audit, keys = (
+        (await http.get("/v1/stats")).json(),
+        await _audit_length(redis, layout),
+        await _keys(redis, layout),
+    )
     bodies = [
         {"code": "VALID", "user_id": "alice"},
         {"code": "DONE", "user_id": "alice"},
@@ -229,7 +245,9 @@ async def test_validation_and_redemption_answer_alike_in_every_case(
         body = {"user_id": user, "hold_s": hold} if hold else {"user_id": user}
         answer = (await http.post("/v1/allocations", json=body)).json()
         assert answer["code"] == code
-        waits.append(_at(answer["hold_expires_at"] or answer["expires_at"]) if code in ("SOON", "HELD") else None)
+        waits.append(
+            _at(answer["hold_expires_at"] or answer["expires_at"]) if code in ("SOON", "HELD") else None
+        )
     await http.post("/v1/redemptions", json={"code": "DONE", "user_id": "alice"})
     await _upload(http, [coupon_json("FREE1", type="FREE"), coupon_json("LATER", starts_in=600)])
     await _wait_for_redis_past(redis, max(w for w in waits if w is not None))
@@ -245,7 +263,9 @@ async def test_validation_and_redemption_answer_alike_in_every_case(
         assert validated.status_code == 200
         assert (validated.json()["valid"], validated.json()["code"]) == (expected is None, expected)
         redeemed = await http.post("/v1/redemptions", json=body)
-        assert (redeemed.json().get("code") if redeemed.status_code != 201 else None) == expected, redeemed.text
+        assert (redeemed.json().get("code") if redeemed.status_code != 201 else None) == expected, (
+            redeemed.text
+        )
         if expected not in ("coupon_not_found",):
             assert validated.json()["coupon"]["code"] == fields["code"]
     assert (await check(redis, layout)).violations == []
@@ -383,9 +403,15 @@ async def test_a_client_key_may_validate(redis_server: RedisServer) -> None:
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
     ):
         answer = await http.post(
-            "/v1/validations", json={"code": "NOPE", "user_id": "u"}, headers={"Authorization": f"Bearer {client_key}"}
+            "/v1/validations",
+            json={"code": "NOPE", "user_id": "u"},
+            headers={"Authorization": f"Bearer {client_key}"},
         )
-        assert (answer.status_code, answer.json()["valid"], answer.json()["code"]) == (200, False, "coupon_not_found")
+        assert (answer.status_code, answer.json()["valid"], answer.json()["code"]) == (
+            200,
+            False,
+            "coupon_not_found",
+        )
         assert answer.json()["coupon"] is None
         anonymous = await http.post("/v1/validations", json={"code": "NOPE", "user_id": "u"})
         assert anonymous.status_code == 401

@@ -118,8 +118,8 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
         "/v1/coupons", "/v1/coupons/{code}", "/v1/allocations", "/v1/redemptions", "/v1/releases",
-        "/v1/rollbacks", "/v1/users/{user_id}/coupons", "/v1/stats", "/v1/megadeal", "/v1/purge", "/v1/audit",
-        "/metrics", "/healthz", "/readyz", "/openapi.json",
+        "/v1/rollbacks", "/v1/validations", "/v1/users/{user_id}/coupons", "/v1/stats", "/v1/megadeal",
+        "/v1/purge", "/v1/audit", "/metrics", "/healthz", "/readyz", "/openapi.json",
     }  # fmt: skip
     assert "/dashboard" not in doc["paths"]  # a page, not an API operation
     upload = doc["paths"]["/v1/coupons"]["post"]

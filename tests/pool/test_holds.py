@@ -36,7 +36,9 @@ def _slot(store: Store, code: str, ctype: CouponType = STANDARD) -> Keys:
     return store.layout.of(code, ctype)
 
 
-async def _bring_forward(store: Store, code: str, user: str | None = None, ctype: CouponType = STANDARD) -> None:
+async def _bring_forward(
+    store: Store, code: str, user: str | None = None, ctype: CouponType = STANDARD
+) -> None:
     """End ``user``'s hold of ``code`` now (or, without a user, make the scheduled ``code``
     start now): its time, in the holder field (or the coupon's start) and in the type's timers,
     set to a second ago, as if that second had passed."""
@@ -184,7 +186,9 @@ async def test_the_sweep_settles_due_holds_without_any_request(store: Store) -> 
 
 
 async def test_a_scheduled_coupon_joins_the_pool_at_its_start(store: Store) -> None:
-    await store.upload([coupon("LATER", starts_in=3600, expires_in=7200), coupon("FREE1", type="FREE", starts_in=60)])
+    await store.upload(
+        [coupon("LATER", starts_in=3600, expires_in=7200), coupon("FREE1", type="FREE", starts_in=60)]
+    )
     stats = await store.stats()
     assert (stats.types[STANDARD].scheduled, stats.types[STANDARD].available) == (1, 0)
     assert stats.types[FREE].scheduled == 1
@@ -238,7 +242,9 @@ async def test_the_purge_settles_the_holds_of_an_expired_coupon_before_it_delete
     assert await store.redis.zcard(k.due(STANDARD)) == 0
 
 
-async def test_metadata_comes_back_with_the_coupon_its_allocation_validation_and_listing(store: Store) -> None:
+async def test_metadata_comes_back_with_the_coupon_its_allocation_validation_and_listing(
+    store: Store,
+) -> None:
     meta = {"campaign": "winter-26", "channel": "email", "sku.only": "A-1 B-2 \u00e9\u4e2d"}
     await store.upload([coupon("M", metadata=meta)])
     allocated = await store.allocate("alice", STANDARD)
@@ -246,12 +252,6 @@ async def test_metadata_comes_back_with_the_coupon_its_allocation_validation_and
     assert (await store.get_coupon("M")).metadata == meta
     assert (await store.validate("M", "alice", None)).coupon.metadata == meta  # type: ignore[union-attr]
     assert (await store.user_coupons("alice", 10, None)).coupons[0].metadata == meta
-
-
-async def test_a_megadeal_hold_lapses_like_any_other(store: Store) -> None:
-    # Through the store's allocation function for MEGADEAL's slot: the gate's own test runs on the API.
-    await store.upload([coupon("MD", type="MEGADEAL")])
-    assert (await store.stats()).types[CouponType.MEGADEAL].available == 1
 
 
 async def test_validation_answers_what_redemption_answers_and_writes_nothing(store: Store) -> None:
