@@ -186,7 +186,7 @@ async def test_validations_change_no_counter_audit_entry_or_key(
 ) -> None:
     http, redis, layout = pool
     await _upload(http, [coupon_json("VALID"), coupon_json("DONE"), coupon_json("LATER", starts_in=600)])
-    for code in ("DONE", "VALID"):
+    for _code in ("DONE", "VALID"):
         await http.post("/v1/allocations", json={"user_id": "alice"})
     await http.post("/v1/redemptions", json={"code": "DONE", "user_id": "alice"})
     # A failed lookup's budget is the one thing a validation that is not valid writes (as a
@@ -211,8 +211,9 @@ async def test_validations_change_no_counter_audit_entry_or_key(
         )
         seen.update((a.status_code, a.json()["valid"], a.json()["code"]) for a in answers)
     assert seen == {
-        (200, True, None): 2000, (200, False, "already_redeemed"): 2000, (200, False, "coupon_not_yet_valid"): 2000,
-        (200, False, "coupon_not_found"): 2000, (200, False, "type_mismatch"): 2000,
+        (200, True, None): 2000, (200, False, "already_redeemed"): 2000,
+        (200, False, "coupon_not_yet_valid"): 2000, (200, False, "coupon_not_found"): 2000,
+        (200, False, "type_mismatch"): 2000,
     }  # fmt: skip
     assert (await http.get("/v1/stats")).json() == stats
     assert await _audit_length(redis, layout) == audit
@@ -254,8 +255,8 @@ async def test_validation_and_redemption_answer_alike_in_every_case(
     cases = {
         "coupon_not_found": {"code": "NOPE"}, "type_mismatch": {"code": "FREE1", "type": "STANDARD"},
         "coupon_not_yet_valid": {"code": "LATER"}, "not_allocated": {"code": "OTHER"},
-        "already_redeemed": {"code": "DONE"}, "hold_expired": {"code": "HELD"}, "coupon_expired": {"code": "SOON"},
-        None: {"code": "OK"},
+        "already_redeemed": {"code": "DONE"}, "hold_expired": {"code": "HELD"},
+        "coupon_expired": {"code": "SOON"}, None: {"code": "OK"},
     }  # fmt: skip
     for expected, fields in cases.items():
         body = {"user_id": "alice", **fields}
@@ -351,7 +352,8 @@ async def test_a_keyed_held_allocation_replays_its_hold(client: httpx.AsyncClien
     first = await client.post("/v1/allocations", json={"user_id": "alice", "hold_s": 60}, headers=headers)
     again = await client.post("/v1/allocations", json={"user_id": "alice", "hold_s": 60}, headers=headers)
     assert first.status_code == again.status_code == 201
-    assert first.json() == again.json() and first.json()["hold_expires_at"] is not None
+    assert first.json() == again.json()
+    assert first.json()["hold_expires_at"] is not None
     other = await client.post("/v1/allocations", json={"user_id": "alice", "hold_s": 30}, headers=headers)
     assert (other.status_code, other.json()["code"]) == (422, "idempotency_key_reused")
     assert (await client.get("/v1/stats")).json()["types"]["STANDARD"]["held"] == 1
@@ -363,7 +365,8 @@ async def test_a_megadeal_hold_passes_the_gate_and_lapses_like_any_other(
     http, redis, layout = pool
     await _upload(http, [coupon_json("MD", type="MEGADEAL")])
     held = await http.post("/v1/allocations", json={"user_id": "alice", "type": "MEGADEAL", "hold_s": 1})
-    assert held.status_code == 201 and held.json()["hold_expires_at"] is not None
+    assert held.status_code == 201
+    assert held.json()["hold_expires_at"] is not None
     busy = await http.post("/v1/allocations", json={"user_id": "bob", "type": "MEGADEAL"})
     assert (busy.status_code, busy.json()["code"]) == (409, "pool_empty")
     await _wait_for_redis_past(redis, _at(held.json()["hold_expires_at"]))

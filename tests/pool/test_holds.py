@@ -62,7 +62,8 @@ async def test_a_hold_answers_its_end_and_counts_as_held(store: Store) -> None:
     await store.upload([coupon("H", expires_in=7200)])
     before = await _redis_ms(store)
     held = await store.allocate("alice", STANDARD, 60)
-    assert held.code == "H" and held.metadata == {}
+    assert held.code == "H"
+    assert held.metadata == {}
     assert held.hold_expires_at is not None
     end_ms = int(held.hold_expires_at.timestamp() * 1000)
     assert end_ms == int(held.allocated_at.timestamp() * 1000) + 60_000
@@ -141,7 +142,8 @@ async def test_a_redemption_after_the_deadline_answers_hold_expired_and_gives_th
     stats = (await store.stats()).types[STANDARD]
     assert (stats.available, stats.held, stats.hold_expired, stats.used) == (1, 0, 1, 0)
     ops = await _audit_ops(store)
-    assert ops.count("hold_expired") == 1 and ops[-1] == "redeem"
+    assert ops.count("hold_expired") == 1
+    assert ops[-1] == "redeem"
 
 
 async def test_the_user_whose_hold_lapsed_may_be_allocated_the_coupon_again(store: Store) -> None:
@@ -198,7 +200,9 @@ async def test_a_scheduled_coupon_joins_the_pool_at_its_start(store: Store) -> N
     with pytest.raises(CouponNotYetValid):
         await store.redeem("LATER", "alice", None)
     got = await store.get_coupon("LATER")
-    assert got.scheduled and got.starts_at is not None and got.allocations == []
+    assert got.scheduled
+    assert got.starts_at is not None
+    assert got.allocations == []
     await _bring_forward(store, "LATER")
     assert (await store.allocate("alice", STANDARD)).code == "LATER"
     stats = await store.stats()
