@@ -203,9 +203,9 @@ USER_COUPONS = declare(
 STATS = declare(
     "stats",
     keys="stats",
-    args="available_prefix draining_prefix",
+    args="available_prefix draining_prefix slot audit_cap",
     more_args="types",
-    flags=("no-writes",),
+    flags=("allow-oom",),  # it settles due holds first, which frees allocations: it must work when full
 )
 PURGE = declare(
     "purge",

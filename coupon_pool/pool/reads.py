@@ -24,7 +24,6 @@ from .context import TYPES, Context
 from .functions import STATS, USER_COUPONS
 from .keys import CouponField, Keys
 from .placement import Placement
-from .upkeep import Upkeep
 
 _COUPON_FIELDS = [
     CouponField.TYPE, CouponField.DISCOUNT_KIND, CouponField.DISCOUNT_VALUE, CouponField.EXPIRES,
@@ -32,13 +31,11 @@ _COUPON_FIELDS = [
     CouponField.STARTS, CouponField.METADATA,
 ]  # fmt: skip
 _HOLDER_STATUS: dict[str, HolderStatus] = {"": "allocated", ":": "redeemed", "h": "held", "x": "hold_expired"}
-SETTLE_CALLS_IN_STATS = 8  # settle.lua calls per slot and type before the counters are read
 
 
 class Reads:
-    def __init__(self, ctx: Context, placement: Placement, upkeep: Upkeep) -> None:
+    def __init__(self, ctx: Context, placement: Placement) -> None:
         self.ctx = ctx
-        self.upkeep = upkeep
         self.redis = ctx.redis
         self.layout = ctx.layout
         self.placement = placement
@@ -148,15 +145,13 @@ class Reads:
     async def stats(self) -> Stats:
         """The counters of every slot, summed (each slot's read in one function call)."""
         counters: dict[str, int] = {}
-        # Holds past their deadline and starts that came count as they should now, not
-        # when a sweep gets to them: up to SETTLE_CALLS_IN_STATS batches each (the sweep,
-        # SETTLE_INTERVAL_S, does the rest).
-        await self.upkeep.settle(max_calls=SETTLE_CALLS_IN_STATS)
         for k in self.layout.slots:
             keys, args = STATS.bind(
                 stats=k.stats,
                 available_prefix=k.available_prefix,
                 draining_prefix=k.draining_prefix,
+                slot=k.slot,
+                audit_cap=self.ctx.options.audit_max_len,
                 types=TYPES,
             )
             for name, value in pairs(await self.ctx.library.run(STATS, keys, args)).items():

@@ -45,7 +45,7 @@ class Store:
         upkeep = self.upkeep = Upkeep(ctx)
         coupons, reads, uploading = (
             Coupons(ctx, self.placement),
-            Reads(ctx, self.placement, upkeep),
+            Reads(ctx, self.placement),
             Uploading(ctx, upkeep),
         )
         self.allocate, self.redeem, self.rollback, self.release, self.validate = (
