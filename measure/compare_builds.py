@@ -3,6 +3,8 @@
     .venv/bin/python measure/compare_builds.py REV [--scenario allocate] [--rounds 3] [--duration 8]
     .venv/bin/python measure/compare_builds.py REV --workers 2    # both services and the ceiling on 2 workers
     .venv/bin/python measure/compare_builds.py HEAD --new-keyed   # what an Idempotency-Key costs
+    .venv/bin/python measure/compare_builds.py HEAD --new-hold-s 600         # a held allocation
+    .venv/bin/python measure/compare_builds.py HEAD --new-scenario validate  # a validation
 
 Starts a Redis of its own (redis.conf, a temporary directory, a free port), then the
 service of REV (a `git worktree` in a temporary directory) and this checkout's, each in a
@@ -77,6 +79,11 @@ def main() -> int:
     parser.add_argument("--new-keyed", action="store_true",
                         help="allocate: the new build's allocations carry an Idempotency-Key each "
                              "(with REV = HEAD: the cost of the header)")  # fmt: skip
+    parser.add_argument("--new-hold-s", type=int,
+                        help="allocate: the new build's allocations hold their coupon this long")  # fmt: skip
+    parser.add_argument("--new-scenario", choices=("allocate", "redeem", "validate"),
+                        help="the new build's scenario, when not --scenario's (each build's ratio to "
+                             "its own ceiling run is what compares)")  # fmt: skip
     args = parser.parse_args()
     if args.slices < 1 or args.slices % 2 == 0:
         parser.error("--slices must be odd: the bench keeps the middle one")
@@ -113,16 +120,19 @@ def main() -> int:
                 # The order turns each round, so a drift over the run (the data set growing,
                 # a background save) falls on both builds alike.
                 for build in ("old", "new") if n % 2 == 0 else ("new", "old"):
+                    scenario = (args.new_scenario or args.scenario) if build == "new" else args.scenario
                     command = [
-                        PYTHON, "-m", "coupon_pool.tools.bench", args.scenario, "--url", urls[build],
+                        PYTHON, "-m", "coupon_pool.tools.bench", scenario, "--url", urls[build],
                         "--redis-url", redis_url, "--reference", "--pipelined-reference",
                         "--duration", str(args.duration / args.slices), "--rounds", str(args.slices),
                         "--json", "--quiet", "--into-existing-pool", "--workers", str(args.workers),
                     ]  # fmt: skip
-                    if args.scenario == "redeem":
+                    if scenario == "redeem":
                         command += ["--prepare", str(args.prepare)]
                     if args.new_keyed and build == "new":
                         command.append("--idempotency-keys")
+                    if args.new_hold_s and build == "new":
+                        command += ["--hold-s", str(args.new_hold_s)]
                     env = {**os.environ, "PYTHONPATH": str(REPO)}
                     done = subprocess.run(command, env=env, capture_output=True, check=True)
                     result = json.loads(done.stdout)
@@ -144,6 +154,7 @@ def main() -> int:
             )
 
     summary: dict[str, object] = {"scenario": args.scenario, "old_rev": args.rev, "new_keyed": args.new_keyed,
+                                  "new_hold_s": args.new_hold_s, "new_scenario": args.new_scenario,
                                   "workers": args.workers, "slices": args.slices,
                                   "rounds": results}  # fmt: skip
     for build in ("old", "new"):

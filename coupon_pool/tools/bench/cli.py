@@ -22,7 +22,7 @@ from .http import BenchError, Target, expect
 from .oneshot import bench_megadeal, bench_upload, megadeal_table, upload_table
 from .reference import ReferenceServer
 from .run import Scenario, drive
-from .scenarios import AFTER_RUN_S, MIXED_POOL, Allocate, Collect, Mixed, Redeem, parse_mix
+from .scenarios import AFTER_RUN_S, MIXED_POOL, Allocate, Collect, Mixed, Redeem, Validate, parse_mix
 
 RATE_CEILING = 15_000  # requests a second one service worker could answer here, generously
 ERRORS_THAT_DOMINATE = 0.1  # a share of failed requests past which the figures are about errors
@@ -31,6 +31,7 @@ SCENARIOS = {
     + " " * 12
     + "(a pool of 10 coupons of 1,000,000 usages per type)",
     "redeem": "redemptions of allocations made beforehand (--prepare of them; not measured)",
+    "validate": "validations of allocations made beforehand (--prepare of them), each sent again and again",
     "upload": "--uploads uploads of 50,000 coupons, timed alone and beside an allocation probe",
     "megadeal": "--burst MEGADEAL allocations at once, against the gate's limits",
     "mixed": "per 20 requests: 10 allocations, 6 redemptions, 2 stats, 2 coupon reads\n"
@@ -83,7 +84,10 @@ def parser() -> argparse.ArgumentParser:
                         "and report the round with the median throughput ratio")  # fmt: skip
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
                    help="the service's Redis, for the references (REDIS_URL, else make run's)")  # fmt: skip
-    p.add_argument("--prepare", type=int, default=40_000, help="redeem: allocations made beforehand")
+    p.add_argument("--prepare", type=int, default=40_000,
+                   help="redeem, validate: allocations made beforehand")  # fmt: skip
+    p.add_argument("--hold-s", type=int, default=None,
+                   help="allocate, mixed: each allocation holds its coupon this long (hold_s)")  # fmt: skip
     p.add_argument("--uploads", type=int, default=3, help="upload: 50,000-coupon uploads to time")
     p.add_argument("--probe-connections", type=int, default=10, help="upload: allocation probe connections")
     p.add_argument("--burst", type=int, default=150, help="megadeal: simultaneous requests")
@@ -177,7 +181,13 @@ async def _scenario(
     def allocate_on(on: Target) -> Allocate:
         pool = mixed_pool(args, mix) if args.scenario == "mixed" else {}
         return Allocate(
-            on, run_id, mix, keyed=args.idempotency_keys, expires_in_s=AFTER_RUN_S + run_s, **pool
+            on,
+            run_id,
+            mix,
+            keyed=args.idempotency_keys,
+            expires_in_s=AFTER_RUN_S + run_s,
+            hold_s=args.hold_s,
+            **pool,
         )
 
     def scenario_for(on: Target) -> Scenario:
@@ -185,13 +195,17 @@ async def _scenario(
             # The service redeems each allocation once, over all rounds; the reference (which
             # only counts) gets the same requests again.
             return Redeem(allocations if on is target else deque(for_reference), on)
+        if args.scenario == "validate":
+            return Validate(for_reference, on)
         return Mixed(allocate_on(on)) if args.scenario == "mixed" else allocate_on(on)
 
     for request in allocate_on(target).setup_requests():
         await expect(target, request, 201)
     allocations: deque[tuple[str, str]] = deque()
     for_reference: list[tuple[str, str]] = []
-    if args.scenario == "redeem":
+    if args.scenario == "validate":  # validations are not used up: a few distinct ones do
+        args.prepare = min(args.prepare, 10_000)
+    if args.scenario in ("redeem", "validate"):
         for_reference = await _allocations_to_redeem(target, run_id, mix, args)
         allocations = deque(for_reference)
 

@@ -77,8 +77,10 @@ class Allocate:
         max_usages: int = MAX_USAGES,
         keyed: bool = False,
         expires_in_s: float = AFTER_RUN_S,
+        hold_s: int | None = None,
     ) -> None:
-        """``keyed``: each allocation carries an Idempotency-Key of its own."""
+        """``keyed``: each allocation carries an Idempotency-Key of its own; ``hold_s``: each
+        holds its coupon that long (POST /v1/allocations' hold_s) instead of for good."""
         self.expires_in_s = expires_in_s
         self.target = target
         self.run_id = run_id
@@ -88,6 +90,7 @@ class Allocate:
         self.keyed = keyed
         self._cycle = itertools.cycle([t for t, w in mix.items() for _ in range(w)])
         self._users = itertools.count()
+        self._hold = b"" if hold_s is None else b',"hold_s":%d' % hold_s
 
     def setup_requests(self) -> list[bytes]:
         """The uploads of the pool, at most UPLOAD_SIZE coupons each."""
@@ -103,7 +106,7 @@ class Allocate:
 
     def allocation(self) -> bytes:
         user = b"b%s-%d" % (self.run_id.encode(), next(self._users))
-        body = b'{"user_id":"%s","type":"%s"}' % (user, next(self._cycle).value.encode())
+        body = b'{"user_id":"%s","type":"%s"%s}' % (user, next(self._cycle).value.encode(), self._hold)
         headers = [b"Idempotency-Key: " + user] if self.keyed else []
         return self.target.request("POST", "/v1/allocations", body, headers)
 
@@ -128,6 +131,28 @@ class Redeem:
         code, user = self._pending.popleft()
         body = b'{"code":"%s","user_id":"%s"}' % (code.encode(), user.encode())
         return "redeem", self.target.request("POST", "/v1/redemptions", body)
+
+    def on_response(self, op: str, status: int, body: bytes) -> None:
+        pass
+
+
+class Validate:
+    """Validations of allocations made beforehand, each sent again and again (a validation
+    changes nothing, so the same ones answer alike however often)."""
+
+    def __init__(self, allocations: list[tuple[str, str]], target: Target) -> None:
+        self.target = target
+        self._requests = itertools.cycle(
+            [
+                target.request(
+                    "POST", "/v1/validations", b'{"code":"%s","user_id":"%s"}' % (c.encode(), u.encode())
+                )
+                for c, u in allocations
+            ]
+        )
+
+    def next_request(self) -> tuple[str, bytes] | None:
+        return "validate", next(self._requests)
 
     def on_response(self, op: str, status: int, body: bytes) -> None:
         pass
