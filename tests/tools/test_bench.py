@@ -62,7 +62,7 @@ def assert_clean_load(figures: dict[str, Any], requests: int) -> None:
     assert curve[-1] == figures["latency_ms"]["max"]
 
 
-@pytest.mark.parametrize("scenario", ["allocate", "redeem", "mixed"])
+@pytest.mark.parametrize("scenario", ["allocate", "redeem", "validate", "mixed"])
 def test_load_scenarios_with_the_reference(
     scenario: str, live_server: LiveServer, redis_server: RedisServer
 ) -> None:
@@ -89,9 +89,18 @@ def test_load_scenarios_with_the_reference(
     expected_ops = {
         "allocate": {"allocate"},
         "redeem": {"redeem"},
+        "validate": {"validate"},
         "mixed": {"allocate", "redeem", "stats", "coupon"},
     }
     assert set(result["service"]["ops"]) <= expected_ops[scenario]
+
+
+def test_held_allocations_hold_their_coupons(live_server: LiveServer, redis_server: RedisServer) -> None:
+    before = httpx.get(f"{live_server.url}/v1/stats").json()["types"]["FREE"]["held"]
+    result = bench(live_server, redis_server, "allocate", *SMALL, "--hold-s", "600", "--mix", "FREE=1")
+    assert_clean_load(result["service"], 300)
+    held = httpx.get(f"{live_server.url}/v1/stats").json()["types"]["FREE"]["held"]
+    assert held - before == 300  # --warmup 0: the 300 measured, every one a hold
 
 
 def test_the_reference_can_pipeline_its_calls_as_the_service_does(
