@@ -185,7 +185,8 @@ REDEEM = declare(
 )
 VALIDATE = declare("validate", keys="coupon", args="user expected", flags=("no-writes",))
 SETTLE = declare(
-    "settle", keys="due", args="slot ctype budget audit_cap", numbers="budget", flags=("allow-oom",)
+    "settle", more_keys="dues", args="slot budget audit_cap", more_args="types", numbers="budget",
+    flags=("allow-oom",),  # it frees allocations
 )
 ROLLBACK = declare(
     "rollback", keys="coupon stats audit_stream", args="user expected code audit_cap slot", keyed=True

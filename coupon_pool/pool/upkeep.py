@@ -27,23 +27,20 @@ class Upkeep:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def settle(self, max_calls: int | None = None, batch: int = SETTLE_BATCH) -> int:
-        """Carry out the due holds and starts of every slot and type (settle.lua), a batch of
-        ``batch`` per call, until none is due or, with ``max_calls``, after that many calls per
-        slot and type. Returns how many it carried out."""
+    async def settle(self, batch: int = SETTLE_BATCH) -> int:
+        """Carry out the due holds and starts of every slot (settle.lua), up to ``batch`` of each
+        type per call, until none is due. Returns how many it carried out."""
         done = 0
         for k in self.ctx.layout.slots:
-            for t in CouponType:
-                keys, args = SETTLE.bind(
-                    due=k.due(t), slot=k.slot, ctype=t.value, budget=batch,
-                    audit_cap=self.ctx.options.audit_max_len,
-                )  # fmt: skip
-                calls = 0
-                while max_calls is None or calls < max_calls:
-                    settled, more = await self.ctx.library.run(SETTLE, keys, args)
-                    done, calls = done + int(settled), calls + 1
-                    if not int(more):
-                        break
+            keys, args = SETTLE.bind(
+                dues=[k.due(t) for t in CouponType], slot=k.slot, budget=batch,
+                audit_cap=self.ctx.options.audit_max_len, types=TYPES,
+            )  # fmt: skip
+            while True:
+                settled, more = await self.ctx.library.run(SETTLE, keys, args)
+                done += int(settled)
+                if not int(more):
+                    break
         return done
 
     async def purge(self) -> PurgeResult:

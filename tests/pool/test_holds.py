@@ -178,7 +178,7 @@ async def test_the_sweep_settles_due_holds_without_any_request(store: Store) -> 
         await store.allocate(f"u{i}", STANDARD, 60)
     for i in range(3):
         await _bring_forward(store, f"S{i}", f"u{i}")
-    assert await store.settle() == 3
+    assert await store.settle(batch=2) == 3  # two calls: a batch of 2, then the last
     assert await store.settle() == 0
     counters = await store.redis.hgetall(store.layout.main.stats) if not store.layout.sharded else None
     if counters is not None:
