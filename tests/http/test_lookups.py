@@ -94,3 +94,24 @@ async def test_reading_a_coupon_is_refused_whatever_it_finds_once_the_budget_is_
 def test_the_budget_defaults_are_those_readme_documents() -> None:
     settings = Settings()
     assert (settings.failed_lookups_per_s, settings.failed_lookup_burst) == (10.0, 100)
+
+
+async def test_validations_that_fail_spend_the_same_budget_and_valid_ones_never_do(
+    http: httpx.AsyncClient,
+) -> None:
+    allocated = await http.post("/v1/allocations", json={"user_id": "shopper"}, headers=bearer(HONEST))
+    code = allocated.json()["code"]
+
+    async def validate(guess: str) -> httpx.Response:
+        return await http.post(
+            "/v1/validations", json={"code": guess, "user_id": "shopper"}, headers=bearer(PROBER)
+        )
+
+    answers = await asyncio.gather(*(validate(f"GUESS-{i:05d}") for i in range(BURST + 50)))
+    assert Counter(a.status_code for a in answers) == {200: BURST, 429: 50}
+    assert {a.json()["code"] for a in answers} == {"coupon_not_found", "too_many_failed_lookups"}
+    # A redemption guess of the same caller is refused too: one budget.
+    assert (await redeem(http, PROBER, "GUESS-X", "shopper")).status_code == 429
+    # A validation that holds is no failed lookup: answered past the budget.
+    valid = await validate(code)
+    assert (valid.status_code, valid.json()["valid"]) == (200, True)
