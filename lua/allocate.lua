@@ -23,8 +23,8 @@
 --                     for good (see allocate_one in lib.lua); 0: allocate it for good
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
--- First, up to SETTLE_IN_ALLOCATION of the type's due timers are carried out (holds past
--- their deadline back to the pool, scheduled coupons whose start came into it).
+-- First, the type's due timers are carried out (holds past their deadline back to the pool,
+-- scheduled coupons whose start came into it), a bounded number (allocate_settled in lib.lua).
 -- The coupon that expires first is handed out first, skipping coupons this user already
 -- holds. A coupon moves from the available set to the exhausted set when its last usage
 -- is reserved.
@@ -35,8 +35,8 @@
 --      or {"user_limit_reached"};
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=allocate, type, user_id, and code or error.
--- Uses now_ms(), settle(), allocate_one(), audit_allocation(), idem_lookup(), idem_store()
--- from lib.lua.
+-- Uses now_ms(), allocate_settled(), audit_allocation(), idem_lookup(), idem_store() from
+-- lib.lua.
 
 local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
     draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user, due = due,
@@ -45,8 +45,7 @@ local now = now_ms()
 
 local found = idem_lookup(record, fp, '', now)
 if found then return found end
-settle(slot, ctype, due, now, SETTLE_IN_ALLOCATION, audit_cap)
-local result = allocate_one(k, prefix, ctype, max_per_user, now)
+local result = allocate_settled(k, prefix, ctype, max_per_user, now, audit_cap)
 audit_allocation(audit_stream, audit_cap, ctype, user, result)
 idem_store(record, fp, ttl_ms, result)
 return result

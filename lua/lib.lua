@@ -323,7 +323,8 @@ end
 -- those that are due: the allocation of the type does a few first (so a coupon whose hold
 -- ended or whose start came is allocatable at once, whatever a sweep does), stats and the
 -- purge more, and the app's sweep (SETTLE_INTERVAL_S) the rest, a batch per call.
-local SETTLE_IN_ALLOCATION = 16  -- timers one allocation carries out, at most
+local SETTLE_IN_ALLOCATION = 16  -- timers an allocation carries out before it searches
+local SETTLE_ROUNDS = 4  -- batches an allocation settles at most while it finds nothing
 
 -- The keys of type `ctype` in the slot whose keys start with `slot` ("{ns}:").
 local function type_keys(slot, ctype)
@@ -400,4 +401,30 @@ local function settle(slot, ctype, due, now, budget, audit_cap)
     end
   end
   return #members
+end
+
+-- allocate_one() after the type's due timers: a batch of SETTLE_IN_ALLOCATION first; and while
+-- the search finds nothing and a batch was full (more may be due: holds of coupons this user
+-- holds, or of expired ones, give nothing back to them), another, up to SETTLE_ROUNDS. So a
+-- hold that ended or a start that came is allocatable at once, whatever a sweep does, unless
+-- SETTLE_IN_ALLOCATION * SETTLE_ROUNDS timers that free nothing for this user fell due first.
+local function allocate_settled(k, prefix, ctype, max_per_user, now, audit_cap)
+  local result
+  for _ = 1, SETTLE_ROUNDS do
+    local settled = settle(k.slot, ctype, k.due, now, SETTLE_IN_ALLOCATION, audit_cap)
+    result = allocate_one(k, prefix, ctype, max_per_user, now)
+    if result[1] ~= 'pool_empty' or settled < SETTLE_IN_ALLOCATION then break end
+  end
+  return result
+end
+
+-- Settle the type's due timers while it has no available coupon and a batch was full (as
+-- allocate_settled does): the MEGADEAL gate's test for an empty pool. True if it has one.
+local function any_available(k, ctype, now, audit_cap)
+  for _ = 1, SETTLE_ROUNDS do
+    local settled = settle(k.slot, ctype, k.due, now, SETTLE_IN_ALLOCATION, audit_cap)
+    if redis.call('ZCOUNT', k.available, '(' .. now, '+inf') > 0 then return true end
+    if settled < SETTLE_IN_ALLOCATION then return false end
+  end
+  return false
 end

@@ -46,8 +46,8 @@
 --       held_prefix, tracked_prefix, slot, hold_ms  as in allocate.lua
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
--- First, as allocate.lua does, up to SETTLE_IN_ALLOCATION of the type's due timers are
--- carried out.
+-- The type's due timers are carried out first, as allocate.lua does (any_available and
+-- allocate_settled in lib.lua).
 -- Returns {"ok", ticket, code, kind, value, expires_at ms, allocated_at ms, hold deadline ms
 --          or "", metadata JSON or ""}: admitted,
 --          allocated, and holding a slot until megadeal_leave.lua or the lease ends;
@@ -60,14 +60,13 @@
 --          reason "rate" (the window opens then: sleep) or "slot" (a slot frees at the
 --          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner).
 -- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
--- Uses now_ms(), settle(), allocate_one(), audit_allocation(), idem_lookup(), idem_store()
--- and wake_waiters() from lib.lua.
+-- Uses now_ms(), any_available(), allocate_settled(), audit_allocation(), idem_lookup(),
+-- idem_store() and wake_waiters() from lib.lua.
 
 local k = { available = available, exhausted = exhausted, stats = stats, held = held, listing = listing,
     draining = draining, held_prefix = held_prefix, tracked_prefix = tracked_prefix, user = user, due = due,
     slot = slot, hold_ms = hold_ms }
 local now = now_ms()
-settle(slot, ctype, due, now, SETTLE_IN_ALLOCATION, audit_cap)
 local deadline = now - waited_ms + max_wait_ms
 
 -- Forget waiters past their deadline, leases that ended and admissions out of the window.
@@ -112,7 +111,7 @@ local function leave_queue()
   redis.call('ZREM', heard, ticket)
 end
 
-if redis.call('ZCOUNT', available, '(' .. now, '+inf') == 0 then
+if not any_available(k, ctype, now, audit_cap) then
   leave_queue()
   audit_allocation(audit_stream, audit_cap, ctype, user, { 'pool_empty' })
   idem_store(record, fp, ttl_ms, { 'pool_empty' })
@@ -134,7 +133,7 @@ local free_slots = max_concurrent - redis.call('ZCARD', slots)
 local free_rate = rate - redis.call('ZCARD', window)
 
 if rank < free_slots and rank < free_rate then
-  local result = allocate_one(k, prefix, ctype, max_per_user, now)
+  local result = allocate_settled(k, prefix, ctype, max_per_user, now, audit_cap)
   leave_queue()
   audit_allocation(audit_stream, audit_cap, ctype, user, result)
   idem_store(record, fp, ttl_ms, result)
