@@ -6,9 +6,10 @@ about a millisecond), so it can run beside a live service; run it on a quiet poo
 exact answer, since a write between two reads can look like a violation.
 
 Each slot is read in one SCAN of its keys, handed out by kind a batch at a time: coupon
-hashes, their sorted sets and the counters (check_coupons.py); held sets, tracked sets and
-listings (check_users.py); and Idempotency-Key records ``{ns}:idem:...``, each of which
-expires, has a fingerprint, and has a reply or an owner with a lease.
+hashes, their sorted sets, the types' timers (holds and starts) and the counters
+(check_coupons.py); held sets, tracked sets, listings and lapsed listings (check_users.py);
+and Idempotency-Key records ``{ns}:idem:...``, each of which expires, has a fingerprint,
+and has a reply or an owner with a lease.
 
 A sharded pool (POOL_SHARDS above 1) is checked slot by slot, the main slot and each
 shard ``{ns:<i>}`` on its own (each slot's counters count its own coupons); and every
@@ -109,6 +110,7 @@ async def _check_slot(redis: Redis, keys: Keys, progress: Progress | None) -> Re
         keys.held_prefix: ("held sets", users.held_sets),
         keys.tracked_prefix: ("tracked sets", users.tracked_sets),
         keys.user_prefix: ("listings", users.listings),
+        keys.lapsed_prefix: ("lapsed listings", users.lapsed_listings),
         keys.idempotency_prefix: ("records", lambda redis, batch: _check_records(redis, batch, bad)),
     }
     pending: dict[str, list[str]] = {prefix: [] for prefix in readers}

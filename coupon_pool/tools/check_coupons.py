@@ -2,22 +2,32 @@
 
 Per coupon hash ``{ns}:c:<code>``:
 - its fields are whole: a known type, and expiry, max_usages, allocated and used integers;
-- allocated equals its holders (one holder field per user) and is at most max_usages: no
-  usage is handed out twice, and a user holds a code at most once;
+- each holder field ``u:<user>`` reads as codec.holder_state() reads it: allocated_at, then
+  nothing (allocated), ":" and redeemed_at, "h" and a hold's deadline, or "x" and the
+  deadline of a hold that lapsed (the user holds the coupon no more);
+- allocated equals its holders but lapsed ones (one holder field per user) and is at most
+  max_usages: no usage is handed out twice, and a user holds a code at most once;
 - used equals its redeemed holders, and each redemption is not earlier than the
   allocation it redeems;
-- it is in exactly one sorted set, with its expiry as the score: its type's available set
-  while it has a free usage, ``{ns}:exhausted`` once it has none, or none at all once the
-  purge retired it (expired, redeemed at least once).
+- each hold ("h") has its timer "<code> <user>" in its type's timers ``{ns}:due:<TYPE>``,
+  scored by the same deadline, and each such timer is a hold of that user's;
+- each lapsed hold ("x") is in the user's lapsed listing ``{ns}:lapsed:<TYPE>:<user>``;
+- a scheduled coupon (its start, "<code>", in its type's timers) is in no sorted set and
+  its start ``st`` is the timer's score; any other is in exactly one sorted set, with its
+  expiry as the score: its type's available set while it has a free usage,
+  ``{ns}:exhausted`` once it has none, or none at all once the purge retired it (expired,
+  redeemed at least once).
 Per sorted set: every member has a coupon hash; every draining coupon (see lib.lua) is in
 its type's available set, and a coupon in its available set with no free usage is
 draining. Per type: ``created - purged`` equals the coupons stored, ``used`` (net of
-rollbacks) equals the redemptions recorded, and ``allocated`` (net of releases) is at
-least the allocations recorded (the purge deletes never-redeemed coupons with their
-allocations, so the counter can only be larger). Expired coupons still in an available set
-are not a violation: allocation skips them and the purge removes them; they are counted
-apart. An expired coupon may sit in ``{ns}:exhausted`` with a free usage (a release after
-expiry leaves it out of the pool).
+rollbacks) equals the redemptions recorded, ``allocated`` (net of releases and lapsed
+holds) is at least the allocations recorded (the purge deletes never-redeemed coupons with
+their allocations, so the counter can only be larger), ``held`` equals the holds' timers
+and ``scheduled`` the starts'. Expired coupons still in an available set are not a
+violation: allocation skips them and the purge removes them; they are counted apart. An
+expired coupon may sit in ``{ns}:exhausted`` with a free usage (a release after expiry
+leaves it out of the pool). A hold or a start past its time is not a violation either
+until settle() (lib.lua) carries it out: its timer and its state still agree.
 """
 
 from __future__ import annotations
@@ -28,11 +38,13 @@ from collections.abc import Callable, Sequence
 from redis.asyncio import Redis
 
 from ..models import CouponType
+from ..pool.codec import holder_state
 from ..pool.keys import CouponField, Keys
-from .batched import hashes, sorted_sets
+from .batched import each, hashes, sorted_sets
 
 TYPES = tuple(t.value for t in CouponType)
 _HOLDER = CouponField.HOLDER.value
+_MARKS = ("", ":", "h", "x")  # allocated, redeemed, held, a hold that lapsed (codec.holder_state)
 
 
 class CouponRules:
@@ -41,7 +53,12 @@ class CouponRules:
     def __init__(self, keys: Keys, now_ms: int, bad: Callable[[str], None]) -> None:
         self.keys, self.now_ms, self.bad = keys, now_ms, bad
         self.available = {t: keys.available(CouponType(t)) for t in TYPES}
+        self.due = {t: keys.due(CouponType(t)) for t in TYPES}
         self.members: dict[str, dict[str, float]] = {}  # sorted set -> {code: score}
+        self.holds: dict[str, dict[str, list[tuple[str, float]]]] = {}  # code -> {user: [(timers, deadline)]}
+        self.starts: dict[str, list[tuple[str, float]]] = {}  # code -> [(timers, starts_at)]
+        self.timers: Counter[str] = Counter()  # "<TYPE>:held" and "<TYPE>:scheduled": timers of each
+        self.lapsed: list[tuple[str, str, str]] = []  # (code, type, user) of a batch's lapsed holds
         self.draining: set[str] = set()
         self.seen: set[str] = set()  # codes with a coupon hash
         self.awaiting_purge = 0
@@ -53,6 +70,15 @@ class CouponRules:
         """The slot's sorted sets, before any coupon is checked against them."""
         scored = await sorted_sets(redis, [*self.available.values(), self.keys.exhausted])
         self.members = {key: dict(entries) for key, entries in scored.items()}
+        timers = await sorted_sets(redis, list(self.due.values()))
+        for t, key in self.due.items():
+            for member, score in timers[key]:
+                code, space, user = member.partition(" ")
+                if space:
+                    self.holds.setdefault(code, {}).setdefault(user, []).append((key, score))
+                else:
+                    self.starts.setdefault(code, []).append((key, score))
+                self.timers[f"{t}:{'held' if space else 'scheduled'}"] += 1
         drains = {t: self.keys.draining(CouponType(t)) for t in TYPES}
         draining = await sorted_sets(redis, list(drains.values()))
         for t, key in drains.items():
@@ -71,6 +97,19 @@ class CouponRules:
             if fields and code not in self.seen:
                 self.seen.add(code)
                 self.coupon(code, fields)
+        await self._lapsed_listed(redis)
+
+    async def _lapsed_listed(self, redis: Redis) -> None:
+        """Each lapsed hold of the batch is in its user's lapsed listing."""
+        lapsed, self.lapsed = self.lapsed, []
+        keys = self.keys
+        scores = await each(
+            redis, lapsed, lambda pipe, h: pipe.zscore(keys.lapsed(CouponType(h[1]), h[2]), h[0])
+        )
+        for (code, ctype, user), score in zip(lapsed, scores, strict=True):
+            if score is None:
+                self.bad(f"coupon {code!r}: holder {user!r}'s hold lapsed, but "
+                         f"{keys.lapsed(CouponType(ctype), user)} does not list it")  # fmt: skip
 
     def coupon(self, code: str, fields: dict[str, str]) -> None:
         def bad(rule: str) -> None:
@@ -87,26 +126,62 @@ class CouponRules:
             bad(f"unknown type {ctype!r}")
             return
         self.stored[ctype] += 1
-        holders = [(name[len(_HOLDER) :], state) for name, state in fields.items()
-                   if name.startswith(_HOLDER)]  # fmt: skip
-        redeemed = 0
-        for user, state in holders:
-            allocated_at, _, redeemed_at = state.partition(":")
-            if not allocated_at.isdigit() or (redeemed_at and not redeemed_at.isdigit()):
-                bad(f"holder {user!r} has a malformed record {state!r}")
-            elif redeemed_at:
+        holders = {name[len(_HOLDER) :]: holder_state(state) for name, state in fields.items()
+                   if name.startswith(_HOLDER)}  # fmt: skip
+        redeemed = lapsed = 0
+        for user, (allocated_at, mark, at) in holders.items():
+            if not allocated_at.isdigit() or mark not in _MARKS or (mark != "") != at.isdigit():
+                bad(f"holder {user!r} has a malformed record {fields[_HOLDER + user]!r}")
+            elif mark == ":":
                 redeemed += 1
-                if int(redeemed_at) < int(allocated_at):
+                if int(at) < int(allocated_at):
                     bad(f"holder {user!r} redeemed before it was allocated")
-        self.allocations[ctype] += len(holders)
+            elif mark == "h":
+                self._hold(code, ctype, user, int(at), bad)
+            elif mark == "x":
+                lapsed += 1
+                self.lapsed.append((code, ctype, user))
+        for user, timers in self.holds.get(code, {}).items():
+            if user not in holders or holders[user][1] != "h":
+                state = fields.get(_HOLDER + user)
+                for key, deadline in timers:
+                    bad(f"{key} has the hold '{code} {user}' ({deadline:.0f}), but the user's holder field "
+                        f"is {state!r}, not a hold")  # fmt: skip
+        holding = len(holders) - lapsed
+        self.allocations[ctype] += holding
         self.redemptions[ctype] += redeemed
-        if allocated != len(holders):
-            bad(f"{CouponField.ALLOCATED} is {allocated} but {len(holders)} users hold it")
+        if allocated != holding:
+            bad(f"{CouponField.ALLOCATED} is {allocated} but {holding} users hold it")
         if allocated > max_usages:
             bad(f"{allocated} usages allocated, more than its {max_usages}")
         if used != redeemed:
             bad(f"{CouponField.USED} is {used} but {redeemed} holders redeemed it")
+        if code in self.starts:
+            self._scheduled(code, ctype, fields.get(CouponField.STARTS), bad)
+            return
         self._placement(code, ctype, expires, allocated, max_usages, used, bad)
+
+    def _hold(self, code: str, ctype: str, user: str, deadline: int, bad: Callable[[str], None]) -> None:
+        """A hold until ``deadline`` has its timer, in its type's timers, at that deadline."""
+        timers = self.due[ctype]
+        found = self.holds.get(code, {}).get(user, [])
+        if (timers, deadline) not in found:
+            bad(f"holder {user!r} holds it until {deadline}, but {timers} has no '{code} {user}' then")
+        for key, score in found:
+            if (key, score) != (timers, deadline):
+                bad(f"holder {user!r} holds it until {deadline}, but '{code} {user}' is scored {score:.0f} "
+                    f"in {key}")  # fmt: skip
+
+    def _scheduled(self, code: str, ctype: str, starts: str | None, bad: Callable[[str], None]) -> None:
+        """A scheduled coupon: its start in its type's timers, and in no sorted set until then."""
+        for timers, score in self.starts[code]:
+            if timers != self.due[ctype]:
+                bad(f"its start is in {timers}, not the timers of its type {ctype}")
+            elif starts is None or not starts.isdigit() or int(starts) != score:
+                bad(f"scheduled at {score:.0f} in {timers}, but its {CouponField.STARTS} is {starts!r}")
+        found = [key for key, codes in self.members.items() if code in codes]
+        if found:
+            bad(f"scheduled (its start is in {self.starts[code][0][0]}), yet in {found}")
 
     def _placement(self, code: str, ctype: str, expires: int, allocated: int, max_usages: int, used: int,
                    bad: Callable[[str], None]) -> None:  # fmt: skip
@@ -137,6 +212,13 @@ class CouponRules:
         for key, codes in self.members.items():
             for code in codes.keys() - self.seen:
                 self.bad(f"{key} holds {code!r}, which has no coupon hash")
+        for code in self.holds.keys() - self.seen:
+            for user, timers in self.holds[code].items():
+                for key, _ in timers:
+                    self.bad(f"{key} has the hold '{code} {user}', whose coupon has no hash")
+        for code in self.starts.keys() - self.seen:
+            for key, _ in self.starts[code]:
+                self.bad(f"{key} has the start of {code!r}, which has no coupon hash")
         for t in TYPES:
             created, purged = counters.get(f"{t}:created", 0), counters.get(f"{t}:purged", 0)
             if created - purged != self.stored[t]:
@@ -147,3 +229,7 @@ class CouponRules:
             if counters.get(f"{t}:allocated", 0) < self.allocations[t]:
                 self.bad(f"{t}: allocated counter {counters.get(f'{t}:allocated', 0)} < "
                          f"{self.allocations[t]} allocations recorded")  # fmt: skip
+            for counter, what in ((f"{t}:held", "holds"), (f"{t}:scheduled", "starts")):
+                if counters.get(counter, 0) != self.timers[counter]:
+                    self.bad(f"{t}: {counter.partition(':')[2]} counter {counters.get(counter, 0)} != "
+                             f"{self.timers[counter]} {what} in {self.due[t]}")  # fmt: skip

@@ -5,7 +5,12 @@
   set ``{ns}:trk:<code>`` names the user (a held set may lack entries, never have extra);
 - every user a tracked set of an unexpired coupon names lists the coupon in their held set;
 - every entry of a listing ``{ns}:user:<TYPE>:<user>`` whose coupon still exists is a
-  coupon of that type held by the user, scored by its allocated_at.
+  coupon of that type held by the user (allocated, redeemed or held: not a hold that
+  lapsed), scored by its allocated_at;
+- every entry of a lapsed listing ``{ns}:lapsed:<TYPE>:<user>`` whose coupon still exists
+  is a coupon of that type whose holder field for the user is a hold that lapsed ("x"),
+  scored by its allocated_at.
+A user "holds" a coupon while its holder field is there and not a lapsed hold.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from ..models import CouponType
+from ..pool.codec import holder_state
 from ..pool.keys import CouponField, Keys
 from .batched import each, set_members, sorted_sets
 from .check_coupons import TYPES
@@ -50,7 +56,7 @@ class UserRules:
         for i, (held, _, available, code, score) in enumerate(entries):
             (expires, holder), in_available, is_tracked = found[3 * i : 3 * i + 3]
             where = f"{held} lists {code!r}"
-            if holder is None:
+            if holder is None or holder_state(holder)[1] == "x":
                 self.bad(f"{where}, which the user does not hold")
             elif in_available is None:
                 self.bad(f"{where}, which is not in {available}")
@@ -81,7 +87,41 @@ class UserRules:
                 self.bad(f"{tracked} names {holder!r}, whose held set does not list {code!r}")
 
     async def listings(self, redis: Redis, listing_keys: Sequence[str]) -> None:
-        keys, prefix = self.keys, self.keys.user_prefix
+        for listing, ctype, code, score, found_type, state in await self._entries(
+            redis, listing_keys, self.keys.user_prefix
+        ):
+            if found_type is None:
+                continue  # purged: dropped from the listing when a page meets it
+            at, mark, _ = holder_state(state or "")
+            if state is None:
+                self.bad(f"{listing} lists {code!r}, which the user does not hold")
+            elif mark == "x":
+                self.bad(f"{listing} lists {code!r}, whose hold lapsed (it belongs in the lapsed listing)")
+            elif found_type != ctype:
+                self.bad(f"{listing} lists {code!r}, of type {found_type}")
+            elif not at.isdigit() or int(at) != score:
+                self.bad(f"{listing} scores {code!r} {score:.0f}, not its allocated_at {state}")
+
+    async def lapsed_listings(self, redis: Redis, lapsed_keys: Sequence[str]) -> None:
+        for lapsed, ctype, code, score, found_type, state in await self._entries(
+            redis, lapsed_keys, self.keys.lapsed_prefix
+        ):
+            if found_type is None:
+                continue  # purged, as in a listing
+            at, mark, _ = holder_state(state or "")
+            if mark != "x":
+                self.bad(f"{lapsed} lists {code!r}, whose holder field is {state!r}, not a hold that lapsed")
+            elif found_type != ctype:
+                self.bad(f"{lapsed} lists {code!r}, of type {found_type}")
+            elif not at.isdigit() or int(at) != score:
+                self.bad(f"{lapsed} scores {code!r} {score:.0f}, not its allocated_at {state}")
+
+    async def _entries(
+        self, redis: Redis, listing_keys: Sequence[str], prefix: str
+    ) -> list[tuple[str, str, str, float, str | None, str | None]]:
+        """(listing, its type, code, score, the coupon's type, the user's holder field) of each
+        entry of listings ``{prefix}<TYPE>:<user>``."""
+        keys = self.keys
         members = await sorted_sets(redis, listing_keys)
         entries = []  # (listing, its type, its user, code, score)
         for listing in listing_keys:
@@ -92,12 +132,5 @@ class UserRules:
             entries,
             lambda pipe, e: pipe.hmget(keys.coupon(e[3]), [CouponField.TYPE, CouponField.HOLDER + e[2]]),
         )
-        for (listing, ctype, _, code, score), (found_type, state) in zip(entries, found, strict=True):
-            if found_type is None:
-                continue  # purged: dropped from the listing when a page meets it
-            if state is None:
-                self.bad(f"{listing} lists {code!r}, which the user does not hold")
-            elif found_type != ctype:
-                self.bad(f"{listing} lists {code!r}, of type {found_type}")
-            elif int(state.partition(":")[0]) != score:
-                self.bad(f"{listing} scores {code!r} {score:.0f}, not its allocated_at {state}")
+        return [(listing, ctype, code, score, *coupon)
+                for (listing, ctype, _, code, score), coupon in zip(entries, found, strict=True)]  # fmt: skip

@@ -2,7 +2,7 @@
 
 Each coupon becomes the JSON of an upload's item (``Item``), or a problem named by file,
 line and column (``BadItem``), checked with the service's own rules, so a bad line stops
-an upload before anything is sent.
+an upload before anything is sent. A CSV metadata cell holds the JSON object as text.
 """
 
 from __future__ import annotations
@@ -14,15 +14,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import jiter
 import orjson
 
 from ..errors import CouponError
 from ..http.validation import validate_json
-from ..models import CouponIn
+from ..models import MAX_METADATA_KEYS, MAX_METADATA_VALUE, CouponIn
 
-COLUMNS = ("code", "type", "discount_kind", "discount_value", "expires_at", "max_usages")
+COLUMNS = (
+    "code",
+    "type",
+    "discount_kind",
+    "discount_value",
+    "expires_at",
+    "max_usages",
+    "starts_at",
+    "metadata",
+)
 REQUIRED_COLUMNS = ("code", "discount_kind", "discount_value", "expires_at")
-MAX_LINE_BYTES = 4096  # a valid coupon takes about 150
+# A valid coupon takes about 150 bytes, and its metadata up to MAX_METADATA_KEYS keys of 40
+# ASCII characters and values of MAX_METADATA_VALUE characters, which JSON may write as
+# escapes: 6 bytes a key character ("\u0061"), 12 a value character (a surrogate pair,
+# "\ud83d\ude00"); in a CSV cell its quotes are doubled. The longest valid line fits.
+MAX_LINE_BYTES = 1024 + MAX_METADATA_KEYS * (6 * 40 + 12 * MAX_METADATA_VALUE + 16)
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,9 @@ def _json_lines(path: Path, check: bool) -> Iterator[Item | BadItem]:
 
 
 def _csv_rows(path: Path, check: bool) -> Iterator[Item | BadItem]:
+    # The csv module refuses a cell over 128 KiB (a setting of the process, only raised
+    # here): a metadata cell of a valid coupon may take most of a line.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
     with path.open("rb") as binary:
         lines = _CsvLines(binary)
         rows = csv.reader(lines, strict=True)
@@ -110,6 +127,9 @@ def _csv_rows(path: Path, check: bool) -> Iterator[Item | BadItem]:
                 yield BadItem(str(path), rows.line_num, "(line)", message)
                 continue
             coupon = _coupon_of(dict(zip(names, row, strict=True)))
+            if isinstance(coupon, str):
+                yield BadItem(str(path), rows.line_num, "metadata", coupon)
+                continue
             item = Item(str(path), rows.line_num, orjson.dumps(coupon))
             yield _checked(item, csv_columns=True) if check else item
 
@@ -164,8 +184,9 @@ def _header_problem(header: list[str] | None) -> str | None:
     return None
 
 
-def _coupon_of(cells: dict[str, str]) -> dict[str, Any]:
-    """A CSV row as an upload's item; an empty optional cell takes the service's default."""
+def _coupon_of(cells: dict[str, str]) -> dict[str, Any] | str:
+    """A CSV row as an upload's item; an empty optional cell takes the service's default.
+    A metadata cell that is not a JSON object gives the problem instead."""
     coupon: dict[str, Any] = {
         "code": cells["code"],
         "discount": {"kind": cells["discount_kind"], "value": cells["discount_value"]},
@@ -177,7 +198,34 @@ def _coupon_of(cells: dict[str, str]) -> dict[str, Any]:
     if usages:
         # A number when it is one; otherwise the text, which validation names.
         coupon["max_usages"] = _count(usages) if usages.isascii() and usages.isdigit() else usages
+    if cells.get("starts_at", "").strip():
+        coupon["starts_at"] = cells["starts_at"]
+    if cells.get("metadata", "").strip():
+        metadata = _json_object(cells["metadata"])
+        if isinstance(metadata, str):
+            return metadata
+        coupon["metadata"] = metadata
     return coupon
+
+
+METADATA_EXAMPLE = '{"campaign": "spring"}'
+
+
+def _json_object(text: str) -> orjson.Fragment | str:
+    """A cell's JSON object, to be sent as it is written (validation then sees what the
+    service will: a number too large for orjson, say), or what is wrong with it. A name
+    given twice is refused here, as the service refuses it in a body."""
+    try:
+        value = jiter.from_json(text.encode(), catch_duplicate_keys=True, cache_mode="none")
+    except ValueError as exc:
+        return f"must be a JSON object such as {METADATA_EXAMPLE}: {exc}"
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), "a number")
+        return f"must be a JSON object such as {METADATA_EXAMPLE}, not {kind}"
+    return orjson.Fragment(text.encode())
+
+
+_JSON_KINDS = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
 
 
 MAX_COUNT_DIGITS = 18  # far more than a valid count has, and within JSON's 64-bit integers
@@ -204,9 +252,15 @@ def _checked(item: Item, *, csv_columns: bool) -> Item | BadItem:
         validate_json(item.body, CouponIn)
     except CouponError as exc:
         listed = exc.extra.get("errors") or [{"field": "(line)", "message": exc.detail}]
-        where = listed[0]["field"]
+        where, message = listed[0]["field"], listed[0]["message"]
         column = _CSV_COLUMN_OF.get(where, where) if csv_columns else where
+        if csv_columns and where.startswith("metadata."):  # a key of the cell's object, or its value
+            key = where.removeprefix("metadata.")
+            what = (
+                f"key {key.removesuffix('.[key]')!r}" if key.endswith(".[key]") else f"the value of {key!r}"
+            )
+            column, message = "metadata", f"{what}: {message}"
         others = exc.extra.get("error_count", 1) - 1
         more = f" (and {others} more problem(s) on this line)" if others > 0 else ""
-        return BadItem(item.path, item.line, column, listed[0]["message"] + more)
+        return BadItem(item.path, item.line, column, message + more)
     return item

@@ -1,10 +1,12 @@
 """``coupon-pool inspect CODE``: one coupon as an operator wants it, read straight from Redis.
 
-Dates decoded (Redis keeps epoch milliseconds), the sorted set it sits in, its counts, and
-its holders a page at a time. A page is read with one HSCAN: about --limit fields, or the
-whole hash while it is small enough for Redis to keep it as a listpack (then the page is a
-slice of it), so a page costs the same however many holders the coupon has. The cursor
-printed for the next page is "<HSCAN cursor>:<offset in that batch>".
+Dates decoded (Redis keeps epoch milliseconds), the sorted set it sits in (a scheduled
+coupon: its type's timers, until its start), its counts, its metadata, and its holders a
+page at a time, each with its status (allocated, held, redeemed, hold_expired). A page is
+read with one HSCAN: about --limit fields, or the whole hash while it is small enough for
+Redis to keep it as a listpack (then the page is a slice of it), so a page costs the same
+however many holders the coupon has. The cursor printed for the next page is "<HSCAN
+cursor>:<offset in that batch>".
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 
 from ..models import CODE_PATTERN, CouponType
-from ..pool.codec import from_ms
+from ..pool.codec import from_ms, holder_state, metadata
 from ..pool.connection import connect
 from ..pool.keys import CouponField, Keys, Layout
 from ..settings import Settings
@@ -44,8 +46,11 @@ async def inspect(
         pipe.zscore(keys.exhausted, code)
         for coupon_type in CouponType:
             pipe.zscore(keys.available(coupon_type), code)
+        for coupon_type in CouponType:
+            pipe.zscore(keys.due(coupon_type), code)
         pipe.hlen(key)
-        fields, exhausted, *available, length = await pipe.execute()
+        fields, exhausted, *scores, length = await pipe.execute()
+    available, starts = scores[: len(CouponType)], scores[len(CouponType) :]
     now_s, now_us = await redis.time()  # not in the pipeline: a cluster pipeline takes keyed commands only
     if fields[0] is None:
         return None
@@ -55,21 +60,26 @@ async def inspect(
     scan_from, offset = (int(part) for part in cursor.split(":"))
     scanned = await redis.hscan(key, scan_from, match=f"{CouponField.HOLDER.value}*", count=limit)
     scan_next, batch = cast(tuple[int, dict[str, str]], scanned)
+    now_ms = int(now_s) * 1000 + int(now_us) // 1000
     holders = []
     for field, state in batch.items():
-        allocated, _, redeemed = state.partition(":")
+        allocated, mark, at = holder_state(state)
         holders.append({"user_id": field[len(CouponField.HOLDER.value) :], "allocated_at": when(allocated),
-                        "redeemed_at": when(redeemed)})  # fmt: skip
+                        "status": _status(mark, at, now_ms), "redeemed_at": when(at) if mark == ":" else None,
+                        "hold_expires_at": when(at) if mark in ("h", "x") else None})  # fmt: skip
     holders.sort(key=lambda h: (h["allocated_at"] or "", h["user_id"]))
     page = holders[offset : offset + limit]
     if offset + limit < len(holders):
         next_cursor: str | None = f"{scan_from}:{offset + limit}"
     else:
         next_cursor = f"{scan_next}:0" if int(scan_next) else None
-    now_ms = int(now_s) * 1000 + int(now_us) // 1000
     expired = int(named["expires"]) <= now_ms
+    ctype = CouponType(named["type"])
+    scheduled = any(score is not None for score in starts)
     in_set = (
-        f"{keys.available(CouponType(named['type']))} (available)"
+        f"{keys.due(ctype)} (scheduled: it joins {keys.available(ctype)} at its start)"
+        if scheduled
+        else f"{keys.available(ctype)} (available)"
         if any(score is not None for score in available)
         else f"{keys.exhausted} (no free usage)"
         if exhausted is not None
@@ -84,6 +94,9 @@ async def inspect(
         "created_at": when(named["created"]),
         "expires_at": when(named["expires"]),
         "expired": expired,
+        "starts_at": when(named["starts"]),
+        "scheduled": scheduled,
+        "metadata": metadata(named["metadata"]),
         "max_usages": int(named["max_usages"]),
         "allocated": int(named["allocated"] or 0),  # a missing counter field means zero
         "used": int(named["used"] or 0),
@@ -105,18 +118,42 @@ def render(coupon: dict[str, Any]) -> str:
         f"  discount    {shown}",
         f"  created     {coupon['created_at']}",
         f"  expires     {coupon['expires_at']}" + ("   EXPIRED" if coupon["expired"] else ""),
+        *(
+            [f"  starts      {coupon['starts_at']}" + ("   SCHEDULED" if coupon["scheduled"] else "")]
+            if coupon["starts_at"]
+            else []
+        ),
+        *([f"  metadata    {orjson.dumps(coupon['metadata']).decode()}"] if coupon["metadata"] else []),
         f"  usages      {coupon['allocated']} allocated, {coupon['used']} redeemed, "
         f"of {coupon['max_usages']}",
         f"  in set      {coupon['in_set']}",
         f"  holders     {coupon['holders_total']}" + (", this page:" if coupon["holders"] else ""),
     ]
     for holder in coupon["holders"]:
-        redeemed = f"redeemed {holder['redeemed_at']}" if holder["redeemed_at"] else "not redeemed"
-        lines.append(f"    {holder['user_id']:<32} allocated {holder['allocated_at']}   {redeemed}")
+        status = _STATUS_SHOWN[holder["status"]].format(**holder)
+        lines.append(f"    {holder['user_id']:<32} allocated {holder['allocated_at']}   {status}")
     if coupon["next_cursor"]:
         lines.append(f"  more holders: coupon-pool inspect {coupon['code']} --limit {coupon['limit']} "
                      f"--cursor {coupon['next_cursor']}")  # fmt: skip
     return "\n".join(lines)
+
+
+_STATUS_SHOWN = {
+    "allocated": "not redeemed",
+    "redeemed": "redeemed {redeemed_at}",
+    "held": "held until {hold_expires_at}",
+    "hold_expired": "hold expired {hold_expires_at}",
+}
+
+
+def _status(mark: str, at: str, now_ms: int) -> str:
+    """A holder's status, as GET /v1/coupons/{code} says it: a hold past its deadline has
+    expired, whether or not settle() has given it back yet ("x")."""
+    if mark == ":":
+        return "redeemed"
+    if mark == "x" or (mark == "h" and int(at) <= now_ms):
+        return "hold_expired"
+    return "held" if mark == "h" else "allocated"
 
 
 def _code(text: str) -> str:

@@ -196,7 +196,9 @@ files:
   *.jsonl, *.ndjson   one coupon per line, as an item of POST /v1/coupons
   anything else       CSV whose first row names the columns:
                       {", ".join(COLUMNS)}
-                      (type and max_usages may be left out or empty: STANDARD and 1)
+                      (type and max_usages may be left out or empty: STANDARD and 1;
+                      starts_at and metadata too: none. metadata is a JSON object, such
+                      as "{{""campaign"": ""spring""}}" with its quotes doubled)
 
 Every coupon is validated first; an invalid one stops the run before anything is sent.
 Running the same command again after an interruption completes the upload and counts

@@ -10,7 +10,9 @@ import re
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,7 +21,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from coupon_pool.errors import CouponError
-from coupon_pool.models import MAX_UPLOAD, CouponType
+from coupon_pool.models import MAX_UPLOAD, CouponIn, CouponType
+from coupon_pool.pool.codec import holder_state
 from coupon_pool.pool.keys import CouponField, Keys
 from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
@@ -27,7 +30,7 @@ from coupon_pool.settings import MegadealLimits
 from coupon_pool.tools.check import Progress, check
 from coupon_pool.tools.check_coupons import CouponRules
 from support.cluster import CLUSTER_SHARDS, Cluster, cluster_client
-from support.factories import coupon
+from support.factories import coupon, coupon_json
 from support.redis_server import RedisServer
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
@@ -126,6 +129,195 @@ async def test_each_corruption_is_reported(store: Store, corrupt: object, expect
     assert any(expected in v for v in report.violations), report.violations
 
 
+def scheduled(code: str, starts_in: float = 3600, **fields: Any) -> CouponIn:
+    """A coupon whose start is ``starts_in`` seconds ahead (it expires an hour after), with
+    ``fields`` (type, metadata) as an upload gives them."""
+    start = (datetime.now(UTC) + timedelta(seconds=starts_in)).isoformat()
+    body = {**coupon_json(code, expires_in=starts_in + 3600), "starts_at": start, **fields}
+    return CouponIn.model_validate_json(orjson.dumps(body))
+
+
+def scheduled_soon(code: str, expires_in: float, **fields: Any) -> CouponIn:
+    """A coupon that starts within a second (when it expires later), else at once."""
+    start = (datetime.now(UTC) + timedelta(seconds=min(0.5, expires_in / 2))).isoformat()
+    body = {**coupon_json(code, expires_in=expires_in, **fields), "starts_at": start}
+    return CouponIn.model_validate_json(orjson.dumps(body))
+
+
+async def lapse(store: Store, code: str, user: str, coupon_type: CouponType = STANDARD) -> None:
+    """End ``user``'s hold of ``code`` unconfirmed now: its deadline moved into the past, in
+    its holder field, then its timer (as if it had come), and settled. In that order, a
+    settle() between the two (a live server's sweep in the same Redis) finds nothing due."""
+    keys, holder = store.keys, CouponField.HOLDER + user
+    allocated_at, mark, _ = holder_state(await store.redis.hget(keys.coupon(code), holder))
+    assert mark == "h"
+    past = int(allocated_at)  # a deadline Redis's clock has reached
+    await store.redis.hset(keys.coupon(code), holder, f"{allocated_at}h{past}")
+    await store.redis.zadd(keys.due(coupon_type), {f"{code} {user}": past})
+    await store.settle()
+    assert holder_state(await store.redis.hget(keys.coupon(code), holder))[1] == "x"
+
+
+async def holds_scenario(store: Store) -> None:
+    """Holds open, confirmed, released, lapsed (and taken again), and scheduled coupons."""
+    await store.upload(
+        [
+            coupon("S1", max_usages=3, expires_in=600),
+            coupon("S2", max_usages=2, expires_in=700),
+            coupon("F1", type="FREE", max_usages=2),
+            scheduled("LATER", metadata={"campaign": "spring"}),
+            scheduled("LATERF", type="FREE"),
+            scheduled("SOON", starts_in=3000),  # its start comes: see below
+        ]
+    )
+    assert (await store.allocate("open", STANDARD, hold_s=600)).code == "S1"
+    assert (await store.allocate("gone", STANDARD, hold_s=600)).code == "S1"
+    assert (await store.allocate("again", STANDARD, hold_s=600)).code == "S1"  # its last usage
+    assert (await store.allocate("again", STANDARD, hold_s=600)).code == "S2"
+    await store.redeem("S2", "again", STANDARD)  # confirmed
+    await store.allocate("sure", FREE, hold_s=60)
+    await store.release("F1", "sure", FREE)  # ended early
+    await store.allocate("kept", FREE)  # for good
+    await lapse(store, "S1", "gone")
+    await lapse(store, "S1", "again")
+    assert (await store.allocate("again", STANDARD, hold_s=600)).code == "S1"  # hers again
+    await store.allocate("lapsed", STANDARD, hold_s=600)
+    await lapse(store, "S1", "lapsed")
+    assert await store.redis.zrange(store.keys.due(STANDARD), 0, -1) == [
+        "S1 again",
+        "S1 open",
+        "SOON",
+        "LATER",
+    ]
+    counters = ["STANDARD:held", "STANDARD:scheduled", "STANDARD:hold_expired"]
+    assert await store.redis.hmget(store.keys.stats, counters) == ["2", "2", "3"]
+    assert await store.redis.zcard(store.keys.lapsed(STANDARD, "gone")) == 1
+    # SOON's start comes by the clock, not yet by settle(): it is still a timer (unless a live
+    # server's sweep in the same Redis settles it first: clean either way).
+    await store.redis.hset(store.keys.coupon("SOON"), CouponField.STARTS, 1)
+    await store.redis.zadd(store.keys.due(STANDARD), {"SOON": 1})
+
+
+async def test_a_pool_with_holds_lapsed_holds_and_scheduled_coupons_has_no_violations(store: Store) -> None:
+    await holds_scenario(store)
+    redis, keys = store.redis, store.keys
+
+    report = await check(redis, keys)
+
+    assert report.violations == []
+    assert report.coupons == 6
+    await store.settle()  # SOON starts; a clean pool stays clean
+    assert (await check(redis, keys)).violations == []
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        # hal's hold of H is open; lee's hold of L lapsed; LATER is scheduled.
+        (lambda r: r.zrem("{cp}:due:STANDARD", "H hal"), "holder 'hal' holds it until"),
+        (
+            lambda r: r.zadd("{cp}:due:STANDARD", {"H hal": 4e12}),
+            "'H hal' is scored 4000000000000 in {cp}:due:ST",
+        ),
+        (
+            lambda r: r.zadd("{cp}:due:FREE", {"H hal": 4e12}),
+            "'H hal' is scored 4000000000000 in {cp}:due:FREE",
+        ),
+        (
+            lambda r: r.zadd("{cp}:due:STANDARD", {"S2 zed": 4e12}),
+            "{cp}:due:STANDARD has the hold 'S2 zed' (4000000000000), but the user's holder field is None",
+        ),
+        (
+            lambda r: r.hset("{cp}:c:H", "u:hal", "1"),
+            "{cp}:due:STANDARD has the hold 'H hal' (",  # a timer left behind by a hold now for good
+        ),
+        (lambda r: r.zadd("{cp}:due:FREE", {"GONE zed": 4e12}), "'GONE zed', whose coupon has no hash"),
+        (lambda r: r.hincrby("{cp}:stats", "STANDARD:held", 1), "STANDARD: held counter 2 != 1 holds in"),
+        (lambda r: r.zadd("{cp}:avail:STANDARD", {"LATER": 1}), "coupon 'LATER': scheduled (its start is in"),
+        (lambda r: r.zadd("{cp}:exhausted", {"LATER": 1}), "yet in ['{cp}:exhausted']"),
+        (lambda r: r.hset("{cp}:c:LATER", "st", 5), "coupon 'LATER': scheduled at "),
+        (lambda r: r.hdel("{cp}:c:LATER", "st"), "but its st is None"),
+        (lambda r: r.zrem("{cp}:due:STANDARD", "LATER"), "coupon 'LATER': in no sorted set"),
+        (lambda r: r.zadd("{cp}:due:FREE", {"LATER": 4e12}), "its start is in {cp}:due:FREE, not the timers"),
+        (
+            lambda r: r.hincrby("{cp}:stats", "STANDARD:scheduled", -1),
+            "STANDARD: scheduled counter 0 != 1 starts",
+        ),
+        (
+            lambda r: r.zadd("{cp}:due:FREE", {"NOSUCH": 4e12}),
+            "has the start of 'NOSUCH', which has no coupon hash",
+        ),
+        (
+            lambda r: r.zrem("{cp}:lapsed:STANDARD:lee", "L"),
+            "coupon 'L': holder 'lee''s hold lapsed, but {cp}:lapsed:STANDARD:lee does not list it",
+        ),
+        (
+            lambda r: r.zadd("{cp}:user:STANDARD:lee", {"L": 1}),
+            "{cp}:user:STANDARD:lee lists 'L', whose hold lapsed",
+        ),
+        (
+            lambda r: r.zadd("{cp}:lapsed:STANDARD:ann", {"H": 1}),
+            "{cp}:lapsed:STANDARD:ann lists 'H', whose holder field is None, not a hold that lapsed",
+        ),
+        (
+            lambda r: r.zadd("{cp}:lapsed:STANDARD:hal", {"H": 1}),
+            "{cp}:lapsed:STANDARD:hal lists 'H', whose holder field is '",
+        ),
+        (
+            lambda r: r.zadd("{cp}:lapsed:STANDARD:lee", {"L": 1}),
+            "{cp}:lapsed:STANDARD:lee scores 'L' 1, not",
+        ),
+        (lambda r: r.hincrby("{cp}:c:L", "alloc", 1), "coupon 'L': alloc is 1 but 0 users hold it"),
+        (
+            lambda r: r.zadd("{cp}:held:STANDARD:lee", {"L": 4e12}),
+            "held:STANDARD:lee lists 'L', which the user",
+        ),
+        (lambda r: r.hset("{cp}:c:H", "u:hal", "1h"), "coupon 'H': holder 'hal' has a malformed record '1h'"),
+        (lambda r: r.hset("{cp}:c:H", "u:hal", "1y2"), "coupon 'H': holder 'hal' has a malformed record"),
+    ],
+    ids=[
+        "hold-untimed",
+        "hold-timed-otherwise",
+        "hold-timed-in-another-type",
+        "timer-of-no-holder",
+        "timer-of-a-plain-holder",
+        "timer-of-no-coupon",
+        "held-counter",
+        "scheduled-available",
+        "scheduled-exhausted",
+        "scheduled-start",
+        "scheduled-no-start",
+        "start-untimed",
+        "start-in-another-type",
+        "scheduled-counter",
+        "start-of-no-coupon",
+        "lapsed-unlisted",
+        "lapsed-still-listed",
+        "lapsed-listing-of-no-holder",
+        "lapsed-listing-of-a-holder",
+        "lapsed-listing-score",
+        "lapsed-counted",
+        "lapsed-in-held-set",
+        "malformed-hold",
+        "unknown-mark",
+    ],
+)
+async def test_each_corruption_of_holds_and_starts_is_reported(
+    store: Store, corrupt: object, expected: str
+) -> None:
+    await store.upload(
+        [coupon("L", expires_in=600), coupon("H", expires_in=700), coupon("S2"), scheduled("LATER")]
+    )
+    assert (await store.allocate("lee", STANDARD, hold_s=600)).code == "L"
+    assert (await store.allocate("hal", STANDARD, hold_s=600)).code == "H"
+    await lapse(store, "L", "lee")
+    assert (await check(store.redis, store.keys)).ok
+    await corrupt(store.redis)  # type: ignore[operator]
+    report = await check(store.redis, store.keys)
+    assert not report.ok
+    assert any(expected in v for v in report.violations), report.violations
+
+
 async def test_a_coupon_that_scan_returns_twice_is_counted_once(store: Store) -> None:
     """SCAN may return a key twice, while Redis resizes its table."""
     await store.upload([coupon("TWICE")])
@@ -160,8 +352,9 @@ async def test_a_megadeal_coupon_is_claimed_in_its_codes_shard_alone(redis_clust
 
 
 async def test_a_randomized_concurrent_workload_with_a_redis_restart_ends_clean(tmp_path: Path) -> None:
-    """Uploads, allocations, redemptions, purges and MEGADEAL bursts from 24 tasks at once,
-    while Redis is killed and started again; then the checker finds nothing wrong."""
+    """Uploads (some scheduled), allocations (some held, for a second), redemptions,
+    releases, settles, purges and MEGADEAL bursts from 24 tasks at once, while Redis is
+    killed and started again; then the checker finds nothing wrong."""
     server = RedisServer(tmp_path / "redis", "--appendfsync", "always").start()
     redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=1)
     limits = MegadealLimits(max_concurrent=2, rate_per_s=20, max_wait_s=1, lease_s=2)
@@ -176,15 +369,14 @@ async def test_a_randomized_concurrent_workload_with_a_redis_restart_ends_clean(
         nonlocal uploaded
         held: list[tuple[str, str, CouponType]] = []
         while not stop.is_set():
-            op = rng.choice(
-                ["upload", "allocate", "allocate", "allocate", "redeem", "redeem", "purge", "mega"]
-            )
+            op = rng.choice(["upload", "allocate", "allocate", "allocate", "redeem", "redeem", "release",
+                             "purge", "settle", "mega"])  # fmt: skip
             try:
                 if op == "upload":
                     uploaded += 1
                     await store.upload(
                         [
-                            coupon(
+                            (coupon if rng.random() < 0.8 else scheduled_soon)(
                                 f"W{n}-{uploaded}-{i}",
                                 type=rng.choice(["FREE", "STANDARD", "MEGADEAL"]),
                                 expires_in=rng.choice([0.5, 2, 3600]),
@@ -196,16 +388,19 @@ async def test_a_randomized_concurrent_workload_with_a_redis_restart_ends_clean(
                 elif op in ("allocate", "mega"):
                     ctype = MEGADEAL if op == "mega" else rng.choice([FREE, STANDARD])
                     user = f"u{rng.randint(0, 40)}"
+                    hold_s = rng.choice([None, None, 1])  # a hold lapses unless redeemed within a second
                     if ctype is MEGADEAL:
-                        allocation = await gate.allocate(user)
+                        allocation = await gate.allocate(user, hold_s=hold_s)
                     else:
-                        allocation = await store.allocate(user, ctype)
+                        allocation = await store.allocate(user, ctype, hold_s)
                     held.append((allocation.code, user, ctype))
-                elif op == "redeem" and held:
+                elif op in ("redeem", "release") and held:
                     code, user, ctype = held.pop(rng.randrange(len(held)))
-                    await store.redeem(code, user, ctype)
+                    await (store.redeem if op == "redeem" else store.release)(code, user, ctype)
                 elif op == "purge":
                     await store.purge()
+                elif op == "settle":
+                    await store.settle()
                 done[op] = done.get(op, 0) + 1
             except (CouponError, RedisError):
                 await asyncio.sleep(0.01)  # refused by a rule, or Redis is down: carry on
@@ -222,6 +417,7 @@ async def test_a_randomized_concurrent_workload_with_a_redis_restart_ends_clean(
         assert done.get("allocate", 0) > 50
         assert done.get("redeem", 0) > 20
         assert done.get("purge", 0) > 5
+        assert done.get("release", 0) > 5
         report = await check(redis, Keys("cp"))
         assert report.violations == []
         assert report.coupons > 0
@@ -328,7 +524,7 @@ async def test_progress_on_a_terminal_is_one_line_redrawn_and_ended(store: Store
     assert drawn.count("\n") == 1
     last = drawn.split("\r")[-1]
     assert re.fullmatch(r"check \{cp\}: 9 keys read \(4 coupons, 0 held sets, 0 tracked sets, 5 listings, "
-                        r"0 records\), 0 violations, [0-9.]+s\x1b\[K\n", last)  # fmt: skip
+                        r"0 lapsed listings, 0 records\), 0 violations, [0-9.]+s\x1b\[K\n", last)  # fmt: skip
 
 
 def test_progress_off_a_terminal_is_plain_lines_every_interval(redis_server: RedisServer) -> None:
@@ -349,12 +545,12 @@ def test_progress_off_a_terminal_is_plain_lines_every_interval(redis_server: Red
     assert announced == f"coupon-pool check: reading {redis_server.url}, namespace cp"
     assert "\r" not in done.stderr
     assert [line.rsplit(", ", 1)[0] for line in lines] == [
-        "check {cp}: 1 keys read (1 coupons, 0 held sets, 0 tracked sets, 0 listings, 0 records), "
-        "1 violations",
-        "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 records), "
-        "2 violations",
-        "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 records), "
-        "3 violations",  # the counters, checked last
+        "check {cp}: 1 keys read (1 coupons, 0 held sets, 0 tracked sets, 0 listings, 0 lapsed listings, "
+        "0 records), 1 violations",
+        "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 lapsed listings, "
+        "0 records), 2 violations",
+        "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 lapsed listings, "
+        "0 records), 3 violations",  # the counters, checked last
     ]
 
 

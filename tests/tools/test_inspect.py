@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -12,24 +13,32 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from coupon_pool.models import CouponIn, CouponType
+from coupon_pool.pool.codec import holder_state, to_ms
+from coupon_pool.pool.keys import CouponField, Keys
+from coupon_pool.pool.store import Store
 from coupon_pool.settings import Settings, redacted
 from coupon_pool.tools.common import announce
+from coupon_pool.tools.inspect import inspect, render, when
+from support.factories import coupon_json
 from support.live_server import LiveServer
 from support.redis_server import RedisServer
 
 
-def inspect(redis_server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+def inspect_command(
+    redis_server: RedisServer, *args: str, namespace: str = "cp"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "coupon_pool", "inspect", *args],
         capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "REDIS_URL": redis_server.url},
+        env={**os.environ, "REDIS_URL": redis_server.url, "KEY_NAMESPACE": namespace},
     )  # fmt: skip
 
 
 def every_holder(redis_server: RedisServer, code: str, limit: int) -> list[dict[str, Any]]:
     holders, cursor = [], "0:0"
     for _ in range(1000):
-        done = inspect(redis_server, code, "--json", "--limit", str(limit), "--cursor", cursor)
+        done = inspect_command(redis_server, code, "--json", "--limit", str(limit), "--cursor", cursor)
         page = orjson.loads(done.stdout)
         assert len(page["holders"]) <= limit
         holders += page["holders"]
@@ -72,7 +81,7 @@ async def test_a_coupon_is_shown_with_its_dates_decoded_and_its_set(
 ) -> None:
     holding(live_server.url, "SHOWN", 3, max_usages=3)
 
-    done = inspect(redis_server, "SHOWN", "--limit", "2")
+    done = inspect_command(redis_server, "SHOWN", "--limit", "2")
 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -87,14 +96,14 @@ async def test_a_coupon_is_shown_with_its_dates_decoded_and_its_set(
 
 
 async def test_no_such_coupon_exits_3(redis: Redis, redis_server: RedisServer) -> None:
-    done = inspect(redis_server, "NOPE")
+    done = inspect_command(redis_server, "NOPE")
 
     assert done.returncode == 3
     assert "there is no coupon 'NOPE'" in done.stderr
 
 
 def test_a_code_that_cannot_exist_is_refused_before_redis_is_read(redis_server: RedisServer) -> None:
-    done = inspect(redis_server, "no such*code")
+    done = inspect_command(redis_server, "no such*code")
 
     assert done.returncode == 2
     assert "a code is 1-64 characters" in done.stderr
@@ -116,3 +125,85 @@ def test_without_redis_url_the_default_is_called_out(
     said = capsys.readouterr().err
     assert "coupon-pool check: reading redis://127.0.0.1:6379/0, namespace cp" in said
     assert "NOT the Redis `make run` starts: for that one, set REDIS_URL=redis://127.0.0.1:6390/0" in said
+
+
+# A namespace of their own: the session's live server settles the holds and starts of "cp"
+# (SETTLE_INTERVAL_S), and would settle what these tests leave due on purpose.
+HERE = Keys("insp")
+
+
+async def past_deadline(redis: Redis, code: str, user: str) -> int:
+    """Move ``user``'s hold of ``code`` past its deadline, in its holder field and its timer
+    alike (as if the deadline had come); the new deadline."""
+    holder = CouponField.HOLDER + user
+    allocated_at, mark, _ = holder_state(await redis.hget(HERE.coupon(code), holder))
+    assert mark == "h"
+    await redis.hset(HERE.coupon(code), holder, f"{allocated_at}h{allocated_at}")
+    await redis.zadd(HERE.due(CouponType.STANDARD), {f"{code} {user}": int(allocated_at)})
+    return int(allocated_at)
+
+
+async def test_holders_are_shown_with_their_status_and_a_holds_deadline(redis: Redis) -> None:
+    store = Store(redis, HERE)
+    await store.prepare()
+    body = {**coupon_json("HELD", max_usages=5), "metadata": {"campaign": "spring", "tier": "gold"}}
+    await store.upload([CouponIn.model_validate_json(orjson.dumps(body))])
+    for user in ("open", "late", "gone", "paid"):
+        await store.allocate(user, CouponType.STANDARD, hold_s=600)
+    await store.allocate("sure", CouponType.STANDARD)
+    await store.redeem("HELD", "paid", CouponType.STANDARD)
+    open_until = holder_state(await redis.hget(HERE.coupon("HELD"), "u:open"))[2]
+    gone_until = await past_deadline(redis, "HELD", "gone")
+    await store.settle()  # gone's hold ends unconfirmed: given back
+    late_until = await past_deadline(redis, "HELD", "late")  # past its deadline, not settled yet
+
+    coupon = await inspect(redis, HERE, "HELD", 50)
+
+    assert coupon is not None
+    by_user = {h["user_id"]: h for h in coupon["holders"]}
+    assert {user: (h["status"], h["hold_expires_at"]) for user, h in by_user.items()} == {
+        "open": ("held", when(open_until)),
+        "late": ("hold_expired", when(str(late_until))),
+        "gone": ("hold_expired", when(str(gone_until))),
+        "paid": ("redeemed", None),
+        "sure": ("allocated", None),
+    }
+    assert by_user["paid"]["redeemed_at"] is not None
+    assert (coupon["allocated"], coupon["metadata"]) == (4, {"campaign": "spring", "tier": "gold"})
+    lines = render(coupon).splitlines()
+    assert '  metadata    {"campaign":"spring","tier":"gold"}' in lines
+    shown = {line.split()[0]: line.rsplit("   ", 1)[1] for line in lines if line.startswith("    ")}
+    assert shown == {
+        "open": f"held until {when(open_until)}",
+        "late": f"hold expired {when(str(late_until))}",
+        "gone": f"hold expired {when(str(gone_until))}",
+        "paid": f"redeemed {by_user['paid']['redeemed_at']}",
+        "sure": "not redeemed",
+    }
+
+
+async def test_a_scheduled_coupon_is_shown_in_its_types_timers_until_its_start(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    store = Store(redis, HERE)
+    await store.prepare()
+    starts_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    body = {**coupon_json("LATER", expires_in=7200), "starts_at": starts_at.isoformat()}
+    await store.upload([CouponIn.model_validate_json(orjson.dumps(body))])
+
+    done = inspect_command(redis_server, "LATER", "--json", namespace="insp")
+
+    coupon = orjson.loads(done.stdout)
+    assert (coupon["starts_at"], coupon["scheduled"]) == (when(str(to_ms(starts_at))), True)
+    assert coupon["in_set"] == "{insp}:due:STANDARD (scheduled: it joins {insp}:avail:STANDARD at its start)"
+    assert coupon["metadata"] == {}
+    assert f"  starts      {coupon['starts_at']}   SCHEDULED" in render(coupon).splitlines()
+    # Its start comes (moved into the past, where settle() finds it), and it joins the pool.
+    await redis.hset(HERE.coupon("LATER"), CouponField.STARTS, 1000)
+    await redis.zadd(HERE.due(CouponType.STANDARD), {"LATER": 1000})
+    await store.settle()
+    started = await inspect(redis, HERE, "LATER", 50)
+    assert started is not None
+    assert (started["starts_at"], started["scheduled"]) == ("1970-01-01T00:00:01.000Z", False)
+    assert started["in_set"] == "{insp}:avail:STANDARD (available)"
+    assert "  starts      1970-01-01T00:00:01.000Z" in render(started).splitlines()

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
 
-from coupon_pool.tools.coupon_files import Item
+from coupon_pool.models import MAX_METADATA_KEYS, MAX_METADATA_VALUE
+from coupon_pool.pool.codec import to_ms
+from coupon_pool.tools.coupon_files import MAX_LINE_BYTES, Item
 from coupon_pool.tools.upload import DONE, INVALID_DATA, USAGE, _refusal, idempotency_key
 from coupon_pool.tools.upload import main as upload_main
 from support.live_server import LiveServer
@@ -176,7 +182,7 @@ async def test_invalid_lines_are_named_by_file_line_and_column_and_nothing_is_se
     assert await created(redis) == {}
 
 
-@pytest.mark.parametrize("digits", [20, 4000])  # past 64 bits; 5,000 would make the line too long
+@pytest.mark.parametrize("digits", [20, 5000])  # past 64 bits; past Python's 4,300 digits to an int
 def test_a_max_usages_of_many_digits_is_named_by_line_and_column(tmp_path: Path, digits: int) -> None:
     path = tmp_path / "coupons.csv"
     path.write_text(f"code,discount_kind,discount_value,expires_at,max_usages\n"
@@ -206,36 +212,36 @@ def padded_line(suffix: str, code: str, size: int, end: str = "\n") -> str:
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl"])
-def test_a_line_over_4_kib_is_refused_by_its_number(tmp_path: Path, suffix: str) -> None:
+def test_a_line_over_max_line_bytes_is_refused_by_its_number(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"coupons.{suffix}"
     with path.open("w", newline="") as out:
         out.write(f"{CSV_HEADER}\n" if suffix == "csv" else "")
         out.write(padded_line(suffix, "SHORT", 100))
-        out.write(padded_line(suffix, "LONG", 4300))  # valid, were it shorter
-        out.write(padded_line(suffix, "EDGE", 4097, end="\r\n"))
-        out.write(padded_line(suffix, "LAST", 5000, end=""))
+        out.write(padded_line(suffix, "LONG", MAX_LINE_BYTES + 200))  # valid, were it shorter
+        out.write(padded_line(suffix, "EDGE", MAX_LINE_BYTES + 1, end="\r\n"))
+        out.write(padded_line(suffix, "LAST", MAX_LINE_BYTES + 900, end=""))
     first_long = 3 if suffix == "csv" else 2
 
     done = upload(path, "--dry-run")
 
     assert done.returncode == INVALID_DATA
     assert done.stderr.splitlines() == [
-        f"{path}:{first_long}: (line): longer than 4096 bytes",
-        f"{path}:{first_long + 1}: (line): longer than 4096 bytes",
-        f"{path}:{first_long + 2}: (line): longer than 4096 bytes",
+        f"{path}:{first_long}: (line): longer than {MAX_LINE_BYTES} bytes",
+        f"{path}:{first_long + 1}: (line): longer than {MAX_LINE_BYTES} bytes",
+        f"{path}:{first_long + 2}: (line): longer than {MAX_LINE_BYTES} bytes",
         "upload: 3 invalid line(s); nothing was sent",
     ]
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl"])
-async def test_a_line_of_4_kib_exactly_is_stored(
+async def test_a_line_of_max_line_bytes_exactly_is_stored(
     tmp_path: Path, redis: Redis, live_server: LiveServer, suffix: str
 ) -> None:
     path = tmp_path / f"coupons.{suffix}"
     with path.open("w", newline="") as out:
         out.write(f"{CSV_HEADER}\r\n" if suffix == "csv" else "")
-        out.write(padded_line(suffix, "FULL", 4096, end="\r\n"))
-        out.write(padded_line(suffix, "ATEND", 4096, end=""))
+        out.write(padded_line(suffix, "FULL", MAX_LINE_BYTES, end="\r\n"))
+        out.write(padded_line(suffix, "ATEND", MAX_LINE_BYTES, end=""))
 
     done = upload(path, "--url", live_server.url, "--json")
 
@@ -243,14 +249,174 @@ async def test_a_line_of_4_kib_exactly_is_stored(
     assert await redis.exists("{cp}:c:FULL", "{cp}:c:ATEND") == 2
 
 
-def test_a_max_usages_of_thousands_of_digits_makes_a_line_too_long(tmp_path: Path) -> None:
+def test_a_max_usages_of_more_digits_than_a_line_holds_makes_the_line_too_long(tmp_path: Path) -> None:
     path = tmp_path / "coupons.csv"
-    path.write_text(f"{CSV_HEADER}\nA,flat,1,2099-01-01T00:00:00Z,{'9' * 5000}\n")
+    path.write_text(f"{CSV_HEADER}\nA,flat,1,2099-01-01T00:00:00Z,{'9' * MAX_LINE_BYTES}\n")
 
     done = upload(path, "--dry-run")
 
     assert done.returncode == INVALID_DATA
-    assert done.stderr.splitlines()[0] == f"{path}:2: (line): longer than 4096 bytes"
+    assert done.stderr.splitlines()[0] == f"{path}:2: (line): longer than {MAX_LINE_BYTES} bytes"
+
+
+async def test_starts_at_and_metadata_are_stored_from_csv_cells_and_json_lines_fields(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    table = tmp_path / "coupons.csv"
+    table.write_text(
+        "code,discount_kind,discount_value,expires_at,starts_at,metadata\n"
+        "LATER,flat,1,2099-01-01T00:00:00Z,2098-06-01T12:00:00Z,"
+        '"{""campaign"": ""spring"", ""tier"": ""gold""}"\n'
+        "NOW,flat,1,2099-01-01T00:00:00Z, , \n"  # blank cells: no start, no metadata
+    )
+    lines = tmp_path / "coupons.jsonl"
+    lines.write_text(
+        '{"code": "JLATER", "discount": {"kind": "percent", "value": "5"}, '
+        '"expires_at": "2099-01-01T00:00:00Z", '
+        '"starts_at": "2098-06-01T14:00:00+02:00", "metadata": {"note": "caf\u00e9 \u2615", "a.b-c_d": ""}}\n'
+    )
+
+    done = upload(table, lines, "--url", live_server.url, "--json")
+
+    assert summary(done)["created"] == 3
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        later, now, jlater = [
+            (await http.get(f"/v1/coupons/{code}")).json() for code in ("LATER", "NOW", "JLATER")
+        ]
+    assert (later["starts_at"], later["scheduled"]) == ("2098-06-01T12:00:00Z", True)
+    assert later["metadata"] == {"campaign": "spring", "tier": "gold"}
+    assert (now["starts_at"], now["scheduled"], now["metadata"]) == (None, False, {})
+    assert (jlater["starts_at"], jlater["scheduled"]) == ("2098-06-01T12:00:00Z", True)
+    assert jlater["metadata"] == {"note": "caf\u00e9 \u2615", "a.b-c_d": ""}
+    # Scheduled: in the type's timers at its start, in no available set until then.
+    start_ms = to_ms(datetime(2098, 6, 1, 12, tzinfo=UTC))
+    assert await redis.zrange("{cp}:due:STANDARD", 0, -1, withscores=True) == [
+        ("JLATER", start_ms),
+        ("LATER", start_ms),
+    ]
+    assert await redis.zrange("{cp}:avail:STANDARD", 0, -1) == ["NOW"]
+
+
+@pytest.mark.parametrize(
+    ("cell", "problem"),
+    [
+        (
+            json.dumps({f"k{i}": "v" for i in range(MAX_METADATA_KEYS + 1)}),
+            "Dictionary should have at most 50 items after validation, not more",
+        ),
+        ('{"two words": "v"}', "key 'two words': String should match pattern '^[A-Za-z0-9_.-]{1,40}$'"),
+        ('{"%s": "v"}' % ("k" * 41), f"key '{'k' * 41}': String should match pattern"),
+        (
+            json.dumps({"k": "v" * (MAX_METADATA_VALUE + 1)}),
+            "the value of 'k': String should have at most 500",
+        ),
+        ('{"k": 5}', "the value of 'k': Input should be a valid string"),
+        ("spring", 'must be a JSON object such as {"campaign": "spring"}: expected value at line 1 column 1'),
+        ('["spring"]', 'must be a JSON object such as {"campaign": "spring"}, not an array'),
+        ('"spring"', 'must be a JSON object such as {"campaign": "spring"}, not a string'),
+        ("12", 'must be a JSON object such as {"campaign": "spring"}, not a number'),
+        ('{"k": "v"', 'must be a JSON object such as {"campaign": "spring"}: EOF while parsing an object'),
+        (
+            '{"k": "a", "k": "b"}',
+            'must be a JSON object such as {"campaign": "spring"}: Detected duplicate key "k"',
+        ),
+        ('{"k": 1' + "0" * 30 + "}", "the value of 'k': Input should be a valid string"),  # past 64 bits
+    ],
+    ids=[
+        "51-keys",
+        "space",
+        "long-key",
+        "long-value",
+        "number",
+        "text",
+        "array",
+        "string",
+        "bare-number",
+        "cut",
+        "twice",
+        "huge-number",
+    ],
+)
+def test_a_bad_metadata_cell_is_named_by_file_line_and_column(
+    tmp_path: Path, cell: str, problem: str
+) -> None:
+    path = tmp_path / "coupons.csv"
+    with path.open("w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(["code", "discount_kind", "discount_value", "expires_at", "metadata"])
+        rows.writerow(["GOOD", "flat", "1", "2099-01-01T00:00:00Z", '{"k": "v"}'])
+        rows.writerow(["BAD", "flat", "1", "2099-01-01T00:00:00Z", cell])
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    first, last = done.stderr.splitlines()
+    assert first.startswith(f"{path}:3: metadata: {problem}")
+    assert last == "upload: 1 invalid line(s); nothing was sent"
+
+
+def test_bad_metadata_and_starts_at_fields_are_named_by_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "coupons.jsonl"
+    coupon = {"code": "J", "discount": {"kind": "flat", "value": "1"}, "expires_at": "2099-01-01T00:00:00Z"}
+    path.write_text("\n".join(json.dumps({**coupon, **fields}) for fields in [
+        {"metadata": {f"k{i}": "v" for i in range(MAX_METADATA_KEYS + 1)}},
+        {"metadata": {"two words": "v"}},
+        {"metadata": {"k": "v" * (MAX_METADATA_VALUE + 1)}},
+        {"metadata": "spring"},
+        {"starts_at": "2099-01-01T00:00:00Z"},
+        {"starts_at": "2030-01-01T00:00:00"},
+        {"starts_at": "1969-12-31T23:59:59Z"},
+        {"metadata": {"k": "v"}, "starts_at": "2030-01-01T00:00:00Z"},
+    ]) + "\n")  # fmt: skip
+
+    done = upload(path, "--dry-run")
+
+    assert done.returncode == INVALID_DATA
+    assert done.stderr.splitlines() == [
+        f"{path}:1: metadata: Dictionary should have at most 50 items after validation, not more",
+        f"{path}:2: metadata.two words.[key]: String should match pattern '^[A-Za-z0-9_.-]{{1,40}}$'",
+        f"{path}:3: metadata.k: String should have at most 500 characters",
+        f"{path}:4: metadata: Input should be an object",
+        f"{path}:5: starts_at: must be before expires_at",
+        f"{path}:6: starts_at: Input should have timezone info",
+        f"{path}:7: starts_at: must be after 1970-01-01T00:00:00Z (in UTC)",
+        "upload: 7 invalid line(s); nothing was sent",
+    ]
+
+
+def largest_metadata() -> dict[str, str]:
+    """Metadata as large as the service takes: every key and value at its longest, of
+    characters JSON writes as the longest escapes (orjson.dumps leaves them as UTF-8)."""
+    return {f"{i:02d}".ljust(40, "k"): "\U0001f600" * MAX_METADATA_VALUE for i in range(MAX_METADATA_KEYS)}
+
+
+def escaped(value: object) -> str:
+    """JSON with every character past ASCII as an escape (a surrogate pair past the BMP), and
+    every key character too: the longest way to write ``value``."""
+    text = json.dumps(value)  # ensure_ascii: "\ud83d\ude00"
+    return re.sub(
+        r'"([A-Za-z0-9_.-]+)":', lambda m: '"' + "".join(f"\\u{ord(c):04x}" for c in m[1]) + '":', text
+    )
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_coupon_with_the_largest_metadata_written_the_longest_way_fits_on_a_line(
+    tmp_path: Path, suffix: str
+) -> None:
+    path = tmp_path / f"coupons.{suffix}"
+    metadata = escaped(largest_metadata())
+    if suffix == "jsonl":
+        path.write_text(f'{{"code": "BIG", "discount": {{"kind": "flat", "value": "1"}}, '
+                        f'"expires_at": "2099-01-01T00:00:00Z", "metadata": {metadata}}}\n')  # fmt: skip
+    else:
+        cell = '"' + metadata.replace('"', '""') + '"'
+        path.write_text(f"code,discount_kind,discount_value,expires_at,metadata\n"
+                        f"BIG,flat,1,2099-01-01T00:00:00Z,{cell}\n")  # fmt: skip
+    assert 0.99 * MAX_LINE_BYTES < len(path.read_text().splitlines()[-1]) <= MAX_LINE_BYTES
+
+    done = upload(path, "--dry-run", "--json")
+
+    assert summary(done) == {"valid": 1, "files": 1}
 
 
 def test_a_header_with_an_unknown_column_is_refused(tmp_path: Path) -> None:
