@@ -6,7 +6,9 @@ Uploads N single-use STANDARD coupons with an audit trail capped far above what 
 writes, then allocates each to its own user (user ids like "user-0000001", 12
 characters), reading INFO memory after each step. An allocation adds one holder field to
 its coupon hash and one audit entry; the audit entries are then trimmed away to tell the
-two apart. The namespace (memory-probe) is deleted afterwards.
+two apart. Then the same again with holds (`hold_s` of an hour: the holder field carries the
+deadline, and the hold is a member of its type's timers). Each namespace (memory-probe,
+memory-probe-held) is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ from coupon_pool.pool.store import Store
 BATCH = 1000
 
 
-async def main(count: int, url: str) -> None:
-    redis = Redis.from_url(url, decode_responses=True)
-    keys = Keys("memory-probe")
+async def measure(redis: Redis, count: int, hold_s: int | None) -> None:
+    keys = Keys("memory-probe" if hold_s is None else "memory-probe-held")
     store = Store(redis, keys, upload_chunk_size=1000, audit_max_len=10 * count)
     expires = datetime.now(UTC) + timedelta(days=30)
     discount = FlatDiscount.model_construct(kind="flat", value="5")
@@ -37,18 +38,27 @@ async def main(count: int, url: str) -> None:
     await redis.delete(keys.audit)
     before = await used_memory(redis)
     for start in range(0, count, BATCH):
-        await asyncio.gather(*(store.allocate(f"user-{i:07d}", CouponType.STANDARD)
+        await asyncio.gather(*(store.allocate(f"user-{i:07d}", CouponType.STANDARD, hold_s)
                                for i in range(start, min(count, start + BATCH))))  # fmt: skip
     after = await used_memory(redis)
     entries = await redis.xlen(keys.audit)
     await redis.delete(keys.audit)
     without_audit = await used_memory(redis)
-    print(f"{count} allocations: {(after - before) / count:.0f} bytes each with its audit entry; "
-          f"holder field {(without_audit - before) / count:.0f} bytes, "
+    what = "held allocations (holder field and timer" if hold_s else "allocations (holder field"
+    print(f"{count} {what}): {(after - before) / count:.0f} bytes each with its audit entry; "
+          f"without it {(without_audit - before) / count:.0f} bytes, "
           f"audit entry {(after - without_audit) / entries:.0f} bytes ({entries} entries)")  # fmt: skip
-    async for key in redis.scan_iter(match="{memory-probe}:*", count=1000):
+    async for key in redis.scan_iter(match=keys.tag + ":*", count=1000):
         await redis.unlink(key)
-    await redis.aclose()
+
+
+async def main(count: int, url: str) -> None:
+    redis = Redis.from_url(url, decode_responses=True)
+    try:
+        await measure(redis, count, None)
+        await measure(redis, count, 3600)
+    finally:
+        await redis.aclose()
 
 
 if __name__ == "__main__":
