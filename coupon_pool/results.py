@@ -144,7 +144,11 @@ class Validation(_Body):
         "coupon_expired); null when valid"
     )
     detail: str | None = Field(description="when not valid, what the redemption would say")
-    coupon: ValidatedCoupon | None = Field(description="the coupon; null when there is none")
+    coupon: ValidatedCoupon | None = Field(
+        description="the coupon, when the user holds (or held) an allocation of it; null otherwise "
+        "(coupon_not_found, type_mismatch, coupon_not_yet_valid, not_allocated): a coupon's discount and "
+        "metadata are not told to a caller that only names its code"
+    )
 
 
 class TypeStats(_Body):

@@ -220,9 +220,15 @@ local function idem_store(record, fp, ttl_ms, reply)
 end
 
 -- A holder field's value: allocated_at ms, then its mark and a time: "" (allocated), ":"
--- (redeemed at), "h" (held until), "x" (held until, and lapsed).
+-- (redeemed at), "h" (held until), "x" (held until, and lapsed). "<at>h<deadline>:<at>" is
+-- a hold redeemed by a version of the service that knew no holds (two versions may share a
+-- Redis while one replaces the other): redeemed. Any other value is an error, not a guess.
 local function holder_state(value)
-  return string.match(value, '^(%d+)(%D?)(%d*)$')
+  local at, mark, time = string.match(value, '^(%d+)(%D?)(%d*)$')
+  if at and (mark == '' or time ~= '') then return at, mark, time end
+  at, time = string.match(value, '^(%d+)h%d+:(%d+)$')
+  if at then return at, ':', time end
+  error('malformed holder record: ' .. value)
 end
 
 -- The user's allocation of the coupon hash `coupon`, as a table: type, expires, max,
@@ -351,10 +357,12 @@ local function give_back(t, code, user, c, now)
   return allocated
 end
 
--- A hold that is no more (confirmed, released or lapsed) leaves the timers and the count.
+-- A hold that is no more (confirmed, released or lapsed) leaves the timers and the count
+-- (the count only with its timer: it counts the timers).
 local function unhold(t, code, user)
-  redis.call('ZREM', t.due, code .. ' ' .. user)
-  redis.call('HINCRBY', t.stats, t.ctype .. ':held', -1)
+  if redis.call('ZREM', t.due, code .. ' ' .. user) == 1 then
+    redis.call('HINCRBY', t.stats, t.ctype .. ':held', -1)
+  end
 end
 
 -- `user`'s hold of `code` ends unconfirmed: the usage goes back to the pool as a release
@@ -367,7 +375,8 @@ local function lapse(t, code, user, now, audit_cap)
   local coupon = t.prefix .. code
   local holder = F_HOLDER .. user
   local r = redis.call('HMGET', coupon, F_EXPIRES, F_MAX_USAGES, F_ALLOCATED, holder)
-  local at, mark, deadline = holder_state(r[4] or '')
+  if not r[4] then return end
+  local at, mark, deadline = holder_state(r[4])
   if mark ~= 'h' then return end
   local lapsed = at .. 'x' .. deadline
   redis.call('HSET', coupon, holder, lapsed)

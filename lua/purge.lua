@@ -20,8 +20,9 @@
 -- counter changes. A coupon's hash (a field per holder) and tracked set (at most a user per
 -- holder) are UNLINKed, not DELeted: Redis frees a value of more than 64 elements in its
 -- background thread, and this call frees the smaller ones. So a call stops after the coupon
--- that brings the holders (`alloc`) of the coupons it took to HOLDERS_PER_CALL: its work is
--- bounded by `limit` and HOLDERS_PER_CALL together, whatever one coupon holds.
+-- that brings the fields of the coupons it took (HLEN: holders, and holds that lapsed) to
+-- HOLDERS_PER_CALL: its work is bounded by `limit` and HOLDERS_PER_CALL together, whatever
+-- one coupon holds.
 -- A hold ends at its coupon's expiry at the latest, so only a coupon that expired before
 -- the first due timer (settle.lua carries those out; the store calls it first) can have no
 -- hold left to settle: the purge takes only those ("horizon"), and a coupon's holds are
@@ -57,9 +58,9 @@ for _, set in ipairs(sets) do
     if holders >= HOLDERS_PER_CALL then break end
     examined = examined + 1
     local key = prefix .. code
-    local c = redis.call('HMGET', key, F_TYPE, F_USED, F_ALLOCATED)
+    local c = redis.call('HMGET', key, F_TYPE, F_USED)
     local ctype, used = c[1], c[2]
-    holders = holders + (tonumber(c[3]) or 0)
+    holders = holders + redis.call('HLEN', key)  -- its holder fields, lapsed holds' too
     redis.call('ZREM', set, code)
     if draining[set] then redis.call('ZREM', draining[set], code) end
     redis.call('UNLINK', tracked_prefix .. code)

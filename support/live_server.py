@@ -21,10 +21,11 @@ class LiveServer:
         """``log``: a file for the server's stdout (its JSON log lines); else they are dropped."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # No periodic purge unless a test asks for one: a session-long server purging every
-        # minute would add keys and script calls under other tests' feet.
+        # No periodic purge or sweep of due holds unless a test asks for one: a session-long
+        # server doing either would add keys and script calls under other tests' feet.
         environ = {**os.environ, "REDIS_URL": redis_url, "PORT": str(self.port),
-                   "LOG_LEVEL": "warning", "PURGE_INTERVAL_S": "3600", **env}  # fmt: skip
+                   "LOG_LEVEL": "warning", "PURGE_INTERVAL_S": "3600", "SETTLE_INTERVAL_S": "0",
+                   **env}  # fmt: skip
         with open(log or os.devnull, "wb") as stdout:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "coupon_pool", "serve"], env=environ, stdout=stdout

@@ -26,7 +26,7 @@ def key_shapes() -> list[re.Pattern[str]]:
         k.megadeal_alive, k.megadeal_slots, k.megadeal_window, k.megadeal_ticket, k.megadeal_high_water,
         k.coupon(x), k.available(t), k.draining(t), k.held(t, x), k.user_coupons(t, x), k.tracked_prefix + x,
         k.idempotency(x, x), k.key_claim(k.idempotency(x, x)), k.megadeal_wake(x), str(guarded([k.stats])[0]),
-        k.failed_lookups(x), k.megadeal_heard,
+        k.failed_lookups(x), k.megadeal_heard, k.due(t), k.lapsed(t, x),
     ]  # fmt: skip
     shapes = []
     for key in built:

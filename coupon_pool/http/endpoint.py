@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from .. import errors
 from ..errors import CouponError
-from ..models import POOL_SLOTS
+from ..models import POOL_SLOTS, _Body
 from ..pool.keyed import REPLAYED_HEADER
 from .auth import ApiKeys
 from .bodies import read_json
@@ -100,8 +99,8 @@ class Endpoint:
         call = Call(request, services.store, services.gate)
         if idempotency_keys and op.idempotent:
             call.idempotency = idempotency_of(request, idempotency_keys, services)
-            body: BaseModel = inputs["body"]
-            call.idempotency.identify(body.model_dump_json().encode())  # spacing and defaults aside
+            body: _Body = inputs["body"]
+            call.idempotency.identify(body.fingerprint_json())
             return await self._keyed(call, inputs)
         return encode(await self.handler(call, **inputs)), False
 

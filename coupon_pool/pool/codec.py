@@ -4,6 +4,7 @@ and a function's error reply raised as the CouponError of its code."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -98,13 +99,21 @@ def metadata(text: str | None) -> dict[str, str]:
     return orjson.loads(text) if text else {}
 
 
+_HOLDER_STATE = re.compile(r"(\d+)(?:([:hx])(\d+)|h\d+:(\d+))?")
+
+
 def holder_state(value: str) -> tuple[str, str, str]:
     """A holder field's value (keys.CouponField.HOLDER) as allocated_at ms, its mark ("": for
-    good, ":" redeemed, "h" held, "x" a hold that lapsed) and the mark's time ("" without)."""
-    for i, char in enumerate(value):
-        if not char.isdigit():
-            return value[:i], char, value[i + 1 :]
-    return value, "", ""
+    good, ":" redeemed, "h" held, "x" a hold that lapsed) and the mark's time ("" without).
+    "<at>h<deadline>:<at>", a hold redeemed by a version that knew no holds, is redeemed (as
+    holder_state in lib.lua reads it); any other value raises ValueError."""
+    found = _HOLDER_STATE.fullmatch(value)
+    if found is None:
+        raise ValueError(f"malformed holder record {value!r}")
+    at, mark, time, redeemed = found.groups()
+    if redeemed is not None:
+        return at, ":", redeemed
+    return at, mark or "", time or ""
 
 
 def raise_if_error(reply: list[Any], details: dict[str, str], **values: Any) -> None:
@@ -119,7 +128,7 @@ def validation(reply: list[Any], code: str) -> Validation:
     status = reply[0]
     problem = None if status == "ok" else status
     detail = USE_DETAIL[status].format(code=code) if problem else None
-    if status == "coupon_not_found":
+    if len(reply) == 1:  # the user holds no allocation of it: nothing of the coupon is told
         return Validation.model_construct(valid=False, code=problem, detail=detail, coupon=None)
     ctype, kind, value, expires_ms, starts_ms, meta, hold_ms = reply[1:8]
     coupon = ValidatedCoupon.model_construct(

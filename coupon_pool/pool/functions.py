@@ -206,7 +206,9 @@ STATS = declare(
     keys="stats",
     args="available_prefix draining_prefix slot audit_cap",
     more_args="types",
-    flags=("allow-oom",),  # it settles due holds first, which frees allocations: it must work when full
+    # It settles due holds and starts first, a bounded number: their writes (an audit entry and
+    # a listing entry per lapse) are what a full Redis must still take to give usages back.
+    flags=("allow-oom",),
 )
 PURGE = declare(
     "purge",

@@ -38,9 +38,9 @@ from collections.abc import Callable, Sequence
 from redis.asyncio import Redis
 
 from ..models import CouponType
-from ..pool.codec import holder_state
 from ..pool.keys import CouponField, Keys
 from .batched import each, hashes, sorted_sets
+from .common import holder_state
 
 TYPES = tuple(t.value for t in CouponType)
 _HOLDER = CouponField.HOLDER.value

@@ -21,10 +21,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from ..models import CouponType
-from ..pool.codec import holder_state
 from ..pool.keys import CouponField, Keys
 from .batched import each, set_members, sorted_sets
 from .check_coupons import TYPES
+from .common import holder_state
 
 
 class UserRules:
@@ -92,7 +92,7 @@ class UserRules:
         ):
             if found_type is None:
                 continue  # purged: dropped from the listing when a page meets it
-            at, mark, _ = holder_state(state or "")
+            at, mark, _ = holder_state(state)
             if state is None:
                 self.bad(f"{listing} lists {code!r}, which the user does not hold")
             elif mark == "x":
@@ -108,7 +108,7 @@ class UserRules:
         ):
             if found_type is None:
                 continue  # purged, as in a listing
-            at, mark, _ = holder_state(state or "")
+            at, mark, _ = holder_state(state)
             if mark != "x":
                 self.bad(f"{lapsed} lists {code!r}, whose holder field is {state!r}, not a hold that lapsed")
             elif found_type != ctype:

@@ -21,11 +21,11 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 
 from ..models import CODE_PATTERN, CouponType
-from ..pool.codec import from_ms, holder_state, metadata
+from ..pool.codec import from_ms, metadata
 from ..pool.connection import connect
 from ..pool.keys import CouponField, Keys, Layout
 from ..settings import Settings
-from .common import operator_settings
+from .common import holder_state, operator_settings
 
 MAX_PAGE = 1000
 NOT_FOUND = 3
@@ -149,6 +149,8 @@ _STATUS_SHOWN = {
 def _status(mark: str, at: str, now_ms: int) -> str:
     """A holder's status, as GET /v1/coupons/{code} says it: a hold past its deadline has
     expired, whether or not settle() has given it back yet ("x")."""
+    if mark == "?":
+        return "malformed"  # common.holder_state: `coupon-pool check` says what is wrong
     if mark == ":":
         return "redeemed"
     if mark == "x" or (mark == "h" and int(at) <= now_ms):

@@ -267,8 +267,12 @@ async def test_validation_and_redemption_answer_alike_in_every_case(
         assert (redeemed.json().get("code") if redeemed.status_code != 201 else None) == expected, (
             redeemed.text
         )
-        if expected not in ("coupon_not_found",):
-            assert validated.json()["coupon"]["code"] == fields["code"]
+        # The coupon is told only to a user who holds or held an allocation of it.
+        told = validated.json()["coupon"]
+        if expected in ("coupon_not_found", "type_mismatch", "coupon_not_yet_valid", "not_allocated"):
+            assert told is None
+        else:
+            assert (told["code"], told["discount"]) == (fields["code"], {"kind": "flat", "value": "12.50"})
     assert (await check(redis, layout)).violations == []
 
 

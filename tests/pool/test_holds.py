@@ -19,7 +19,7 @@ from coupon_pool.errors import (
     PoolEmpty,
     TypeMismatch,
 )
-from coupon_pool.models import CouponType
+from coupon_pool.models import AllocationRequest, CouponType
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 from support.factories import coupon, expired_coupon
@@ -337,3 +337,57 @@ def test_a_start_must_come_before_the_expiry() -> None:
     with pytest.raises(ValidationError, match="after 1970"):
         coupon("X", starts_in=-(datetime.now(UTC) - datetime(1960, 1, 1, tzinfo=UTC)).total_seconds())
     assert coupon("X", starts_in=-timedelta(days=1).total_seconds()).starts_at is not None
+
+
+async def test_a_hold_ended_behind_timers_that_free_nothing_for_the_user_is_still_allocatable(
+    store: Store,
+) -> None:
+    """Seventeen holds end before the one that frees a coupon alice may get: sixteen of a
+    coupon she holds, then bob's of N, last. The first batch an allocation settles frees
+    nothing for her; the next does."""
+    await store.upload([coupon("M", max_usages=17)])
+    await store.allocate("alice", STANDARD)
+    for i in range(16):
+        await store.allocate(f"u{i}", STANDARD, 60)
+    await store.upload([coupon("N")])
+    assert (await store.allocate("bob", STANDARD, 60)).code == "N"
+    k, now = _slot(store, "M"), await _redis_ms(store)
+    for i in range(16):
+        at = (await store.redis.hget(k.coupon("M"), f"u:u{i}")).partition("h")[0]
+        await store.redis.hset(k.coupon("M"), f"u:u{i}", f"{at}h{now - 2000 + i}")
+        await store.redis.zadd(k.due(STANDARD), {f"M u{i}": now - 2000 + i})
+    await _bring_forward(store, "N", "bob")  # a second ago: after the sixteen
+    assert (await store.allocate("alice", STANDARD)).code == "N"
+
+
+async def test_a_hold_an_older_version_redeemed_reads_as_redeemed(store: Store) -> None:
+    """A version of the service without holds, sharing the Redis during a deploy, redeems a
+    hold by appending ":<redeemed_at>" to its holder field."""
+    await store.upload([coupon("OLD")])
+    await store.allocate("alice", STANDARD, 60)
+    k = _slot(store, "OLD")
+    state = await store.redis.hget(k.coupon("OLD"), "u:alice")
+    await store.redis.hset(k.coupon("OLD"), "u:alice", f"{state}:{await _redis_ms(store)}")
+    with pytest.raises(AlreadyRedeemed):
+        await store.redeem("OLD", "alice", None)
+    with pytest.raises(AlreadyRedeemed):
+        await store.release("OLD", "alice", None)
+    assert [h.status for h in (await store.get_coupon("OLD")).allocations] == ["redeemed"]
+    await _bring_forward_timer(store, "OLD", "alice")
+    await store.settle()  # its timer goes, and the count with it; nothing given back
+    stats = (await store.stats()).types[STANDARD]
+    assert (stats.held, stats.hold_expired, stats.allocated, stats.available) == (0, 0, 1, 0)
+
+
+async def _bring_forward_timer(store: Store, code: str, user: str) -> None:
+    k = _slot(store, code)
+    await store.redis.zadd(k.due(STANDARD), {f"{code} {user}": await _redis_ms(store) - 1000})
+
+
+def test_an_allocation_without_a_hold_keeps_the_fingerprint_it_had_before_holds() -> None:
+    # As an earlier version fingerprinted it: a keyed retry across the upgrade replays.
+    assert AllocationRequest(user_id="u").fingerprint_json() == b'{"user_id":"u","type":"STANDARD"}'
+    assert (
+        AllocationRequest(user_id="u", hold_s=5).fingerprint_json()
+        != AllocationRequest(user_id="u").fingerprint_json()
+    )
