@@ -12,8 +12,9 @@ before the next:
 - scheduled: a start a day ahead (field `st`; a member of its type's timers instead of its
   available set);
 - short metadata: {"campaign": "spring-26"} (field `md`, 25 bytes: the hash stays a listpack);
-- metadata 5x20: 5 keys, each key and each value 20 characters (`md` 231 bytes, past
-  redis.conf's hash-max-listpack-value of 64: the hash becomes a hash table).
+- metadata 5x20: 5 keys, each key and each value 20 characters (`md` 231 bytes: within
+  redis.conf's hash-max-listpack-value of 512; past Redis's default of 64, where the hash
+  becomes a hash table).
 Prints bytes per coupon, and one coupon hash's encoding and MEMORY USAGE, for each.
 """
 
