@@ -224,8 +224,10 @@ end
 -- a hold redeemed by a version of the service that knew no holds (two versions may share a
 -- Redis while one replaces the other): redeemed. Any other value is an error, not a guess.
 local function holder_state(value)
-  local at, mark, time = string.match(value, '^(%d+)(%D?)(%d*)$')
-  if at and (mark == '' or time ~= '') then return at, mark, time end
+  local i = string.find(value, '%D')
+  if not i and value ~= '' then return value, '', '' end  -- allocated for good: the common case
+  local at, mark, time = string.match(value, '^(%d+)([:hx])(%d+)$')
+  if at then return at, mark, time end
   at, time = string.match(value, '^(%d+)h%d+:(%d+)$')
   if at then return at, ':', time end
   error('malformed holder record: ' .. value)

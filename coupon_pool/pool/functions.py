@@ -185,7 +185,11 @@ REDEEM = declare(
 )
 VALIDATE = declare("validate", keys="coupon", args="user expected", flags=("no-writes",))
 SETTLE = declare(
-    "settle", more_keys="dues", args="slot budget audit_cap", more_args="types", numbers="budget",
+    "settle",
+    more_keys="dues",
+    args="slot budget audit_cap",
+    more_args="types",
+    numbers="budget",
     flags=("allow-oom",),  # it frees allocations
 )
 ROLLBACK = declare(
