@@ -99,7 +99,9 @@ class Uploading:
         duplicates: list[int] = []
         upload_id = uuid.uuid4().hex[:16]
         sharded = self.layout.sharded
-        plan = [(k, chunk, sharded) for k, positions in groups for chunk in _split(positions, chunk_size)]
+        plan = [
+            (k, chunk, sharded) for k, positions in groups for chunk in _split(positions, chunk_size, coupons)
+        ]
         part = 0
         claimed: list[int] = []
         while plan:
@@ -113,7 +115,9 @@ class Uploading:
                 duplicates += duplicate
                 claimed += claims
             # Then the MEGADEAL coupons their shards claimed, in the main slot.
-            plan = [(self.layout.main, chunk, False) for chunk in _split(sorted(claimed), chunk_size)]
+            plan = [
+                (self.layout.main, chunk, False) for chunk in _split(sorted(claimed), chunk_size, coupons)
+            ]
             claimed = []
         return created, sorted(duplicates)
 
@@ -167,8 +171,37 @@ class Uploading:
         )
 
 
-def _split(positions: list[int], size: int) -> list[list[int]]:
-    return [positions[start : start + size] for start in range(0, len(positions), size)]
+# What one upload.lua call may carry, about: a chunk ends at UPLOAD_CHUNK_SIZE coupons, or
+# sooner once its lines could reach this many bytes. Plain coupons never do (about 100 bytes
+# each); coupons with long metadata do, so no call takes megabytes of arguments, however the
+# metadata was written. A coupon's weight depends on the coupon alone, so a resumed upload
+# (Idempotency-Key) chunks exactly as its first attempt did.
+CHUNK_BYTES = 512 * 1024
+_LINE_BYTES = 160  # a line without metadata, at most (its longest fields: 140 bytes)
+
+
+def line_weight(c: CouponIn) -> int:
+    """The most bytes ``upload_line(c)`` can take: every metadata character escaped (6 bytes)."""
+    if not c.metadata:
+        return _LINE_BYTES
+    return _LINE_BYTES + sum(6 * (len(k) + len(v)) + 6 for k, v in c.metadata.items())
+
+
+def _split(positions: list[int], size: int, coupons: Sequence[CouponIn]) -> list[list[int]]:
+    """``positions`` in chunks of at most ``size`` coupons and, past one coupon, CHUNK_BYTES."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    weight = 0
+    for i in positions:
+        w = line_weight(coupons[i])
+        if chunk and (len(chunk) == size or weight + w > CHUNK_BYTES):
+            chunks.append(chunk)
+            chunk, weight = [], 0
+        chunk.append(i)
+        weight += w
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def upload_line(c: CouponIn) -> str:

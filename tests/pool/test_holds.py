@@ -22,6 +22,7 @@ from coupon_pool.errors import (
 from coupon_pool.models import AllocationRequest, CouponType
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
+from coupon_pool.pool.uploading import CHUNK_BYTES, line_weight, upload_line
 from support.factories import coupon, expired_coupon
 
 STANDARD, FREE = CouponType.STANDARD, CouponType.FREE
@@ -391,3 +392,19 @@ def test_an_allocation_without_a_hold_keeps_the_fingerprint_it_had_before_holds(
         AllocationRequest(user_id="u", hold_s=5).fingerprint_json()
         != AllocationRequest(user_id="u").fingerprint_json()
     )
+
+
+async def test_coupons_with_long_metadata_go_in_smaller_chunks(store: Store) -> None:
+    """A chunk ends at 100 coupons or, sooner, once its lines could pass CHUNK_BYTES: 30
+    coupons of the longest metadata (every character escaped as JSON writes a control
+    character: 6 bytes) take ten calls of three, not one of thirty."""
+    meta = {f"key-{k:02d}": "\x01" * 500 for k in range(50)}
+    coupons = [coupon(f"LONG{i:02d}", metadata=meta) for i in range(30)]
+    assert len(upload_line(coupons[0]).encode()) <= line_weight(coupons[0])
+    assert 3 * line_weight(coupons[0]) <= CHUNK_BYTES < 4 * line_weight(coupons[0])
+    assert (await store.upload(coupons)).created == 30
+    parts = [e for e in (await store.audit(1000, None)).entries if e.op == "upload"]
+    assert len(parts) == 10
+    assert (await store.get_coupon("LONG29")).metadata == meta
+    await store.upload([coupon(f"PLAIN{i:03d}") for i in range(250)])  # plain: 100 a call
+    assert len([e for e in (await store.audit(1000, None)).entries if e.op == "upload"]) == 13
