@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from redis.exceptions import ResponseError
 
 from coupon_pool.errors import (
     AlreadyRedeemed,
@@ -408,3 +409,13 @@ async def test_coupons_with_long_metadata_go_in_smaller_chunks(store: Store) -> 
     assert (await store.get_coupon("LONG29")).metadata == meta
     await store.upload([coupon(f"PLAIN{i:03d}") for i in range(250)])  # plain: 100 a call
     assert len([e for e in (await store.audit(1000, None)).entries if e.op == "upload"]) == 13
+
+
+async def test_a_holder_record_of_no_known_form_is_an_error_not_a_guess(store: Store) -> None:
+    await store.upload([coupon("BAD")])
+    await store.allocate("alice", STANDARD, 60)
+    await store.redis.hset(_slot(store, "BAD").coupon("BAD"), "u:alice", "12y34")
+    with pytest.raises(ResponseError, match="malformed holder record"):
+        await store.redeem("BAD", "alice", None)
+    with pytest.raises(ValueError, match="malformed holder record"):
+        await store.get_coupon("BAD")
