@@ -13,7 +13,7 @@ import orjson
 
 from ..errors import BY_CODE
 from ..models import CouponIn, CouponType, FlatDiscount, PercentDiscount, percent_value
-from ..results import Allocation, AuditEntry, UploadResult, ValidatedCoupon, Validation
+from ..results import Allocation, AuditEntry, HolderStatus, UploadResult, ValidatedCoupon, Validation
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -97,6 +97,16 @@ def allocation(reply: Allocated, user_id: str, coupon_type: CouponType) -> Alloc
 def metadata(text: str | None) -> dict[str, str]:
     """A coupon's metadata field (JSON, as upload stored it), or {} without one."""
     return orjson.loads(text) if text else {}
+
+
+def holder_status(mark: str, time: str, now_ms: int) -> HolderStatus:
+    """A holder's status from its record (holder_state's mark and time) at ``now_ms``: a hold
+    past its deadline has ended, whether or not settle() has given it back yet ("x")."""
+    if mark == ":":
+        return "redeemed"
+    if mark == "x" or (mark == "h" and int(time) <= now_ms):
+        return "hold_expired"
+    return "held" if mark == "h" else "allocated"
 
 
 _HOLDER_STATE = re.compile(r"(\d+)(?:([:hx])(\d+)|h\d+:(\d+))?")

@@ -12,14 +12,13 @@ from ..results import (
     AuditPage,
     Coupon,
     Holder,
-    HolderStatus,
     Stats,
     TypeStats,
     UserCoupon,
     UserCouponsPage,
     UserCouponStatus,
 )
-from .codec import audit_entry, discount, from_ms, holder_state, metadata, pairs
+from .codec import audit_entry, discount, from_ms, holder_state, holder_status, metadata, pairs, to_ms
 from .context import TYPES, Context
 from .functions import STATS, USER_COUPONS
 from .keys import CouponField, Keys
@@ -30,7 +29,6 @@ _COUPON_FIELDS = [
     CouponField.MAX_USAGES, CouponField.ALLOCATED, CouponField.USED, CouponField.CREATED,
     CouponField.STARTS, CouponField.METADATA,
 ]  # fmt: skip
-_HOLDER_STATUS: dict[str, HolderStatus] = {"": "allocated", ":": "redeemed", "h": "held", "x": "hold_expired"}
 
 
 class Reads:
@@ -71,19 +69,15 @@ class Reads:
             following = f"{int(last[1])}.{last[0]}"
         elif horizon is not None:
             following = f"{horizon[0]}.{horizon[1]}"
-        now = datetime.now(UTC)
+        now_ms = to_ms(datetime.now(UTC))
         listed = []
         for code, allocated_ms, ctype, kind, value, expires_ms, state, meta in found[:limit]:
             _, mark, at_ms = holder_state(state)
+            status: UserCouponStatus = holder_status(mark, at_ms, now_ms)
+            if status in ("allocated", "held") and int(expires_ms) <= now_ms:
+                status = "expired"
             expires_at = from_ms(expires_ms)
             hold_ends = from_ms(at_ms) if mark in ("h", "x") else None
-            status: UserCouponStatus
-            if mark == ":":
-                status = "redeemed"
-            elif mark == "x" or (hold_ends is not None and hold_ends <= now):
-                status = "hold_expired"
-            else:
-                status = "expired" if expires_at <= now else "held" if mark == "h" else "allocated"
             listed.append(
                 UserCoupon.model_construct(
                     code=code,
@@ -112,17 +106,16 @@ class Reads:
         holders = []
         prefix = CouponField.HOLDER.value
         now = datetime.now(UTC)
+        now_ms = to_ms(now)
         async for field, state in self.redis.hscan_iter(key, match=f"{prefix}*", count=MAX_LISTED_HOLDERS):
             allocated_ms, mark, at_ms = holder_state(state)
-            hold_ends = from_ms(at_ms) if mark in ("h", "x") else None
-            lapsed = mark == "x" or (hold_ends is not None and hold_ends <= now)
             holders.append(
                 Holder.model_construct(
                     user_id=field[len(prefix) :],
                     allocated_at=from_ms(allocated_ms),
                     redeemed_at=from_ms(at_ms) if mark == ":" else None,
-                    status=_HOLDER_STATUS[mark] if not lapsed else "hold_expired",
-                    hold_expires_at=hold_ends,
+                    status=holder_status(mark, at_ms, now_ms),
+                    hold_expires_at=from_ms(at_ms) if mark in ("h", "x") else None,
                 )
             )
             if len(holders) == MAX_LISTED_HOLDERS:

@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 
 from ..models import CODE_PATTERN, CouponType
-from ..pool.codec import from_ms, metadata
+from ..pool.codec import from_ms, holder_status, metadata
 from ..pool.connection import connect
 from ..pool.keys import CouponField, Keys, Layout
 from ..settings import Settings
@@ -147,15 +147,10 @@ _STATUS_SHOWN = {
 
 
 def _status(mark: str, at: str, now_ms: int) -> str:
-    """A holder's status, as GET /v1/coupons/{code} says it: a hold past its deadline has
-    expired, whether or not settle() has given it back yet ("x")."""
+    """A holder's status, as GET /v1/coupons/{code} says it (codec.holder_status)."""
     if mark == "?":
         return "malformed"  # common.holder_state: `coupon-pool check` says what is wrong
-    if mark == ":":
-        return "redeemed"
-    if mark == "x" or (mark == "h" and int(at) <= now_ms):
-        return "hold_expired"
-    return "held" if mark == "h" else "allocated"
+    return holder_status(mark, at, now_ms)
 
 
 def _code(text: str) -> str:
