@@ -134,6 +134,35 @@ class NotRedeemed(CouponError):
     code, status, title = "not_redeemed", 409, "Coupon not redeemed by this user"
 
 
+class CouponDisabled(CouponError):
+    """The coupon, or its batch, is disabled (POST /v1/coupons/{code}/disable or
+    /v1/batches/{batch}/disable)."""
+
+    code, status, title = "coupon_disabled", 409, "Coupon disabled"
+
+
+class BatchExhausted(CouponError):
+    """The coupon's batch has its cap of redemptions (max_redemptions)."""
+
+    code, status, title = "batch_exhausted", 409, "Batch redemption cap reached"
+
+
+class BatchNotFound(CouponError):
+    code, status, title = "batch_not_found", 404, "Batch not found"
+
+
+class BatchConflict(CouponError):
+    """The batch exists, and what the request asks of it contradicts what it is."""
+
+    code, status, title = "batch_conflict", 409, "Batch conflict"
+
+
+class PatternTooSmall(CouponError):
+    """A generation's pattern allows fewer than 10 times the codes asked for."""
+
+    code, status, title = "pattern_too_small", 422, "Pattern too small"
+
+
 class UserLimitReached(CouponError):
     code, status, title = "user_limit_reached", 409, "User holds the most coupons allowed"
 

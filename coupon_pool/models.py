@@ -56,6 +56,18 @@ class CouponType(StrEnum):
 
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+BATCH_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+BatchId = Annotated[str, StringConstraints(pattern=BATCH_ID_PATTERN)]
+MAX_REDEMPTIONS = 1_000_000_000  # a batch's cap, at most
+MaxRedemptions = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_REDEMPTIONS,
+        description="most redemptions of the batch's coupons in all (rollbacks give back); "
+        "a redemption beyond answers 409 batch_exhausted",
+    ),
+]
 
 
 def _exact_number(value: Any) -> str:
@@ -236,7 +248,16 @@ class UploadRequest(_Body):
     error_codes: ClassVar[dict[tuple[tuple[int | str, ...], str], str]] = {
         (("coupons",), "too_long"): "too_many_coupons"
     }
+    added_fields: ClassVar[tuple[str, ...]] = ("batch", "max_redemptions")
     coupons: list[CouponIn] = Field(max_length=MAX_UPLOAD)
+    batch: BatchId | None = Field(
+        default=None,
+        description="the batch the coupons join (1-64 of A-Z a-z 0-9 _ . -): uploads naming the same "
+        "batch add to it; without it the upload makes a batch of its own, whose id the answer gives",
+    )
+    max_redemptions: MaxRedemptions | None = Field(
+        default=None, description="the batch's cap of redemptions (as PATCH /v1/batches/{batch} sets it)"
+    )
 
 
 MAX_HOLD_S = 86_400
@@ -299,6 +320,34 @@ class CouponPath(_Body):
     """The path of GET /v1/coupons/{code}."""
 
     code: Code
+
+
+class BatchPath(_Body):
+    """The path of /v1/batches/{batch}..."""
+
+    batch: BatchId
+
+
+MAX_BATCH_PAGE = 100
+
+
+class BatchesQuery(_Body):
+    """The query of GET /v1/batches."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    limit: int = Field(default=20, ge=1, le=MAX_BATCH_PAGE, description="most batches to return")
+    after: BatchId | None = Field(
+        default=None, description="the `next` of the previous page: batches after this id"
+    )
+
+
+class BatchPatch(_Body):
+    """PATCH /v1/batches/{batch}: what changes (a field left out stays as it is)."""
+
+    max_redemptions: MaxRedemptions | None = Field(
+        description="the new cap of redemptions; null removes it (the batch counts redemptions again "
+        "from those made so far when a cap is set later)"
+    )
 
 
 def _of_this_pool(value: str, info: ValidationInfo) -> str:

@@ -14,6 +14,7 @@ from .models import MAX_LISTED_HOLDERS, CouponType, Discount, _Body
 class UploadResult(_Body):
     created: int
     duplicates: list[str] = Field(description="codes not stored because they already existed")
+    batch: str = Field(description="the batch the coupons joined (named in the request, or made for it)")
 
 
 HolderStatus = Literal["allocated", "held", "redeemed", "hold_expired"]
@@ -42,6 +43,10 @@ class Coupon(_Body):
     starts_at: datetime | None = Field(description="when it joins the pool; null: at its upload")
     scheduled: bool = Field(description="its start is ahead: it is not allocated yet")
     metadata: dict[str, str]
+    batch: str | None = Field(description="its batch; null for a coupon stored before batches existed")
+    disabled: bool = Field(
+        description="disabled, on its own or with its batch: never allocated, not redeemable"
+    )
     allocations: list[Holder] = Field(
         description=f"who holds it, oldest allocation first; at most {MAX_LISTED_HOLDERS} listed"
     )
@@ -151,6 +156,59 @@ class Validation(_Body):
     )
 
 
+BatchType = Literal["FREE", "STANDARD", "MEGADEAL", "MIXED"]
+
+
+class Generation(_Body):
+    """A batch's generation job: codes drawn by the service."""
+
+    status: Literal["running", "done", "failed"]
+    count: int = Field(description="codes asked for")
+    stored: int = Field(description="codes stored so far")
+    error: str | None = Field(description="why it failed; null unless failed")
+
+
+class Batch(_Body):
+    batch: str
+    type: BatchType = Field(description="its coupons' type; MIXED when they have several")
+    source: Literal["upload", "generation"]
+    created_at: datetime
+    created: int = Field(description="coupons stored in it")
+    allocated: int = Field(
+        description="usages allocated now (net of releases and ended holds), of coupons not purged"
+    )
+    used: int = Field(description="usages redeemed, net of rollbacks")
+    available: int = Field(
+        description="usages not allocated, of coupons not purged (an expired coupon counts until the purge "
+        "takes it; a disabled batch's still count: see `disabled`)"
+    )
+    purged: int = Field(description="coupons the purge took (deleted unused, or retired)")
+    disabled: bool = Field(description="the whole batch is disabled")
+    disabled_coupons: int = Field(description="coupons not purged disabled on their own")
+    max_redemptions: int | None = Field(description="its cap of redemptions; null: none")
+    redeemed: int | None = Field(description="redemptions counted against the cap; null without a cap")
+    tidying: bool = Field(
+        description="the available sets are being tidied after a disable or enable (the rules already hold)"
+    )
+    generation: Generation | None = Field(description="its generation job; null for an uploaded batch")
+
+
+class BatchPage(_Body):
+    batches: list[Batch]
+    next: str | None = Field(description="`after` for the next page; null on the last")
+
+
+class CouponState(_Body):
+    """The answer of POST /v1/coupons/{code}/disable and /enable."""
+
+    code: str
+    type: CouponType
+    disabled: bool = Field(description="disabled now, on its own or with its batch")
+    disabled_on_its_own: bool
+    batch: str | None
+    batch_disabled: bool
+
+
 class TypeStats(_Body):
     created: int
     allocated: int = Field(description="usages allocated, net of releases")
@@ -162,6 +220,9 @@ class TypeStats(_Body):
     held: int = Field(description="allocations held (hold_s) now, neither confirmed nor ended")
     hold_expired: int = Field(description="holds that ended unconfirmed, their usage back in the pool")
     scheduled: int = Field(description="coupons whose start is ahead: not in the pool yet")
+    disabled: int = Field(
+        description="coupons not purged that are disabled, on their own or with their batch"
+    )
 
 
 def _every_type(schema: dict[str, Any]) -> None:

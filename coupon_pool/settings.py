@@ -207,6 +207,9 @@ class Settings:
     # How often each app process settles due holds and starts (0: never; allocations, stats
     # and the purge settle what they meet whatever this is).
     settle_interval_s: float = env("SETTLE_INTERVAL_S", 1.0, _float, Range(0, 3600))
+    # How often each app process looks for batch jobs no process runs (a generation, the
+    # tidying after a disable): new ones, or a dead process's, once their lease ran out.
+    jobs_interval_s: float = env("JOBS_INTERVAL_S", 0.5, _float, Range(0, 3600))
     megadeal_max_concurrent: int = env("MEGADEAL_MAX_CONCURRENT", 5, _int, Range(1, 1000))
     megadeal_rate_per_s: int = env("MEGADEAL_RATE_PER_S", 10, _int, Range(1, 10_000))
     megadeal_max_wait_s: float = env("MEGADEAL_MAX_WAIT_S", 10.0, _float, Range(0, 300, above=True))

@@ -32,7 +32,9 @@
 -- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms,
 --          hold deadline ms or "", metadata JSON or ""}
 --      or {"pool_empty"} when no unexpired coupon with a free usage is left for this user,
---      or {"user_limit_reached"};
+--      or {"user_limit_reached"},
+--      or {"retry"} when it set aside many disabled coupons (first_unheld in lib.lua): nothing
+--      allocated, no audit entry nor record; call again (each call moves some out of the way);
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=allocate, type, user_id, and code or error.
 -- Uses now_ms(), allocate_settled(), audit_allocation(), idem_lookup(), idem_store() from
@@ -46,6 +48,7 @@ local now = now_ms()
 local found = idem_lookup(record, fp, '', now)
 if found then return found end
 local result = allocate_settled(k, prefix, ctype, max_per_user, now, audit_cap)
+if result[1] == 'retry' then return result end  -- disabled coupons set aside: call again
 audit_allocation(audit_stream, audit_cap, ctype, user, result)
 idem_store(record, fp, ttl_ms, result)
 return result

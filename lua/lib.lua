@@ -32,6 +32,37 @@ local TRACK_FROM = 8           -- coupons of a type a user holds before any is l
 local DRAIN_NOW = 64           -- holders cleaned when a coupon's last usage goes
 local DRAIN_BATCH = 64         -- holders of a draining coupon cleaned per later allocation
 local SILENT_BATCH = 100       -- silent MEGADEAL waiters taken out of the queue per call
+local TIDY_IN_ALLOCATION = 64  -- disabled coupons an allocation sets aside before it answers "retry"
+
+-- Batches (campaigns). A coupon's batch (F_BATCH) may have rules in the coupon's slot: the
+-- hash slot .. K_RULES maps the batch to "d" (disabled), "c<n>" (at most n redemptions in
+-- all), or "dc<n>"; a batch without rules has no field. Each slot counts per batch, in
+-- slot .. K_BATCH_STATS .. batch: created, usages (max usages of the coupons not purged),
+-- allocated, used, purged, and per type live:<TYPE> (coupons not purged) and off:<TYPE>
+-- (those disabled one by one). Whether the batch is disabled, and its cap (or nil).
+local function batch_rules(slot, batch)
+  if not batch then return false, nil end
+  local r = redis.call('HGET', slot .. K_RULES, batch)
+  if not r then return false, nil end
+  return string.sub(r, 1, 1) == 'd', tonumber(string.match(r, 'c(%d+)'))
+end
+
+-- An enabled coupon that a disabled state set aside goes back where an allocation finds it:
+-- out of `exhausted` into its available set, or out of `draining` (it is still in the
+-- available set), if it has a free usage (`allocated` < `max`) and has not expired. (A
+-- scheduled coupon is in neither: its start puts it in the pool.)
+local function put_back(slot, code, ctype, allocated, max, expires, now)
+  if tonumber(allocated) >= tonumber(max) or expires <= now then return end
+  if redis.call('ZREM', slot .. K_DRAINING .. ctype, code) == 0
+      and redis.call('ZREM', slot .. K_EXHAUSTED, code) == 1 then
+    redis.call('ZADD', slot .. K_AVAILABLE .. ctype, expires, code)
+  end
+end
+
+-- Add `n` to the batch's counter `name` in the slot (nothing for a coupon without a batch).
+local function batch_count(slot, batch, name, n)
+  if batch then redis.call('HINCRBY', slot .. K_BATCH_STATS .. batch, name, n) end
+end
 
 local function rank_member(set, rank)
   local m = redis.call('ZRANGE', set, rank, rank, 'WITHSCORES')
@@ -83,17 +114,37 @@ local function drain(k)
 end
 
 -- Coupon `code`'s discount kind and value, expiry, max usages, allocated count, holder
--- field and metadata, if `holder` (its holder field) does not hold it; nil if it does. A
--- hold that lapsed ("<at>x<deadline>") holds it no more.
+-- field, metadata, batch and disabled flag, if `holder` (its holder field) does not hold it;
+-- nil if it does. A hold that lapsed ("<at>x<deadline>") holds it no more.
 local function unheld(prefix, code, holder)
   local c = redis.call('HMGET', prefix .. code, F_DISCOUNT_KIND, F_DISCOUNT_VALUE, F_EXPIRES, F_MAX_USAGES,
-    F_ALLOCATED, holder, F_METADATA)
+    F_ALLOCATED, holder, F_METADATA, F_BATCH, F_DISABLED)
   if c[6] and not string.find(c[6], 'x', 1, true) then return nil end
   return c
 end
 
+-- Whether a coupon read by unheld() is disabled, on its own or with its batch.
+local function switched_off(slot, c)
+  return c[9] ~= false or (c[8] ~= false and (batch_rules(slot, c[8])))
+end
+
+-- A disabled coupon met in `available` leaves it for `exhausted` (`score`: its expiry), as a
+-- coupon with no free usage does: at once if no held set lists it (true), else through
+-- `draining` (false: it stays at its rank until drained). Enabled again, the batch's tidy
+-- (batch_tidy.lua) or a release puts it back.
+local function set_aside(k, code, score)
+  if untrack(k, code, DRAIN_NOW) then
+    exhaust(k, code, score)
+    return true
+  end
+  redis.call('ZADD', k.draining, score, code)
+  return false
+end
+
 -- The first coupon in `available` (unexpired at `now`) with a free usage that the user
--- does not hold, and its fields (see unheld); nil when there is none. `listed`: how many
+-- does not hold and that is not disabled, and its fields (see unheld); nil when there is
+-- none, or nil and "retry" once it set aside TIDY_IN_ALLOCATION disabled coupons (the
+-- caller calls again: each call's work stays bounded however many were disabled at once). `listed`: how many
 -- coupons of the type the user's listing holds. A user whose listing is empty holds no
 -- coupon of the type, so their held set (at most stale, expired entries) is not read.
 local function first_unheld(k, prefix, holder, now, listed)
@@ -115,10 +166,10 @@ local function first_unheld(k, prefix, holder, now, listed)
     local first = redis.call('ZRANGE', available, '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
     if not first then return nil end
     local c = unheld(prefix, first, holder)
-    if c then return first, c end
+    if c and not switched_off(k.slot, c) then return first, c end
   end
   local a0 = redis.call('ZCOUNT', available, '-inf', now)
-  local skip, i = 0, 0
+  local skip, i, tidied = 0, 0, 0
   local listable = listed >= TRACK_FROM
   while true do
     i = first_mismatch(available, a0 + skip, held, h0, i, n)
@@ -126,7 +177,11 @@ local function first_unheld(k, prefix, holder, now, listed)
     if not code then return nil end
     local spent = draining and redis.call('ZSCORE', k.draining, code)
     local c = not spent and unheld(prefix, code, holder)
-    if c then
+    if c and switched_off(k.slot, c) then
+      if tidied == TIDY_IN_ALLOCATION then return nil, 'retry' end
+      tidied = tidied + 1
+      if not set_aside(k, code, score) then skip = skip + 1 end  -- else the next is at its rank
+    elseif c then
       return code, c
     elseif spent then
       skip = skip + 1  -- no free usage: set aside
@@ -157,7 +212,7 @@ end
 -- ({ns}:held:<TYPE>:), tracked_prefix ({ns}:trk:), slot ({ns}:), the user and hold_ms.
 -- Returns {"ok", code, discount kind, discount value, expires_at ms, allocated_at ms,
 --          hold deadline ms or "", metadata JSON or ""}
---      or {"pool_empty"} or {"user_limit_reached"}.
+--      or {"pool_empty"} or {"user_limit_reached"} or {"retry"} (see first_unheld).
 local function allocate_one(k, prefix, ctype, max_per_user, now)
   local listed = redis.call('ZCARD', k.listing)
   if max_per_user > 0 and listed >= max_per_user then
@@ -166,7 +221,7 @@ local function allocate_one(k, prefix, ctype, max_per_user, now)
   local holder = F_HOLDER .. k.user
   local code, c = first_unheld(k, prefix, holder, now, listed)
   if not code then
-    return { 'pool_empty' }
+    return { c or 'pool_empty' }
   end
   local allocated = tonumber(c[5]) + 1
   local state, deadline = now, ''
@@ -192,6 +247,7 @@ local function allocate_one(k, prefix, ctype, max_per_user, now)
     redis.call('SADD', k.tracked_prefix .. code, k.user)
   end
   redis.call('HINCRBY', k.stats, ctype .. ':allocated', 1)
+  batch_count(k.slot, c[8] or nil, 'allocated', 1)
   return { 'ok', code, c[1], c[2], c[3], now, deadline, c[7] or '' }
 end
 
@@ -241,8 +297,8 @@ end
 -- or nil once it lapsed). The first value always has the type when the coupon exists.
 local function holding(coupon, user, expected, now)
   local holder = F_HOLDER .. user
-  local r = redis.call('HMGET', coupon, F_TYPE, F_EXPIRES, F_MAX_USAGES, F_ALLOCATED, holder)
-  local c = { type = r[1], holder = holder }
+  local r = redis.call('HMGET', coupon, F_TYPE, F_EXPIRES, F_MAX_USAGES, F_ALLOCATED, holder, F_BATCH)
+  local c = { type = r[1], holder = holder, batch = r[6] or nil }
   if not r[1] then return c, 'coupon_not_found' end
   if expected ~= '' and expected ~= r[1] then return c, 'type_mismatch' end
   if not r[5] then return c, 'not_allocated' end
@@ -261,18 +317,23 @@ end
 -- The rules a redemption of coupon hash `coupon` by `user` must pass now, shared by
 -- redeem.lua and validate.lua so the two cannot disagree. Returns the coupon as a table
 -- (type, expires, max, kind, value, starts, metadata, holder: the field name, and from the
--- holder field: allocated_at, mark and time as holder_state() reads them), then the error
--- or nil. Checked in this order: "coupon_not_found", "type_mismatch" (`expected` a type,
--- or "" for any), "coupon_not_yet_valid" (its start is ahead), "not_allocated",
--- "already_redeemed", "hold_expired" (a hold past its deadline), "coupon_expired".
-local function redeemable(coupon, user, expected, now)
+-- holder field: allocated_at, mark and time as holder_state() reads them; batch, and cap:
+-- its batch's cap of redemptions or nil), then the error or nil. Checked in this order:
+-- "coupon_not_found", "type_mismatch" (`expected` a type, or "" for any), "coupon_disabled"
+-- (on its own or with its batch, in the slot `slot`), "coupon_not_yet_valid" (its start is
+-- ahead), "not_allocated", "already_redeemed", "hold_expired" (a hold past its deadline),
+-- "coupon_expired". The cap is the caller's to apply.
+local function redeemable(coupon, user, expected, now, slot)
   local holder = F_HOLDER .. user
   local r = redis.call('HMGET', coupon, F_TYPE, F_EXPIRES, F_MAX_USAGES, holder, F_STARTS, F_DISCOUNT_KIND,
-    F_DISCOUNT_VALUE, F_METADATA)
+    F_DISCOUNT_VALUE, F_METADATA, F_BATCH, F_DISABLED)
   local c = { type = r[1], expires = r[2], max = r[3], holder = holder, starts = r[5], kind = r[6], value = r[7],
-    metadata = r[8] }
+    metadata = r[8], batch = r[9] or nil }
   if not r[1] then return c, 'coupon_not_found' end
   if expected ~= '' and expected ~= r[1] then return c, 'type_mismatch' end
+  local off
+  off, c.cap = batch_rules(slot, c.batch)
+  if off or r[10] then return c, 'coupon_disabled' end
   if r[5] and tonumber(r[5]) > now then return c, 'coupon_not_yet_valid' end
   if not r[4] then return c, 'not_allocated' end
   c.allocated_at, c.mark, c.time = holder_state(r[4])
@@ -348,6 +409,7 @@ end
 -- count before). Its holder field is left to the caller. Returns the usages allocated now.
 local function give_back(t, code, user, c, now)
   local allocated = redis.call('HINCRBY', t.prefix .. code, F_ALLOCATED, -1)
+  batch_count(t.slot, redis.call('HGET', t.prefix .. code, F_BATCH) or nil, 'allocated', -1)
   if redis.call('ZREM', t.draining, code) == 0 and c.allocated >= tonumber(c.max) and c.expires > now then
     redis.call('ZREM', t.exhausted, code)
     redis.call('ZADD', t.available, c.expires, code)

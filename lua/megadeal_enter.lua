@@ -58,7 +58,9 @@
 --      or {"expired", ticket, rank}: its wait is over (not queued, never admitted);
 --      or {"wait", ticket, wait ms, reason, rank}: call again after wait ms at the latest;
 --          reason "rate" (the window opens then: sleep) or "slot" (a slot frees at the
---          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner).
+--          latest then; megadeal_leave.lua pushes to the ticket's wake list sooner); also
+--          "slot" with 1 ms when the admitted allocation set aside many disabled coupons
+--          (first_unheld in lib.lua): it keeps its place and calls again.
 -- Writes an audit entry (as allocate.lua does) when it admits or answers pool_empty.
 -- Uses now_ms(), any_available(), allocate_settled(), audit_allocation(), idem_lookup(),
 -- idem_store() and wake_waiters() from lib.lua.
@@ -134,6 +136,10 @@ local free_rate = rate - redis.call('ZCARD', window)
 
 if rank < free_slots and rank < free_rate then
   local result = allocate_settled(k, prefix, ctype, max_per_user, now, audit_cap)
+  if result[1] == 'retry' then  -- disabled coupons set aside: it keeps its place, and calls again
+    redis.call('ZADD', alive, deadline, ticket)
+    return { 'wait', ticket, 1, 'slot', rank }
+  end
   leave_queue()
   audit_allocation(audit_stream, audit_cap, ctype, user, result)
   idem_store(record, fp, ttl_ms, result)

@@ -17,9 +17,11 @@
 -- expires and is purged, so walking those sets up to now finds each expired coupon once.
 -- A coupon never redeemed is deleted with its allocation records ("purged"). One redeemed
 -- at least once leaves its sorted set but keeps its hash and history ("retired"). No other
--- counter changes. A coupon's hash (a field per holder) and tracked set (at most a user per
--- holder) are UNLINKed, not DELeted: Redis frees a value of more than 64 elements in its
--- background thread, and this call frees the smaller ones. So a call stops after the coupon
+-- counter changes but its batch's (K_BATCH_STATS: it leaves the batch's live coupons, usages
+-- and allocations, and counts as purged) and, if it was disabled, "<TYPE>:disabled". A
+-- coupon's hash (a field per holder) and tracked set (at most a user per holder) are
+-- UNLINKed, not DELeted: Redis frees a value of more than 64 elements in its background
+-- thread, and this call frees the smaller ones. So a call stops after the coupon
 -- that brings the fields of the coupons it took (HLEN: holders, and holds that lapsed) to
 -- HOLDERS_PER_CALL: its work is bounded by `limit` and HOLDERS_PER_CALL together, whatever
 -- one coupon holds.
@@ -30,7 +32,7 @@
 -- Returns {"more", 0 or 1, "purged:<TYPE>", n, "retired:<TYPE>", n, ...} for every type;
 -- more is 0 when nothing expired is left.
 -- Writes one audit entry (op=purge, purged_<TYPE>, retired_<TYPE>) if it removed anything.
--- Uses now_ms() and audit() from lib.lua.
+-- Uses now_ms(), batch_rules() and audit() from lib.lua.
 
 local HOLDERS_PER_CALL = 5000  -- holders of the coupons one call takes, about
 
@@ -50,6 +52,7 @@ for _, ctype in ipairs(types) do
   if first[2] and tonumber(first[2]) <= horizon then horizon = tonumber(first[2]) - 1 end
 end
 
+local slot = string.sub(prefix, 1, #prefix - #K_COUPON)
 local examined, holders = 0, 0
 for _, set in ipairs(sets) do
   if examined == limit or holders >= HOLDERS_PER_CALL then break end
@@ -58,8 +61,20 @@ for _, set in ipairs(sets) do
     if holders >= HOLDERS_PER_CALL then break end
     examined = examined + 1
     local key = prefix .. code
-    local c = redis.call('HMGET', key, F_TYPE, F_USED)
-    local ctype, used = c[1], c[2]
+    local c = redis.call('HMGET', key, F_TYPE, F_USED, F_BATCH, F_DISABLED, F_MAX_USAGES, F_ALLOCATED)
+    local ctype, used, batch = c[1], c[2], c[3] or nil
+    if batch and ctype then  -- it leaves its batch's live coupons, usages and allocations
+      local counts = slot .. K_BATCH_STATS .. batch
+      redis.call('HINCRBY', counts, 'live:' .. ctype, -1)
+      redis.call('HINCRBY', counts, 'purged', 1)
+      redis.call('HINCRBY', counts, 'usages', 0 - tonumber(c[5]))
+      redis.call('HINCRBY', counts, 'allocated', 0 - tonumber(c[6]))
+      if c[4] then
+        redis.call('HINCRBY', counts, 'off:' .. ctype, -1)
+        redis.call('HDEL', key, F_DISABLED)
+      end
+      if c[4] or batch_rules(slot, batch) then redis.call('HINCRBY', stats, ctype .. ':disabled', -1) end
+    end
     holders = holders + redis.call('HLEN', key)  -- its holder fields, lapsed holds' too
     redis.call('ZREM', set, code)
     if draining[set] then redis.call('ZREM', draining[set], code) end

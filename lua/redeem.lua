@@ -9,6 +9,10 @@
 --       code          the coupon's code (for the audit entry)
 --       audit_cap     audit stream length cap (approximate)
 --       slot          the prefix of the slot's keys ({ns}:): a hold's keys are built from it
+--       capping       how a batch's cap of redemptions applies here: "=" in the main slot
+--                     (which keeps the batch records: the count is checked and taken here),
+--                     or in a shard the batch whose count the caller has reserved in the main
+--                     slot (batch_reserve.lua), or "" (none reserved)
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
 -- The rules are redeemable()'s in lib.lua, which validate.lua applies too: the coupon
@@ -19,13 +23,17 @@
 -- would), and the answer is hold_expired.
 --
 -- Returns {'ok', type, used, max_usages, redeemed_at ms}
---      or {error code}: "coupon_not_found", "type_mismatch", "coupon_not_yet_valid",
---         "not_allocated", "already_redeemed", "hold_expired", "coupon_expired";
+--      or {error code}: "coupon_not_found", "type_mismatch", "coupon_disabled",
+--         "coupon_not_yet_valid", "not_allocated", "already_redeemed", "hold_expired",
+--         "coupon_expired", "batch_exhausted" (its batch's cap is reached);
+--      or {"batch_capped", batch}: in a shard, the coupon's batch is capped and its count was
+--         not reserved: nothing written (no audit entry, no record); reserve, then call again.
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- The holder field F_HOLDER .. user holds "<allocated_at ms>" (or, held, "<allocated_at
 -- ms>h<deadline ms>") and becomes "<allocated_at ms>:<redeemed_at ms>" once redeemed.
 -- Writes one audit entry: op=redeem, code, user_id, type, and used or error.
--- Uses now_ms(), redeemable(), type_keys(), lapse(), unhold(), audit(), idem_lookup() and
+-- Uses now_ms(), redeemable(), batch_count(), type_keys(), lapse(), unhold(), audit(),
+-- idem_lookup() and
 -- idem_store() from lib.lua.
 
 local now = now_ms()
@@ -34,7 +42,19 @@ if record then
   if found then return found end
 end
 
-local c, failure = redeemable(coupon, user, expected, now)
+local c, failure = redeemable(coupon, user, expected, now, slot)
+if not failure and c.cap then
+  if capping == '=' then  -- the main slot: the batch's record is here
+    local batch_record = slot .. K_BATCH .. c.batch
+    if tonumber(redis.call('HGET', batch_record, 'redeemed') or '0') >= c.cap then
+      failure = 'batch_exhausted'
+    else
+      redis.call('HINCRBY', batch_record, 'redeemed', 1)
+    end
+  elseif capping ~= c.batch then
+    return { 'batch_capped', c.batch }
+  end
+end
 if failure then
   if failure == 'hold_expired' and c.mark == 'h' then
     lapse(type_keys(slot, c.type), code, user, now, audit_cap)
@@ -49,6 +69,7 @@ redis.call('HSET', coupon, c.holder, c.allocated_at .. ':' .. now)
 if c.mark == 'h' then unhold(type_keys(slot, c.type), code, user) end
 local used = redis.call('HINCRBY', coupon, F_USED, 1)
 redis.call('HINCRBY', stats, c.type .. ':used', 1)
+batch_count(slot, c.batch, 'used', 1)
 audit(audit_stream, audit_cap, 'op', 'redeem', 'code', code, 'user_id', user, 'type', c.type, 'used', used)
 local reply = { 'ok', c.type, used, c.max, now }
 if record then idem_store(record, fp, ttl_ms, reply) end

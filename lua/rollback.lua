@@ -10,18 +10,22 @@
 --       code          the coupon's code
 --       audit_cap     audit stream length cap (approximate)
 --       slot          the prefix of the slot's keys ({ns}:): a hold's keys are built from it
+--       capping       "=" in the main slot: a capped batch's count is given back here; else
+--                     "" (the reply names the batch whose count the caller gives back)
 --       fp, ttl_ms    with `record`: the request's fingerprint, and how long to keep it
 --
 -- Refused once the coupon has expired: by then the purge may have retired it on the
 -- strength of that redemption, and a rolled-back usage could never be used again anyway.
 -- "<TYPE>:used" counts redemptions net of rollbacks; "<TYPE>:rolled_back" counts these.
--- Returns {'ok', type, used, max_usages, rolled_back_at ms}
+-- Returns {'ok', type, used, max_usages, rolled_back_at ms}, then in a shard the batch when
+--         it is capped (the caller gives its count back in the main slot: batch_reserve.lua)
 --      or {error code}: "coupon_not_found", "type_mismatch", "not_allocated",
 --         "not_redeemed" (a hold within its deadline too), "hold_expired" (a hold past it,
 --         which is then given back as settle() would), "coupon_expired";
 --      with a record: {"replay", stored reply as JSON}, {"idempotency_key_reused"}.
 -- Writes one audit entry: op=rollback, code, user_id, type, and used or error.
--- Uses now_ms(), holding(), type_keys(), lapse(), idem_lookup() and conclude() from lib.lua.
+-- Uses now_ms(), holding(), type_keys(), lapse(), batch_rules(), batch_count(), idem_lookup()
+-- and conclude() from lib.lua.
 
 local now = now_ms()
 
@@ -47,4 +51,14 @@ redis.call('HSET', coupon, c.holder, c.allocated_at)
 local used = redis.call('HINCRBY', coupon, F_USED, -1)
 redis.call('HINCRBY', stats, c.type .. ':used', -1)
 redis.call('HINCRBY', stats, c.type .. ':rolled_back', 1)
-return conclude(a, { 'ok', c.type, used, c.max, now }, c.type, 'used', used)
+local reply = { 'ok', c.type, used, c.max, now }
+if c.batch then
+  batch_count(slot, c.batch, 'used', -1)
+  local _, cap = batch_rules(slot, c.batch)
+  if cap and capping == '=' then
+    redis.call('HINCRBY', slot .. K_BATCH .. c.batch, 'redeemed', -1)
+  elseif cap then
+    reply[6] = c.batch
+  end
+end
+return conclude(a, reply, c.type, 'used', used)

@@ -17,6 +17,10 @@
 --       claimed_type  in a shard of a sharded pool, "MEGADEAL": coupons of that type (stored
 --                     in the main slot) are not stored here but claimed, so codes stay
 --                     unique pool-wide; "" elsewhere
+--       slot          the prefix of the slot's keys ({ns}:)
+--       batch         the batch the coupons join (its record in the main slot exists already:
+--                     batch_open.lua); counted in the slot's {ns}:bstat:<batch>, listed in
+--                     its {ns}:bcodes:<batch>
 --       fp, ttl_ms    with `record`: unused here (upload_record.lua keeps the record)
 --       lines         one coupon each, as "code type kind value expires_at_ms max_usages
 --                     starts_at_ms metadata": space-separated, starts_at_ms 0 without a start,
@@ -37,7 +41,7 @@
 -- {"idempotency_key_in_progress", lease_ms} if another attempt owns the record now.
 -- Errors: none of its own; the caller validates every value beforehand.
 -- Writes one audit entry: op=upload, upload, part, created, duplicates.
--- Uses now_ms() and audit() from lib.lua.
+-- Uses now_ms(), batch_rules() and audit() from lib.lua.
 
 local claiming = claimed_type ~= ''
 local created_ms = now_ms()
@@ -47,8 +51,9 @@ if record then
   if r[1] ~= owner then return { 'idempotency_key_in_progress', tonumber(lease_ms) } end
   if r[2] then return cjson.decode(r[2]) end
 end
-local created = 0
+local created, usages = 0, 0
 local created_by_type, scheduled_by_type = {}, {}
+local codes = slot .. K_BATCH_CODES .. batch
 local duplicates = {}
 local claimed = {}
 
@@ -73,7 +78,9 @@ for i, line in ipairs(lines) do
     claimed[#claimed + 1] = -i
   else
     redis.call('HSET', key, F_TYPE, ctype, F_DISCOUNT_KIND, kind, F_DISCOUNT_VALUE, value,
-      F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms)
+      F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms, F_BATCH, batch)
+    redis.call('RPUSH', codes, code)
+    usages = usages + tonumber(max)
     if metadata ~= '' then redis.call('HSET', key, F_METADATA, metadata) end
     if starts ~= '0' then redis.call('HSET', key, F_STARTS, starts) end
     if tonumber(starts) > created_ms then
@@ -87,14 +94,22 @@ for i, line in ipairs(lines) do
   end
 end
 
+local batch_stats = slot .. K_BATCH_STATS .. batch
+local disabled = batch_rules(slot, batch)
 for ctype, n in pairs(created_by_type) do
   redis.call('HINCRBY', stats, ctype .. ':created', n)
+  redis.call('HINCRBY', batch_stats, 'live:' .. ctype, n)
+  if disabled then redis.call('HINCRBY', stats, ctype .. ':disabled', n) end
+end
+if created > 0 then
+  redis.call('HINCRBY', batch_stats, 'created', created)
+  redis.call('HINCRBY', batch_stats, 'usages', usages)
 end
 for ctype, n in pairs(scheduled_by_type) do
   redis.call('HINCRBY', stats, ctype .. ':scheduled', n)
 end
 
-audit(audit_stream, audit_cap, 'op', 'upload', 'upload', upload_id, 'part', part,
+audit(audit_stream, audit_cap, 'op', 'upload', 'upload', upload_id, 'batch', batch, 'part', part,
   'created', created, 'duplicates', #duplicates)
 
 local result = { created }

@@ -19,7 +19,12 @@ from ..pool.store import Store
 from ..settings import Settings
 from . import dashboard
 from .auth import ApiKeys
-from .background import forget_dead_waiters_periodically, purge_periodically, settle_periodically
+from .background import (
+    forget_dead_waiters_periodically,
+    purge_periodically,
+    run_jobs_periodically,
+    settle_periodically,
+)
 from .bodies import BodyDeadlines
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
 from .inputs import Services
@@ -80,6 +85,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settling = asyncio.create_task(
             settle_periodically(store, settings.settle_interval_s, access_log, stop_background)
         )
+        jobs = asyncio.create_task(
+            run_jobs_periodically(store, settings.jobs_interval_s, access_log, stop_background)
+        )
         try:
             yield
         finally:
@@ -88,7 +96,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             forgetting.cancel()
             settling.cancel()
             sweeping.cancel()
-            await asyncio.wait({purging, forgetting, settling}, timeout=2 * settings.redis_timeout_s + 1)
+            jobs.cancel()
+            await asyncio.wait(
+                {purging, forgetting, settling, jobs}, timeout=2 * settings.redis_timeout_s + 1
+            )
             await store.aclose()
             await gate.aclose()
             if app.state.upload_worker:

@@ -1,5 +1,6 @@
 """Work an app process does on its own, beside the requests: the periodic purge, settling
-due holds and starts, and dropping the MEGADEAL waiters of processes that are gone."""
+due holds and starts, the batches' jobs, and dropping the MEGADEAL waiters of processes that
+are gone."""
 
 from __future__ import annotations
 
@@ -52,6 +53,23 @@ async def settle_periodically(store: Store, interval_s: float, lines: JsonLines,
             continue
         if settled:
             lines.write(level="info", event="settle", settled=settled)
+
+
+async def run_jobs_periodically(
+    store: Store, interval_s: float, lines: JsonLines, stop: asyncio.Event
+) -> None:
+    """Every ``interval_s``, run the batches' jobs that no process holds (new ones, or those
+    of a process that died: their lease ran out), each to its end (batches.py)."""
+    if interval_s <= 0:
+        return
+    async for _ in every(interval_s, stop):
+        try:
+            ran = await store.batches.run_jobs()
+        except RedisError as exc:
+            lines.write(level="warning", event="jobs", error=repr(exc))
+            continue
+        if ran:
+            lines.write(level="info", event="jobs", ran=ran)
 
 
 async def forget_dead_waiters_periodically(gate: MegadealGate, stop: asyncio.Event) -> None:

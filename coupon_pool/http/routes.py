@@ -34,6 +34,7 @@ from ..results import (
     Validation,
 )
 from .auth import Role
+from .batch_routes import BATCH_OPERATIONS
 from .inputs import Call
 from .lookups import LOOKUP_FAILURES, Lookup, spend_lookup
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -109,14 +110,16 @@ async def upload_coupons(call: Call, body: bytes) -> UploadResult:
     and comes back in `duplicates`, so sending the same upload again stores nothing twice."""
     idem = call.idempotency
     if len(body) < INLINE_UPLOAD_BYTES:
-        coupons = validate_json(body, UploadRequest).coupons
+        request = validate_json(body, UploadRequest)
         if idem:
             idem.identify(body)
-        result = await call.store.upload(coupons)
+        result = await call.store.upload(request.coupons, request.batch, request.max_redemptions)
     else:
         result = await upload_worker(call).upload(body, idem)
     duplicates = len(result.duplicates)
-    call.note(coupons=result.created + duplicates, created=result.created, duplicates=duplicates)
+    call.note(
+        coupons=result.created + duplicates, created=result.created, duplicates=duplicates, batch=result.batch
+    )
     return result
 
 
@@ -207,7 +210,8 @@ OPERATIONS = (
         summary="Record the use of an allocated coupon",
         body=RedemptionRequest, response=Redemption, status=201, idempotent=True, lookup=Lookup.FAILURES,
         errors=(errors.CouponNotFound, errors.CouponExpired, errors.TypeMismatch, errors.NotAllocated,
-                errors.AlreadyRedeemed, errors.HoldExpired, errors.CouponNotYetValid),
+                errors.AlreadyRedeemed, errors.HoldExpired, errors.CouponNotYetValid, errors.CouponDisabled,
+                errors.BatchExhausted),
     ),
     Operation(
         method="POST", path="/v1/validations", handler=validate, tag="coupons",
@@ -235,6 +239,7 @@ OPERATIONS = (
         body=UploadRequest, large_body=True, response=UploadResult, status=201, idempotent=True,
         errors=(errors.TooManyCoupons, errors.UploadWorkerLost),
     ),
+    *BATCH_OPERATIONS,
     Operation(
         method="GET", path="/v1/coupons/{code}", handler=get_coupon, tag="coupons",
         summary="A coupon with its usage counts",

@@ -86,7 +86,7 @@ class Operation:
             found.append(errors.Forbidden)
         if self.uses_store:
             found.append(errors.StoreUnavailable)
-        if self.method == "POST":  # a change: refused when Redis is at its maxmemory
+        if self.method in ("POST", "PATCH"):  # a change: refused when Redis is at its maxmemory
             found.append(errors.StoreFull)
         found += ANY_ROUTE_ERRORS
         return tuple(dict.fromkeys(found))

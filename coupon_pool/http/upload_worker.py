@@ -101,10 +101,11 @@ def _exit_with_parent(parent: int) -> None:
 
 def _upload(body: bytes, idem: Idempotency | None) -> tuple[UploadResult | CouponError, bool]:
     try:
-        coupons = validate_json(body, UploadRequest).coupons
+        request = validate_json(body, UploadRequest)
         if idem:
             idem.identify(body)
-        outcome = _loop.run_until_complete(_store.keyed(idem, _store.upload(coupons)))
+        upload = _store.upload(request.coupons, request.batch, request.max_redemptions)
+        outcome = _loop.run_until_complete(_store.keyed(idem, upload))
         return outcome.value, outcome.replayed
     except CouponError as error:
         return error, error.replayed

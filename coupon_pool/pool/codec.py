@@ -166,13 +166,18 @@ USE_DETAIL = {
     "coupon_expired": "coupon {code!r} has expired",
     "hold_expired": "this user's hold of coupon {code!r} has ended; the coupon went back to the pool",
     "coupon_not_yet_valid": "coupon {code!r} has not started yet",
+    "coupon_disabled": "coupon {code!r} is disabled (on its own or with its batch)",
+    "batch_exhausted": "the batch of coupon {code!r} has had all the redemptions its cap allows",
 }
 
 
 def upload_result(answer: dict[str, Any], coupons: Sequence[CouponIn]) -> UploadResult:
     """An upload's answer from its outcome (created, 1-based positions of duplicates)."""
     duplicates = [coupons[i - 1].code for i in answer["duplicates"]]
-    return UploadResult.model_construct(created=answer["created"], duplicates=duplicates)
+    # An answer stored before batches existed (an Idempotency-Key replayed across versions) has none.
+    return UploadResult.model_construct(
+        created=answer["created"], duplicates=duplicates, batch=answer.get("batch", "")
+    )
 
 
 _COUNT_FIELDS = frozenset({"created", "duplicates", "used", "allocated"})

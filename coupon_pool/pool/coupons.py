@@ -22,12 +22,14 @@ from .codec import (
 )
 from .connection import NotSent
 from .context import Context
-from .functions import ALLOCATE, REDEEM, RELEASE, ROLLBACK, VALIDATE, Function
+from .functions import ALLOCATE, BATCH_RESERVE, REDEEM, RELEASE, ROLLBACK, VALIDATE, Function
 from .keys import Keys
 from .placement import Placement
 from .protocol import NOT_RUN
 
 NO_HOLD = b"0"  # hold_ms of an allocation for good
+IN_MAIN = b"="  # `capping` in the main slot: a capped batch's count is taken there (redeem.lua)
+RETRIES = 100_000  # allocation calls that set disabled coupons aside (64 each), at most
 
 
 class _SlotArgs:
@@ -76,6 +78,7 @@ class Coupons:
             for a in (self._slot[k.tag],)
             for fn in (REDEEM, ROLLBACK, RELEASE)
         }
+        self._capping = {k.tag: IN_MAIN if k is ctx.layout.main else b"" for k in ctx.layout.slots}
 
     async def allocate(self, user_id: str, coupon_type: CouponType, hold_s: int | None = None) -> Allocation:
         """Reserve one usage of the first-expiring available coupon of a shard for ``user_id``;
@@ -119,10 +122,16 @@ class Coupons:
             user=user_id,
             hold_ms=hold_ms,
         )
-        return await self.run(ALLOCATE, keys, args, retry_for_s=wait)
+        for _ in range(RETRIES):
+            reply = await self.run(ALLOCATE, keys, args, retry_for_s=wait)
+            if reply[0] != "retry":  # else it set disabled coupons aside: on with the search
+                return reply
+        raise RuntimeError("an allocation set disabled coupons aside 100,000 times over")
 
     async def redeem(self, code: str, user_id: str, coupon_type: CouponType | None) -> Redemption:
-        """Record that ``user_id`` used the coupon ``code`` allocated to them."""
+        """Record that ``user_id`` used the coupon ``code`` allocated to them. A coupon in a
+        shard whose batch is capped takes one of the batch's count in the main slot first
+        (batch_reserve.lua), given back if the redemption then fails."""
         redeemed = Redeemed._make((await self._use(REDEEM, code, user_id, coupon_type))[1:])
         return Redemption(
             code=code,
@@ -135,7 +144,11 @@ class Coupons:
 
     async def rollback(self, code: str, user_id: str, coupon_type: CouponType | None) -> Rollback:
         """Undo the user's redemption of ``code``: the allocation is unredeemed again."""
-        undone = Changed._make((await self._use(ROLLBACK, code, user_id, coupon_type))[1:])
+        reply = await self._use(ROLLBACK, code, user_id, coupon_type)
+        run = keyed.current()
+        if len(reply) > 5 and not (run and run.replayed):  # a capped batch's count, kept in the main slot
+            await self.reserve(reply[5], -1)
+        undone = Changed._make(reply[1:5])
         return Rollback(
             code=code,
             type=CouponType(undone.type),
@@ -162,20 +175,54 @@ class Coupons:
         (lib.lua, redeemable); the coupon with it. Writes nothing."""
         expected = coupon_type.value if coupon_type else ""
         for k in self.placement.slots_of(code, coupon_type):
-            keys, args = VALIDATE.bind(coupon=k.coupon(code), user=user_id, expected=expected)
+            keys, args = VALIDATE.bind(
+                coupon=k.coupon(code),
+                user=user_id,
+                expected=expected,
+                slot=k.slot,
+                capping=self._capping[k.tag],
+            )
             reply: list[Any] = await self.run(VALIDATE, keys, args)
             if reply[0] != "coupon_not_found":
                 break
-        return validation(reply, code)
+        if len(reply) > 8:  # a coupon in a shard, of a capped batch: its count is in the main slot
+            record = self.ctx.layout.main.batch(reply[8])
+            cap, redeemed = await self.ctx.redis.hmget(record, "max_redemptions", "redeemed")
+            if cap is not None and int(redeemed or 0) >= int(cap):
+                reply[0] = "batch_exhausted"
+        return validation(reply[:8], code)
+
+    async def reserve(self, batch: str, delta: int) -> list[Any]:
+        """Take (1) or give back (-1) one of capped batch ``batch``'s redemptions, in the main slot."""
+        keys, args = BATCH_RESERVE.bind(record=self.ctx.layout.main.batch(batch), delta=delta)
+        reply: list[Any] = await self.run(BATCH_RESERVE, keys, args)
+        return reply
 
     async def _use(self, fn: Function, code: str, user_id: str, coupon_type: CouponType | None) -> list[Any]:
         """Run redeem, rollback or release: same keys, same arguments."""
         ctype = self._type_names[coupon_type] if coupon_type else b""
+        capped = fn is not RELEASE
 
-        def call(k: Keys) -> Awaitable[Any]:
+        async def call(k: Keys) -> Any:
             prepared = self._use_calls[k.tag, fn.name]
-            keys, args = prepared.bind(coupon=k.coupon(code), user=user_id, expected=ctype, code=code)
-            return self.run(fn, keys, args)
+            capping = {"capping": self._capping[k.tag]} if capped else {}
+            keys, args = prepared.bind(
+                coupon=k.coupon(code), user=user_id, expected=ctype, code=code, **capping
+            )
+            reply = await self.run(fn, keys, args)
+            if reply[0] != "batch_capped":
+                return reply
+            # A shard's coupon of a capped batch: take one of the batch's count, then redeem.
+            batch = reply[1]
+            if (await self.reserve(batch, 1))[0] != "ok":
+                return ["batch_exhausted"]
+            keys, args = prepared.bind(
+                coupon=k.coupon(code), user=user_id, expected=ctype, code=code, capping=batch
+            )
+            reply = await self.run(fn, keys, args)  # raised (not known to have run): the count stays taken
+            if reply[0] != "ok":
+                await self.reserve(batch, -1)
+            return reply
 
         return await self._on_coupon(code, coupon_type, call)
 

@@ -166,7 +166,7 @@ _WAKE_NUMBERS = "max_concurrent rate window_ms"
 UPLOAD = declare(
     "upload",
     keys="stats audit_stream claims",
-    args="prefix audit_cap upload_id part available_prefix due_prefix owner lease_ms claimed_type",
+    args="prefix audit_cap upload_id part available_prefix due_prefix owner lease_ms claimed_type slot batch",
     keyed=True,
     more_args="lines",
 )
@@ -181,9 +181,9 @@ ALLOCATE = declare(
     numbers="max_per_user hold_ms",
 )
 REDEEM = declare(
-    "redeem", keys="coupon stats audit_stream", args="user expected code audit_cap slot", keyed=True
+    "redeem", keys="coupon stats audit_stream", args="user expected code audit_cap slot capping", keyed=True
 )
-VALIDATE = declare("validate", keys="coupon", args="user expected", flags=("no-writes",))
+VALIDATE = declare("validate", keys="coupon", args="user expected slot capping", flags=("no-writes",))
 SETTLE = declare(
     "settle",
     more_keys="dues",
@@ -193,7 +193,7 @@ SETTLE = declare(
     flags=("allow-oom",),  # it frees allocations
 )
 ROLLBACK = declare(
-    "rollback", keys="coupon stats audit_stream", args="user expected code audit_cap slot", keyed=True
+    "rollback", keys="coupon stats audit_stream", args="user expected code audit_cap slot capping", keyed=True
 )
 RELEASE = declare(
     "release",
@@ -249,9 +249,34 @@ MEGADEAL_FORGET = declare(
     flags=("allow-oom",),  # it frees places in the queue
 )
 FAILED_LOOKUP = declare("failed_lookup", keys="bucket", args="rate burst spend", numbers="rate burst spend")
+BATCH_OPEN = declare("batch_open", keys="batches record", args="batch ctype source")
+BATCH_RULES = declare(
+    "batch_rules",
+    keys="rules stats counts",
+    args="batch new_rules slot main audit_cap",
+    more_args="types",
+    flags=("allow-oom",),  # a disable must work when Redis is full
+)
+BATCH_RESERVE = declare("batch_reserve", keys="record", args="delta", numbers="delta")
+COUPON_SWITCH = declare(
+    "coupon_switch",
+    keys="coupon stats audit_stream",
+    args="code disable slot audit_cap",
+    flags=("allow-oom",),  # a disable must work when Redis is full
+)
+BATCH_TIDY = declare(
+    "batch_tidy", keys="codes", args="batch slot start count", numbers="start count", flags=("allow-oom",)
+)
+EXPORT_PAGE = declare(
+    "export_page", keys="codes", args="batch slot start count", numbers="start count", flags=("no-writes",)
+)
+JOB = declare(
+    "job", keys="jobs owners", args="action job owner lease_ms", numbers="lease_ms", flags=("allow-oom",)
+)
 FUNCTIONS = (
     UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, VALIDATE, SETTLE, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
-    MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP,
+    MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP, BATCH_OPEN, BATCH_RULES, BATCH_RESERVE,
+    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB,
 )  # fmt: skip
 
 

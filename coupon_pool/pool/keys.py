@@ -31,6 +31,16 @@ class Keys:
         self.draining_prefix = self.slot + KeyPart.DRAINING  # then the type
         self.due_prefix = self.slot + KeyPart.DUE  # then the type
         self.lapsed_prefix = self.slot + KeyPart.LAPSED  # then "<TYPE>:<user>"
+        # Batches (campaigns): each slot keeps the rules of the batches with coupons in it
+        # (batch -> "d" disabled, "c<n>" capped at n redemptions, or both), and per batch its
+        # counters and its codes (a list, upload order); the main slot keeps the batch records.
+        self.rules = self.slot + KeyPart.RULES
+        self.batch_stats_prefix = self.slot + KeyPart.BATCH_STATS  # then the batch
+        self.batch_codes_prefix = self.slot + KeyPart.BATCH_CODES  # then the batch
+        self.batch_prefix = self.slot + KeyPart.BATCH  # main slot: then the batch
+        self.batches = self.slot + KeyPart.BATCHES  # main slot: every batch id (score 0, by id)
+        self.jobs = self.slot + KeyPart.JOBS  # main slot: "<kind> <batch>" -> lease end ms
+        self.job_owners = self.slot + KeyPart.JOB_OWNERS  # main slot: "<kind> <batch>" -> runner
         self._available = {t: f"{self.available_prefix}{t.value}" for t in CouponType}
         self.megadeal_queue = f"{tag}:mega:queue"
         self.megadeal_alive = f"{tag}:mega:alive"
@@ -71,6 +81,18 @@ class Keys:
     def lapsed(self, coupon_type: CouponType, user_id: str) -> str:
         """The user's holds of a type that ended unconfirmed (code -> allocated_at ms)."""
         return f"{self.lapsed_prefix}{coupon_type.value}:{user_id}"
+
+    def batch_stats(self, batch: str) -> str:
+        """The batch's counters in this slot; ``batch`` must be validated (models.BatchId)."""
+        return self.batch_stats_prefix + batch
+
+    def batch_codes(self, batch: str) -> str:
+        """The codes of the batch stored in this slot, in upload order (a list)."""
+        return self.batch_codes_prefix + batch
+
+    def batch(self, batch: str) -> str:
+        """The batch's record (in the main slot): type, created_at, rules, its generation."""
+        return self.batch_prefix + batch
 
     def due(self, coupon_type: CouponType) -> str:
         """The type's timers: holds (``"<code> <user>"`` -> deadline ms) and starts of scheduled
@@ -147,6 +169,13 @@ class KeyPart(StrEnum):
     LISTING = "user:"  # then "<TYPE>:<user>"
     DUE = "due:"  # then the type
     LAPSED = "lapsed:"  # then "<TYPE>:<user>"
+    RULES = "rules"  # batch -> its rules in this slot
+    BATCH_STATS = "bstat:"  # then the batch
+    BATCH_CODES = "bcodes:"  # then the batch
+    BATCH = "batch:"  # then the batch (main slot)
+    BATCHES = "batches"  # main slot
+    JOBS = "jobs"  # main slot
+    JOB_OWNERS = "jobowners"  # main slot
 
 
 class CouponField(StrEnum):
@@ -166,6 +195,8 @@ class CouponField(StrEnum):
     CREATED = "ct"  # created_at, ms
     STARTS = "st"  # starts_at, ms; only when the upload gave one
     METADATA = "md"  # the metadata, as JSON; only when the upload gave some
+    BATCH = "b"  # the batch it was uploaded or generated in; none for coupons from before batches
+    DISABLED = "off"  # "1" while disabled on its own (its batch may be disabled as a whole)
     # One field per holder, "u:<user_id>": "<allocated_at ms>", then
     # "<allocated_at ms>:<redeemed_at ms>" once redeemed. A hold is "<allocated_at ms>h<deadline
     # ms>" until redeemed (then as above) or released; one that ended unconfirmed stays as

@@ -27,7 +27,7 @@ from .placement import Placement
 _COUPON_FIELDS = [
     CouponField.TYPE, CouponField.DISCOUNT_KIND, CouponField.DISCOUNT_VALUE, CouponField.EXPIRES,
     CouponField.MAX_USAGES, CouponField.ALLOCATED, CouponField.USED, CouponField.CREATED,
-    CouponField.STARTS, CouponField.METADATA,
+    CouponField.STARTS, CouponField.METADATA, CouponField.BATCH, CouponField.DISABLED,
 ]  # fmt: skip
 
 
@@ -103,6 +103,8 @@ class Reads:
         else:
             raise CouponNotFound(f"there is no coupon {code!r}")
         c = dict(zip(_COUPON_FIELDS, fields, strict=True))
+        batch = c[CouponField.BATCH]
+        rules: Any = await self.redis.hget(k.rules, batch) if batch else None
         holders = []
         prefix = CouponField.HOLDER.value
         now = datetime.now(UTC)
@@ -132,6 +134,8 @@ class Reads:
             starts_at=from_ms(starts) if (starts := c[CouponField.STARTS]) else None,
             scheduled=bool(starts) and from_ms(starts) > now,
             metadata=metadata(c[CouponField.METADATA]),
+            batch=batch,
+            disabled=c[CouponField.DISABLED] is not None or (rules is not None and rules.startswith("d")),
             allocations=sorted(holders, key=lambda h: h.allocated_at),
         )
 

@@ -3,6 +3,7 @@
     coupons.py    allocate, redeem, roll back, release    placement.py  shards and slots
     uploading.py  uploads, resumable                      upkeep.py     purge, memory
     reads.py      listings, a coupon, stats, audit        keyed.py      Idempotency-Key
+    batches.py    batches: rules, disable, jobs
 
 All coupon state lives in Redis; every change is one atomic function call (functions.py,
 library.py); replies are decoded in codec.py.
@@ -15,6 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ..settings import Settings
+from .batches import Batches
 from .budgets import FailedLookups
 from .connection import connect
 from .context import Context, Options
@@ -43,10 +45,11 @@ class Store:
         self.placement = Placement(ctx)
         self.keyed = Keyed(redis, self.layout)  # await store.keyed(idem, store.allocate(...))
         upkeep = self.upkeep = Upkeep(ctx)
+        self.batches = Batches(ctx, self.placement)
         coupons, reads, uploading = (
             Coupons(ctx, self.placement),
             Reads(ctx, self.placement),
-            Uploading(ctx, upkeep),
+            Uploading(ctx, upkeep, self.batches),
         )
         self.allocate, self.redeem, self.rollback, self.release, self.validate = (
             coupons.allocate, coupons.redeem, coupons.rollback, coupons.release, coupons.validate,

@@ -14,6 +14,7 @@ from ..errors import StoreFull
 from ..models import CouponIn, CouponType
 from ..results import UploadResult
 from . import keyed
+from .batches import Batches
 from .codec import to_ms, upload_result
 from .context import Context
 from .functions import UPLOAD, UPLOAD_RECORD
@@ -24,13 +25,20 @@ UPLOAD_LEASE_MS = 30_000  # an upload attempt owns its key this long after its l
 
 
 class Uploading:
-    def __init__(self, ctx: Context, upkeep: Upkeep) -> None:
+    def __init__(self, ctx: Context, upkeep: Upkeep, batches: Batches) -> None:
         self.ctx = ctx
         self.layout = ctx.layout
         self.run = ctx.library.run
         self.upkeep = upkeep
+        self.batches = batches
 
-    async def upload(self, coupons: Sequence[CouponIn]) -> UploadResult:
+    async def upload(
+        self,
+        coupons: Sequence[CouponIn],
+        batch: str | None = None,
+        max_redemptions: int | None = None,
+        source: str = "upload",
+    ) -> UploadResult:
         """Store new coupons; each goes to its slot: its shard, or for a MEGADEAL coupon the
         main slot. In a sharded pool a MEGADEAL coupon is first claimed in its code's shard (so
         a code is unique pool-wide), then stored in the main slot.
@@ -38,8 +46,13 @@ class Uploading:
         In a keyed operation, each chunk's outcome is recorded by the call that stores it (in
         its slot's copy of the record): a retry after a partial failure stores only the chunks
         not recorded yet, and answers what one complete upload would have.
+
+        The coupons join ``batch`` (made now if new; without one, a batch of the upload's own,
+        named after its Idempotency-Key when it has one, so a retry joins the same batch);
+        ``max_redemptions`` sets the batch's cap first.
         """
         run = keyed.current()
+        batch = batch or self.batches.new_id(run.idem.fingerprint if run else None)
         owner = uuid.uuid4().hex[:16]
         chunk_size = self.ctx.options.upload_chunk_size
         groups = self._groups(coupons)
@@ -57,15 +70,18 @@ class Uploading:
                 if run.replayed:
                     return upload_result(cast(dict[str, Any], claim), coupons)
                 chunk_size = int(claim[1])
+        await self.batches.open(batch, {c.type for c in coupons} or {CouponType.STANDARD}, source)
+        if max_redemptions is not None:
+            await self.batches.set_rules(batch, cap=max_redemptions)
         try:
-            created, positions = await self._chunks(coupons, groups, chunk_size, owner)
+            created, positions = await self._chunks(coupons, groups, chunk_size, owner, batch)
         except BaseException:
             if run:  # a retry may resume at once; the chunks recorded stay recorded
                 for record in records:
                     with contextlib.suppress(Exception):
                         await self._record(record, "abandon", run.idem, owner)
             raise
-        answer = {"created": created, "duplicates": positions}
+        answer = {"created": created, "duplicates": positions, "batch": batch}
         if run:
             reply = orjson.dumps(answer)
             for record in reversed(records):  # the main slot's last: once it answers, all do
@@ -92,7 +108,12 @@ class Uploading:
         return [(k, by_shard[k.tag]) for k in self.layout.shards if k.tag in by_shard]
 
     async def _chunks(
-        self, coupons: Sequence[CouponIn], groups: list[tuple[Keys, list[int]]], chunk_size: int, owner: str
+        self,
+        coupons: Sequence[CouponIn],
+        groups: list[tuple[Keys, list[int]]],
+        chunk_size: int,
+        owner: str,
+        batch: str,
     ) -> tuple[int, list[int]]:
         """Created, and the 1-based positions of duplicates in ``coupons``."""
         created = 0
@@ -109,7 +130,7 @@ class Uploading:
             for k, chunk, claiming in plan:
                 part += 1
                 made, duplicate, claims = await self._part(
-                    k, coupons, chunk, f"{part}/{parts}", upload_id, owner, claiming, created
+                    k, coupons, chunk, f"{part}/{parts}", upload_id, owner, claiming, created, batch
                 )
                 created += made
                 duplicates += duplicate
@@ -131,6 +152,7 @@ class Uploading:
         owner: str,
         claiming: bool,
         created: int,
+        batch: str,
     ) -> tuple[int, list[int], list[int]]:
         """Store one chunk in slot ``k``: created, 1-based positions of duplicates, positions claimed."""
         share = self.ctx.options.upload_memory_share
@@ -159,6 +181,8 @@ class Uploading:
             owner=owner,
             lease_ms=UPLOAD_LEASE_MS,
             claimed_type=CouponType.MEGADEAL.value if claiming else "",
+            slot=k.slot,
+            batch=batch,
             lines=[upload_line(coupons[i]) for i in chunk],
         )
         # Keyed, a chunk whose attempt's lease ran out (a retry took over) raises 409.
