@@ -12,12 +12,13 @@
 -- Uses now_ms() from lib.lua.
 
 if redis.call('ZADD', batches, 'NX', 0, batch) == 1 or redis.call('EXISTS', record) == 0 then
-  redis.call('HSET', record, 'type', ctype, 'created_at', now_ms(), 'source', source)
+  redis.call('HSET', record, A_TYPE, ctype, A_CREATED_AT, now_ms(), A_SOURCE, source)
   return { 'created', ctype }
 end
-local known = redis.call('HGET', record, 'type')
-if known ~= ctype and known ~= 'MIXED' then
-  redis.call('HSET', record, 'type', 'MIXED')
-  known = 'MIXED'
+local MIXED = 'MIXED'
+local known = redis.call('HGET', record, A_TYPE)
+if known ~= ctype and known ~= MIXED then
+  redis.call('HSET', record, A_TYPE, MIXED)
+  known = MIXED
 end
 return { 'exists', known }

@@ -10,8 +10,8 @@
 -- its redemption leaves the count one too high: the cap may then refuse one redemption too
 -- many, never allow one too many.
 
-local r = redis.call('HMGET', record, 'max_redemptions', 'redeemed')
+local r = redis.call('HMGET', record, A_MAX_REDEMPTIONS, A_REDEEMED)
 if not r[1] then return { 'ok' } end
 if delta > 0 and tonumber(r[2] or '0') >= tonumber(r[1]) then return { 'batch_exhausted' } end
-redis.call('HINCRBY', record, 'redeemed', delta)
+redis.call('HINCRBY', record, A_REDEEMED, delta)
 return { 'ok' }

@@ -33,7 +33,7 @@ end
 local was_off, is_off = string.sub(old, 1, 1) == 'd', string.sub(new_rules, 1, 1) == 'd'
 if was_off ~= is_off then
   for _, ctype in ipairs(types) do
-    local r = redis.call('HMGET', counts, 'live:' .. ctype, 'off:' .. ctype)
+    local r = redis.call('HMGET', counts, N_LIVE .. ctype, N_OFF .. ctype)
     local n = tonumber(r[1] or '0') - tonumber(r[2] or '0')
     if n ~= 0 then redis.call('HINCRBY', stats, ctype .. ':disabled', is_off and n or -n) end
   end
@@ -43,18 +43,18 @@ local cap = string.match(new_rules, 'c(%d+)')
 local counted = 0
 local record = slot .. K_BATCH .. batch
 if cap and not was_capped then
-  counted = tonumber(redis.call('HGET', counts, 'used') or '0')
+  counted = tonumber(redis.call('HGET', counts, N_USED) or '0')
   if main == '1' then
-    redis.call('HINCRBY', record, 'redeemed', counted)
+    redis.call('HINCRBY', record, A_REDEEMED, counted)
     counted = 0
   end
 end
 if main == '1' then
-  redis.call('HSET', record, 'disabled', is_off and 1 or 0)
+  redis.call('HSET', record, A_DISABLED, is_off and 1 or 0)
   if cap then
-    redis.call('HSET', record, 'max_redemptions', cap)
+    redis.call('HSET', record, A_MAX_REDEMPTIONS, cap)
   else
-    redis.call('HDEL', record, 'max_redemptions', 'redeemed')
+    redis.call('HDEL', record, A_MAX_REDEMPTIONS, A_REDEEMED)
   end
   audit(slot .. K_AUDIT, audit_cap, 'op', 'batch_rules', 'batch', batch, 'rules', new_rules)
 end

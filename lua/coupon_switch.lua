@@ -35,7 +35,7 @@ if was_off ~= is_off then
   else
     redis.call('HDEL', coupon, F_DISABLED)
   end
-  batch_count(slot, batch, 'off:' .. ctype, delta)
+  batch_count(slot, batch, N_OFF .. ctype, delta)
   if not batch_off then redis.call('HINCRBY', stats, ctype .. ':disabled', delta) end
   if not is_off and not batch_off then put_back(slot, code, ctype, r[5], r[6], expires, now) end
   audit(audit_stream, audit_cap, 'op', is_off and 'disable' or 'enable', 'code', code, 'type', ctype)

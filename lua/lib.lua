@@ -247,7 +247,7 @@ local function allocate_one(k, prefix, ctype, max_per_user, now)
     redis.call('SADD', k.tracked_prefix .. code, k.user)
   end
   redis.call('HINCRBY', k.stats, ctype .. ':allocated', 1)
-  batch_count(k.slot, c[8] or nil, 'allocated', 1)
+  batch_count(k.slot, c[8] or nil, N_ALLOCATED, 1)
   return { 'ok', code, c[1], c[2], c[3], now, deadline, c[7] or '' }
 end
 
@@ -409,7 +409,8 @@ end
 -- count before). Its holder field is left to the caller. Returns the usages allocated now.
 local function give_back(t, code, user, c, now)
   local allocated = redis.call('HINCRBY', t.prefix .. code, F_ALLOCATED, -1)
-  batch_count(t.slot, redis.call('HGET', t.prefix .. code, F_BATCH) or nil, 'allocated', -1)
+  local b = redis.call('HMGET', t.prefix .. code, F_BATCH, F_RETIRED)
+  if not b[2] then batch_count(t.slot, b[1] or nil, N_ALLOCATED, -1) end  -- the purge counted a retired one out
   if redis.call('ZREM', t.draining, code) == 0 and c.allocated >= tonumber(c.max) and c.expires > now then
     redis.call('ZREM', t.exhausted, code)
     redis.call('ZADD', t.available, c.expires, code)

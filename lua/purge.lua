@@ -65,12 +65,12 @@ for _, set in ipairs(sets) do
     local ctype, used, batch = c[1], c[2], c[3] or nil
     if batch and ctype then  -- it leaves its batch's live coupons, usages and allocations
       local counts = slot .. K_BATCH_STATS .. batch
-      redis.call('HINCRBY', counts, 'live:' .. ctype, -1)
-      redis.call('HINCRBY', counts, 'purged', 1)
-      redis.call('HINCRBY', counts, 'usages', 0 - tonumber(c[5]))
-      redis.call('HINCRBY', counts, 'allocated', 0 - tonumber(c[6]))
+      redis.call('HINCRBY', counts, N_LIVE .. ctype, -1)
+      redis.call('HINCRBY', counts, N_PURGED, 1)
+      redis.call('HINCRBY', counts, N_USAGES, 0 - tonumber(c[5]))
+      redis.call('HINCRBY', counts, N_ALLOCATED, 0 - tonumber(c[6]))
       if c[4] then
-        redis.call('HINCRBY', counts, 'off:' .. ctype, -1)
+        redis.call('HINCRBY', counts, N_OFF .. ctype, -1)
         redis.call('HDEL', key, F_DISABLED)
       end
       if c[4] or batch_rules(slot, batch) then redis.call('HINCRBY', stats, ctype .. ':disabled', -1) end
@@ -84,6 +84,7 @@ for _, set in ipairs(sets) do
         redis.call('UNLINK', key)
         purged[ctype] = purged[ctype] + 1
       else
+        redis.call('HSET', key, F_RETIRED, '1')  -- its batch counted it out: a release later counts nothing
         retired[ctype] = retired[ctype] + 1
       end
     end

@@ -46,10 +46,10 @@ local c, failure = redeemable(coupon, user, expected, now, slot)
 if not failure and c.cap then
   if capping == '=' then  -- the main slot: the batch's record is here
     local batch_record = slot .. K_BATCH .. c.batch
-    if tonumber(redis.call('HGET', batch_record, 'redeemed') or '0') >= c.cap then
+    if tonumber(redis.call('HGET', batch_record, A_REDEEMED) or '0') >= c.cap then
       failure = 'batch_exhausted'
     else
-      redis.call('HINCRBY', batch_record, 'redeemed', 1)
+      redis.call('HINCRBY', batch_record, A_REDEEMED, 1)
     end
   elseif capping ~= c.batch then
     return { 'batch_capped', c.batch }
@@ -69,7 +69,7 @@ redis.call('HSET', coupon, c.holder, c.allocated_at .. ':' .. now)
 if c.mark == 'h' then unhold(type_keys(slot, c.type), code, user) end
 local used = redis.call('HINCRBY', coupon, F_USED, 1)
 redis.call('HINCRBY', stats, c.type .. ':used', 1)
-batch_count(slot, c.batch, 'used', 1)
+batch_count(slot, c.batch, N_USED, 1)
 audit(audit_stream, audit_cap, 'op', 'redeem', 'code', code, 'user_id', user, 'type', c.type, 'used', used)
 local reply = { 'ok', c.type, used, c.max, now }
 if record then idem_store(record, fp, ttl_ms, reply) end

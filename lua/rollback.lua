@@ -53,10 +53,10 @@ redis.call('HINCRBY', stats, c.type .. ':used', -1)
 redis.call('HINCRBY', stats, c.type .. ':rolled_back', 1)
 local reply = { 'ok', c.type, used, c.max, now }
 if c.batch then
-  batch_count(slot, c.batch, 'used', -1)
+  batch_count(slot, c.batch, N_USED, -1)
   local _, cap = batch_rules(slot, c.batch)
   if cap and capping == '=' then
-    redis.call('HINCRBY', slot .. K_BATCH .. c.batch, 'redeemed', -1)
+    redis.call('HINCRBY', slot .. K_BATCH .. c.batch, A_REDEEMED, -1)
   elseif cap then
     reply[6] = c.batch
   end

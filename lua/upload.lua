@@ -98,12 +98,12 @@ local batch_stats = slot .. K_BATCH_STATS .. batch
 local disabled = batch_rules(slot, batch)
 for ctype, n in pairs(created_by_type) do
   redis.call('HINCRBY', stats, ctype .. ':created', n)
-  redis.call('HINCRBY', batch_stats, 'live:' .. ctype, n)
+  redis.call('HINCRBY', batch_stats, N_LIVE .. ctype, n)
   if disabled then redis.call('HINCRBY', stats, ctype .. ':disabled', n) end
 end
 if created > 0 then
-  redis.call('HINCRBY', batch_stats, 'created', created)
-  redis.call('HINCRBY', batch_stats, 'usages', usages)
+  redis.call('HINCRBY', batch_stats, N_CREATED, created)
+  redis.call('HINCRBY', batch_stats, N_USAGES, usages)
 end
 for ctype, n in pairs(scheduled_by_type) do
   redis.call('HINCRBY', stats, ctype .. ':scheduled', n)

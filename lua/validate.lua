@@ -26,7 +26,7 @@ local reply = { failure or 'ok', c.type, c.kind, c.value, c.expires, c.starts or
 if not failure and c.cap then
   if capping ~= '=' then
     reply[9] = c.batch
-  elseif tonumber(redis.call('HGET', slot .. K_BATCH .. c.batch, 'redeemed') or '0') >= c.cap then
+  elseif tonumber(redis.call('HGET', slot .. K_BATCH .. c.batch, A_REDEEMED) or '0') >= c.cap then
     reply[1] = 'batch_exhausted'
   end
 end

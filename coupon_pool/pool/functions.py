@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .keys import BucketField, CouponField, KeyPart, RecordField
+from .keys import BatchCount, BatchField, BucketField, CouponField, KeyPart, RecordField
 
 KEYED_KEYS = ("record",)  # a keyed call's last key: its Idempotency-Key record, when it has one
 KEYED_ARGS = ("fp", "ttl_ms")  # and its arguments: the request's fingerprint, how long to keep the record
@@ -288,10 +288,12 @@ def lua_dir() -> Path:
 
 def constants() -> str:
     """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'``...), of an
-    Idempotency-Key record (``R_REPLY``...), of a budget of failed lookups (``B_AT``...), and
-    the parts of a slot's key names (``K_DUE``...)."""
+    Idempotency-Key record (``R_REPLY``...), of a budget of failed lookups (``B_AT``...), the
+    parts of a slot's key names (``K_DUE``...), of a batch's record (``A_TYPE``...) and of its
+    counters in a slot (``N_USED``...)."""
     fields: list[tuple[str, StrEnum]] = [("F", f) for f in CouponField]
     fields += [("R", f) for f in RecordField] + [("B", f) for f in BucketField] + [("K", f) for f in KeyPart]
+    fields += [("A", f) for f in BatchField] + [("N", f) for f in BatchCount]
     return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
 
 

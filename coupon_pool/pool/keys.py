@@ -197,6 +197,7 @@ class CouponField(StrEnum):
     METADATA = "md"  # the metadata, as JSON; only when the upload gave some
     BATCH = "b"  # the batch it was uploaded or generated in; none for coupons from before batches
     DISABLED = "off"  # "1" while disabled on its own (its batch may be disabled as a whole)
+    RETIRED = "rt"  # "1" once the purge retired it (expired, redeemed: kept for its history)
     # One field per holder, "u:<user_id>": "<allocated_at ms>", then
     # "<allocated_at ms>:<redeemed_at ms>" once redeemed. A hold is "<allocated_at ms>h<deadline
     # ms>" until redeemed (then as above) or released; one that ended unconfirmed stays as
@@ -224,3 +225,28 @@ class BucketField(StrEnum):
 
     TOKENS = "tokens"  # what is left, a decimal number
     AT = "at"  # when it was counted, ms
+
+
+class BatchField(StrEnum):
+    """The fields of a batch's record ``{ns}:batch:<id>`` (main slot); the Lua functions see
+    each as a constant ``A_<NAME>``."""
+
+    TYPE = "type"  # FREE, STANDARD, MEGADEAL, or MIXED
+    CREATED_AT = "created_at"  # ms
+    SOURCE = "source"  # upload or generation
+    DISABLED = "disabled"  # 0 or 1
+    MAX_REDEMPTIONS = "max_redemptions"  # the cap; absent without one
+    REDEEMED = "redeemed"  # redemptions counted against the cap
+
+
+class BatchCount(StrEnum):
+    """The counters of a batch in one slot ``{ns}:bstat:<id>``; the Lua functions see each as
+    a constant ``N_<NAME>``."""
+
+    CREATED = "created"  # coupons stored
+    USAGES = "usages"  # max usages of the coupons not purged
+    ALLOCATED = "allocated"  # usages allocated now, of the coupons not purged
+    USED = "used"  # redemptions, net of rollbacks
+    PURGED = "purged"  # coupons the purge took
+    LIVE = "live:"  # then the type: coupons not purged
+    OFF = "off:"  # then the type: coupons not purged disabled on their own

@@ -34,7 +34,7 @@ from ..models import CouponType
 from ..pool.connection import connect
 from ..pool.keys import CouponField, Keys, Layout, RecordField
 from ..settings import Settings
-from .batched import each, keys_under, sorted_sets
+from .batched import each, hashes, keys_under, sorted_sets
 from .check_coupons import CouponRules
 from .check_users import UserRules
 from .common import ProgressLine, operator_settings, progress_every
@@ -98,12 +98,25 @@ async def check(redis: Redis, where: Keys | Layout, progress: Progress | None = 
     return report
 
 
+class _Hashes:
+    """Hashes under a prefix, kept whole by the name after it (a batch's counters are few)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.found: dict[str, dict[str, str]] = {}
+
+    async def read(self, redis: Redis, keys: Sequence[str]) -> None:
+        for key, fields in (await hashes(redis, keys)).items():
+            self.found[key[len(self.prefix) :]] = fields
+
+
 async def _check_slot(redis: Redis, keys: Keys, progress: Progress | None) -> Report:
     report = Report()
     bad = report.violations.append
     now_s, now_us = await redis.time()
     now_ms = int(now_s) * 1000 + int(now_us) // 1000
     coupons, users = CouponRules(keys, now_ms, bad), UserRules(keys, now_ms, bad)
+    batch_counters = _Hashes(keys.batch_stats_prefix)
     await coupons.load(redis)
     readers: dict[str, tuple[str, Callable[[Redis, Sequence[str]], Awaitable[None]]]] = {
         keys.coupon_prefix: ("coupons", coupons.read),
@@ -112,6 +125,7 @@ async def _check_slot(redis: Redis, keys: Keys, progress: Progress | None) -> Re
         keys.user_prefix: ("listings", users.listings),
         keys.lapsed_prefix: ("lapsed listings", users.lapsed_listings),
         keys.idempotency_prefix: ("records", lambda redis, batch: _check_records(redis, batch, bad)),
+        keys.batch_stats_prefix: ("batch counters", batch_counters.read),
     }
     pending: dict[str, list[str]] = {prefix: [] for prefix in readers}
     read = Counter({kind: 0 for kind, _ in readers.values()})  # keys read, by kind
@@ -135,6 +149,7 @@ async def _check_slot(redis: Redis, keys: Keys, progress: Progress | None) -> Re
             await flush(prefix)
     counters = cast(dict[str, str], await redis.hgetall(keys.stats))  # a few counters per type
     coupons.finish({name: int(value) for name, value in counters.items()})
+    coupons.batches(batch_counters.found)
     report.coupons, report.awaiting_purge = len(coupons.seen), coupons.awaiting_purge
     if progress:
         progress.show(keys.tag, read, len(report.violations), last=True)

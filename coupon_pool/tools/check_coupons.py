@@ -28,17 +28,25 @@ violation: allocation skips them and the purge removes them; they are counted ap
 expired coupon may sit in ``{ns}:exhausted`` with a free usage (a release after expiry
 leaves it out of the pool). A hold or a start past its time is not a violation either
 until settle() (lib.lua) carries it out: its timer and its state still agree.
+Batches: a disabled coupon (its own ``off``, or its batch's rule "d" in ``{ns}:rules``) may
+sit in ``{ns}:exhausted`` with a free usage (an allocation or the batch's tidy set it aside),
+and so may any coupon of a batch whose tidy job is pending (``{ns}:jobs``, main slot: it
+puts them back). Each batch's counters in the slot (``{ns}:bstat:<batch>``) equal what its
+coupons hold: live:<TYPE> (coupons not purged), off:<TYPE> (those disabled on their own),
+usages and allocated (of those), used (all), and created - purged the live ones; per type,
+the stats' ``disabled`` equals the live coupons disabled on their own or with their batch.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from redis.asyncio import Redis
 
 from ..models import CouponType
-from ..pool.keys import CouponField, Keys
+from ..pool.keys import BatchCount, CouponField, Keys
 from .batched import each, hashes, sorted_sets
 from .common import holder_state
 
@@ -65,9 +73,17 @@ class CouponRules:
         self.stored: Counter[str] = Counter()
         self.allocations: Counter[str] = Counter()
         self.redemptions: Counter[str] = Counter()
+        self.disabled_batches: set[str] = set()
+        self.tidying: set[str] = set()  # batches whose tidy job is pending
+        self.batch_counts: dict[str, Counter[str]] = {}  # batch -> its counters, from its coupons
+        self.disabled: Counter[str] = Counter()  # type -> live coupons disabled
 
     async def load(self, redis: Redis) -> None:
-        """The slot's sorted sets, before any coupon is checked against them."""
+        """The slot's sorted sets and batch rules, before any coupon is checked against them."""
+        rules = cast(dict[str, str], await redis.hgetall(self.keys.rules))
+        self.disabled_batches = {batch for batch, rule in rules.items() if rule.startswith("d")}
+        jobs = cast(list[str], await redis.zrange(Keys(self.keys.namespace).jobs, 0, -1))
+        self.tidying = {job.partition(" ")[2] for job in jobs if job.startswith("tidy ")}
         scored = await sorted_sets(redis, [*self.available.values(), self.keys.exhausted])
         self.members = {key: dict(entries) for key, entries in scored.items()}
         timers = await sorted_sets(redis, list(self.due.values()))
@@ -156,10 +172,25 @@ class CouponRules:
             bad(f"{allocated} usages allocated, more than its {max_usages}")
         if used != redeemed:
             bad(f"{CouponField.USED} is {used} but {redeemed} holders redeemed it")
+        batch, off = fields.get(CouponField.BATCH), CouponField.DISABLED in fields
+        switched_off = off or batch in self.disabled_batches
         if code in self.starts:
             self._scheduled(code, ctype, fields.get(CouponField.STARTS), bad)
-            return
-        self._placement(code, ctype, expires, allocated, max_usages, used, bad)
+            live = True
+        else:
+            live = self._placement(
+                code, ctype, expires, allocated, max_usages, used, bad, switched_off, batch
+            )
+        if batch is not None:
+            counts = self.batch_counts.setdefault(batch, Counter())
+            counts[BatchCount.USED] += used
+            if live:
+                counts[BatchCount.LIVE + ctype] += 1
+                counts[BatchCount.OFF + ctype] += off
+                counts[BatchCount.USAGES] += max_usages
+                counts[BatchCount.ALLOCATED] += allocated
+        if live and switched_off:
+            self.disabled[ctype] += 1
 
     def _hold(self, code: str, ctype: str, user: str, deadline: int, bad: Callable[[str], None]) -> None:
         """A hold until ``deadline`` has its timer, in its type's timers, at that deadline."""
@@ -184,8 +215,9 @@ class CouponRules:
             bad(f"scheduled (its start is in {self.starts[code][0][0]}), yet in {found}")
 
     def _placement(self, code: str, ctype: str, expires: int, allocated: int, max_usages: int, used: int,
-                   bad: Callable[[str], None]) -> None:  # fmt: skip
-        """The one sorted set a coupon belongs in, by its expiry, usages and type."""
+                   bad: Callable[[str], None], switched_off: bool, batch: str | None) -> bool:  # fmt: skip
+        """The one sorted set a coupon belongs in, by its expiry, usages, type and whether it is
+        disabled; whether it is live (not retired by the purge)."""
         found = [key for key, codes in self.members.items() if code in codes]
         for key in found:
             if self.members[key][code] != expires:
@@ -196,8 +228,10 @@ class CouponRules:
         elif not found:
             if expires > now_ms or used == 0:
                 bad("in no sorted set, yet not retired (unexpired, or never redeemed)")
+            return False
         elif found[0] == exhausted:
-            if allocated < max_usages and expires > now_ms:
+            set_aside = switched_off or batch in self.tidying
+            if allocated < max_usages and expires > now_ms and not set_aside:
                 bad(f"in {exhausted} with a free usage ({allocated} of {max_usages})")
         else:
             if found[0] != self.available[ctype]:
@@ -206,6 +240,23 @@ class CouponRules:
                 bad(f"available with no free usage ({allocated} of {max_usages}), and not draining")
             if expires <= now_ms:
                 self.awaiting_purge += 1
+        return True
+
+    def batches(self, stored: dict[str, dict[str, str]]) -> None:
+        """Each batch's counters in the slot (``stored``: batch -> its {ns}:bstat hash) against
+        what its coupons hold."""
+        for batch in stored.keys() | self.batch_counts.keys():
+            counted = {name: int(value) for name, value in stored.get(batch, {}).items()}
+            found = self.batch_counts.get(batch, Counter())
+            for name in {*found, *(n for n in counted if n != BatchCount.CREATED and n != BatchCount.PURGED)}:
+                if counted.get(name, 0) != found[name]:
+                    where = self.keys.batch_stats(batch)
+                    self.bad(f"batch {batch!r}: {name} is {counted.get(name, 0)} in {where}, "
+                             f"but its coupons make {found[name]}")  # fmt: skip
+            live = sum(n for name, n in found.items() if name.startswith(BatchCount.LIVE))
+            created, purged = counted.get(BatchCount.CREATED, 0), counted.get(BatchCount.PURGED, 0)
+            if created - purged != live:
+                self.bad(f"batch {batch!r}: created {created} - purged {purged} != {live} coupons not purged")
 
     def finish(self, counters: dict[str, int]) -> None:
         """Once every coupon is read: members with no hash, and the stats counters (``counters``)."""
@@ -229,6 +280,9 @@ class CouponRules:
             if counters.get(f"{t}:allocated", 0) < self.allocations[t]:
                 self.bad(f"{t}: allocated counter {counters.get(f'{t}:allocated', 0)} < "
                          f"{self.allocations[t]} allocations recorded")  # fmt: skip
+            if counters.get(f"{t}:disabled", 0) != self.disabled[t]:
+                self.bad(f"{t}: disabled counter {counters.get(f'{t}:disabled', 0)} != {self.disabled[t]} "
+                         "coupons disabled")  # fmt: skip
             for counter, what in ((f"{t}:held", "holds"), (f"{t}:scheduled", "starts")):
                 if counters.get(counter, 0) != self.timers[counter]:
                     self.bad(f"{t}: {counter.partition(':')[2]} counter {counters.get(counter, 0)} != "

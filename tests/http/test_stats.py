@@ -26,7 +26,15 @@ async def test_stats_count_created_allocated_used_and_available_per_type(client:
     for path, code, user in changes:
         assert (await client.post(path, json={"code": code, "user_id": user})).status_code == 201
     stats = (await client.get("/v1/stats")).json()
-    zero = {"released": 0, "rolled_back": 0, "purged": 0, "held": 0, "hold_expired": 0, "scheduled": 0}
+    zero = {
+        "released": 0,
+        "rolled_back": 0,
+        "purged": 0,
+        "held": 0,
+        "hold_expired": 0,
+        "scheduled": 0,
+        "disabled": 0,
+    }
     assert stats == {
         "types": {
             "FREE": {**zero, "created": 1, "allocated": 1, "used": 1, "available": 1},

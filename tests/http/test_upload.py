@@ -38,8 +38,14 @@ async def test_uploading_the_same_file_twice_counts_nothing_twice(client: httpx.
     body = {"coupons": [coupon_json(f"F{i}", type="FREE") for i in range(10)]}
     first = await client.post("/v1/coupons", json=body)
     second = await client.post("/v1/coupons", json=body)
-    assert first.json() == {"created": 10, "duplicates": []}
-    assert second.json() == {"created": 0, "duplicates": [f"F{i}" for i in range(10)]}
+    made = first.json()["batch"]  # no batch named: each upload makes its own
+    assert first.json() == {"created": 10, "duplicates": [], "batch": made}
+    assert second.json() == {
+        "created": 0,
+        "duplicates": [f"F{i}" for i in range(10)],
+        "batch": second.json()["batch"],
+    }
+    assert second.json()["batch"] != made
     stats = (await client.get("/v1/stats")).json()
     assert stats["types"]["FREE"]["created"] == 10
     assert stats["types"]["FREE"]["available"] == 10
@@ -49,7 +55,7 @@ async def test_upload_answers_201_with_created_and_duplicates(client: httpx.Asyn
     response = await client.post("/v1/coupons", json={"coupons": [coupon_json("A"), coupon_json("A")]})
     assert response.status_code == 201
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"created": 1, "duplicates": ["A"]}
+    assert response.json() == {"created": 1, "duplicates": ["A"], "batch": response.json()["batch"]}
 
 
 async def test_type_defaults_to_standard_and_max_usages_to_one(client: httpx.AsyncClient) -> None:
@@ -145,9 +151,10 @@ async def test_a_50000_coupon_upload_is_stored_whole_in_chunked_script_calls(
         coupons = [coupon_json(f"BULK-{i:05d}", type=("FREE", "STANDARD")[i % 2]) for i in range(50_000)]
         await redis.config_resetstat()
         response = await client.post("/v1/coupons", json={"coupons": coupons})
-        assert response.json() == {"created": 50_000, "duplicates": []}
-        # One script call per 100 coupons (the default chunk), so others are served in between.
-        assert (await redis.info("commandstats"))["cmdstat_fcall"]["calls"] == 500
+        assert response.json() == {"created": 50_000, "duplicates": [], "batch": response.json()["batch"]}
+        # One script call per 100 coupons (the default chunk), so others are served in between,
+        # and one that opens the upload's batch.
+        assert (await redis.info("commandstats"))["cmdstat_fcall"]["calls"] == 501
         stats = (await client.get("/v1/stats")).json()
     assert stats["totals"]["created"] == 50_000
     assert stats["types"]["FREE"]["available"] == 25_000

@@ -25,7 +25,11 @@ async def test_a_large_upload_is_stored_by_the_worker(client: httpx.AsyncClient,
     coupons = [coupon_json(f"W{i}") for i in range(LARGE)]
     response = await client.post("/v1/coupons", json={"coupons": coupons + coupons[:3]})
     assert response.status_code == 201
-    assert response.json() == {"created": LARGE, "duplicates": ["W0", "W1", "W2"]}
+    assert response.json() == {
+        "created": LARGE,
+        "duplicates": ["W0", "W1", "W2"],
+        "batch": response.json()["batch"],
+    }
     assert await redis.hget("{cp}:stats", "STANDARD:created") == str(LARGE)
 
 

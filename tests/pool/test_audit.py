@@ -23,30 +23,38 @@ def without_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def test_every_operation_of_a_scenario_has_one_entry_in_order(
     client: httpx.AsyncClient, redis: Redis
 ) -> None:
-    await client.post("/v1/coupons", json={"coupons": [coupon_json("A"), coupon_json("A")]})
+    await client.post(
+        "/v1/coupons", json={"coupons": [coupon_json("A"), coupon_json("A")], "batch": "spring"}
+    )
     await client.post("/v1/allocations", json={"user_id": "u1"})
     await client.post("/v1/allocations", json={"user_id": "u2"})
     await client.post("/v1/redemptions", json={"code": "A", "user_id": "u1"})
     await client.post("/v1/redemptions", json={"code": "A", "user_id": "u1"})
     await client.post("/v1/redemptions", json={"code": "NOPE", "user_id": "u1", "type": "FREE"})
     store = Store(redis, Keys("cp"))
-    await store.upload([expired_coupon("OLD", type=CouponType.FREE)])
+    await store.upload([expired_coupon("OLD", type=CouponType.FREE)], batch="old")
+    await client.post("/v1/batches/spring/disable")
+    await client.post("/v1/coupons/A/enable")
+    await client.post("/v1/coupons/A/disable")
     await client.post("/v1/purge")
 
     page = (await client.get("/v1/audit")).json()
 
     assert without_ids(page["entries"]) == [
-        {"op": "upload", "part": "1/1", "created": 1, "duplicates": 1},
+        {"op": "upload", "batch": "spring", "part": "1/1", "created": 1, "duplicates": 1},
         {"op": "allocate", "type": "STANDARD", "user_id": "u1", "code": "A"},
         {"op": "allocate", "type": "STANDARD", "user_id": "u2", "error": "pool_empty"},
         {"op": "redeem", "code": "A", "user_id": "u1", "type": "STANDARD", "used": 1},
         {"op": "redeem", "code": "A", "user_id": "u1", "type": "STANDARD", "error": "already_redeemed"},
         {"op": "redeem", "code": "NOPE", "user_id": "u1", "type": "FREE", "error": "coupon_not_found"},
-        {"op": "upload", "part": "1/1", "created": 1, "duplicates": 0},
+        {"op": "upload", "batch": "old", "part": "1/1", "created": 1, "duplicates": 0},
+        {"op": "batch_rules", "batch": "spring", "rules": "d"},
+        # enabling a coupon that is not disabled on its own changes nothing: no entry
+        {"op": "disable", "code": "A", "type": "STANDARD"},
         {"op": "purge", "purged_FREE": 1},
     ]
     assert page["next"] == page["entries"][-1]["id"]
-    assert await redis.xlen("{cp}:audit") == 8
+    assert await redis.xlen("{cp}:audit") == 10
 
 
 async def test_megadeal_allocations_are_audited_too(redis: Redis) -> None:

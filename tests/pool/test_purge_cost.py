@@ -157,6 +157,7 @@ async def test_purging_480k_holders_never_blocks_redis_10_ms(own_store: tuple[St
             held=0,
             hold_expired=0,
             scheduled=0,
+            disabled=0,
         )
     assert await purge_batches(store) == [1, 1, 1]  # each coupon alone is a call's share
     assert await store.redis.keys("{cp}:c:*") == []

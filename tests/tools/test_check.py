@@ -523,8 +523,9 @@ async def test_progress_on_a_terminal_is_one_line_redrawn_and_ended(store: Store
     assert drawn.endswith("\x1b[K\n")
     assert drawn.count("\n") == 1
     last = drawn.split("\r")[-1]
-    assert re.fullmatch(r"check \{cp\}: 9 keys read \(4 coupons, 0 held sets, 0 tracked sets, 5 listings, "
-                        r"0 lapsed listings, 0 records\), 0 violations, [0-9.]+s\x1b\[K\n", last)  # fmt: skip
+    assert re.fullmatch(r"check \{cp\}: 10 keys read \(4 coupons, 0 held sets, 0 tracked sets, 5 listings, "
+                        r"0 lapsed listings, 0 records, 1 batch counters\), 0 violations, [0-9.]+s\x1b\[K\n",
+                        last)  # fmt: skip
 
 
 def test_progress_off_a_terminal_is_plain_lines_every_interval(redis_server: RedisServer) -> None:
@@ -546,11 +547,11 @@ def test_progress_off_a_terminal_is_plain_lines_every_interval(redis_server: Red
     assert "\r" not in done.stderr
     assert [line.rsplit(", ", 1)[0] for line in lines] == [
         "check {cp}: 1 keys read (1 coupons, 0 held sets, 0 tracked sets, 0 listings, 0 lapsed listings, "
-        "0 records), 1 violations",
+        "0 records, 0 batch counters), 1 violations",
         "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 lapsed listings, "
-        "0 records), 2 violations",
+        "0 records, 0 batch counters), 2 violations",
         "check {cp}: 2 keys read (1 coupons, 0 held sets, 0 tracked sets, 1 listings, 0 lapsed listings, "
-        "0 records), 3 violations",  # the counters, checked last
+        "0 records, 0 batch counters), 3 violations",  # the counters, checked last
     ]
 
 
