@@ -20,7 +20,8 @@
 -- (later redemptions in a shard reserve their count in the main slot: batch_reserve.lua), so
 -- the count is exact. A cap removed drops "redeemed".
 -- In the main slot the record keeps "disabled" (0/1) and "max_redemptions" (absent without
--- a cap), and an audit entry says what changed: op=batch_rules, batch, rules.
+-- a cap). Each slot's audit stream gets an entry (op=batch_rules, batch, rules): in a slot's
+-- trail, an allocation before it knew the old rules, one after it the new.
 -- Returns {redemptions counted here when a cap was first set, else 0}.
 -- Uses audit() from lib.lua.
 
@@ -56,6 +57,6 @@ if main == '1' then
   else
     redis.call('HDEL', record, A_MAX_REDEMPTIONS, A_REDEEMED)
   end
-  audit(slot .. K_AUDIT, audit_cap, 'op', 'batch_rules', 'batch', batch, 'rules', new_rules)
 end
+audit(slot .. K_AUDIT, audit_cap, 'op', 'batch_rules', 'batch', batch, 'rules', new_rules)
 return { counted }

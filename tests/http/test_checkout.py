@@ -31,35 +31,6 @@ from support.factories import coupon_json
 from support.redis_server import RedisServer
 
 
-@pytest.fixture(params=["redis-server", "cluster"])
-async def pool(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[tuple[httpx.AsyncClient, Redis, Layout]]:
-    """The app in-process with no sweep and no periodic purge, and a client of its Redis."""
-    quiet: dict[str, Any] = {
-        "settle_interval_s": 0,
-        "purge_interval_s": 86_400,
-        "failed_lookup_burst": 100_000,
-    }
-    if request.param == "cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        settings = Settings(redis_url=cluster.url, redis_cluster=True, pool_shards=CLUSTER_SHARDS, **quiet)
-        redis = cluster_client(cluster)
-    else:
-        with SyncRedis.from_url(redis_server.url) as flushing:
-            flushing.flushall()
-        settings = Settings(redis_url=redis_server.url, **quiet)
-        redis = Redis.from_url(redis_server.url, decode_responses=True)
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
-    ):
-        yield http, redis, Layout(settings.key_namespace, settings.pool_shards)
-    await redis.aclose()
-
-
 async def _upload(http: httpx.AsyncClient, coupons: list[dict[str, Any]]) -> None:
     answer = await http.post("/v1/coupons", json={"coupons": coupons})
     assert answer.status_code == 201, answer.text
