@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +25,6 @@ from coupon_pool.http.app import create_app
 from coupon_pool.pool.keys import Keys, Layout
 from coupon_pool.settings import Settings
 from coupon_pool.tools.check import check
-from support.cluster import CLUSTER_SHARDS, cluster_client
 from support.factories import coupon_json
 from support.redis_server import RedisServer
 

@@ -38,7 +38,8 @@ async def test_an_upload_joins_the_batch_it_names_or_one_of_its_own(store: Store
     again = await store.upload([coupon("A3", type="FREE"), coupon("A1")], batch="spring")
 
     assert named.batch == again.batch == "spring"
-    assert own.batch.startswith("b-") and own.batch != "spring"
+    assert own.batch.startswith("b-")
+    assert own.batch != "spring"
     spring = await store.batches.get("spring")
     assert spring.type == "MIXED"  # STANDARD, then FREE joined
     assert (spring.created, spring.available, spring.allocated, spring.used) == (3, 5, 0, 0)
@@ -82,7 +83,8 @@ async def test_a_disabled_batch_is_never_allocated_nor_redeemed_and_enabled_it_i
 
     disabled = await store.batches.set_rules("leaked", disabled=True)
 
-    assert disabled.disabled and disabled.tidying
+    assert disabled.disabled
+    assert disabled.tidying
     assert (await store.allocate("u1", STANDARD)).code == "OTHER"  # past the disabled ones
     with pytest.raises(PoolEmpty):
         await store.allocate("u2", STANDARD)
