@@ -2,9 +2,10 @@
 
 Each file is read twice: once to validate every coupon with the service's own rules (so a
 bad line 190,000 stops the upload before anything is sent), then to send the coupons in
-uploads of at most --batch. Each upload carries an Idempotency-Key derived from its bytes
+uploads of at most --batch. Every upload names one batch (--batch-id, or by default one
+named after the coupons' content), and carries an Idempotency-Key derived from its bytes
 and its position in the run, so running the same command again after an interruption
-stores what is missing and counts nothing twice. The files are read by coupon_files.py,
+stores what is missing, in the same batch, and counts nothing twice. The files are read by coupon_files.py,
 the service is called by upload_http.py.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from ..models import MAX_UPLOAD
+from ..models import BATCH_ID_PATTERN, MAX_UPLOAD
 from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, progress_every, service_url
 from .coupon_files import COLUMNS, BadItem, Item, Unreadable, read
 from .upload_http import Answer, Service, UploadFailed
@@ -100,9 +102,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def validate(paths: list[Path], stream: TextIO) -> int | None:
-    """The number of coupons in ``paths``; None (the problems on ``stream``) if any is invalid."""
+def validate(paths: list[Path], stream: TextIO) -> tuple[int, str] | None:
+    """The number of coupons in ``paths`` and a batch id named after them (the same coupons,
+    the same id); None (the problems on ``stream``) if any is invalid."""
     count, bad = 0, 0
+    digest = hashlib.sha256()
     for path in paths:
         for item in read(path):
             if isinstance(item, BadItem):
@@ -111,11 +115,12 @@ def validate(paths: list[Path], stream: TextIO) -> int | None:
                     stream.write(f"{item}\n")
             else:
                 count += 1
+                digest.update(item.body)
     if bad:
         more = f" ({bad - MAX_SHOWN_ERRORS} more not shown)" if bad > MAX_SHOWN_ERRORS else ""
         stream.write(f"upload: {bad:,} invalid line(s){more}; nothing was sent\n")
         return None
-    return count
+    return count, "f-" + digest.hexdigest()[:24]
 
 
 def batches(paths: list[Path], size: int) -> Iterator[list[Item]]:
@@ -143,8 +148,9 @@ def send(
 ) -> None:
     """Upload the coupons of ``paths``, counting what the service answers in ``totals``."""
     try:
+        named = orjson.dumps(args.batch_id)
         for ordinal, batch in enumerate(batches(paths, args.batch)):
-            body = b'{"coupons":[' + b",".join(item.body for item in batch) + b"]}"
+            body = b'{"coupons":[' + b",".join(item.body for item in batch) + b'],"batch":' + named + b"}"
             _count(service.upload(body, idempotency_key(body, ordinal)), batch, totals)
             progress.show(totals)
         progress.show(totals, last=True)
@@ -217,6 +223,9 @@ exit codes:
                    help=f"an admin key, when the service has keys (${ADMIN_KEY_ENV})")  # fmt: skip
     p.add_argument("--batch", type=_batch_size, default=MAX_UPLOAD,
                    help=f"coupons per upload, 1-{MAX_UPLOAD:,} (default {MAX_UPLOAD:,})")  # fmt: skip
+    p.add_argument("--batch-id", type=_batch_id, default=None, metavar="NAME",
+                   help="the batch the coupons join, 1-64 of A-Z a-z 0-9 _ . - (default: one named after "
+                        "the coupons, f-<digest>: the same files join the same batch)")  # fmt: skip
     p.add_argument("--retries", type=int, choices=range(11), default=5, metavar="0-10",
                    help="tries again after a failed connection, 503, 429 or 409 (default 5, "
                         "waiting 1, 2, 4, ... s or as Retry-After says)")  # fmt: skip
@@ -226,6 +235,12 @@ exit codes:
     p.add_argument("--quiet", action="store_true", help="no progress; only the summary and problems")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
+
+
+def _batch_id(text: str) -> str:
+    if not re.fullmatch(BATCH_ID_PATTERN.strip("^$"), text):
+        raise argparse.ArgumentTypeError("must be 1-64 of A-Z a-z 0-9 _ . -")
+    return text
 
 
 def _batch_size(text: str) -> int:
@@ -242,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             return USAGE
     started = time.monotonic()
     try:
-        total = validate(args.files, sys.stderr)
+        found = validate(args.files, sys.stderr)
     except Unreadable as exc:
         print(f"coupon-pool upload: {exc}; nothing was sent", file=sys.stderr)
         return USAGE
-    if total is None:
+    if found is None:
         return INVALID_DATA
+    total, named = found
+    args.batch_id = args.batch_id or named
     if args.dry_run:
         _summary(args, {"valid": total, "files": len(args.files)}, f"{total:,} valid coupons; nothing sent")
         return DONE
@@ -261,9 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         send(args.files, service, args, totals, progress)
     except UploadFailed as exc:
-        print(
-            f"coupon-pool upload: {exc}\nRun the same command again to complete the upload.", file=sys.stderr
-        )
+        print(f"coupon-pool upload: {exc}\nRun the same command again to complete the upload "
+              f"(batch {args.batch_id}).", file=sys.stderr)  # fmt: skip
         return FAILED
     except Unreadable as exc:  # validated, then gone (or no longer readable) before it was sent
         print(f"coupon-pool upload: {exc}; the {totals.coupons:,} coupons sent before it are stored: "
@@ -277,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     created_now = totals.created - totals.replayed_created
     summary = {"coupons": totals.coupons, "created": totals.created, "duplicates": totals.duplicates,
                "files": len(args.files), "uploads": totals.uploads, "replayed": totals.replayed,
-               "created_now": created_now, "seconds": round(seconds, 3)}  # fmt: skip
+               "created_now": created_now, "seconds": round(seconds, 3), "batch": args.batch_id}  # fmt: skip
     text = (f"{totals.coupons:,} coupons from {len(args.files)} file(s): {totals.created:,} created, "
-            f"{totals.duplicates:,} duplicates (already stored), in {seconds:.1f}s")  # fmt: skip
+            f"{totals.duplicates:,} duplicates (already stored), in {seconds:.1f}s; "
+            f"batch {args.batch_id}")  # fmt: skip
     if totals.replayed:
         text += (f"; {totals.replayed:,} of {totals.uploads:,} upload(s) had been sent before, by a run of "
                  "the same coupons: their figures are that run's, and this run created "

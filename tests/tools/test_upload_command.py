@@ -79,7 +79,16 @@ async def test_a_200000_line_file_is_stored_whole_and_a_second_run_counts_nothin
     first = upload(path, "--url", live_server.url, "--json", "--progress-every", "0")
     again = upload(path, "--url", live_server.url, "--json", "--quiet")
 
-    expected = {"coupons": 200_000, "created": 200_000, "duplicates": 0, "files": 1, "uploads": 4}
+    named = summary(first)["batch"]  # after the coupons: both runs join the same batch
+    assert named.startswith("f-")
+    expected = {
+        "coupons": 200_000,
+        "created": 200_000,
+        "duplicates": 0,
+        "files": 1,
+        "uploads": 4,
+        "batch": named,
+    }
     assert {k: v for k, v in summary(first).items() if k != "seconds"} == {
         **expected, "replayed": 0, "created_now": 200_000
     }  # fmt: skip
@@ -89,6 +98,8 @@ async def test_a_200000_line_file_is_stored_whole_and_a_second_run_counts_nothin
     }  # fmt: skip
     assert await created(redis) == {"FREE:created": "66667", "STANDARD:created": "133333"}
     assert await redis.hget("{cp}:c:F0000005", "max") == "3"
+    assert await redis.hget("{cp}:c:F0000005", "b") == named
+    assert await redis.hget("{cp}:bstat:" + named, "created") == "200000"
     # Not a terminal: plain lines, one per upload here, and no carriage return.
     lines = first.stderr.splitlines()
     assert "\r" not in first.stderr
@@ -595,3 +606,15 @@ def test_progress_every_is_a_number_of_seconds_up_to_an_hour(tmp_path: Path, sec
 
     assert done.returncode == USAGE
     assert "--progress-every: must be a number of seconds from 0 to 3600" in done.stderr
+
+
+async def test_the_batch_id_may_be_named_and_a_bad_one_is_refused(
+    tmp_path: Path, redis: Redis, live_server: LiveServer
+) -> None:
+    path = write_csv(tmp_path / "coupons.csv", 10)
+    named = upload(path, "--url", live_server.url, "--json", "--quiet", "--batch-id", "spring.2027")
+    assert summary(named)["batch"] == "spring.2027"
+    assert await redis.hget("{cp}:bstat:spring.2027", "created") == "10"
+    refused = upload(path, "--url", live_server.url, "--batch-id", "no spaces")
+    assert refused.returncode == 2
+    assert "--batch-id: must be 1-64 of A-Z a-z 0-9 _ . -" in refused.stderr
