@@ -75,12 +75,19 @@ async def inspect(
         next_cursor = f"{scan_next}:0" if int(scan_next) else None
     expired = int(named["expires"]) <= now_ms
     ctype = CouponType(named["type"])
+    batch = named["batch"]
+    rules = cast(str | None, await redis.hget(keys.rules, batch)) if batch else None
+    batch_disabled = rules is not None and rules.startswith("d")
+    disabled = named["disabled"] is not None or batch_disabled
+    free = int(named["allocated"] or 0) < int(named["max_usages"])
     scheduled = any(score is not None for score in starts)
     in_set = (
         f"{keys.due(ctype)} (scheduled: it joins {keys.available(ctype)} at its start)"
         if scheduled
         else f"{keys.available(ctype)} (available)"
         if any(score is not None for score in available)
+        else f"{keys.exhausted} (set aside: disabled)"
+        if exhausted is not None and free and disabled
         else f"{keys.exhausted} (no free usage)"
         if exhausted is not None
         else "none: retired by the purge (expired after a redemption)"
@@ -97,6 +104,10 @@ async def inspect(
         "starts_at": when(named["starts"]),
         "scheduled": scheduled,
         "metadata": metadata(named["metadata"]),
+        "batch": batch,
+        "disabled": disabled,
+        "disabled_on_its_own": named["disabled"] is not None,
+        "batch_disabled": batch_disabled,
         "max_usages": int(named["max_usages"]),
         "allocated": int(named["allocated"] or 0),  # a missing counter field means zero
         "used": int(named["used"] or 0),
@@ -124,6 +135,16 @@ def render(coupon: dict[str, Any]) -> str:
             else []
         ),
         *([f"  metadata    {orjson.dumps(coupon['metadata']).decode()}"] if coupon["metadata"] else []),
+        *(
+            [f"  batch       {coupon['batch']}" + ("   DISABLED" if coupon["batch_disabled"] else "")]
+            if coupon["batch"]
+            else []
+        ),
+        *(
+            ["  DISABLED    on its own: never allocated, not redeemable"]
+            if coupon["disabled_on_its_own"]
+            else []
+        ),
         f"  usages      {coupon['allocated']} allocated, {coupon['used']} redeemed, "
         f"of {coupon['max_usages']}",
         f"  in set      {coupon['in_set']}",

@@ -20,7 +20,7 @@ ADMIN_KEY = "dashboard-admin-key-0123456789"
 CLIENT_KEY = "dashboard-client-key-0123456789"
 FIELDS = (
     "created", "allocated", "used", "released", "rolled_back", "purged", "available",
-    "held", "hold_expired", "scheduled",
+    "held", "hold_expired", "scheduled", "disabled",
 )  # fmt: skip
 
 
@@ -161,6 +161,9 @@ def test_the_page_shows_holds_and_coupons_whose_start_is_ahead_by_type(
     expect(shown("scheduled"), "scheduled").to_have_text("1")
     expect(shown("held", "total")).to_have_text("1")
     expect(shown("scheduled", "STANDARD")).to_have_text("0")
+    assert httpx.post(f"{live_server.url}/v1/coupons/DASH-LATER/disable").status_code == 200
+    expect(shown("disabled"), "disabled").to_have_text("1", timeout=5000)
+    expect(shown("disabled", "STANDARD")).to_have_text("0")
     assert watched.page.evaluate("document.documentElement.scrollWidth") <= 1100  # the table fits
     assert watched.errors() == []
     watched.close()

@@ -207,3 +207,28 @@ async def test_a_scheduled_coupon_is_shown_in_its_types_timers_until_its_start(
     assert (started["starts_at"], started["scheduled"]) == ("1970-01-01T00:00:01.000Z", False)
     assert started["in_set"] == "{insp}:avail:STANDARD (available)"
     assert "  starts      1970-01-01T00:00:01.000Z" in render(started).splitlines()
+
+
+async def test_inspect_shows_the_batch_and_a_coupon_set_aside_while_disabled(redis: Redis) -> None:
+    from coupon_pool.errors import PoolEmpty
+    from support.factories import coupon
+
+    store = Store(redis, Keys("cp"))
+    await store.upload([coupon("AWAY"), coupon("SOLO")], batch="leaked")
+    await store.batches.set_rules("leaked", disabled=True)
+    with pytest.raises(PoolEmpty):
+        await store.allocate("u1", CouponType.STANDARD)  # it sets both aside
+    await store.batches.switch("SOLO", None, disable=True)
+
+    away = await inspect(redis, Keys("cp"), "AWAY", 10)
+    solo = await inspect(redis, Keys("cp"), "SOLO", 10)
+
+    assert away is not None
+    assert solo is not None
+    assert (away["batch"], away["disabled"], away["disabled_on_its_own"], away["batch_disabled"]) == (
+        "leaked", True, False, True,
+    )  # fmt: skip
+    assert away["in_set"] == "{cp}:exhausted (set aside: disabled)"
+    assert "  batch       leaked   DISABLED" in render(away)
+    assert "DISABLED    on its own" not in render(away)
+    assert "  DISABLED    on its own: never allocated, not redeemable" in render(solo)

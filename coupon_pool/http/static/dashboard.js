@@ -11,7 +11,7 @@ const AUDIT_ROWS = 12;
 const KEY_STORE = "coupon-pool.api-key"; // sessionStorage: this tab only
 const FIELDS = [
   "created", "allocated", "used", "released", "rolled_back", "purged", "available",
-  "held", "hold_expired", "scheduled",
+  "held", "hold_expired", "scheduled", "disabled",
 ];
 
 const history = []; // {at: ms, stats}
