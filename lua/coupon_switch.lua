@@ -38,6 +38,8 @@ if was_off ~= is_off then
   batch_count(slot, batch, N_OFF .. ctype, delta)
   if not batch_off then redis.call('HINCRBY', stats, ctype .. ':disabled', delta) end
   if not is_off and not batch_off then put_back(slot, code, ctype, r[5], r[6], expires, now) end
-  audit(audit_stream, audit_cap, 'op', is_off and 'disable' or 'enable', 'code', code, 'type', ctype)
+  local op = 'enable'
+  if is_off then op = 'disable' end
+  audit(audit_stream, audit_cap, 'op', op, 'code', code, 'type', ctype)
 end
 return { 'ok', ctype, is_off and 1 or 0, batch_off and 1 or 0, batch or '' }

@@ -51,9 +51,12 @@ def _whole_numbers(value: Any) -> Any:
 
 @schemathesis.hook
 def map_body(context: Any, body: Any) -> Any:
-    if context.operation is None or context.operation.path != "/v1/coupons" or not isinstance(body, dict):
+    if context.operation is None or not isinstance(body, dict):
         return body
-    coupons = _whole_numbers(body).get("coupons")
+    body = _whole_numbers(body)
+    if context.operation.path != "/v1/coupons":
+        return body
+    coupons = body.get("coupons")
     if isinstance(coupons, list):
         future = datetime.now(UTC) + timedelta(days=1)
         for i, coupon in enumerate(coupons):

@@ -95,7 +95,7 @@ def route_rows() -> list[tuple[list[tuple[str, re.Pattern[str]]], str]]:
         cells = row.split(" | ")
         routes = [
             (method, re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path))))
-            for method, path in re.findall(r"`(GET|POST) (/[^`?]*)", cells[0])
+            for method, path in re.findall(r"`(GET|POST|PATCH) (/[^`?]*)", cells[0])
         ]
         rows.append((routes, cells[1]))
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import orjson
@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..pool.megadeal import MegadealGate
 from ..pool.placement import LayoutMismatch
@@ -33,7 +34,7 @@ from .middleware import JsonLines, RequestTelemetry
 from .openapi import openapi_document
 from .problems import EXCEPTION_HANDLERS, unexpected
 from .routes import OPERATIONS
-from .routing import Shortcuts
+from .routing import Operation, Shortcuts
 
 log = logging.getLogger("coupon_pool")
 
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await app.state.upload_worker.close()
             access_log.flush()
 
-    operations = [Route(op.path, op.endpoint(services, api_keys), methods=[op.method]) for op in OPERATIONS]
+    operations = routes_of(OPERATIONS, services, api_keys)
     app = Starlette(
         routes=[*operations, *dashboard.routes(keys_required=api_keys.enabled)],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -121,3 +122,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.upload_worker = None
     app.state.openapi = orjson.dumps(openapi_document(OPERATIONS))
     return app
+
+
+def routes_of(declared: Sequence[Operation], services: Services, api_keys: ApiKeys) -> list[Route]:
+    """A route per path, in the order of the first operation on it; a path with several
+    methods (GET and PATCH /v1/batches/{batch}) gets one route that passes each request to
+    its method's endpoint, so a 405 names every method the path allows."""
+    by_path: dict[str, dict[str, ASGIApp]] = {}
+    for op in declared:
+        by_path.setdefault(op.path, {})[op.method] = op.endpoint(services, api_keys)
+    routes = []
+    for path, endpoints in by_path.items():
+        if len(endpoints) == 1:
+            ((method, endpoint),) = endpoints.items()
+            routes.append(Route(path, endpoint, methods=[method]))
+        else:
+            routes.append(Route(path, _ByMethod(endpoints), methods=list(endpoints)))
+    return routes
+
+
+class _ByMethod:
+    """One path's endpoints by method (HEAD is GET's, as Starlette routes it)."""
+
+    def __init__(self, endpoints: dict[str, ASGIApp]) -> None:
+        self.endpoints = {**endpoints, **({"HEAD": endpoints["GET"]} if "GET" in endpoints else {})}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.endpoints[scope["method"]](scope, receive, send)

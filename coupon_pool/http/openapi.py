@@ -51,6 +51,10 @@ _IDEMPOTENCY_PARAMETER = {
 _TAGS = [
     {"name": "coupons", "description": "Upload, allocate, redeem and look up coupons"},
     {"name": "pool", "description": "The pool as a whole: counters, purge, audit trail"},
+    {
+        "name": "batches",
+        "description": "Campaigns: batches of coupons, disabled, capped, generated, exported",
+    },
     {"name": "operations", "description": "Health, readiness, metrics and this document"},
 ]
 _INFO = {
