@@ -144,7 +144,7 @@ def expired(*codes: str) -> Callable[[SyncRedis], None]:
 
 
 UPLOAD = (
-    '{"coupons":['
+    '{"batch":"gold","coupons":['
     '{"code":"GOLD-S1","type":"STANDARD","discount":{"kind":"flat","value":"10.00"},'
     '"expires_at":"2099-01-01T00:00:01Z"},'
     '{"code":"GOLD-S2","discount":{"kind":"flat","value":5},"expires_at":"2099-01-01T00:00:02Z"},'
