@@ -65,16 +65,16 @@ async def expired_with_holders(
     store: Store, codes: list[str], ctype: CouponType, users: list[str], *, max_usages: int, tracked: bool
 ) -> None:
     """Expired coupons, each held by ``users`` as their allocations would have left it: a
-    holder field each, ``alloc`` and the type's allocated counter, the coupon in
+    holder field each, ``alloc``, the type's and the batch's allocated counters, the coupon in
     ``exhausted`` once every usage is held and no held set lists it (``tracked``: all do,
     so it is draining, or has usages left). The users' listings and held sets are left out:
     the purge reads neither."""
     redis, keys = store.redis, store.keys
     expires = datetime.now(UTC) - timedelta(minutes=1)
     discount = FlatDiscount.model_construct(kind="flat", value="5")
-    await store.upload([CouponIn.model_construct(code=code, type=ctype, discount=discount,
-                                                 expires_at=expires, max_usages=max_usages)
-                        for code in codes])  # fmt: skip
+    batch = (await store.upload([CouponIn.model_construct(code=code, type=ctype, discount=discount,
+                                                          expires_at=expires, max_usages=max_usages)
+                                 for code in codes])).batch  # fmt: skip
     score, at = int(expires.timestamp() * 1000), str(int(expires.timestamp() * 1000) - 60_000)
     for code in codes:
         key, pipe = keys.coupon(code), redis.pipeline(transaction=False)
@@ -85,6 +85,7 @@ async def expired_with_holders(
                 pipe.sadd(keys.tracked_prefix + code, *some)
         pipe.hset(key, CouponField.ALLOCATED, len(users))
         pipe.hincrby(keys.stats, f"{ctype}:allocated", len(users))
+        pipe.hincrby(keys.batch_stats(batch), "allocated", len(users))
         if len(users) == max_usages and tracked:
             pipe.zadd(keys.draining(ctype), {code: score})
         elif len(users) == max_usages:
