@@ -36,6 +36,7 @@ JOB_KIND = "generate"
 SPEC, STATUS, COUNT, ERROR = "gen_spec", "gen_status", "gen_count", "gen_error"
 RUNNING, DONE, FAILED = "running", "done", "failed"
 FUTILE_CALLS = 100  # calls in a row that stored nothing but duplicates: the pattern is taken
+MEMORY_CHECK_S = 1.0  # how often a runner looks at Redis's memory (UPLOAD_MEMORY_SHARE): not every call
 
 
 class Stopped(Exception):
@@ -71,17 +72,20 @@ class Spec:
         return cls(**{**fields, "type": CouponType(fields["type"])})
 
     def draw(self, n: int) -> list[str]:
-        """``n`` codes, each drawn character from ``secrets`` (uniform over the charset)."""
+        """``n`` codes, each uniform over the pattern's codes and independent of the others:
+        one number below space**n from ``secrets`` (the OS's CSPRNG), whose base-space digits
+        are the codes (one call to the OS per chunk, not per code)."""
         charset, base = self.charset, len(self.charset)
         drawn = self.template.count(PATTERN_SLOT)
         space = base**drawn
         form = self.template.replace(PATTERN_SLOT, "%s")  # no other % in a template: it is validated
+        x = randbelow(space**n)
         codes = []
         for _ in range(n):
-            x = randbelow(space)
+            x, code = divmod(x, space)
             chars = []
             for _ in range(drawn):
-                x, r = divmod(x, base)
+                code, r = divmod(code, base)
                 chars.append(charset[r])
             codes.append(form % tuple(chars))
         return codes
@@ -156,6 +160,7 @@ class Generating:
         upload_id = f"generate-{uuid.uuid4().hex[:8]}"
         planned = -(-count // chunk)
         calls = futile = 0
+        checked = 0.0
         while True:
             open_slots = [(k, quota) for k, quota in quotas if room[k.tag] > 0]
             if not open_slots:
@@ -170,10 +175,13 @@ class Generating:
                 if not lines:
                     continue
                 calls += 1
+                check = time.monotonic() - checked >= MEMORY_CHECK_S
+                checked = time.monotonic() if check else checked
                 try:
                     made, duplicates = await self._store(
-                        k, lines, batch, part=f"{calls}/{planned}", upload_id=upload_id, quota=quota
-                    )
+                        k, lines, batch, part=f"{calls}/{planned}", upload_id=upload_id, quota=quota,
+                        check_memory=check,
+                    )  # fmt: skip
                 except StoreFull:
                     raise Stopped(
                         "Redis reached UPLOAD_MEMORY_SHARE of its maxmemory: the codes stored so far stay"
@@ -197,7 +205,15 @@ class Generating:
         return [code for code in codes if home(code) is k]
 
     async def _store(
-        self, k: Keys, lines: list[str], batch: str, *, part: str, upload_id: str, quota: int
+        self,
+        k: Keys,
+        lines: list[str],
+        batch: str,
+        *,
+        part: str,
+        upload_id: str,
+        quota: int,
+        check_memory: bool,
     ) -> tuple[int, int]:
         """Created and duplicates of one chunk. A MEGADEAL chunk in a sharded pool claims its
         codes in their shards first (codes stay unique pool-wide), then the main slot stores
@@ -213,10 +229,13 @@ class Generating:
                 by_shard.setdefault(shard.tag, (shard, []))[1].append(line)
             for shard, shard_lines in by_shard.values():
                 _, taken, claims = await store(
-                    shard, shard_lines, batch=batch, part=part, upload_id=upload_id, claiming=True
-                )
+                    shard, shard_lines, batch=batch, part=part, upload_id=upload_id, claiming=True,
+                    check_memory=check_memory,
+                )  # fmt: skip
                 duplicates += len(taken)
                 claimed += [shard_lines[i] for i in claims]
             lines = claimed
-        made, taken, _ = await store(k, lines, batch=batch, part=part, upload_id=upload_id, quota=quota)
+        made, taken, _ = await store(
+            k, lines, batch=batch, part=part, upload_id=upload_id, quota=quota, check_memory=check_memory
+        )
         return made, duplicates + len(taken)

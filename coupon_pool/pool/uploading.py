@@ -174,13 +174,15 @@ class Uploading:
         claiming: bool = False,
         created: int = 0,
         quota: int | None = None,
+        check_memory: bool = True,
     ) -> tuple[int, list[int], list[int]]:
         """One upload.lua call: ``lines`` (upload_line's) into slot ``k``, which stores at most
         ``quota`` of the batch in all when given (a generation). Created, then the 0-based
         indices in ``lines`` of the duplicates and of the MEGADEAL codes claimed.
-        ``created``: this upload's coupons stored so far, for StoreFull's message."""
+        ``created``: this upload's coupons stored so far, for StoreFull's message;
+        ``check_memory``: StoreFull first if Redis holds UPLOAD_MEMORY_SHARE of its maxmemory."""
         share = self.ctx.options.upload_memory_share
-        if share < 1:
+        if share < 1 and check_memory:
             memory = await self.upkeep.memory_of(k)
             stop_at = self.upkeep.uploads_stop_at(memory)
             if stop_at is not None and memory.used >= stop_at:
