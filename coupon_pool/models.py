@@ -21,6 +21,7 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -382,3 +383,128 @@ class AuditQuery(_Body):
         "`<ms>-<seq>-<slot>`, the slot 0 to POOL_SHARDS; any other form is refused (422). `0-0` "
         "(sharded: `0-0-0`) starts at the oldest entry",
     )
+
+
+# Generation (POST /v1/batches): codes drawn by the service from a pattern.
+MAX_GENERATION = 1_000_000  # codes per generated batch
+GENERATION_HEADROOM = 10  # a pattern must allow this many times the codes asked for
+DEFAULT_CHARSET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0, O, 1 or I: read aloud or typed, unmistaken
+PATTERN_SLOT = "#"  # in a pattern, one character drawn from the charset; anything else is itself
+MAX_CODE_LENGTH = 64
+CHARSET_PATTERN = r"^[A-Za-z0-9_-]{2,64}$"
+CODE_PATTERN_PATTERN = r"^[A-Za-z0-9_#-]{1,64}$"
+AFFIX_PATTERN = r"^[A-Za-z0-9_-]{0,63}$"
+
+
+def _distinct(charset: str) -> str:
+    if len(set(charset)) != len(charset):
+        raise PydanticCustomError("charset_repeats", "each character may appear once")
+    return charset
+
+
+def _has_slot(pattern: str) -> str:
+    if PATTERN_SLOT not in pattern:
+        raise PydanticCustomError("pattern_without_slot", "must hold at least one # (a drawn character)")
+    return pattern
+
+
+Charset = Annotated[
+    str,
+    StringConstraints(pattern=CHARSET_PATTERN),
+    AfterValidator(_distinct),
+    Field(description="2-64 distinct characters of A-Z a-z 0-9 _ - that each # is drawn from"),
+]
+CodePattern = Annotated[
+    str,
+    StringConstraints(pattern=CODE_PATTERN_PATTERN),
+    AfterValidator(_has_slot),
+    Field(
+        description="1-64 characters: each # is one character drawn from the charset, any other "
+        "(A-Z a-z 0-9 _ -) stands for itself; at least one #",
+        examples=["MD-########"],
+    ),
+]
+Affix = Annotated[str, StringConstraints(pattern=AFFIX_PATTERN)]
+
+
+class CodeConfig(_Body):
+    """How a generated code is made: ``prefix``, then ``pattern`` (or ``length`` drawn
+    characters), then ``postfix``; 64 characters at most in all."""
+
+    pattern: CodePattern | None = None
+    length: int | None = Field(default=None, ge=1, le=MAX_CODE_LENGTH, description="drawn characters")
+    charset: Charset = DEFAULT_CHARSET
+    prefix: Affix = Field(default="", description="0-63 characters of A-Z a-z 0-9 _ -, before")
+    postfix: Affix = Field(default="", description="0-63 characters of A-Z a-z 0-9 _ -, after")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CodeConfig:
+        if (self.pattern is None) == (self.length is None):
+            raise PydanticCustomError("pattern_or_length", "give either pattern or length")
+        if len(self.template) > MAX_CODE_LENGTH:
+            raise PydanticCustomError(
+                "code_too_long", "prefix, pattern (or length) and postfix make codes of over 64 characters"
+            )
+        return self
+
+    @property
+    def template(self) -> str:
+        """The code's pattern in full: prefix, the drawn characters as #, postfix."""
+        return self.prefix + (self.pattern or PATTERN_SLOT * (self.length or 0)) + self.postfix
+
+    @property
+    def combinations(self) -> int:
+        combinations: int = len(self.charset) ** self.template.count(PATTERN_SLOT)
+        return combinations
+
+
+def _as_uploaded(name: str) -> Any:
+    """CouponIn's field ``name``, rules and all: a generated coupon is validated as an uploaded one."""
+    return CouponIn.model_fields[name]
+
+
+class GenerationRequest(_Body):
+    """POST /v1/batches: a batch of ``count`` coupons whose codes the service draws."""
+
+    error_codes: ClassVar[dict[tuple[tuple[int | str, ...], str], str]] = {
+        ((), "pattern_too_small"): "pattern_too_small"
+    }
+    type: CouponType = CouponType.STANDARD
+    count: int = Field(ge=1, le=MAX_GENERATION, description="codes to generate")
+    pattern: CodePattern | None = Field(
+        default=None, description=f"the codes' pattern, drawn from the default charset {DEFAULT_CHARSET}"
+    )
+    code_config: CodeConfig | None = Field(
+        default=None, description="instead of `pattern`: a charset of your own, a length, prefix and postfix"
+    )
+    discount: Discount
+    expires_at: FutureTime = _as_uploaded("expires_at")
+    starts_at: AwareDatetime | None = _as_uploaded("starts_at")
+    max_usages: int = _as_uploaded("max_usages")
+    metadata: Metadata | None = _as_uploaded("metadata")
+    batch: BatchId | None = Field(
+        default=None,
+        description="the new batch's id (1-64 of A-Z a-z 0-9 _ . -); one that exists is 409 "
+        "batch_conflict. Without it the service makes one",
+    )
+    max_redemptions: MaxRedemptions | None = Field(default=None, description="the batch's cap of redemptions")
+
+    @model_validator(mode="after")
+    def _room_for_count(self) -> GenerationRequest:
+        if (self.pattern is None) == (self.code_config is None):
+            raise PydanticCustomError("pattern_or_code_config", "give either pattern or code_config")
+        config = self.codes
+        if config.combinations < GENERATION_HEADROOM * self.count:
+            raise PydanticCustomError(
+                "pattern_too_small",
+                "the pattern allows {combinations} codes, fewer than {headroom} times the {count} asked for",
+                {"combinations": config.combinations, "headroom": GENERATION_HEADROOM, "count": self.count},
+            )
+        return self
+
+    @property
+    def codes(self) -> CodeConfig:
+        """How the codes are made, whichever form the request used."""
+        return self.code_config or CodeConfig.model_construct(
+            pattern=self.pattern, length=None, charset=DEFAULT_CHARSET, prefix="", postfix=""
+        )

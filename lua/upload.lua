@@ -21,6 +21,11 @@
 --       batch         the batch the coupons join (its record in the main slot exists already:
 --                     batch_open.lua); counted in the slot's {ns}:bstat:<batch>, listed in
 --                     its {ns}:bcodes:<batch>
+--       quota         "" for an upload; a generation's share of its batch in this slot
+--                     (generation.py): the chunk stores coupons only while the batch's
+--                     `created` here is below it, and stops there (the lines past it are
+--                     neither stored nor listed in the reply), so however many runners send
+--                     chunks, the slot never holds more than its share
 --       fp, ttl_ms    with `record`: unused here (upload_record.lua keeps the record)
 --       lines         one coupon each, as "code type kind value expires_at_ms max_usages
 --                     starts_at_ms metadata": space-separated, starts_at_ms 0 without a start,
@@ -56,6 +61,8 @@ local created_by_type, scheduled_by_type = {}, {}
 local codes = slot .. K_BATCH_CODES .. batch
 local duplicates = {}
 local claimed = {}
+local batch_stats = slot .. K_BATCH_STATS .. batch
+local room = quota ~= '' and tonumber(quota) - tonumber(redis.call('HGET', batch_stats, N_CREATED) or '0')
 
 -- Whether `code` is claimed by a MEGADEAL coupon that has not expired; the line claiming it.
 local function claim_of(code)
@@ -67,6 +74,7 @@ local function claim_of(code)
 end
 
 for i, line in ipairs(lines) do
+  if room and created >= room then break end
   local code, ctype, kind, value, expires, max, starts, metadata =
       string.match(line, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (.*)$')
   local key = prefix .. code
@@ -94,7 +102,6 @@ for i, line in ipairs(lines) do
   end
 end
 
-local batch_stats = slot .. K_BATCH_STATS .. batch
 local disabled = batch_rules(slot, batch)
 for ctype, n in pairs(created_by_type) do
   redis.call('HINCRBY', stats, ctype .. ':created', n)

@@ -166,7 +166,8 @@ _WAKE_NUMBERS = "max_concurrent rate window_ms"
 UPLOAD = declare(
     "upload",
     keys="stats audit_stream claims",
-    args="prefix audit_cap upload_id part available_prefix due_prefix owner lease_ms claimed_type slot batch",
+    args="prefix audit_cap upload_id part available_prefix due_prefix owner lease_ms claimed_type slot batch "
+    "quota",
     keyed=True,
     more_args="lines",
 )
@@ -273,10 +274,11 @@ EXPORT_PAGE = declare(
 JOB = declare(
     "job", keys="jobs owners", args="action job owner lease_ms", numbers="lease_ms", flags=("allow-oom",)
 )
+GENERATE = declare("generate", keys="batches record jobs owners", args="batch job stamp", more_args="fields")
 FUNCTIONS = (
     UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, VALIDATE, SETTLE, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
     MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP, BATCH_OPEN, BATCH_RULES, BATCH_RESERVE,
-    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB,
+    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE,
 )  # fmt: skip
 
 

@@ -155,8 +155,34 @@ class Uploading:
         batch: str,
     ) -> tuple[int, list[int], list[int]]:
         """Store one chunk in slot ``k``: created, 1-based positions of duplicates, positions claimed."""
+        lines = [upload_line(coupons[i]) for i in chunk]
+        made, duplicates, claims = await self.store_lines(
+            k, lines, batch=batch, part=part, upload_id=upload_id, owner=owner, claiming=claiming,
+            created=created,
+        )  # fmt: skip
+        return made, [chunk[i] + 1 for i in duplicates], [chunk[i] for i in claims]
+
+    async def store_lines(
+        self,
+        k: Keys,
+        lines: list[str],
+        *,
+        batch: str,
+        part: str,
+        upload_id: str,
+        owner: str = "",
+        claiming: bool = False,
+        created: int = 0,
+        quota: int | None = None,
+        check_memory: bool = True,
+    ) -> tuple[int, list[int], list[int]]:
+        """One upload.lua call: ``lines`` (upload_line's) into slot ``k``, which stores at most
+        ``quota`` of the batch in all when given (a generation). Created, then the 0-based
+        indices in ``lines`` of the duplicates and of the MEGADEAL codes claimed.
+        ``created``: this upload's coupons stored so far, for StoreFull's message;
+        ``check_memory``: StoreFull first if Redis holds UPLOAD_MEMORY_SHARE of its maxmemory."""
         share = self.ctx.options.upload_memory_share
-        if share < 1:
+        if share < 1 and check_memory:
             memory = await self.upkeep.memory_of(k)
             stop_at = self.upkeep.uploads_stop_at(memory)
             if stop_at is not None and memory.used >= stop_at:
@@ -183,16 +209,13 @@ class Uploading:
             claimed_type=CouponType.MEGADEAL.value if claiming else "",
             slot=k.slot,
             batch=batch,
-            lines=[upload_line(coupons[i]) for i in chunk],
+            quota="" if quota is None else quota,
+            lines=lines,
         )
         # Keyed, a chunk whose attempt's lease ran out (a retry took over) raises 409.
         reply = await self.run(UPLOAD, keys, args)
         marks = [int(i) for i in reply[1:]]
-        return (
-            int(reply[0]),
-            [chunk[i - 1] + 1 for i in marks if i > 0],
-            [chunk[-i - 1] for i in marks if i < 0],
-        )
+        return int(reply[0]), [i - 1 for i in marks if i > 0], [-i - 1 for i in marks if i < 0]
 
 
 # What one upload.lua call may carry, about: a chunk ends at UPLOAD_CHUNK_SIZE coupons, or
