@@ -382,3 +382,24 @@ class AuditQuery(_Body):
         "`<ms>-<seq>-<slot>`, the slot 0 to POOL_SHARDS; any other form is refused (422). `0-0` "
         "(sharded: `0-0-0`) starts at the oldest entry",
     )
+
+
+class ExportFormat(StrEnum):
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+class ExportQuery(_Body):
+    """The query of GET /v1/batches/{batch}/coupons."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    format: ExportFormat | None = Field(
+        default=None,
+        description="jsonl (application/x-ndjson) or csv (text/csv); it wins over Accept. Without it, "
+        "Accept chooses; without either, jsonl",
+    )
+    expired: bool = Field(
+        default=False,
+        description="true: coupons past their expiry too (not yet purged); such a file does not load "
+        "back with coupon-pool upload, which takes only coupons still to expire",
+    )

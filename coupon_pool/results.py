@@ -306,3 +306,25 @@ class Problem(_Body):
     code: str
     errors: list[FieldError] | None = None
     error_count: int | None = None
+
+
+# The columns an export writes beyond those an upload reads (models.CouponIn's): a coupon's
+# state, which `coupon-pool upload` reads past.
+EXPORT_STATE_COLUMNS = ("allocated", "used", "disabled", "created_at")
+
+
+@dataclass(slots=True)
+class ExportedCoupon:
+    """One coupon of a batch's export (pool/exporting.py): what an upload takes, and its state."""
+
+    code: str
+    type: CouponType
+    discount: Discount
+    expires_at: datetime
+    max_usages: int
+    starts_at: datetime | None
+    metadata_json: str  # its metadata as stored, a JSON object ("{}" without)
+    allocated: int
+    used: int
+    disabled: bool  # on its own or with its batch
+    created_at: datetime

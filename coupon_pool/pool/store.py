@@ -3,7 +3,7 @@
     coupons.py    allocate, redeem, roll back, release    placement.py  shards and slots
     uploading.py  uploads, resumable                      upkeep.py     purge, memory
     reads.py      listings, a coupon, stats, audit        keyed.py      Idempotency-Key
-    batches.py    batches: rules, disable, jobs
+    batches.py    batches: rules, disable, jobs           exporting.py  a batch's coupons, by stretches
 
 All coupon state lives in Redis; every change is one atomic function call (functions.py,
 library.py); replies are decoded in codec.py.
@@ -21,6 +21,7 @@ from .budgets import FailedLookups
 from .connection import connect
 from .context import Context, Options
 from .coupons import Coupons
+from .exporting import Exporting
 from .keyed import Keyed
 from .keys import Keys, Layout
 from .library import Library
@@ -61,6 +62,7 @@ class Store:
             upkeep.purge, upkeep.settle, upkeep.try_purge_lock, upkeep.memory, upkeep.uploads_stop_at,
         )  # fmt: skip
         self.upload = uploading.upload
+        self.export = Exporting(ctx).export
         self.failed_lookups = FailedLookups(ctx)
         self.check_layout = self.placement.check_layout
 
