@@ -308,8 +308,11 @@ class Problem(_Body):
     error_count: int | None = None
 
 
-# The columns an export writes beyond those an upload reads (models.CouponIn's): a coupon's
-# state, which `coupon-pool upload` reads past.
+# A coupon as a CSV row: the columns `coupon-pool upload` reads (models.CouponIn's fields,
+# the discount in two), then those an export adds, its state, which the upload reads past.
+COUPON_COLUMNS = (
+    "code", "type", "discount_kind", "discount_value", "expires_at", "max_usages", "starts_at", "metadata",
+)  # fmt: skip
 EXPORT_STATE_COLUMNS = ("allocated", "used", "disabled", "created_at")
 
 
