@@ -13,7 +13,7 @@ and for each FORMAT:
   process's RSS from /proc every 20 ms while it runs, and its VmHWM (the peak since it
   started) after;
 - reads SLOWLOG: the slowest command (SLOWLOG's and CONFIG's own aside), and the
-  export_page calls' count, median and max;
+  export_page calls' count, median, p99, max and how many took over 5 ms;
 - runs `coupon-pool upload FILE --json --quiet` and prints its created and duplicates.
 Prints one JSON object per format.
 """
@@ -134,7 +134,9 @@ def export_once(server: LiveServer, redis: SyncRedis, fmt: str, directory: Path)
         "slowlog_entries": len(log),
         "export_page_calls": len(pages),
         "export_page_median_us": statistics.median(pages) if pages else None,
+        "export_page_p99_us": statistics.quantiles(pages, n=100)[98] if len(pages) > 1 else None,
         "export_page_max_us": max(pages) if pages else None,
+        "export_page_over_5ms": sum(1 for d in pages if d > 5000),
         "app_rss_before_mib": round(before / 1024, 1),
         "app_rss_peak_during_mib": round(watch.peak / 1024, 1),
         "app_vmhwm_after_mib": round(rss_kib(pid, "VmHWM") / 1024, 1),

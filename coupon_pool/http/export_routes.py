@@ -20,7 +20,7 @@ from .inputs import Call, Stream
 from .routing import Operation
 
 JSON_LINES, CSV = "application/x-ndjson", "text/csv"
-MEDIA_TYPES = {ExportFormat.JSONL: JSON_LINES, ExportFormat.CSV: CSV}
+MEDIA_TYPES: dict[ExportFormat, str] = {"jsonl": JSON_LINES, "csv": CSV}
 # What an Accept media range asks for: the media types, then the ranges that stand for them.
 ACCEPTED = {
     "application/x-ndjson": JSON_LINES, "application/jsonl": JSON_LINES, "text/csv": CSV,

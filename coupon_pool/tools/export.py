@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import orjson
 
@@ -26,7 +26,7 @@ from .upload_http import document_of
 DONE, FAILED, USAGE = 0, 1, 2  # exit codes, as README lists them
 TIMEOUT_S = 120.0  # between two reads of the answer; a stretch takes milliseconds
 READ_BYTES = 1 << 16
-SUFFIXES = {".jsonl": ExportFormat.JSONL, ".ndjson": ExportFormat.JSONL, ".csv": ExportFormat.CSV}
+SUFFIXES: dict[str, ExportFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 
 class ExportFailed(Exception):
@@ -101,7 +101,7 @@ class Export:
     def write(self, path: Path, fmt: ExportFormat, expired: bool, progress: Progress) -> tuple[int, int]:
         """The export written to ``path`` as it comes; (coupons, bytes). ExportFailed, or
         OSError for the file."""
-        query = f"?format={fmt.value}" + ("&expired=true" if expired else "")
+        query = f"?format={fmt}" + ("&expired=true" if expired else "")
         response = self._request(f"{self.batch_path}/coupons{query}")
         lines = size = 0
         with path.open("wb") as out:
@@ -110,10 +110,10 @@ class Export:
                     out.write(chunk)
                     size += len(chunk)
                     lines += chunk.count(b"\n")  # a coupon a line: JSON and CSV cells escape line breaks
-                    progress.show(lines - (fmt is ExportFormat.CSV))
+                    progress.show(lines - (fmt == "csv"))
             except (OSError, ValueError) as exc:  # http.client.IncompleteRead is a ValueError
                 raise ExportFailed(f"the answer was cut short after {size:,} bytes: {exc}") from None
-        coupons = lines - (fmt is ExportFormat.CSV)  # the header row
+        coupons = lines - (fmt == "csv")  # the header row
         progress.show(coupons, last=True)
         return coupons, size
 
@@ -138,7 +138,7 @@ exit codes:
     )
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--batch", required=True, type=_batch_id, help="the batch's id")
-    p.add_argument("--format", type=ExportFormat, choices=list(ExportFormat),
+    p.add_argument("--format", choices=get_args(ExportFormat),
                    help="jsonl or csv (default: from FILE's name)")  # fmt: skip
     p.add_argument("--expired", action="store_true", help="coupons past their expiry too")
     p.add_argument("--url", default=service_url(),
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         part.unlink(missing_ok=True)
     progress.end()
     seconds = time.monotonic() - started
-    summary = {"batch": args.batch, "coupons": coupons, "file": str(args.file), "format": fmt.value,
+    summary = {"batch": args.batch, "coupons": coupons, "file": str(args.file), "format": fmt,
                "bytes": size, "seconds": round(seconds, 3)}  # fmt: skip
     text = (
         f"{coupons:,} coupons of batch {args.batch} written to {args.file} ({size:,} bytes) in {seconds:.1f}s"
