@@ -21,7 +21,7 @@ from .context import Context
 from .functions import EXPORT_PAGE
 from .keys import Keys
 
-EXPORT_STRETCH = 250  # codes an export_page.lua call looks at: under 1 ms of Redis (docs/benchmarks.md)
+EXPORT_STRETCH = 250  # codes an export_page.lua call looks at: about 1 ms of Redis (docs/benchmarks.md)
 _VALUES = 12  # per coupon in export_page.lua's reply
 
 
