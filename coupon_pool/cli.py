@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check", help="check the pool in Redis against its rules (exit 1 on a violation)")
     commands.add_parser("upload", help="upload the coupons of CSV or JSON Lines files (see: upload --help)")
     commands.add_parser("inspect", help="show one coupon from Redis: dates decoded, holders by page")
+    commands.add_parser(
+        "export", help="write a batch's coupons to a CSV or JSON Lines file (see: export --help)"
+    )
     argv = sys.argv[1:] if argv is None else argv
     # Each of these commands has its own options; its modules load only when asked for.
     if argv[:1] == ["bench"]:
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from .tools.upload import main as upload
 
         return upload(argv[1:])
+    if argv[:1] == ["export"]:
+        from .tools.export import main as export
+
+        return export(argv[1:])
     if argv[:1] == ["inspect"]:
         from .tools.inspect import main as inspect
 

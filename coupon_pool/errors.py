@@ -57,6 +57,12 @@ class UnsupportedMediaType(CouponError):
     code, status, title = "unsupported_media_type", 415, "Unsupported media type"
 
 
+class NotAcceptable(CouponError):
+    """None of the media types the request accepts (Accept) is one the route answers in."""
+
+    code, status, title = "not_acceptable", 406, "Not acceptable"
+
+
 class ValidationFailed(CouponError):
     code, status, title = "validation_error", 422, "Invalid request"
 

@@ -508,3 +508,22 @@ class GenerationRequest(_Body):
         return self.code_config or CodeConfig.model_construct(
             pattern=self.pattern, length=None, charset=DEFAULT_CHARSET, prefix="", postfix=""
         )
+
+
+ExportFormat = Literal["jsonl", "csv"]  # a Literal: an enum would be a $ref in the query's OpenAPI
+
+
+class ExportQuery(_Body):
+    """The query of GET /v1/batches/{batch}/coupons."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    format: ExportFormat | None = Field(
+        default=None,
+        description="jsonl (application/x-ndjson) or csv (text/csv); it wins over Accept. Without it, "
+        "Accept chooses; without either, jsonl",
+    )
+    expired: bool = Field(
+        default=False,
+        description="true: coupons past their expiry too (not yet purged); such a file does not load "
+        "back with coupon-pool upload, which takes only coupons still to expire",
+    )

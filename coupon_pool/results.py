@@ -306,3 +306,28 @@ class Problem(_Body):
     code: str
     errors: list[FieldError] | None = None
     error_count: int | None = None
+
+
+# A coupon as a CSV row: the columns `coupon-pool upload` reads (models.CouponIn's fields,
+# the discount in two), then those an export adds, its state, which the upload reads past.
+COUPON_COLUMNS = (
+    "code", "type", "discount_kind", "discount_value", "expires_at", "max_usages", "starts_at", "metadata",
+)  # fmt: skip
+EXPORT_STATE_COLUMNS = ("allocated", "used", "disabled", "created_at")
+
+
+@dataclass(slots=True)
+class ExportedCoupon:
+    """One coupon of a batch's export (pool/exporting.py): what an upload takes, and its state."""
+
+    code: str
+    type: CouponType
+    discount: Discount
+    expires_at: datetime
+    max_usages: int
+    starts_at: datetime | None
+    metadata_json: str  # its metadata as stored, a JSON object ("{}" without)
+    allocated: int
+    used: int
+    disabled: bool  # on its own or with its batch
+    created_at: datetime

@@ -8,6 +8,10 @@ header list built once. The bytes are those a Starlette ``Response`` would send
 same handlers, picked the same way (problems.EXCEPTION_HANDLERS, by the exception's class),
 as Starlette's exception middleware would.
 
+A handler that answers a ``Stream`` (an export) has it sent chunk by chunk instead, with
+no Content-Length (chunked transfer coding), each chunk once the server has taken the one
+before, so the process holds about one chunk whatever the answer's size.
+
 The routes with a fixed path (the hot ones among them) reach it straight from the app's
 ``Shortcuts`` (app.py), without Starlette's router and its exception middleware; the
 others through their Starlette ``Route``. Either way the same code answers.
@@ -15,6 +19,8 @@ others through their Starlette ``Route``. Either way the same code answers.
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -26,8 +32,9 @@ from ..models import POOL_SLOTS, _Body
 from ..pool.keyed import REPLAYED_HEADER
 from .auth import ApiKeys
 from .bodies import read_json
-from .inputs import Call, Services, encode, idempotency_of, parse_model, parse_query
+from .inputs import Call, Services, Stream, client_gone, encode, idempotency_of, parse_model, parse_query
 from .lookups import budgeted
+from .middleware import LOG_FIELDS
 from .problems import handler_for
 from .validation import validate_json
 
@@ -60,14 +67,39 @@ class Endpoint:
                 raise  # unexpected: RequestTelemetry answers 500
             await (await handler(request, error))(scope, receive, send)
             return
+        if isinstance(content, Stream):
+            await self._stream(content, scope, receive, send)
+            return
         headers = [(b"content-length", b"%d" % len(content)), (b"content-type", self.content_type)]
         if replayed:
             headers.append(_REPLAYED)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
-    async def _run(self, request: Request, scope: Scope) -> tuple[bytes, bool]:
-        """The answer's body, and whether it is a replay (of an Idempotency-Key)."""
+    async def _stream(self, stream: Stream, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send ``stream``'s chunks as they come (uvicorn's send waits while the connection's
+        buffer is full); stop at once when the client has gone, and send none to a HEAD. An
+        error midway ends the connection without the last chunk: the client sees an answer
+        cut short, never a short one passing as whole."""
+        headers = [(b"content-type", _content_type(stream.media_type))]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        gone = asyncio.ensure_future(client_gone(receive))
+        try:
+            async with aclosing(stream.chunks) as chunks:
+                if scope["method"] != "HEAD":
+                    async for chunk in chunks:
+                        if gone.done():
+                            return
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception:
+            scope.setdefault(LOG_FIELDS, {})["error"] = "stream_cut_short"
+            raise
+        finally:
+            gone.cancel()
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _run(self, request: Request, scope: Scope) -> tuple[bytes | Stream, bool]:
+        """The answer's body (or its Stream), and whether it is a replay (of an Idempotency-Key)."""
         op, services = self.op, self.services
         content_type = content_length = None
         authorization: list[bytes] = []
@@ -102,6 +134,9 @@ class Endpoint:
             body: _Body = inputs["body"]
             call.idempotency.identify(body.fingerprint_json())
             return await self._keyed(call, inputs)
+        if op.streams:
+            stream: Stream = await self.handler(call, **inputs)
+            return stream, False
         return encode(await self.handler(call, **inputs)), False
 
     async def _run_large(

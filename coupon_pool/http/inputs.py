@@ -1,19 +1,21 @@
 """What a handler gets: a ``Call`` (the request, the store, the gate), and its inputs read.
 
 Query, path parameters and the Idempotency-Key header are read here; bodies in bodies.py
-and validation.py. The answer a handler returns is encoded by ``encode``.
+and validation.py. The answer a handler returns is encoded by ``encode``, unless it is a
+``Stream``, which the endpoint sends chunk by chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.types import Receive
 
 from .. import errors
 from ..pool import keyed
@@ -61,12 +63,25 @@ class Call:
 
     async def gone(self) -> None:
         """Complete when the client has gone away (once its body is read: nothing else comes)."""
-        receive = self.request.receive
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await client_gone(self.request.receive)
+
+
+async def client_gone(receive: Receive) -> None:
+    """Complete when the client of ``receive`` has gone away (its body read and dropped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A handler's answer sent as it is made: ``chunks`` of ``media_type`` (one of its
+    Operation's ``streams``), each sent once the one before is taken, with no length."""
+
+    media_type: str
+    chunks: AsyncGenerator[bytes, None]
 
 
 def encode(result: Any) -> bytes:

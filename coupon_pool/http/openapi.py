@@ -112,11 +112,13 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         body = refs[(op.response.__name__, "serialization")]
     else:
         body = {"type": "object"} if op.media_type == "application/json" else {"type": "string"}
+    # A streamed answer is text of one of its media types (its rows: see the description).
+    content = {m: {"schema": {"type": "string"}} for m in op.streams} or {op.media_type: {"schema": body}}
     responses = {
         str(op.status): {
             "description": op.summary,
             "headers": _header_refs((REPLAYED_HEADER,) if op.idempotent else ()),
-            "content": {op.media_type: {"schema": body}},
+            "content": content,
         }
     }
     problem = {"application/problem+json": {"schema": refs[(Problem.__name__, "serialization")]}}

@@ -35,6 +35,7 @@ from ..results import (
 )
 from .auth import Role
 from .batch_routes import BATCH_OPERATIONS
+from .export_routes import EXPORT_OPERATIONS
 from .generation_routes import GENERATION_OPERATIONS
 from .inputs import Call
 from .lookups import LOOKUP_FAILURES, Lookup, spend_lookup
@@ -242,6 +243,7 @@ OPERATIONS = (
     ),
     *BATCH_OPERATIONS,
     *GENERATION_OPERATIONS,
+    *EXPORT_OPERATIONS,
     Operation(
         method="GET", path="/v1/coupons/{code}", handler=get_coupon, tag="coupons",
         summary="A coupon with its usage counts",

@@ -3,7 +3,8 @@
 From an ``Operation`` come both its endpoint (endpoint.py: the inputs read and validated,
 the handler called, the answer encoded) and its part of the OpenAPI document (openapi.py),
 so the two cannot drift apart. A handler gets a ``Call`` and its validated inputs by name
-(``body``, ``query``, ``path``) and returns its answer: a model, a dataclass or bytes.
+(``body``, ``query``, ``path``) and returns its answer: a model, a dataclass or bytes; or,
+for an operation that ``streams``, an ``inputs.Stream`` of chunks sent as they are made.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Operation:
     response: type[Any] | None = None  # a pydantic model or a dataclass; None: bytes of media_type
     status: int = 200
     media_type: str = "application/json"
+    streams: tuple[str, ...] = ()  # its answer is a Stream in one of these, chosen per request
     errors: tuple[type[CouponError], ...] = ()  # those its handler raises
     role: Role | None = Role.CLIENT  # the API key it needs; None: open to anyone
     uses_store: bool = True  # it calls Redis, so it can answer 503 store_unavailable

@@ -4,6 +4,7 @@
     uploading.py  uploads, resumable                      upkeep.py     purge, memory
     reads.py      listings, a coupon, stats, audit        keyed.py      Idempotency-Key
     batches.py    batches: rules, disable, jobs           generation.py codes the service draws (a job)
+    exporting.py  a batch's coupons, by stretches
 
 All coupon state lives in Redis; every change is one atomic function call (functions.py,
 library.py); replies are decoded in codec.py.
@@ -21,6 +22,7 @@ from .budgets import FailedLookups
 from .connection import connect
 from .context import Context, Options
 from .coupons import Coupons
+from .exporting import Exporting
 from .generation import Generating
 from .keyed import Keyed
 from .keys import Keys, Layout
@@ -63,6 +65,7 @@ class Store:
         )  # fmt: skip
         self.upload = uploading.upload
         self.generate = Generating(ctx, uploading, self.batches).generate  # and the batches' "generate" jobs
+        self.export = Exporting(ctx).export
         self.failed_lookups = FailedLookups(ctx)
         self.check_layout = self.placement.check_layout
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
 import os
 import sys
-from typing import Any, TextIO
+import urllib.parse
+from typing import Any, NamedTuple, TextIO
 
 from ..pool.codec import holder_state as _holder_state
 from ..settings import Settings, SettingsError, redacted
@@ -23,6 +25,28 @@ def service_url() -> str:
     """The service a caller's command calls: COUPON_POOL_URL, else this host's PORT (8080)."""
     port = os.environ.get("PORT", "8080")
     return os.environ.get(URL_ENV) or f"http://127.0.0.1:{port if port.isdigit() else 8080}"
+
+
+class ServiceUrl(NamedTuple):
+    """Where a caller's command finds the service: http(s)://host[:port][/prefix]."""
+
+    scheme: str
+    host: str
+    port: int | None
+    prefix: str  # the path the routes' paths follow ("" at the root)
+
+    @classmethod
+    def at(cls, url: str) -> ServiceUrl:
+        """ValueError for anything but an http(s) URL with a host."""
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"--url must be http(s)://host[:port], not {url!r}")
+        return cls(parsed.scheme, parsed.hostname, parsed.port, parsed.path.rstrip("/"))
+
+    def connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        """A connection to it (opened by its first request)."""
+        kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        return kind(self.host, self.port, timeout=timeout_s)
 
 
 class ProgressLine:

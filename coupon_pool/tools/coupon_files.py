@@ -2,7 +2,9 @@
 
 Each coupon becomes the JSON of an upload's item (``Item``), or a problem named by file,
 line and column (``BadItem``), checked with the service's own rules, so a bad line stops
-an upload before anything is sent. A CSV metadata cell holds the JSON object as text.
+an upload before anything is sent. A CSV metadata cell holds the JSON object as text. The
+state an export writes beside a coupon (allocated, used, disabled, created_at: a column,
+or a field of a line) is read past, so an exported file loads back as it is.
 """
 
 from __future__ import annotations
@@ -20,17 +22,9 @@ import orjson
 from ..errors import CouponError
 from ..http.validation import validate_json
 from ..models import MAX_METADATA_KEYS, MAX_METADATA_VALUE, CouponIn
+from ..results import COUPON_COLUMNS, EXPORT_STATE_COLUMNS
 
-COLUMNS = (
-    "code",
-    "type",
-    "discount_kind",
-    "discount_value",
-    "expires_at",
-    "max_usages",
-    "starts_at",
-    "metadata",
-)
+COLUMNS = COUPON_COLUMNS
 REQUIRED_COLUMNS = ("code", "discount_kind", "discount_value", "expires_at")
 # A valid coupon takes about 150 bytes, and its metadata up to MAX_METADATA_KEYS keys of 40
 # ASCII characters and values of MAX_METADATA_VALUE characters, which JSON may write as
@@ -85,7 +79,7 @@ def _json_lines(path: Path, check: bool) -> Iterator[Item | BadItem]:
             if line is None:
                 yield BadItem(str(path), number, "(line)", TOO_LONG)
             elif line.strip():
-                item = Item(str(path), number, line.strip())
+                item = Item(str(path), number, _without_state(line.strip()))
                 yield _checked(item, csv_columns=False) if check else item
 
 
@@ -169,11 +163,33 @@ class _CsvLines:
         return (line.removeprefix(codecs.BOM_UTF8) if self.number == 1 else line).decode()
 
 
+_STATE_KEYS = tuple(f'"{name}"'.encode() for name in EXPORT_STATE_COLUMNS)
+
+
+def _without_state(line: bytes) -> bytes:
+    """A line as an upload's item: the state fields of an exported line left out. A line
+    that does not read as a JSON object is kept as it is, for validation to name why."""
+    if not any(key in line for key in _STATE_KEYS):
+        return line
+    try:
+        value = jiter.from_json(line, catch_duplicate_keys=True, cache_mode="none")
+    except ValueError:
+        return line
+    if not isinstance(value, dict):
+        return line
+    for name in EXPORT_STATE_COLUMNS:
+        value.pop(name, None)
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # a number past 64 bits: as written, validation names it
+        return line
+
+
 def _header_problem(header: list[str] | None) -> str | None:
     if not header:
         return "the file is empty: its first row must name the columns"
     names = [name.strip() for name in header]
-    unknown = [name for name in names if name not in COLUMNS]
+    unknown = [name for name in names if name not in COLUMNS and name not in EXPORT_STATE_COLUMNS]
     if unknown:
         return f"unknown column {unknown[0]!r}; the columns are: {', '.join(COLUMNS)}"
     missing = [name for name in REQUIRED_COLUMNS if name not in names]

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import orjson
 
 from ..models import BATCH_ID_PATTERN, MAX_UPLOAD
+from ..results import EXPORT_STATE_COLUMNS
 from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, progress_every, service_url
 from .coupon_files import COLUMNS, BadItem, Item, Unreadable, read
 from .upload_http import Answer, Service, UploadFailed
@@ -205,6 +206,8 @@ files:
                       (type and max_usages may be left out or empty: STANDARD and 1;
                       starts_at and metadata too: none. metadata is a JSON object, such
                       as "{{""campaign"": ""spring""}}" with its quotes doubled)
+                      and the state `coupon-pool export` writes beside them, which is
+                      read past: {", ".join(EXPORT_STATE_COLUMNS)} (a JSON line's fields too)
 
 Every coupon is validated first; an invalid one stops the run before anything is sent.
 Running the same command again after an interruption completes the upload and counts

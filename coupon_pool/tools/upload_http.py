@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import http.client
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
 
 from ..pool.keyed import REPLAYED_HEADER
+from .common import ServiceUrl
 
 TIMEOUT_S = 120.0  # one upload of 50,000 takes about a second; a loaded service, longer
 
@@ -30,11 +30,8 @@ class Service:
 
     def __init__(self, url: str, api_key: str | None, say: Callable[[str], None], retries: int) -> None:
         """``say``: where a retry is announced."""
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"--url must be http(s)://host[:port], not {url!r}")
-        self.scheme, self.host, self.port = parsed.scheme, parsed.hostname, parsed.port
-        self.path = parsed.path.rstrip("/") + "/v1/coupons"
+        self.service = ServiceUrl.at(url)
+        self.path = self.service.prefix + "/v1/coupons"
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
@@ -43,8 +40,7 @@ class Service:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.connection is None:
-            kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            self.connection = kind(self.host, self.port, timeout=TIMEOUT_S)
+            self.connection = self.service.connection(TIMEOUT_S)
         return self.connection
 
     def close(self) -> None:
@@ -67,7 +63,7 @@ class Service:
                 self.close()
                 problem = f"{type(exc).__name__}: {exc}"
             else:
-                document = _json(answer)
+                document = document_of(answer)
                 if response.status not in (409, 429, 503) or attempt == self.retries:
                     replayed = response.getheader(REPLAYED_HEADER, "").lower() == "true"
                     return Answer(response.status, document, replayed)
@@ -80,7 +76,8 @@ class Service:
         raise AssertionError("unreachable")
 
 
-def _json(answer: bytes) -> dict[str, Any]:
+def document_of(answer: bytes) -> dict[str, Any]:
+    """An answer's JSON object (a problem, say); anything else as its ``detail``."""
     try:
         document = orjson.loads(answer)
     except orjson.JSONDecodeError:
