@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, get_args
@@ -392,7 +393,9 @@ DEFAULT_CHARSET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0, O, 1 or I: read al
 PATTERN_SLOT = "#"  # in a pattern, one character drawn from the charset; anything else is itself
 MAX_CODE_LENGTH = 64
 CHARSET_PATTERN = r"^[A-Za-z0-9_-]{2,64}$"
-CODE_PATTERN_PATTERN = r"^[A-Za-z0-9_#-]{1,64}$"
+CODE_PATTERN_PATTERN = (
+    r"^[A-Za-z0-9_-]{0,63}#[A-Za-z0-9_#-]{0,63}$"  # one # at least (and 64 at most: max_length)
+)
 AFFIX_PATTERN = r"^[A-Za-z0-9_-]{0,63}$"
 
 
@@ -416,7 +419,7 @@ Charset = Annotated[
 ]
 CodePattern = Annotated[
     str,
-    StringConstraints(pattern=CODE_PATTERN_PATTERN),
+    StringConstraints(pattern=CODE_PATTERN_PATTERN, max_length=MAX_CODE_LENGTH),
     AfterValidator(_has_slot),
     Field(
         description="1-64 characters: each # is one character drawn from the charset, any other "
@@ -427,9 +430,36 @@ CodePattern = Annotated[
 Affix = Annotated[str, StringConstraints(pattern=AFFIX_PATTERN)]
 
 
+def _one_of(first: str, second: str) -> Callable[[dict[str, Any]], None]:
+    """A JSON Schema that takes exactly one of two optional fields, neither null: what the
+    model's validator asks (``_given_once``), said in the document too."""
+
+    def schema(doc: dict[str, Any]) -> None:
+        for name in (first, second):
+            prop = doc["properties"][name]
+            kept = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+            doc["properties"][name] = {**next(x for x in prop["anyOf"] if x.get("type") != "null"), **kept}
+        doc["oneOf"] = [{"required": [first]}, {"required": [second]}]
+
+    return schema
+
+
+def _given_once(model: BaseModel, first: str, second: str) -> None:
+    """Exactly one of ``first`` and ``second`` given, and not as null."""
+    for name in (first, second):
+        if name in model.model_fields_set and getattr(model, name) is None:
+            raise PydanticCustomError("null_given", "{name} may be left out, not null", {"name": name})
+    if (getattr(model, first) is None) == (getattr(model, second) is None):
+        raise PydanticCustomError(
+            "one_of", "give either {first} or {second}", {"first": first, "second": second}
+        )
+
+
 class CodeConfig(_Body):
     """How a generated code is made: ``prefix``, then ``pattern`` (or ``length`` drawn
     characters), then ``postfix``; 64 characters at most in all."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of("pattern", "length"))
 
     pattern: CodePattern | None = None
     length: int | None = Field(default=None, ge=1, le=MAX_CODE_LENGTH, description="drawn characters")
@@ -439,8 +469,7 @@ class CodeConfig(_Body):
 
     @model_validator(mode="after")
     def _one_form(self) -> CodeConfig:
-        if (self.pattern is None) == (self.length is None):
-            raise PydanticCustomError("pattern_or_length", "give either pattern or length")
+        _given_once(self, "pattern", "length")
         if len(self.template) > MAX_CODE_LENGTH:
             raise PydanticCustomError(
                 "code_too_long", "prefix, pattern (or length) and postfix make codes of over 64 characters"
@@ -465,6 +494,8 @@ def _as_uploaded(name: str) -> Any:
 
 class GenerationRequest(_Body):
     """POST /v1/batches: a batch of ``count`` coupons whose codes the service draws."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of("pattern", "code_config"))
 
     error_codes: ClassVar[dict[tuple[tuple[int | str, ...], str], str]] = {
         ((), "pattern_too_small"): "pattern_too_small"
@@ -491,8 +522,7 @@ class GenerationRequest(_Body):
 
     @model_validator(mode="after")
     def _room_for_count(self) -> GenerationRequest:
-        if (self.pattern is None) == (self.code_config is None):
-            raise PydanticCustomError("pattern_or_code_config", "give either pattern or code_config")
+        _given_once(self, "pattern", "code_config")
         config = self.codes
         if config.combinations < GENERATION_HEADROOM * self.count:
             raise PydanticCustomError(

@@ -25,6 +25,7 @@ class LiveServer:
         # server doing either would add keys and script calls under other tests' feet.
         environ = {**os.environ, "REDIS_URL": redis_url, "PORT": str(self.port),
                    "LOG_LEVEL": "warning", "PURGE_INTERVAL_S": "3600", "SETTLE_INTERVAL_S": "0",
+                   "JOBS_INTERVAL_S": "0",
                    **env}  # fmt: skip
         with open(log or os.devnull, "wb") as stdout:
             self.process = subprocess.Popen(

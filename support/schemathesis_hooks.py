@@ -8,6 +8,11 @@ rather than the positive-data check turned off:
   before its expiry;
 - a number must be sent as written (`3`, not `3.0`), while JSON Schema counts 3.0 as an
   integer: whole floats become integers;
+- a generation (POST /v1/batches) takes the coupon's rules above for its `expires_at` and
+  `starts_at`, a charset holds each character once (repeats are dropped), and its pattern
+  must allow 10 times `count` codes: a pattern with less room
+  becomes `########` of the default charset; and `count` is kept to 100 at most, so the
+  generations the run starts stay small jobs of the test's server;
 - an audit cursor has a slot part exactly when the pool is sharded (the document, the same
   for every deployment, allows both forms): the test's server is one Redis, so a generated
   `<ms>-<seq>-<slot>` loses its slot.
@@ -20,10 +25,11 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import schemathesis
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from coupon_pool.models import AUDIT_ID_PATTERN
+from coupon_pool.models import AUDIT_ID_PATTERN, DEFAULT_CHARSET, CodeConfig
 
 _DATETIME = TypeAdapter(AwareDatetime)
 
@@ -54,6 +60,8 @@ def map_body(context: Any, body: Any) -> Any:
     if context.operation is None or not isinstance(body, dict):
         return body
     body = _whole_numbers(body)
+    if context.operation.path == "/v1/batches":
+        return _generation(body)
     if context.operation.path != "/v1/coupons":
         return body
     coupons = body.get("coupons")
@@ -76,3 +84,34 @@ def map_query(context: Any, query: Any) -> Any:
     if isinstance(after, str) and re.fullmatch(AUDIT_ID_PATTERN, after) and after.count("-") == 2:
         query["after"] = after.rpartition("-")[0]
     return query
+
+
+def _generation(body: dict[str, Any]) -> dict[str, Any]:
+    if _is_datetime(body.get("expires_at")):
+        expires_at = datetime.now(UTC) + timedelta(days=1)
+        body["expires_at"] = expires_at.isoformat()
+        if _is_datetime(body.get("starts_at")):
+            body["starts_at"] = (expires_at - timedelta(hours=12)).isoformat()
+    count = body.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1_000_000:
+        return body  # invalid as generated: it stays invalid
+    body["count"] = min(count, 100)
+    config = body.get("code_config")
+    if isinstance(config, dict) and isinstance(config.get("charset"), str):
+        charset = "".join(dict.fromkeys(config["charset"]))  # each character once
+        if len(charset) >= 2:
+            config["charset"] = charset
+        else:
+            config.pop("charset")
+    try:
+        room = (
+            CodeConfig.model_validate_json(orjson.dumps(config)).combinations
+            if config is not None
+            else (len(DEFAULT_CHARSET) ** body["pattern"].count("#"))
+        )
+    except (ValidationError, AttributeError, KeyError):
+        return body  # invalid for another reason: kept
+    if room < 10 * body["count"]:
+        body.pop("code_config", None)
+        body["pattern"] = "########"
+    return body

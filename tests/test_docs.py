@@ -26,7 +26,8 @@ def key_shapes() -> list[re.Pattern[str]]:
         k.megadeal_alive, k.megadeal_slots, k.megadeal_window, k.megadeal_ticket, k.megadeal_high_water,
         k.coupon(x), k.available(t), k.draining(t), k.held(t, x), k.user_coupons(t, x), k.tracked_prefix + x,
         k.idempotency(x, x), k.key_claim(k.idempotency(x, x)), k.megadeal_wake(x), str(guarded([k.stats])[0]),
-        k.failed_lookups(x), k.megadeal_heard, k.due(t), k.lapsed(t, x),
+        k.failed_lookups(x), k.megadeal_heard, k.due(t), k.lapsed(t, x), k.rules, k.batch_stats(x),
+        k.batch_codes(x), k.batch(x), k.batches, k.jobs, k.job_owners,
     ]  # fmt: skip
     shapes = []
     for key in built:

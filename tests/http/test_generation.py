@@ -144,7 +144,9 @@ def test_a_generation_whose_process_is_killed_is_finished_by_another_never_stori
     with SyncRedis.from_url(redis_server.url, decode_responses=True) as redis:
         redis.flushall()
         # Small chunks make the first process slow, so it is killed far from the end.
-        first = LiveServer(redis_server.url, log=tmp_path / "first.log", UPLOAD_CHUNK_SIZE="10")
+        first = LiveServer(
+            redis_server.url, log=tmp_path / "first.log", UPLOAD_CHUNK_SIZE="10", JOBS_INTERVAL_S="0.5"
+        )
         count = 100_000
         try:
             r = httpx.post(f"{first.url}/v1/batches", json=generation(count, batch="killed"), timeout=10)
@@ -155,7 +157,7 @@ def test_a_generation_whose_process_is_killed_is_finished_by_another_never_stori
             first.process.wait(10)
         stored = int(redis.hget(Keys("cp").batch_stats("killed"), "created") or 0)
         assert 0 < stored < count, "the first process finished before it was killed: kill it sooner"
-        second = LiveServer(redis_server.url, log=tmp_path / "second.log")
+        second = LiveServer(redis_server.url, log=tmp_path / "second.log", **jobs)
         try:  # it claims the job once the dead process's lease has run out
             wait_until(lambda: _batch(second.url, "killed")["generation"]["status"] != "running", timeout=120)
             batch = _batch(second.url, "killed")

@@ -121,8 +121,9 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
         "/v1/rollbacks", "/v1/validations", "/v1/users/{user_id}/coupons", "/v1/stats", "/v1/megadeal",
         "/v1/purge", "/v1/audit", "/metrics", "/healthz", "/readyz", "/openapi.json", "/v1/batches",
         "/v1/batches/{batch}", "/v1/batches/{batch}/disable", "/v1/batches/{batch}/enable",
-        "/v1/coupons/{code}/disable", "/v1/coupons/{code}/enable",
+        "/v1/coupons/{code}/disable", "/v1/coupons/{code}/enable", "/v1/batches/{batch}/coupons",
     }  # fmt: skip
+    assert set(doc["paths"]["/v1/batches"]) == {"get", "post"}
     assert set(doc["paths"]["/v1/batches/{batch}"]) == {"get", "patch"}
     assert "/dashboard" not in doc["paths"]  # a page, not an API operation
     upload = doc["paths"]["/v1/coupons"]["post"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from coupon_pool.errors import BatchConflict, PoolEmpty
 from coupon_pool.models import CouponType, GenerationRequest
@@ -161,11 +162,8 @@ async def test_runners_at_once_never_store_more_than_count(store: Store) -> None
     assert (await store.batches.get("raced")).created == 777
 
 
-async def test_a_full_redis_marks_the_generation_failed_with_what_was_stored(
-    store: Store, request: pytest.FixtureRequest
-) -> None:
-    if request.node.callspec.params["store"] != "redis-server":
-        pytest.skip("maxmemory is set on the single redis-server")
+async def test_a_full_redis_marks_the_generation_failed_with_what_was_stored(redis: Redis) -> None:
+    store = Store(redis, Keys("cp"))  # maxmemory is set on the single redis-server alone
     used = int((await store.redis.info("memory"))["used_memory"])
     await store.redis.config_set("maxmemory", used * 2)
     try:
