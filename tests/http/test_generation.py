@@ -144,9 +144,8 @@ def test_a_generation_whose_process_is_killed_is_finished_by_another_never_stori
     with SyncRedis.from_url(redis_server.url, decode_responses=True) as redis:
         redis.flushall()
         # Small chunks make the first process slow, so it is killed far from the end.
-        first = LiveServer(
-            redis_server.url, log=tmp_path / "first.log", UPLOAD_CHUNK_SIZE="10", JOBS_INTERVAL_S="0.5"
-        )
+        jobs = {"JOBS_INTERVAL_S": "0.5"}  # a LiveServer runs no jobs unless asked
+        first = LiveServer(redis_server.url, log=tmp_path / "first.log", UPLOAD_CHUNK_SIZE="10", **jobs)
         count = 100_000
         try:
             r = httpx.post(f"{first.url}/v1/batches", json=generation(count, batch="killed"), timeout=10)
