@@ -19,9 +19,10 @@ local now = now_ms()
 local batch_off = batch_rules(slot, batch)
 local stretch = redis.call('LRANGE', codes, start, start + count - 1)
 local prefix = slot .. K_COUPON
-for _, code in ipairs(stretch) do
-  local r = redis.call('HMGET', prefix .. code, F_BATCH, F_TYPE, F_EXPIRES, F_DISABLED, F_ALLOCATED, F_MAX_USAGES)
-  if r[1] == batch then
+for j, code in ipairs(stretch) do
+  local r = redis.call('HMGET', prefix .. code, F_BATCH, F_TYPE, F_EXPIRES, F_DISABLED, F_ALLOCATED, F_MAX_USAGES,
+    F_LISTED)
+  if r[1] == batch and tonumber(r[7]) == start + j - 1 then  -- its own entry, not a stale one
     local ctype, expires = r[2], tonumber(r[3])
     if batch_off or r[4] then
       local t = type_keys(slot, ctype)

@@ -20,7 +20,7 @@
 --       slot          the prefix of the slot's keys ({ns}:)
 --       batch         the batch the coupons join (its record in the main slot exists already:
 --                     batch_open.lua); counted in the slot's {ns}:bstat:<batch>, listed in
---                     its {ns}:bcodes:<batch>
+--                     its {ns}:bcodes:<batch> (the coupon keeps its index there, F_LISTED)
 --       quota         "" for an upload; a generation's share of its batch in this slot
 --                     (generation.py): the chunk stores coupons only while the batch's
 --                     `created` here is below it, and stops there (the lines past it are
@@ -85,9 +85,10 @@ for i, line in ipairs(lines) do
     redis.call('HSET', claims, code, line)
     claimed[#claimed + 1] = -i
   else
+    local listed = redis.call('RPUSH', codes, code) - 1  -- a code purged and stored again is listed again
     redis.call('HSET', key, F_TYPE, ctype, F_DISCOUNT_KIND, kind, F_DISCOUNT_VALUE, value,
-      F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms, F_BATCH, batch)
-    redis.call('RPUSH', codes, code)
+      F_EXPIRES, expires, F_MAX_USAGES, max, F_ALLOCATED, 0, F_USED, 0, F_CREATED, created_ms, F_BATCH, batch,
+      F_LISTED, listed)
     usages = usages + tonumber(max)
     if metadata ~= '' then redis.call('HSET', key, F_METADATA, metadata) end
     if starts ~= '0' then redis.call('HSET', key, F_STARTS, starts) end

@@ -198,6 +198,7 @@ class CouponField(StrEnum):
     BATCH = "b"  # the batch it was uploaded or generated in; none for coupons from before batches
     DISABLED = "off"  # "1" while disabled on its own (its batch may be disabled as a whole)
     RETIRED = "rt"  # "1" once the purge retired it (expired, redeemed: kept for its history)
+    LISTED = "bi"  # its index in its batch's code list in its slot: the one entry that is it
     # One field per holder, "u:<user_id>": "<allocated_at ms>", then
     # "<allocated_at ms>:<redeemed_at ms>" once redeemed. A hold is "<allocated_at ms>h<deadline
     # ms>" until redeemed (then as above) or released; one that ended unconfirmed stays as

@@ -129,3 +129,14 @@ async def test_a_sharded_batch_is_exported_from_every_shard(
     assert all(by_code[c.code] == c.type for c in coupons)
     holding = [await sharded.redis.llen(k.batch_codes("wide")) for k in sharded.layout.slots]
     assert sum(1 for n in holding if n) > CLUSTER_SHARDS // 2  # the walk did cross the shards
+
+
+async def test_a_code_purged_and_stored_again_in_its_batch_is_exported_once(store: Store) -> None:
+    await store.upload([expired_coupon("AGAIN"), coupon("STAYS")], batch="twice")
+    await store.purge()  # AGAIN goes; its entry stays in the batch's list
+    await store.upload([coupon("AGAIN", max_usages=4)], batch="twice")
+
+    rows = await exported(store, "twice")
+
+    assert sorted(row.code for row in rows) == ["AGAIN", "STAYS"]
+    assert next(row for row in rows if row.code == "AGAIN").max_usages == 4
