@@ -74,7 +74,9 @@ async def wait(url: str, stop_at: float | None = None) -> tuple[bool, float]:
 
 async def measure(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     redis = RedisServer(data / "redis").start()
-    env = {"UPLOAD_CHUNK_SIZE": str(args.chunk)} if args.chunk else {}
+    env = {"JOBS_INTERVAL_S": "0.5"}  # the service's default (support's LiveServer runs no jobs unless told)
+    if args.chunk:
+        env["UPLOAD_CHUNK_SIZE"] = str(args.chunk)
     server = LiveServer(redis.url, log=data / "serve-1.log", **env)
     result: dict[str, Any] = {"count": args.count, "pattern": PATTERN, "cpus": os.cpu_count()}
     try:
