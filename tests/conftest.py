@@ -42,6 +42,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
     cluster.stop()
 
 
+@pytest.fixture
+async def sharded(redis_cluster: Cluster) -> AsyncIterator[Store]:
+    """A pool in CLUSTER_SHARDS shards on the real Redis Cluster, uploading 50 coupons a call."""
+    redis_cluster.flush()
+    client = cluster_client(redis_cluster)
+    store = Store(client, Keys("cp"), shards=CLUSTER_SHARDS, upload_chunk_size=50)
+    await store.prepare()
+    yield store
+    await client.aclose()
+
+
 @pytest.fixture(params=["redis-server", "fakeredis", "cluster"])
 async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
     """The store on a real Redis, again on fakeredis (which runs the Lua through lupa), and

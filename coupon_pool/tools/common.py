@@ -10,10 +10,12 @@ import argparse
 import dataclasses
 import http.client
 import os
+import re
 import sys
 import urllib.parse
 from typing import Any, NamedTuple, TextIO
 
+from ..models import BATCH_ID_PATTERN
 from ..pool.codec import holder_state as _holder_state
 from ..settings import Settings, SettingsError, redacted
 
@@ -68,6 +70,13 @@ class ProgressLine:
 
 
 MAX_PROGRESS_EVERY_S = 3600.0
+
+
+def batch_id(text: str) -> str:
+    """An argparse type: a batch id as the service takes one (models.BatchId)."""
+    if not re.fullmatch(BATCH_ID_PATTERN, text):
+        raise argparse.ArgumentTypeError("must be 1-64 of A-Z a-z 0-9 _ . -")
+    return text
 
 
 def progress_every(text: str) -> float:

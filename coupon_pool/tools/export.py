@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import re
 import sys
 import time
 import urllib.parse
@@ -19,8 +18,8 @@ from typing import Any, TextIO, get_args
 
 import orjson
 
-from ..models import BATCH_ID_PATTERN, ExportFormat
-from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, ServiceUrl, progress_every, service_url
+from ..models import ExportFormat
+from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, ServiceUrl, batch_id, progress_every, service_url
 from .upload_http import document_of
 
 DONE, FAILED, USAGE = 0, 1, 2  # exit codes, as README lists them
@@ -137,7 +136,7 @@ exit codes:
   {USAGE}   wrong arguments, or a file that cannot be written""",
     )
     p.add_argument("file", type=Path, metavar="FILE")
-    p.add_argument("--batch", required=True, type=_batch_id, help="the batch's id")
+    p.add_argument("--batch", required=True, type=batch_id, help="the batch's id")
     p.add_argument("--format", choices=get_args(ExportFormat),
                    help="jsonl or csv (default: from FILE's name)")  # fmt: skip
     p.add_argument("--expired", action="store_true", help="coupons past their expiry too")
@@ -150,12 +149,6 @@ exit codes:
     p.add_argument("--quiet", action="store_true", help="no progress; only the summary and problems")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
-
-
-def _batch_id(text: str) -> str:
-    if not re.fullmatch(BATCH_ID_PATTERN, text):
-        raise argparse.ArgumentTypeError("must be 1-64 of A-Z a-z 0-9 _ . -")
-    return text
 
 
 def main(argv: list[str] | None = None) -> int:

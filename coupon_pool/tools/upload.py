@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ from typing import Any, TextIO
 
 import orjson
 
-from ..models import BATCH_ID_PATTERN, MAX_UPLOAD
+from ..models import MAX_UPLOAD
 from ..results import EXPORT_STATE_COLUMNS
-from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, progress_every, service_url
+from .common import ADMIN_KEY_ENV, URL_ENV, ProgressLine, batch_id, progress_every, service_url
 from .coupon_files import COLUMNS, BadItem, Item, Unreadable, read
 from .upload_http import Answer, Service, UploadFailed
 
@@ -226,7 +225,7 @@ exit codes:
                    help=f"an admin key, when the service has keys (${ADMIN_KEY_ENV})")  # fmt: skip
     p.add_argument("--batch", type=_batch_size, default=MAX_UPLOAD,
                    help=f"coupons per upload, 1-{MAX_UPLOAD:,} (default {MAX_UPLOAD:,})")  # fmt: skip
-    p.add_argument("--batch-id", type=_batch_id, default=None, metavar="NAME",
+    p.add_argument("--batch-id", type=batch_id, default=None, metavar="NAME",
                    help="the batch the coupons join, 1-64 of A-Z a-z 0-9 _ . - (default: one named after "
                         "the coupons, f-<digest>: the same files join the same batch)")  # fmt: skip
     p.add_argument("--retries", type=int, choices=range(11), default=5, metavar="0-10",
@@ -238,12 +237,6 @@ exit codes:
     p.add_argument("--quiet", action="store_true", help="no progress; only the summary and problems")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
-
-
-def _batch_id(text: str) -> str:
-    if not re.fullmatch(BATCH_ID_PATTERN.strip("^$"), text):
-        raise argparse.ArgumentTypeError("must be 1-64 of A-Z a-z 0-9 _ . -")
-    return text
 
 
 def _batch_size(text: str) -> int:

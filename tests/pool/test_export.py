@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from coupon_pool.errors import BatchNotFound
 from coupon_pool.models import CouponIn, CouponType
 from coupon_pool.pool import exporting
-from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 from coupon_pool.results import ExportedCoupon
-from support.cluster import CLUSTER_SHARDS, Cluster, cluster_client
+from support.cluster import CLUSTER_SHARDS
 from support.factories import coupon, expired_coupon
 
 STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGADEAL
@@ -20,16 +17,6 @@ STANDARD, FREE, MEGADEAL = CouponType.STANDARD, CouponType.FREE, CouponType.MEGA
 
 async def exported(store: Store, batch: str, *, expired: bool = False) -> list[ExportedCoupon]:
     return [row async for stretch in await store.export(batch, expired=expired) for row in stretch]
-
-
-@pytest.fixture
-async def sharded(redis_cluster: Cluster) -> AsyncIterator[Store]:
-    redis_cluster.flush()
-    client = cluster_client(redis_cluster)
-    store = Store(client, Keys("cp"), shards=CLUSTER_SHARDS, upload_chunk_size=50)
-    await store.prepare()
-    yield store
-    await client.aclose()
 
 
 async def test_an_export_gives_each_coupon_of_the_batch_as_it_is_stored(store: Store) -> None:

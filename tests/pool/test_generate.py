@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,6 @@ from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 from coupon_pool.tools.check import check
 from support import wait_until
-from support.cluster import CLUSTER_SHARDS, Cluster, cluster_client
 from support.factories import coupon
 
 STANDARD, MEGADEAL = CouponType.STANDARD, CouponType.MEGADEAL
@@ -187,17 +185,6 @@ async def test_a_generation_whose_coupons_expired_before_it_ran_fails(store: Sto
     assert batch.generation is not None
     assert (batch.generation.status, batch.created) == ("failed", 0)
     assert "expires_at" in (batch.generation.error or "")
-
-
-@pytest.fixture
-async def sharded(redis_cluster: Cluster) -> AsyncIterator[Store]:
-    """A pool in CLUSTER_SHARDS shards on a real Redis Cluster."""
-    redis_cluster.flush()
-    client = cluster_client(redis_cluster)
-    store = Store(client, Keys("cp"), shards=CLUSTER_SHARDS, upload_chunk_size=50)
-    await store.prepare()
-    yield store
-    await client.aclose()
 
 
 async def test_on_a_sharded_pool_each_shard_takes_its_share(sharded: Store) -> None:
