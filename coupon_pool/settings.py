@@ -194,6 +194,12 @@ class Settings:
     # Uploads read or written at once per process (each holds its body, up to MAX_BODY_BYTES).
     max_uploads: int = env("MAX_UPLOADS", 2, _int, Range(1, 64))
     audit_max_len: int = env("AUDIT_MAX_LEN", 100_000, _int, Range(1, 10_000_000))
+    # Events (feeds.py): while consumer groups read the trail, each audit stream keeps what they
+    # have not acknowledged, up to this many entries (about 110 bytes each, docs/architecture.md);
+    # beyond it the oldest are dropped, counted and logged. At least AUDIT_MAX_LEN.
+    feed_max_len: int = env("FEED_MAX_LEN", 1_000_000, _int, Range(1, 100_000_000))
+    # How often each app process trims the streams to what the groups need (0: never).
+    feed_trim_interval_s: float = env("FEED_TRIM_INTERVAL_S", 1.0, _float, Range(0, 3600))
     # Coupons of one type a user may hold at once (releases give one back); 0: no limit.
     max_allocations_per_user: int = env("MAX_ALLOCATIONS_PER_USER", 0, _int, Range(0, 1_000_000))
     # How long the answer to a request with an Idempotency-Key is kept for its retries.
@@ -242,6 +248,11 @@ class Settings:
                     else f", not {redacted(value) if f.name == 'redis_url' else value!r}"
                 )
                 problems.append(f"{f.metadata['env']}: {problem}{shown}")
+        if self.feed_max_len < self.audit_max_len:
+            problems.append(
+                f"FEED_MAX_LEN: must be at least AUDIT_MAX_LEN ({self.audit_max_len}), "
+                f"not {self.feed_max_len}"
+            )
         if set(self.admin_keys) & set(self.client_keys):
             problems.append("a key is in both COUPON_POOL_ADMIN_KEYS and COUPON_POOL_CLIENT_KEYS")
         if problems:

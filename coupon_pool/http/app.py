@@ -25,6 +25,7 @@ from .background import (
     purge_periodically,
     run_jobs_periodically,
     settle_periodically,
+    trim_feeds_periodically,
 )
 from .bodies import BodyDeadlines
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
@@ -57,7 +58,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # One Redis client and one function library (with its auto-pipeline) for the process,
         # shared by the store and the MEGADEAL gate.
         store = services.store = Store.from_settings(settings)
-        gate = services.gate = MegadealGate.from_settings(settings, store.redis, store.library)
+        gate = services.gate = MegadealGate.from_settings(
+            settings, store.redis, store.library, store.ctx.audit_cap
+        )
         try:
             await store.prepare()
         except RedisError as exc:
@@ -89,6 +92,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         jobs = asyncio.create_task(
             run_jobs_periodically(store, settings.jobs_interval_s, access_log, stop_background)
         )
+        trimming = asyncio.create_task(
+            trim_feeds_periodically(store, settings.feed_trim_interval_s, access_log, stop_background)
+        )
         try:
             yield
         finally:
@@ -98,8 +104,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settling.cancel()
             sweeping.cancel()
             jobs.cancel()
+            trimming.cancel()
             await asyncio.wait(
-                {purging, forgetting, settling, jobs}, timeout=2 * settings.redis_timeout_s + 1
+                {purging, forgetting, settling, jobs, trimming}, timeout=2 * settings.redis_timeout_s + 1
             )
             await store.aclose()
             await gate.aclose()

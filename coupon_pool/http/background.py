@@ -72,6 +72,30 @@ async def run_jobs_periodically(
             lines.write(level="info", event="jobs", ran=ran)
 
 
+async def trim_feeds_periodically(
+    store: Store, interval_s: float, lines: JsonLines, stop: asyncio.Event
+) -> None:
+    """Every ``interval_s``, learn which consumer groups read the trail (the writes' audit cap
+    follows) and trim each audit stream to what they need (feeds.py). Entries dropped past
+    FEED_MAX_LEN though a group needed them are logged at error level, every time."""
+    if interval_s <= 0:
+        return
+    async for _ in every(interval_s, stop):
+        try:
+            if not await store.feeds.refresh():
+                continue
+            trimmed = await store.feeds.trim()
+        except RedisError as exc:
+            lines.write(level="warning", event="feed_trim", error=repr(exc))
+            continue
+        for t in trimmed:
+            if t.dropped:
+                lines.write(
+                    level="error", event="feed_dropped", stream=t.stream, dropped=t.dropped,
+                    groups=t.lost_by, reason="FEED_MAX_LEN reached: entries a group needed were dropped",
+                )  # fmt: skip
+
+
 async def forget_dead_waiters_periodically(gate: MegadealGate, stop: asyncio.Event) -> None:
     """Every second, drop the queued MEGADEAL waiters of processes that are gone."""
     async for _ in every(FORGET_INTERVAL_S, stop):

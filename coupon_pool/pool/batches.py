@@ -163,7 +163,7 @@ class Batches:
         for k in self.layout.slots:  # the main slot first: it counts its own redemptions itself
             keys, args = BATCH_RULES.bind(
                 rules=k.rules, stats=k.stats, counts=k.batch_stats(batch), batch=batch, new_rules=rules,
-                slot=k.slot, main="1" if k is self.main else "", audit_cap=self.ctx.options.audit_max_len,
+                slot=k.slot, main="1" if k is self.main else "", audit_cap=self.ctx.audit_cap.value,
                 types=TYPES,
             )  # fmt: skip
             counted += int((await self.run(BATCH_RULES, keys, args, idempotent=True))[0])
@@ -179,7 +179,7 @@ class Batches:
         for k in self.placement.slots_of(code, coupon_type):
             keys, args = COUPON_SWITCH.bind(
                 coupon=k.coupon(code), stats=k.stats, audit_stream=k.audit, code=code,
-                disable="1" if disable else "", slot=k.slot, audit_cap=self.ctx.options.audit_max_len,
+                disable="1" if disable else "", slot=k.slot, audit_cap=self.ctx.audit_cap.value,
             )  # fmt: skip
             reply = await self.run(COUPON_SWITCH, keys, args, idempotent=True)
             if reply[0] != "coupon_not_found":

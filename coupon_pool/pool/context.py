@@ -23,12 +23,29 @@ class Options:
     upload_memory_share: float = 0.9
     purge_batch_size: int = 1000
     audit_max_len: int = 100_000
+    feed_max_len: int = 1_000_000  # FEED_MAX_LEN: entries per audit stream while groups read it
     max_allocations_per_user: int = 0
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
     retry_for_s: float = 2.0
     failed_lookups_per_s: float = 10.0
     failed_lookup_burst: int = 100
+
+
+class AuditCap:
+    """The length each audit stream is trimmed to by the writes themselves (XADD MAXLEN ~):
+    AUDIT_MAX_LEN while no consumer group reads the trail; while one does, twice FEED_MAX_LEN,
+    a guard only, since the feeds' trimmer (feeds.py) keeps each stream to what the groups
+    still need, within FEED_MAX_LEN, and counts what it drops. ``value`` is what a call passes."""
+
+    def __init__(self, plain: int, feed_max_len: int) -> None:
+        self.plain, self.guard = plain, 2 * max(feed_max_len, plain)
+        self.grouped = False
+        self.value = plain
+
+    def read_by_groups(self, grouped: bool) -> None:
+        self.grouped = grouped
+        self.value = self.guard if grouped else self.plain
 
 
 @dataclass(frozen=True)
@@ -38,10 +55,12 @@ class Context:
     layout: Layout
     options: Options
     cluster: RedisCluster | None = field(init=False)
+    audit_cap: AuditCap = field(init=False)
 
     def __post_init__(self) -> None:
         cluster = self.redis if isinstance(self.redis, RedisCluster) else None
         object.__setattr__(self, "cluster", cluster)
+        object.__setattr__(self, "audit_cap", AuditCap(self.options.audit_max_len, self.options.feed_max_len))
 
     @property
     def keys(self) -> Keys:

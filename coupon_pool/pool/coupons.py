@@ -55,10 +55,16 @@ class Coupons:
         self.placement = placement
         self._slot = {k.tag: _SlotArgs(k) for k in ctx.layout.slots}
         options = ctx.options
-        self._audit_cap = str(options.audit_max_len).encode()
         self._max_per_user = str(options.max_allocations_per_user).encode()
         self._type_names = {t: t.value.encode() for t in CouponType}
-        # Each call's names that are the same for every call in a slot, bound once.
+        self._prepare(ctx.audit_cap.value)
+        self._capping = {k.tag: IN_MAIN if k is ctx.layout.main else b"" for k in ctx.layout.slots}
+
+    def _prepare(self, audit_cap: int) -> None:
+        """Bind each call's names that are the same for every call in a slot, once (again when
+        the audit cap changes: feeds.py raises it while consumer groups read the trail)."""
+        self._prepared_cap = audit_cap
+        self._audit_cap = str(audit_cap).encode()
         self._allocate = {
             (k.tag, t): ALLOCATE.prepare(
                 available=a.available[t], exhausted=a.exhausted, stats=a.stats, audit_stream=a.audit,
@@ -66,7 +72,7 @@ class Coupons:
                 audit_cap=self._audit_cap, max_per_user=self._max_per_user,
                 held_prefix=a.held_prefixes[t], tracked_prefix=a.tracked_prefix, due=a.due[t], slot=a.slot,
             )
-            for k in ctx.layout.slots
+            for k in self.ctx.layout.slots
             for a in (self._slot[k.tag],)
             for t in CouponType
         }  # fmt: skip
@@ -74,11 +80,10 @@ class Coupons:
             (k.tag, fn.name): fn.prepare(
                 stats=a.stats, audit_stream=a.audit, audit_cap=self._audit_cap, slot=a.slot
             )
-            for k in ctx.layout.slots
+            for k in self.ctx.layout.slots
             for a in (self._slot[k.tag],)
             for fn in (REDEEM, ROLLBACK, RELEASE)
         }
-        self._capping = {k.tag: IN_MAIN if k is ctx.layout.main else b"" for k in ctx.layout.slots}
 
     async def allocate(self, user_id: str, coupon_type: CouponType, hold_s: int | None = None) -> Allocation:
         """Reserve one usage of the first-expiring available coupon of a shard for ``user_id``;
@@ -116,6 +121,8 @@ class Coupons:
     async def _allocate_in(
         self, k: Keys, user_id: str, coupon_type: CouponType, hold_ms: Any, wait: float | None
     ) -> Any:
+        if self.ctx.audit_cap.value != self._prepared_cap:
+            self._prepare(self.ctx.audit_cap.value)
         keys, args = self._allocate[k.tag, coupon_type].bind(
             held=k.held(coupon_type, user_id),
             listing=k.user_coupons(coupon_type, user_id),
@@ -202,6 +209,8 @@ class Coupons:
         """Run redeem, rollback or release: same keys, same arguments."""
         ctype = self._type_names[coupon_type] if coupon_type else b""
         capped = fn is not RELEASE
+        if self.ctx.audit_cap.value != self._prepared_cap:
+            self._prepare(self.ctx.audit_cap.value)
 
         async def call(k: Keys) -> Any:
             prepared = self._use_calls[k.tag, fn.name]

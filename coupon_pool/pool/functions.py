@@ -265,6 +265,7 @@ COUPON_SWITCH = declare(
     args="code disable slot audit_cap",
     flags=("allow-oom",),  # a disable must work when Redis is full
 )
+FEED_TRIM = declare("feed_trim", keys="stream dropped", args="keep bound", numbers="keep bound")
 BATCH_TIDY = declare(
     "batch_tidy", keys="codes", args="batch slot start count", numbers="start count", flags=("allow-oom",)
 )
@@ -278,7 +279,7 @@ GENERATE = declare("generate", keys="batches record jobs owners", args="batch jo
 FUNCTIONS = (
     UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, VALIDATE, SETTLE, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
     MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP, BATCH_OPEN, BATCH_RULES, BATCH_RESERVE,
-    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE,
+    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE, FEED_TRIM,
 )  # fmt: skip
 
 

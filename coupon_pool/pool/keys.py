@@ -26,6 +26,11 @@ class Keys:
         self.exhausted = self.slot + KeyPart.EXHAUSTED
         self.coupon_prefix = self.slot + KeyPart.COUPON
         self.audit = self.slot + KeyPart.AUDIT
+        # Events (feeds.py): per slot, the entries dropped though a group needed them; in the
+        # main slot, the consumer groups (name -> kind) and each group's delivery counters.
+        self.audit_dropped = self.slot + KeyPart.AUDIT_DROPPED
+        self.feeds = self.slot + KeyPart.FEEDS
+        self.feed_stats_prefix = self.slot + KeyPart.FEED_STATS  # then the group
         self.purge_lock = f"{tag}:purge:lock"
         self.available_prefix = self.slot + KeyPart.AVAILABLE  # then the type
         self.draining_prefix = self.slot + KeyPart.DRAINING  # then the type
@@ -162,6 +167,9 @@ class KeyPart(StrEnum):
     EXHAUSTED = "exhausted"
     COUPON = "c:"  # then the code
     AUDIT = "audit"
+    AUDIT_DROPPED = "audit:dropped"
+    FEEDS = "feeds"  # main slot
+    FEED_STATS = "feedstat:"  # main slot: then the group
     AVAILABLE = "avail:"  # then the type
     DRAINING = "draining:"  # then the type
     HELD = "held:"  # then "<TYPE>:<user>"

@@ -25,6 +25,7 @@ from ..settings import MegadealLimits, Settings
 from . import keyed
 from .codec import ALLOCATE_DETAIL, Allocated, Waiting, allocation, raise_if_error
 from .connection import PROCESS_PREFIX, connect, process_name
+from .context import AuditCap
 from .functions import MEGADEAL_ENTER, MEGADEAL_FORGET, MEGADEAL_LEAVE
 from .keys import Keys
 from .library import Library
@@ -60,6 +61,7 @@ class MegadealGate:
         library: Library | None = None,
         blocking_redis: Redis | None = None,
         audit_max_len: int = 100_000,
+        audit_cap: AuditCap | None = None,
         max_allocations_per_user: int = 0,
     ) -> None:
         """``library``: the process's (shared with the store); ``blocking_redis`` serves the
@@ -68,7 +70,8 @@ class MegadealGate:
         Its keys and the MEGADEAL coupons are in the pool's main slot (``keys``)."""
         self.redis = redis
         self.run = (library or Library(redis)).run
-        self.audit_max_len = audit_max_len
+        # The store's (context.AuditCap), so both trim alike while consumer groups read the trail.
+        self.audit_cap = audit_cap or AuditCap(audit_max_len, audit_max_len)
         self.max_allocations_per_user = max_allocations_per_user
         self.blocking_redis = blocking_redis or redis
         self.keys = keys
@@ -89,7 +92,9 @@ class MegadealGate:
         self.wakeups = Wakeups(self.blocking_redis, keys.megadeal_queue, self.limits.max_waiters)
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis, library: Library) -> MegadealGate:
+    def from_settings(
+        cls, settings: Settings, redis: Redis, library: Library, audit_cap: AuditCap | None = None
+    ) -> MegadealGate:
         """The gate of ``settings``' pool on ``redis`` (calls through ``library``), with a pool
         of its own for the waits."""
         limits = settings.megadeal
@@ -103,6 +108,7 @@ class MegadealGate:
             library=library,
             blocking_redis=blocking,
             audit_max_len=settings.audit_max_len,
+            audit_cap=audit_cap,
             max_allocations_per_user=settings.max_allocations_per_user,
         )
 
@@ -277,7 +283,7 @@ class MegadealGate:
             silent_ms=SILENT_MS,
             waited_ms=waited_ms,
             max_wait_ms=int(lim.max_wait_s * 1000),
-            audit_cap=self.audit_max_len,
+            audit_cap=self.audit_cap.value,
             max_per_user=self.max_allocations_per_user,
             held_prefix=k.held_type_prefix(mega),
             tracked_prefix=k.tracked_prefix,

@@ -148,7 +148,7 @@ class Reads:
                 available_prefix=k.available_prefix,
                 draining_prefix=k.draining_prefix,
                 slot=k.slot,
-                audit_cap=self.ctx.options.audit_max_len,
+                audit_cap=self.ctx.audit_cap.value,
                 types=TYPES,
             )
             for name, value in pairs(await self.ctx.library.run(STATS, keys, args)).items():

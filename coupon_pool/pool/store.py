@@ -3,6 +3,7 @@
     coupons.py    allocate, redeem, roll back, release    placement.py  shards and slots
     uploading.py  uploads, resumable                      upkeep.py     purge, memory
     reads.py      listings, a coupon, stats, audit        keyed.py      Idempotency-Key
+    feeds.py      the audit trail's consumer groups
     batches.py    batches: rules, disable, jobs           generation.py codes the service draws (a job)
     exporting.py  a batch's coupons, by stretches
 
@@ -23,6 +24,7 @@ from .connection import connect
 from .context import Context, Options
 from .coupons import Coupons
 from .exporting import Exporting
+from .feeds import Feeds
 from .generation import Generating
 from .keyed import Keyed
 from .keys import Keys, Layout
@@ -44,7 +46,7 @@ class Store:
         self.keys = keys
         self.layout = Layout(keys.namespace, self.options.shards)
         self.library = library or library_for(redis, self.options)
-        ctx = Context(redis, self.library, self.layout, self.options)
+        ctx = self.ctx = Context(redis, self.library, self.layout, self.options)
         self.placement = Placement(ctx)
         self.keyed = Keyed(redis, self.layout)  # await store.keyed(idem, store.allocate(...))
         upkeep = self.upkeep = Upkeep(ctx)
@@ -67,6 +69,7 @@ class Store:
         self.generate = Generating(ctx, uploading, self.batches).generate  # and the batches' "generate" jobs
         self.export = Exporting(ctx).export
         self.failed_lookups = FailedLookups(ctx)
+        self.feeds = Feeds(ctx)  # the audit trail's consumer groups, and its trimming for them
         self.check_layout = self.placement.check_layout
 
     @classmethod
@@ -83,6 +86,7 @@ class Store:
         coupons would be looked for in the wrong ones)."""
         await self.library.load()
         await self.check_layout()
+        await self.feeds.refresh()  # with consumer groups, the writes trim only at the guard
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -99,6 +103,7 @@ def options_of(settings: Settings) -> dict[str, Any]:
         "upload_memory_share": settings.upload_memory_share,
         "purge_batch_size": settings.purge_batch_size,
         "audit_max_len": settings.audit_max_len,
+        "feed_max_len": settings.feed_max_len,
         "max_allocations_per_user": settings.max_allocations_per_user,
         "failed_lookups_per_s": settings.failed_lookups_per_s,
         "failed_lookup_burst": settings.failed_lookup_burst,

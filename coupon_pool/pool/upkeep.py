@@ -34,7 +34,7 @@ class Upkeep:
         for k in self.ctx.layout.slots:
             keys, args = SETTLE.bind(
                 dues=[k.due(t) for t in CouponType], slot=k.slot, budget=batch,
-                audit_cap=self.ctx.options.audit_max_len, types=TYPES,
+                audit_cap=self.ctx.audit_cap.value, types=TYPES,
             )  # fmt: skip
             while True:
                 settled, more = await self.ctx.library.run(SETTLE, keys, args)
@@ -57,7 +57,7 @@ class Upkeep:
                 exhausted=k.exhausted,
                 prefix=k.coupon_prefix,
                 limit=self.ctx.options.purge_batch_size,
-                audit_cap=self.ctx.options.audit_max_len,
+                audit_cap=self.ctx.audit_cap.value,
                 tracked_prefix=k.tracked_prefix,
                 available_prefix=k.available_prefix,
                 draining_prefix=k.draining_prefix,

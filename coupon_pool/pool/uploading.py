@@ -199,7 +199,7 @@ class Uploading:
             audit_stream=k.audit,
             claims=k.megadeal_claims,
             prefix=k.coupon_prefix,
-            audit_cap=self.ctx.options.audit_max_len,
+            audit_cap=self.ctx.audit_cap.value,
             upload_id=upload_id,
             part=part,
             available_prefix=k.available_prefix,
