@@ -3,8 +3,6 @@ on a sharded pool; pending entries taken over; retention by what the groups need
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from redis.asyncio import Redis
 
@@ -44,10 +42,10 @@ async def trail_ids(store: Store) -> list[str]:
 
 
 @pytest.fixture
-async def one(redis: Redis) -> AsyncIterator[Store]:
+async def one(redis: Redis) -> Store:
     store = Store(redis, Keys("cp"), audit_max_len=10, feed_max_len=200)
     await store.prepare()
-    yield store
+    return store
 
 
 @pytest.fixture(params=["one-redis", "sharded"])
