@@ -3,6 +3,8 @@ on a sharded pool; pending entries taken over; retention by what the groups need
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from redis.asyncio import Redis
 
@@ -36,7 +38,8 @@ async def trail_ids(store: Store) -> list[str]:
     """Every entry id of the trail, as events name them."""
     ids = []
     for n, k in enumerate(store.layout.slots):
-        for entry, _ in await store.redis.xrange(k.audit):
+        entries: Any = await store.redis.xrange(k.audit)
+        for entry, _ in entries:
             ids.append(f"{entry}-{n}" if store.layout.sharded else entry)
     return ids
 
