@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "export", help="write a batch's coupons to a CSV or JSON Lines file (see: export --help)"
     )
+    commands.add_parser(
+        "events", help="write the audit trail as JSON Lines through a consumer group (see: events --help)"
+    )
     argv = sys.argv[1:] if argv is None else argv
     # Each of these commands has its own options; its modules load only when asked for.
     if argv[:1] == ["bench"]:
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from .tools.export import main as export
 
         return export(argv[1:])
+    if argv[:1] == ["events"]:
+        from .tools.events import main as events
+
+        return events(argv[1:])
     if argv[:1] == ["inspect"]:
         from .tools.inspect import main as inspect
 
