@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ..pool.feeds import FeedStatus
 from ..pool.megadeal import GateStatus
 from ..pool.upkeep import Memory
 from ..results import Stats
@@ -44,10 +45,10 @@ class RequestMetrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.latency.observe((method, route, status), seconds)
 
-    def render(self, stats: Stats, gate: GateStatus, memory: Memory) -> bytes:
+    def render(self, stats: Stats, gate: GateStatus, memory: Memory, feeds: FeedStatus) -> bytes:
         """The exposition text: these request metrics, then the pool's state read just now."""
         snapshot = CollectorRegistry(auto_describe=False)
-        snapshot.register(_Snapshot(stats, gate, memory))
+        snapshot.register(_Snapshot(stats, gate, memory, feeds))
         return generate_latest(self.registry) + generate_latest(snapshot)
 
 
@@ -91,10 +92,11 @@ class LatencyHistogram(Collector):
 
 
 class _Snapshot(Collector):
-    def __init__(self, stats: Stats, gate: GateStatus, memory: Memory) -> None:
+    def __init__(self, stats: Stats, gate: GateStatus, memory: Memory, feeds: FeedStatus) -> None:
         self.stats = stats
         self.gate = gate
         self.memory = memory
+        self.feeds = feeds
 
     def collect(self) -> Iterable[Metric]:
         for name, doc in (
@@ -129,3 +131,24 @@ class _Snapshot(Collector):
             ("maxmemory_bytes", "Redis's maxmemory (0: no limit)", self.memory.max),
         ):
             yield GaugeMetricFamily(f"coupon_pool_redis_{name}", doc, value=value)
+        yield from self._feeds()
+
+    def _feeds(self) -> Iterable[Metric]:
+        pending = GaugeMetricFamily(
+            "coupon_pool_feed_pending", "Events delivered to a group and not acknowledged", labels=["group"]
+        )
+        age = GaugeMetricFamily(
+            "coupon_pool_feed_oldest_unacknowledged_seconds",
+            "Age of the oldest event a group has not acknowledged (0: none)",
+            labels=["group"],
+        )
+        for name, (waiting, oldest_s) in self.feeds.groups.items():
+            pending.add_metric([name], waiting)
+            age.add_metric([name], oldest_s)
+        yield pending
+        yield age
+        yield CounterMetricFamily(
+            "coupon_pool_feed_dropped",
+            "Audit entries dropped past FEED_MAX_LEN though a consumer group had not acknowledged them",
+            value=self.feeds.dropped,
+        )

@@ -173,10 +173,11 @@ async def audit(call: Call, query: AuditQuery) -> AuditPage:
 
 
 async def metrics(call: Call) -> bytes:
-    """Request latencies of this process; the pool's counters, the MEGADEAL gate and Redis's
-    memory, from Redis."""
+    """Request latencies of this process; the pool's counters, the MEGADEAL gate, Redis's
+    memory and the consumer groups' backlogs, from Redis."""
     stats, gate, memory = await call.store.stats(), await call.gate.status(), await call.store.memory()
-    rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory)
+    feeds = await call.store.feeds.status()
+    rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory, feeds)
     return rendered
 
 

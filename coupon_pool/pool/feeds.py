@@ -55,6 +55,15 @@ class Backlog:
 
 
 @dataclass(frozen=True)
+class FeedStatus:
+    """For the metrics: per group, entries pending and the oldest unacknowledged one's age;
+    and the entries dropped past FEED_MAX_LEN, ever."""
+
+    groups: dict[str, tuple[int, float]]  # name -> (pending, oldest age in s)
+    dropped: int
+
+
+@dataclass(frozen=True)
 class Trimmed:
     """What one trim of one stream removed (feed_trim.lua)."""
 
@@ -189,11 +198,6 @@ class Feeds:
             found.append(Backlog(n, pending, None if lag is None else int(lag), oldest_ms))
         return found
 
-    async def oldest_age_s(self, name: str) -> float:
-        """How long the oldest entry group ``name`` has not acknowledged has waited (0: none)."""
-        oldest = [b.oldest_ms for b in await self.backlog(name) if b.oldest_ms is not None]
-        return max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
-
     async def trim(self) -> list[Trimmed]:
         """Trim every stream to what the groups need (feed_trim.lua): one call per stream."""
         done = []
@@ -207,6 +211,17 @@ class Feeds:
             reply = await self.ctx.library.run(FEED_TRIM, keys, args)
             done.append(Trimmed(n, int(reply[0]), int(reply[1]), list(reply[3:])))
         return done
+
+    async def status(self) -> FeedStatus:
+        """Every group's backlog (a few calls per stream and group) and the drops."""
+        groups = {}
+        now_ms = time.time() * 1000
+        for name in sorted(await self.registered()):
+            backlog = await self.backlog(name)
+            oldest = [b.oldest_ms for b in backlog if b.oldest_ms is not None]
+            age = max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
+            groups[name] = (sum(b.pending for b in backlog), age)
+        return FeedStatus(groups, await self.dropped())
 
     async def dropped(self) -> int:
         """Entries dropped past FEED_MAX_LEN though a group needed them, over every slot, ever."""

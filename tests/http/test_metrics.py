@@ -14,6 +14,7 @@ from coupon_pool.http.app import create_app
 from coupon_pool.http.metrics import LatencyHistogram
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.megadeal import MegadealGate
+from coupon_pool.pool.store import Store
 from coupon_pool.settings import MegadealLimits, Settings
 from support.factories import coupon_json
 
@@ -109,3 +110,22 @@ def test_the_latency_histogram_renders_as_prometheus_clients_histogram_would() -
         ours.observe(series, seconds)
     assert generate_latest(ours_registry) == generate_latest(theirs_registry)
     assert b'le="+Inf"' in generate_latest(ours_registry)
+
+
+async def test_metrics_show_each_consumer_groups_backlog_and_the_drops(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    store = Store(redis, Keys("cp"))
+    await store.feeds.create("crm", "now", "events")
+    await client.post("/v1/coupons", json={"coupons": [coupon_json("F1", max_usages=5)]})
+    for user in ("a", "b", "c"):
+        await client.post("/v1/allocations", json={"user_id": user})
+    await store.feeds.read("crm", "c", 0, 2)  # two handed out, not acknowledged
+
+    samples = await scrape(client)
+
+    assert samples[("coupon_pool_feed_pending", (("group", "crm"),))] == 2
+    assert samples[("coupon_pool_feed_oldest_unacknowledged_seconds", (("group", "crm"),))] >= 0
+    assert samples[("coupon_pool_feed_dropped_total", ())] == 0
+    await redis.set("{cp}:audit:dropped", 7)  # as feed_trim.lua counts them
+    assert (await scrape(client))[("coupon_pool_feed_dropped_total", ())] == 7
