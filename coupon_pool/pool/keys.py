@@ -27,10 +27,9 @@ class Keys:
         self.coupon_prefix = self.slot + KeyPart.COUPON
         self.audit = self.slot + KeyPart.AUDIT
         # Events (feeds.py): per slot, the entries dropped though a group needed them; in the
-        # main slot, the consumer groups (name -> kind) and each group's delivery counters.
+        # main slot, the consumer groups (name -> kind).
         self.audit_dropped = self.slot + KeyPart.AUDIT_DROPPED
         self.feeds = self.slot + KeyPart.FEEDS
-        self.feed_stats_prefix = self.slot + KeyPart.FEED_STATS  # then the group
         self.purge_lock = f"{tag}:purge:lock"
         self.available_prefix = self.slot + KeyPart.AVAILABLE  # then the type
         self.draining_prefix = self.slot + KeyPart.DRAINING  # then the type
@@ -169,7 +168,6 @@ class KeyPart(StrEnum):
     AUDIT = "audit"
     AUDIT_DROPPED = "audit:dropped"
     FEEDS = "feeds"  # main slot
-    FEED_STATS = "feedstat:"  # main slot: then the group
     AVAILABLE = "avail:"  # then the type
     DRAINING = "draining:"  # then the type
     HELD = "held:"  # then "<TYPE>:<user>"
