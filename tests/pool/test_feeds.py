@@ -3,11 +3,14 @@ on a sharded pool; pending entries taken over; retention by what the groups need
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from coupon_pool.http.background import trim_feeds_periodically
+from coupon_pool.http.middleware import JsonLines
 from coupon_pool.models import CouponType
 from coupon_pool.pool.feeds import Event, FeedError, Feeds
 from coupon_pool.pool.keys import Keys
@@ -181,3 +184,26 @@ async def test_the_store_of_a_new_process_learns_of_the_groups_as_it_starts(redi
     await later.upload([coupon("C", max_usages=1000)])
     await allocations(later, 250)
     assert await redis.xlen("{cp}:audit") == 251  # the writes kept what the group needs
+
+
+async def test_the_trim_loop_logs_each_drop_at_error_level_with_the_groups_that_lost(redis: Redis) -> None:
+    store = Store(redis, Keys("cp"), audit_max_len=10, feed_max_len=50)
+    await store.upload([coupon("C", max_usages=1000)])
+    await store.feeds.create("slow", "now", "events")
+    await allocations(store, 120)
+    written: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+
+    class Lines(JsonLines):
+        def write(self, **fields: Any) -> None:
+            written.append(fields)
+            stop.set()
+
+    await asyncio.wait_for(trim_feeds_periodically(store, 0.01, Lines(), stop), timeout=60)
+
+    assert written == [
+        {"level": "error", "event": "feed_dropped", "stream": 0, "dropped": 70, "groups": ["slow"],
+         "reason": "FEED_MAX_LEN reached: entries a group needed were dropped"},
+    ]  # fmt: skip
+    assert await redis.xlen("{cp}:audit") == 50
+    assert await store.feeds.dropped() == 70
