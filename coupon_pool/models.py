@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from . import cursor
+
 MAX_UPLOAD = 50_000
 LATEST_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
 MAX_LISTED_HOLDERS = 1000
@@ -353,8 +355,25 @@ class BatchPatch(_Body):
 
 
 def _of_this_pool(value: str, info: ValidationInfo) -> str:
-    parts = value.split("-")
     slots = (info.context or {}).get(POOL_SLOTS)
+    if value.startswith(cursor.PREFIX):
+        if slots == 1:
+            raise PydanticCustomError(
+                "stream_id", "this pool has one slot: an entry id is <ms>-<seq>, not a cursor"
+            )
+        try:
+            positions = cursor.decode(value)
+        except cursor.CursorError:
+            raise PydanticCustomError(
+                "stream_id", "not a cursor this service wrote (a page's next)"
+            ) from None
+        if slots is not None and len(positions) != slots:
+            raise PydanticCustomError(
+                "stream_id", "a cursor of a pool of {count} slots, not of this one's {slots}",
+                {"count": len(positions), "slots": slots},
+            )  # fmt: skip
+        return value
+    parts = value.split("-")
     if slots == 1 and len(parts) == 3:
         raise PydanticCustomError(
             "stream_id", "this pool has one slot: an entry id is <ms>-<seq>, without a slot part"
@@ -369,7 +388,11 @@ def _of_this_pool(value: str, info: ValidationInfo) -> str:
     return value
 
 
-StreamId = Annotated[str, StringConstraints(pattern=AUDIT_ID_PATTERN), AfterValidator(_of_this_pool)]
+StreamId = Annotated[
+    str,
+    StringConstraints(pattern=f"{AUDIT_ID_PATTERN}|{cursor.PATTERN}", max_length=cursor.MAX_LENGTH),
+    AfterValidator(_of_this_pool),
+]
 
 
 class AuditQuery(_Body):
@@ -379,10 +402,12 @@ class AuditQuery(_Body):
     limit: int = Field(default=100, ge=1, le=MAX_AUDIT_PAGE, description="most entries to return")
     after: StreamId | None = Field(
         default=None,
-        description="an entry's `id`, as the service gives them (a page's `next`): only entries after "
-        "it; without it, the latest `limit` entries. On one Redis `<ms>-<seq>`; in a sharded pool "
-        "`<ms>-<seq>-<slot>`, the slot 0 to POOL_SHARDS; any other form is refused (422). `0-0` "
-        "(sharded: `0-0-0`) starts at the oldest entry",
+        description="a page's `next`, or an entry's `id`: only entries after it; without it, the "
+        "latest `limit` entries. On one Redis `next` is an entry id, `<ms>-<seq>`. In a sharded pool "
+        "`next` is a cursor (`c1.` then base64url) naming a position in each slot's stream, so "
+        "following pages never skips an entry written meanwhile; an entry id `<ms>-<seq>-<slot>` "
+        "(slot 0 to POOL_SHARDS) is taken too. Any other form is refused (422). `0-0` (sharded: "
+        "`0-0-0`) starts at the oldest entry",
     )
 
 

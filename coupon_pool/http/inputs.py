@@ -26,7 +26,7 @@ from .bodies import BodyDeadlines
 from .middleware import LOG_FIELDS, STARTED
 from .problems import field_error, from_validation_error, invalid_fields
 
-MAX_QUERY_BYTES = 1024
+MAX_QUERY_BYTES = 8192  # room for a sharded pool's audit cursor (cursor.MAX_LENGTH)
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from .. import cursor
 from ..errors import CouponNotFound
 from ..models import MAX_LISTED_HOLDERS, CouponType
 from ..results import (
@@ -165,42 +166,56 @@ class Reads:
         return Stats.model_construct(types=types, totals=totals)
 
     async def audit(self, limit: int, after: str | None) -> AuditPage:
-        """Audit entries after the id ``after``, or the last ``limit`` ones; oldest first.
+        """Audit entries after ``after``, or the last ``limit`` ones; oldest first.
 
         A sharded pool has a stream per slot: their entries are merged by id, then by slot,
-        and each id gets the slot's index as a third part (``<ms>-<seq>-<slot>``). ``after``
-        is an id of this pool's form (models.AuditQuery checks one a request sends).
+        and each id gets the slot's index as a third part (``<ms>-<seq>-<slot>``). Its pages
+        follow on through a cursor (coupon_pool/cursor.py) holding each stream's own position,
+        as the streams are read one by one while writes go on. ``after`` is a ``next`` or an
+        entry id of this pool's form (models.AuditQuery checks one a request sends).
         """
         if not self.layout.sharded:
             raw = await self._audit_of(self.layout.main, limit, after)
             entries = [audit_entry(i, fields) for i, fields in raw]
+            return AuditPage.model_construct(entries=entries, next=entries[-1].id if entries else after)
+        if after is None:
+            pages = [await self._audit_of(k, limit, None) for k in self.layout.slots]
+            # Each stream's position is the newest entry read of it: the page holds it, or it
+            # is older than every entry the page holds.
+            positions = [_position(page[-1][0]) if page else (0, 0) for page in pages]
         else:
-            ms_seq, _, slot = after.rpartition("-") if after is not None else (None, "", "")
-            at = int(slot) if slot else 0
-            merged = []
-            for n, k in enumerate(self.layout.slots):
-                # Entries with the cursor's id in slots after the cursor's come after it too.
-                page = await self._audit_of(k, limit, ms_seq, inclusive=n > at)
-                merged += [(_id_key(i), n, i, fields) for i, fields in page]
-            merged.sort(key=lambda e: (e[0], e[1]))
-            merged = merged[-limit:] if after is None else merged[:limit]
-            entries = [audit_entry(f"{i}-{n}", fields, i) for _, n, i, fields in merged]
-        return AuditPage.model_construct(entries=entries, next=entries[-1].id if entries else after)
+            if after.startswith(cursor.PREFIX):
+                positions = cursor.decode(after)
+            else:
+                positions = cursor.from_entry_id(after, len(self.layout.slots))
+            pages = [
+                await self._audit_of(k, limit, cursor.stream_id(positions[n]))
+                for n, k in enumerate(self.layout.slots)
+            ]
+        merged = sorted(
+            ((_position(i), n, i, fields) for n, page in enumerate(pages) for i, fields in page),
+            key=lambda e: (e[0], e[1]),
+        )
+        merged = merged[-limit:] if after is None else merged[:limit]
+        if not merged:
+            return AuditPage.model_construct(entries=[], next=after)
+        for at, n, _, _ in merged:
+            positions[n] = max(positions[n], at)
+        entries = [audit_entry(f"{i}-{n}", fields, i) for _, n, i, fields in merged]
+        return AuditPage.model_construct(entries=entries, next=cursor.encode(positions))
 
-    async def _audit_of(
-        self, k: Keys, limit: int, after: str | None, inclusive: bool = False
-    ) -> list[tuple[str, dict[str, str]]]:
+    async def _audit_of(self, k: Keys, limit: int, after: str | None) -> list[tuple[str, dict[str, str]]]:
         if after is None:
             latest = cast(
                 list[tuple[str, dict[str, str]]], await self.redis.xrevrange(k.audit, count=limit) or []
             )
             return list(reversed(latest))
-        bound = after if inclusive else f"({after}"
         return cast(
-            list[tuple[str, dict[str, str]]], await self.redis.xrange(k.audit, min=bound, count=limit) or []
+            list[tuple[str, dict[str, str]]],
+            await self.redis.xrange(k.audit, min=f"({after}", count=limit) or [],
         )
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
+def _position(entry_id: str) -> cursor.Position:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
