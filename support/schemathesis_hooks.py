@@ -10,12 +10,15 @@ rather than the positive-data check turned off:
   integer: whole floats become integers;
 - a generation (POST /v1/batches) takes the coupon's rules above for its `expires_at` and
   `starts_at`, a charset holds each character once (repeats are dropped), and its pattern
-  must allow 10 times `count` codes: a pattern with less room
-  becomes `########` of the default charset; and `count` is kept to 100 at most, so the
+  must allow 10 times `count` codes: a body refused for that alone gets the pattern
+  `########` of the default charset; and `count` is kept to 100 at most, so the
   generations the run starts stay small jobs of the test's server;
-- an audit cursor has a slot part exactly when the pool is sharded (the document, the same
-  for every deployment, allows both forms): the test's server is one Redis, so a generated
-  `<ms>-<seq>-<slot>` loses its slot.
+- a generation's prefix, drawn part and postfix make 64 characters at most: in a body
+  refused for that alone, the prefix and postfix are shortened to fit;
+- an audit position names slots exactly when the pool is sharded (the document, the same
+  for every deployment, allows every form): the test's server is one Redis, so a generated
+  `<ms>-<seq>-<slot>` loses its slot, and a generated `c1.` cursor becomes the entry id
+  `0-0`.
 Every other generated value is kept, so an invalid request stays invalid.
 """
 
@@ -29,7 +32,8 @@ import orjson
 import schemathesis
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from coupon_pool.models import AUDIT_ID_PATTERN, DEFAULT_CHARSET, CodeConfig
+from coupon_pool import cursor
+from coupon_pool.models import AUDIT_ID_PATTERN, MAX_CODE_LENGTH, GenerationRequest
 
 _DATETIME = TypeAdapter(AwareDatetime)
 
@@ -83,6 +87,8 @@ def map_query(context: Any, query: Any) -> Any:
     after = query.get("after")
     if isinstance(after, str) and re.fullmatch(AUDIT_ID_PATTERN, after) and after.count("-") == 2:
         query["after"] = after.rpartition("-")[0]
+    elif isinstance(after, str) and re.fullmatch(cursor.PATTERN, after) and len(after) <= cursor.MAX_LENGTH:
+        query["after"] = "0-0"
     return query
 
 
@@ -103,15 +109,39 @@ def _generation(body: dict[str, Any]) -> dict[str, Any]:
             config["charset"] = charset
         else:
             config.pop("charset")
-    try:
-        room = (
-            CodeConfig.model_validate_json(orjson.dumps(config)).combinations
-            if config is not None
-            else (len(DEFAULT_CHARSET) ** body["pattern"].count("#"))
-        )
-    except (ValidationError, AttributeError, KeyError):
-        return body  # invalid for another reason: kept
-    if room < 10 * body["count"]:
+    # Only a body the service refuses for these two rules alone is changed: one generated
+    # invalid for another reason stays invalid.
+    if _refused_for(body) == {"code_too_long"} and isinstance(config, dict):
+        _fit_affixes(config)
+    if _refused_for(body) == {"pattern_too_small"}:
         body.pop("code_config", None)
         body["pattern"] = "########"
     return body
+
+
+def _refused_for(body: dict[str, Any]) -> set[str]:
+    """The kinds of error the service finds in a generation's body (none: it is valid)."""
+    try:
+        GenerationRequest.model_validate_json(orjson.dumps(body))
+    except ValidationError as exc:
+        return {error["type"] for error in exc.errors()}
+    return set()
+
+
+def _fit_affixes(config: dict[str, Any]) -> None:
+    """Shortens a valid prefix and postfix so the code they make holds 64 characters at most."""
+    prefix, postfix = config.get("prefix", ""), config.get("postfix", "")
+    drawn = config["pattern"] if "pattern" in config else config.get("length")
+    if not (isinstance(prefix, str) and isinstance(postfix, str)):
+        return
+    if isinstance(drawn, str):
+        size = len(drawn)
+    elif isinstance(drawn, int) and not isinstance(drawn, bool):
+        size = drawn
+    else:
+        return
+    room = MAX_CODE_LENGTH - size
+    if size > MAX_CODE_LENGTH or len(prefix) + len(postfix) <= room:
+        return  # invalid for another reason, or it fits already
+    config["prefix"] = prefix[:room]
+    config["postfix"] = postfix[: room - len(config["prefix"])]
