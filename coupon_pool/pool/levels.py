@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..models import CouponType
-from ..results import Stats, TypeStats
+from ..results import PoolLevels, Stats, TypeLevel, TypeStats
 from .context import Context
 from .functions import POOL_LEVEL
 from .keys import LevelField
@@ -58,15 +58,6 @@ class Threshold:
 class Crossing:
     type: CouponType
     op: str  # "pool_low" or "pool_recovered"
-
-
-@dataclass(frozen=True)
-class Level:
-    """A type's state as the latest check applied to it recorded it."""
-
-    low: bool
-    available: int | None  # None: never checked
-    threshold: int | None
 
 
 def made(counts: TypeStats) -> int:
@@ -127,7 +118,7 @@ class Levels:
         while now - self.samples[0][0] > RATE_WINDOW_S:
             self.samples.popleft()
 
-    async def levels(self) -> dict[CouponType, Level]:
+    async def levels(self) -> PoolLevels:
         """Every type's state as the latest check recorded it (never checked: not low)."""
         found = cast(dict[str, str], await self.redis.hgetall(self.key))
 
@@ -135,18 +126,19 @@ class Levels:
             value = found.get(f"{field}{ctype.value}")
             return None if value is None else int(value)
 
-        return {
-            t: Level(
+        types = {
+            t: TypeLevel.model_construct(
                 low=found.get(f"{LevelField.STATE}{t.value}") == "low",
                 available=number(LevelField.AVAILABLE, t),
                 threshold=number(LevelField.THRESHOLD, t),
             )
             for t in CouponType
         }
+        return PoolLevels.model_construct(types=types)
 
     async def low(self) -> list[CouponType]:
         """The types low now, as the latest checks recorded them."""
-        return [t for t, level in (await self.levels()).items() if level.low]
+        return [t for t, level in (await self.levels()).types.items() if level.low]
 
 
 def thresholds_of(given: Mapping[str, str]) -> dict[CouponType, Threshold]:

@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from coupon_pool.models import CouponType
 from coupon_pool.pool.functions import POOL_LEVEL
 from coupon_pool.pool.keys import Keys
-from coupon_pool.pool.levels import Crossing, Level, Threshold, thresholds_of
+from coupon_pool.pool.levels import Crossing, Threshold, thresholds_of
 from coupon_pool.pool.store import Store
+from coupon_pool.results import TypeLevel
 from support.factories import coupon
 
 STANDARD = CouponType.STANDARD
@@ -73,9 +74,9 @@ async def test_falling_below_fires_one_pool_low_however_often_and_concurrently_c
     low = {"op": "pool_low", "type": "STANDARD", "available": 2, "threshold": 3}
     assert await level_entries(pool) == [low]
     assert await pool.levels.low() == [STANDARD]
-    levels = await pool.levels.levels()
-    assert levels[STANDARD] == Level(low=True, available=0, threshold=3)
-    assert levels[CouponType.FREE] == Level(low=False, available=None, threshold=None)
+    levels = (await pool.levels.levels()).types
+    assert levels[STANDARD] == TypeLevel(low=True, available=0, threshold=3)
+    assert levels[CouponType.FREE] == TypeLevel(low=False, available=None, threshold=None)
 
 
 async def test_an_upload_back_above_the_threshold_fires_one_pool_recovered(pool: Store) -> None:
