@@ -17,14 +17,16 @@
 -- Returns {type, op, type, op, ...}: the crossings recorded.
 -- Uses audit() from lib.lua.
 
+local LOW, OK = 'low', 'ok' -- a type's state (L_STATE)
+
 local crossed = {}
 for i = 1, #checks, 5 do
   local ctype, available, threshold = checks[i], tonumber(checks[i + 1]), tonumber(checks[i + 2])
   local minutes, rate = checks[i + 3], checks[i + 4]
   if ticket > tonumber(redis.call('HGET', levels, L_SEEN .. ctype) or '0') then
-    local was_low = redis.call('HGET', levels, L_STATE .. ctype) == 'low'
+    local was_low = redis.call('HGET', levels, L_STATE .. ctype) == LOW
     local low = available < threshold
-    redis.call('HSET', levels, L_SEEN .. ctype, ticket, L_STATE .. ctype, low and 'low' or 'ok',
+    redis.call('HSET', levels, L_SEEN .. ctype, ticket, L_STATE .. ctype, low and LOW or OK,
       L_AVAILABLE .. ctype, available, L_THRESHOLD .. ctype, threshold)
     if low ~= was_low then
       local op = low and 'pool_low' or 'pool_recovered'
