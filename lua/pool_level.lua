@@ -29,13 +29,14 @@ for i = 1, #checks, 5 do
     redis.call('HSET', levels, L_SEEN .. ctype, ticket, L_STATE .. ctype, low and LOW or OK,
       L_AVAILABLE .. ctype, available, L_THRESHOLD .. ctype, threshold)
     if low ~= was_low then
-      local op = low and 'pool_low' or 'pool_recovered'
-      local entry = { 'op', op, 'type', ctype, 'available', available, 'threshold', threshold }
+      local entry = low and { 'op', 'pool_low' } or { 'op', 'pool_recovered' }
+      local more = { 'type', ctype, 'available', available, 'threshold', threshold }
       if minutes ~= '' then
-        for _, v in ipairs({ 'minutes', minutes, 'rate_per_min', rate }) do entry[#entry + 1] = v end
+        for _, v in ipairs({ 'minutes', minutes, 'rate_per_min', rate }) do more[#more + 1] = v end
       end
+      for _, v in ipairs(more) do entry[#entry + 1] = v end
       audit(audit_stream, audit_cap, unpack(entry))
-      crossed[#crossed + 1], crossed[#crossed + 2] = ctype, op
+      crossed[#crossed + 1], crossed[#crossed + 2] = ctype, entry[2]
     end
   end
 end
