@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from coupon_pool.http.background import check_levels_periodically
+from coupon_pool.http.middleware import JsonLines
 from coupon_pool.models import CouponType
 from coupon_pool.pool.functions import POOL_LEVEL
 from coupon_pool.pool.keys import Keys
@@ -177,6 +179,52 @@ async def test_the_events_are_in_the_audit_trail_and_reach_a_consumer_group(pool
     ]
     page = await pool.audit(100, None)
     assert [e.id for e in page.entries if e.op.startswith("pool_")] == [e["id"] for e in wanted]
+
+
+def test_a_setting_names_a_count_or_minutes() -> None:
+    assert thresholds_of({"FREE": "0", "STANDARD": "30m"}) == {
+        CouponType.FREE: Threshold(0),
+        STANDARD: Threshold(30, minutes=True),
+    }
+    assert [str(t) for t in thresholds_of({"FREE": "12", "MEGADEAL": "5m"}).values()] == ["12", "5m"]
+    with pytest.raises(ValueError, match="a threshold is <n> or <n>m"):
+        Threshold.parse("5 m")
+
+
+async def test_the_loop_logs_each_crossing_once(one: Store) -> None:
+    lines, stop = Lines(), asyncio.Event()
+    await upload(one, 0, 2)
+    loop = asyncio.create_task(check_levels_periodically(one, LOW_AT_3, 0.05, lines, stop))
+    try:
+        await lines.until(1)
+        await upload(one, 2, 5)
+        await lines.until(2)
+    finally:
+        stop.set()
+        await loop
+    assert lines.written == [
+        {"level": "warning", "event": "pool_low", "type": "STANDARD", "threshold": "3"},
+        {"level": "info", "event": "pool_recovered", "type": "STANDARD", "threshold": "3"},
+    ]
+
+
+class Lines(JsonLines):
+    """The log lines a loop writes, kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[dict[str, Any]] = []
+        self.news = asyncio.Event()
+
+    def write(self, **fields: Any) -> None:
+        self.written.append(fields)
+        self.news.set()
+
+    async def until(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.written) < count:
+                self.news.clear()
+                await self.news.wait()
 
 
 def _url(redis: Redis) -> str:
