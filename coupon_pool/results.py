@@ -243,6 +243,21 @@ class Stats(_Body):
     totals: TypeStats
 
 
+class TypeLevel(_Body):
+    low: bool = Field(description="below its pool-low threshold at the latest check (never checked: false)")
+    available: int | None = Field(description="available coupons at that check; null: never checked")
+    threshold: int | None = Field(
+        description="the threshold it applied, in coupons (one in minutes of supply, at the allocation "
+        "rate then); null: never checked"
+    )
+
+
+class PoolLevels(_Body):
+    """Pool-low events (POOL_LOW_<TYPE>): each type's level as the latest check recorded it."""
+
+    types: ByType[TypeLevel]
+
+
 class PurgeResult(_Body):
     purged: ByType[int] = Field(description="expired, never redeemed: deleted")
     retired: ByType[int] = Field(description="expired, redeemed at least once: out of the pool, record kept")

@@ -138,6 +138,25 @@ def _log_level(value: str) -> str | None:
     return None if value in _LOG_LEVELS else "must be one of " + ", ".join(_LOG_LEVELS)
 
 
+# Pool-low events (pool/levels.py): a type's threshold, "<n>" available coupons or "<n>m"
+# minutes of supply at the current allocation rate; empty: off for that type.
+_THRESHOLD = re.compile(r"([0-9]{1,10})(m?)")
+MAX_LOW_COUNT = 1_000_000_000
+MAX_LOW_MINUTES = 1440
+
+
+def _threshold(value: str) -> str | None:
+    found = _THRESHOLD.fullmatch(value)
+    if value == "" or (found and not found[2] and int(found[1]) <= MAX_LOW_COUNT):
+        return None
+    if found and found[2] and 1 <= int(found[1]) <= MAX_LOW_MINUTES:
+        return None
+    return (
+        f"must be a count of available coupons, 0 to {MAX_LOW_COUNT:,}, or minutes of supply, "
+        f"1m to {MAX_LOW_MINUTES:,}m (empty: off)"
+    )
+
+
 def env(
     name: str,
     default: Any,
@@ -200,6 +219,12 @@ class Settings:
     feed_max_len: int = env("FEED_MAX_LEN", 1_000_000, _int, Range(1, 100_000_000))
     # How often each app process trims the streams to what the groups need (0: never).
     feed_trim_interval_s: float = env("FEED_TRIM_INTERVAL_S", 1.0, _float, Range(0, 3600))
+    # Pool-low events (pool/levels.py): per type, "<n>" available coupons or "<n>m" minutes of
+    # supply at the current allocation rate ("" off); how often one check runs.
+    pool_low_free: str = env("POOL_LOW_FREE", "", _text, _threshold)
+    pool_low_standard: str = env("POOL_LOW_STANDARD", "", _text, _threshold)
+    pool_low_megadeal: str = env("POOL_LOW_MEGADEAL", "", _text, _threshold)
+    pool_low_interval_s: float = env("POOL_LOW_INTERVAL_S", 1.0, _float, Range(0.1, 3600))
     # Coupons of one type a user may hold at once (releases give one back); 0: no limit.
     max_allocations_per_user: int = env("MAX_ALLOCATIONS_PER_USER", 0, _int, Range(0, 1_000_000))
     # How long the answer to a request with an Idempotency-Key is kept for its retries.
@@ -297,6 +322,13 @@ class Settings:
     def variables(cls) -> list[str]:
         """Every environment variable the service reads."""
         return [f.metadata["env"] for f in dataclasses.fields(cls)]
+
+    @property
+    def pool_low(self) -> dict[str, str]:
+        """The pool-low thresholds set, type -> "<n>" or "<n>m" (pool/levels.py parses them)."""
+        given = {"FREE": self.pool_low_free, "STANDARD": self.pool_low_standard}
+        given["MEGADEAL"] = self.pool_low_megadeal
+        return {t: v for t, v in given.items() if v}
 
     @property
     def megadeal(self) -> MegadealLimits:

@@ -27,7 +27,7 @@ def key_shapes() -> list[re.Pattern[str]]:
         k.coupon(x), k.available(t), k.draining(t), k.held(t, x), k.user_coupons(t, x), k.tracked_prefix + x,
         k.idempotency(x, x), k.key_claim(k.idempotency(x, x)), k.megadeal_wake(x), str(guarded([k.stats])[0]),
         k.failed_lookups(x), k.megadeal_heard, k.due(t), k.lapsed(t, x), k.rules, k.batch_stats(x),
-        k.batch_codes(x), k.batch(x), k.batches, k.jobs, k.job_owners, k.audit_dropped, k.feeds,
+        k.batch_codes(x), k.batch(x), k.batches, k.jobs, k.job_owners, k.audit_dropped, k.feeds, k.levels,
     ]  # fmt: skip
     shapes = []
     for key in built:

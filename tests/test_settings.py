@@ -27,6 +27,15 @@ def test_environment_overrides_defaults() -> None:
     assert (settings.redis_url, settings.port, settings.key_namespace) == ("redis://r:1/2", 9000, "pool-b")
 
 
+def test_pool_low_thresholds_are_counts_or_minutes_and_empty_is_off() -> None:
+    settings = Settings.from_env(
+        {"POOL_LOW_FREE": "0", "POOL_LOW_STANDARD": "1000000000", "POOL_LOW_MEGADEAL": "1440m"}
+    )
+    assert settings.pool_low == {"FREE": "0", "STANDARD": "1000000000", "MEGADEAL": "1440m"}
+    assert Settings.from_env({"POOL_LOW_STANDARD": "1m", "POOL_LOW_FREE": ""}).pool_low == {"STANDARD": "1m"}
+    assert Settings.from_env({}).pool_low == {}
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -48,6 +57,14 @@ def test_environment_overrides_defaults() -> None:
         ({"POOL_SHARDS": "257"}, "POOL_SHARDS: must be 1 to 256"),
         ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS: must be 0 to 100"),
         ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS: must be 1 to 60,000"),
+        ({"POOL_LOW_STANDARD": "ten"}, "POOL_LOW_STANDARD: must be a count of available coupons, 0 to 1,"),
+        ({"POOL_LOW_FREE": "1000000001"}, "POOL_LOW_FREE: must be a count .* not '1000000001'"),
+        ({"POOL_LOW_FREE": "-1"}, "POOL_LOW_FREE: must be a count"),
+        ({"POOL_LOW_MEGADEAL": "0m"}, "POOL_LOW_MEGADEAL: must be .* minutes of supply, 1m to 1,440m"),
+        ({"POOL_LOW_MEGADEAL": "1441m"}, "POOL_LOW_MEGADEAL: must be"),
+        ({"POOL_LOW_STANDARD": "5 m"}, "POOL_LOW_STANDARD: must be"),
+        ({"POOL_LOW_STANDARD": "5M"}, "POOL_LOW_STANDARD: must be"),
+        ({"POOL_LOW_INTERVAL_S": "0.05"}, "POOL_LOW_INTERVAL_S: must be 0.1 to 3,600"),
         ({"COUPON_POOL_CLIENT_KEYS": ",".join(f"client-key-{i:06d}" for i in range(101))},
          "COUPON_POOL_CLIENT_KEYS: at most 100 keys, not 101"),
     ],

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..pool.levels import thresholds_of
 from ..pool.megadeal import MegadealGate
 from ..pool.placement import LayoutMismatch
 from ..pool.store import Store
@@ -21,6 +22,7 @@ from ..settings import Settings
 from . import dashboard
 from .auth import ApiKeys
 from .background import (
+    check_levels_periodically,
     forget_dead_waiters_periodically,
     purge_periodically,
     run_jobs_periodically,
@@ -95,10 +97,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         trimming = asyncio.create_task(
             trim_feeds_periodically(store, settings.feed_trim_interval_s, access_log, stop_background)
         )
+        # Pool-low events: a check every POOL_LOW_INTERVAL_S while a type has a threshold.
+        thresholds = thresholds_of(settings.pool_low)
+        levels = asyncio.create_task(
+            check_levels_periodically(
+                store, thresholds, settings.pool_low_interval_s, access_log, stop_background
+            )
+        )
         try:
             yield
         finally:
             stop_background.set()
+            levels.cancel()
             purging.cancel()
             forgetting.cancel()
             settling.cancel()
@@ -106,7 +116,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             jobs.cancel()
             trimming.cancel()
             await asyncio.wait(
-                {purging, forgetting, settling, jobs, trimming}, timeout=2 * settings.redis_timeout_s + 1
+                {purging, forgetting, settling, jobs, trimming, levels},
+                timeout=2 * settings.redis_timeout_s + 1,
             )
             await store.aclose()
             await gate.aclose()

@@ -1,18 +1,20 @@
 """Work an app process does on its own, beside the requests: the periodic purge, settling
-due holds and starts, the batches' jobs, and dropping the MEGADEAL waiters of processes that
-are gone."""
+due holds and starts, the batches' jobs, trimming the feeds, checking the pool-low thresholds,
+and dropping the MEGADEAL waiters of processes that are gone."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import suppress
 
 from redis.exceptions import RedisError, ResponseError
 
+from ..models import CouponType
 from ..pool.connection import process_name
+from ..pool.levels import Threshold
 from ..pool.megadeal import FORGET_INTERVAL_S, MegadealGate
 from ..pool.store import Store
 from .middleware import JsonLines
@@ -94,6 +96,29 @@ async def trim_feeds_periodically(
                     level="error", event="feed_dropped", stream=t.stream, dropped=t.dropped,
                     groups=t.lost_by, reason="FEED_MAX_LEN reached: entries a group needed were dropped",
                 )  # fmt: skip
+
+
+async def check_levels_periodically(
+    store: Store,
+    thresholds: Mapping[CouponType, Threshold],
+    interval_s: float,
+    lines: JsonLines,
+    stop: asyncio.Event,
+) -> None:
+    """Every ``interval_s``, check the types' available counts against their pool-low
+    thresholds (levels.py). Every process may: the function records a crossing once, whoever
+    sees it first, and logs it here (``pool_low`` at warning level)."""
+    if not thresholds:
+        return
+    async for _ in every(interval_s, stop):
+        try:
+            crossed = await store.levels.check(thresholds)
+        except RedisError as exc:
+            lines.write(level="warning", event="pool_level", error=repr(exc))
+            continue
+        for c in crossed:
+            level = "warning" if c.op == "pool_low" else "info"
+            lines.write(level=level, event=c.op, type=c.type.value, threshold=str(thresholds[c.type]))
 
 
 async def forget_dead_waiters_periodically(gate: MegadealGate, stop: asyncio.Event) -> None:

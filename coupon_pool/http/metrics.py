@@ -1,4 +1,5 @@
-"""Prometheus metrics: request counts and latencies per route, coupon counters, the MEGADEAL gate."""
+"""Prometheus metrics: request counts and latencies per route, coupon counters, the MEGADEAL gate,
+the consumer groups, the types low on coupons."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ..models import CouponType
 from ..pool.feeds import FeedStatus
 from ..pool.megadeal import GateStatus
 from ..pool.upkeep import Memory
@@ -45,10 +47,18 @@ class RequestMetrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.latency.observe((method, route, status), seconds)
 
-    def render(self, stats: Stats, gate: GateStatus, memory: Memory, feeds: FeedStatus) -> bytes:
+    def render(
+        self,
+        stats: Stats,
+        gate: GateStatus,
+        memory: Memory,
+        feeds: FeedStatus,
+        low: Sequence[CouponType] = (),  # pool-low events: the types low now
+    ) -> bytes:
         """The exposition text: these request metrics, then the pool's state read just now."""
         snapshot = CollectorRegistry(auto_describe=False)
         snapshot.register(_Snapshot(stats, gate, memory, feeds))
+        snapshot.register(_Low(low))
         return generate_latest(self.registry) + generate_latest(snapshot)
 
 
@@ -152,3 +162,20 @@ class _Snapshot(Collector):
             "Audit entries dropped past FEED_MAX_LEN though a consumer group had not acknowledged them",
             value=self.feeds.dropped,
         )
+
+
+class _Low(Collector):
+    """Pool-low events (pool/levels.py): 1 for each type low now, 0 for the others."""
+
+    def __init__(self, low: Sequence[CouponType]) -> None:
+        self.low = low
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily(
+            "coupon_pool_pool_low",
+            "1 while the type's available coupons are below its pool-low threshold, else 0",
+            labels=["type"],
+        )
+        for coupon_type in CouponType:
+            gauge.add_metric([coupon_type.value], 1 if coupon_type in self.low else 0)
+        yield gauge

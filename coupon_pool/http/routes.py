@@ -23,6 +23,7 @@ from ..results import (
     Health,
     MegadealStatus,
     MemoryStatus,
+    PoolLevels,
     PurgeResult,
     Readiness,
     Redemption,
@@ -144,6 +145,11 @@ async def stats(call: Call) -> Stats:
     return await call.store.stats()
 
 
+async def levels(call: Call) -> PoolLevels:
+    """Pool-low events: each type's level against its threshold, as the latest check saw it."""
+    return await call.store.levels.levels()
+
+
 async def megadeal(call: Call) -> MegadealStatus:
     """The MEGADEAL gate now: slots in use, requests queued, admissions in the last second, and
     its limits."""
@@ -174,10 +180,11 @@ async def audit(call: Call, query: AuditQuery) -> AuditPage:
 
 async def metrics(call: Call) -> bytes:
     """Request latencies of this process; the pool's counters, the MEGADEAL gate, Redis's
-    memory and the consumer groups' backlogs, from Redis."""
+    memory, the consumer groups' backlogs and the types low on coupons, from Redis."""
     stats, gate, memory = await call.store.stats(), await call.gate.status(), await call.store.memory()
     feeds = await call.store.feeds.status()
-    rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory, feeds)
+    low = await call.store.levels.low()
+    rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory, feeds, low)
     return rendered
 
 
@@ -258,6 +265,10 @@ OPERATIONS = (
     Operation(
         method="GET", path="/v1/stats", handler=stats, tag="pool",
         summary="Counters by coupon type", response=Stats,
+    ),
+    Operation(
+        method="GET", path="/v1/levels", handler=levels, tag="pool",
+        summary="Which types are low on coupons (pool-low events)", response=PoolLevels,
     ),
     Operation(
         method="GET", path="/v1/megadeal", handler=megadeal, tag="pool",

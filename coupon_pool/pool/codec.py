@@ -180,15 +180,19 @@ def upload_result(answer: dict[str, Any], coupons: Sequence[CouponIn]) -> Upload
     )
 
 
-_COUNT_FIELDS = frozenset({"created", "duplicates", "used", "allocated"})
+_COUNT_FIELDS = frozenset({"created", "duplicates", "used", "allocated", "available", "threshold", "minutes"})
+_RATE_FIELDS = frozenset({"rate_per_min"})  # pool-low events in minutes (levels.py)
 
 
 def audit_entry(entry_id: str, fields: dict[str, str], stream_id: str | None = None) -> AuditEntry:
-    """An AuditEntry from a stream entry; counts become integers."""
-    values: dict[str, Any] = {
-        k: int(v) if k in _COUNT_FIELDS or k.startswith(("purged_", "retired_")) else v
-        for k, v in fields.items()
-    }
+    """An AuditEntry from a stream entry; counts become integers, rates numbers."""
+    values: dict[str, Any] = {k: _field(k, v) for k, v in fields.items()}
     return AuditEntry.model_construct(
         id=entry_id, time=from_ms((stream_id or entry_id).partition("-")[0]), **values
     )
+
+
+def _field(name: str, value: str) -> Any:
+    if name in _COUNT_FIELDS or name.startswith(("purged_", "retired_")):
+        return int(value)
+    return float(value) if name in _RATE_FIELDS else value

@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .keys import BatchCount, BatchField, BucketField, CouponField, KeyPart, RecordField
+from .keys import BatchCount, BatchField, BucketField, CouponField, KeyPart, LevelField, RecordField
 
 KEYED_KEYS = ("record",)  # a keyed call's last key: its Idempotency-Key record, when it has one
 KEYED_ARGS = ("fp", "ttl_ms")  # and its arguments: the request's fingerprint, how long to keep the record
@@ -276,10 +276,14 @@ JOB = declare(
     "job", keys="jobs owners", args="action job owner lease_ms", numbers="lease_ms", flags=("allow-oom",)
 )
 GENERATE = declare("generate", keys="batches record jobs owners", args="batch job stamp", more_args="fields")
+# Pool-low events (levels.py): the levels of the types checked, a crossing audited once.
+POOL_LEVEL = declare(
+    "pool_level", keys="levels audit_stream", args="audit_cap ticket", more_args="checks", numbers="ticket"
+)
 FUNCTIONS = (
     UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, VALIDATE, SETTLE, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
     MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP, BATCH_OPEN, BATCH_RULES, BATCH_RESERVE,
-    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE, FEED_TRIM,
+    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE, FEED_TRIM, POOL_LEVEL,
 )  # fmt: skip
 
 
@@ -292,11 +296,12 @@ def lua_dir() -> Path:
 def constants() -> str:
     """Lua constants for the fields of a coupon hash (``local F_EXPIRES = 'exp'``...), of an
     Idempotency-Key record (``R_REPLY``...), of a budget of failed lookups (``B_AT``...), the
-    parts of a slot's key names (``K_DUE``...), of a batch's record (``A_TYPE``...) and of its
-    counters in a slot (``N_USED``...)."""
+    parts of a slot's key names (``K_DUE``...), of a batch's record (``A_TYPE``...), of its
+    counters in a slot (``N_USED``...) and of the pool-low states (``L_STATE``...)."""
     fields: list[tuple[str, StrEnum]] = [("F", f) for f in CouponField]
     fields += [("R", f) for f in RecordField] + [("B", f) for f in BucketField] + [("K", f) for f in KeyPart]
     fields += [("A", f) for f in BatchField] + [("N", f) for f in BatchCount]
+    fields += [("L", f) for f in LevelField]
     return "".join(f"local {kind}_{f.name} = '{f.value}'\n" for kind, f in fields)
 
 

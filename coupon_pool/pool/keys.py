@@ -30,6 +30,8 @@ class Keys:
         # main slot, the consumer groups (name -> kind).
         self.audit_dropped = self.slot + KeyPart.AUDIT_DROPPED
         self.feeds = self.slot + KeyPart.FEEDS
+        # Pool-low events (levels.py), main slot: each type's level against its threshold.
+        self.levels = self.slot + KeyPart.LEVELS
         self.purge_lock = f"{tag}:purge:lock"
         self.available_prefix = self.slot + KeyPart.AVAILABLE  # then the type
         self.draining_prefix = self.slot + KeyPart.DRAINING  # then the type
@@ -168,6 +170,7 @@ class KeyPart(StrEnum):
     AUDIT = "audit"
     AUDIT_DROPPED = "audit:dropped"
     FEEDS = "feeds"  # main slot
+    LEVELS = "levels"  # main slot
     AVAILABLE = "avail:"  # then the type
     DRAINING = "draining:"  # then the type
     HELD = "held:"  # then "<TYPE>:<user>"
@@ -257,3 +260,14 @@ class BatchCount(StrEnum):
     PURGED = "purged"  # coupons the purge took
     LIVE = "live:"  # then the type: coupons not purged
     OFF = "off:"  # then the type: coupons not purged disabled on their own
+
+
+class LevelField(StrEnum):
+    """The fields of the pool-low states ``{ns}:levels`` (main slot, levels.py); the Lua
+    functions see each as a constant ``L_<NAME>``. Each but TICKET is followed by the type."""
+
+    TICKET = "ticket"  # taken by each check before it reads the counters (HINCRBY)
+    SEEN = "seen:"  # the ticket of the latest check applied to the type: older ones are not
+    STATE = "state:"  # "low" while the type is below its threshold, else "ok"
+    AVAILABLE = "available:"  # what that check read
+    THRESHOLD = "threshold:"  # the threshold it applied (coupons)

@@ -3,7 +3,7 @@
     coupons.py    allocate, redeem, roll back, release    placement.py  shards and slots
     uploading.py  uploads, resumable                      upkeep.py     purge, memory
     reads.py      listings, a coupon, stats, audit        keyed.py      Idempotency-Key
-    feeds.py      the audit trail's consumer groups
+    feeds.py      the audit trail's consumer groups       levels.py     pool-low events
     batches.py    batches: rules, disable, jobs           generation.py codes the service draws (a job)
     exporting.py  a batch's coupons, by stretches
 
@@ -28,6 +28,7 @@ from .feeds import Feeds
 from .generation import Generating
 from .keyed import Keyed
 from .keys import Keys, Layout
+from .levels import Levels
 from .library import Library
 from .placement import Placement
 from .reads import Reads
@@ -70,6 +71,7 @@ class Store:
         self.export = Exporting(ctx).export
         self.failed_lookups = FailedLookups(ctx)
         self.feeds = Feeds(ctx)  # the audit trail's consumer groups, and its trimming for them
+        self.levels = Levels(ctx, reads.stats)  # pool-low events: check(thresholds), levels(), low()
         self.check_layout = self.placement.check_layout
 
     @classmethod

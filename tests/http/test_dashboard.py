@@ -188,6 +188,35 @@ def test_the_megadeal_gate_shows_its_admissions(
     watched.close()
 
 
+def test_a_type_below_its_pool_low_threshold_is_marked_low_until_an_upload(
+    browser: Browser, redis_server: RedisServer, flushed: None
+) -> None:
+    # A server of its own: its level checks write to the trail, which other tests here read.
+    server = LiveServer(redis_server.url, POOL_LOW_STANDARD="50", POOL_LOW_INTERVAL_S="0.1")
+    try:
+        fill_pool(server.url)  # 40 of each type: STANDARD is low
+        watched = Watched(browser)
+        watched.page.goto(f"{server.url}/dashboard")
+
+        marker = watched.page.locator('#types [data-low="STANDARD"]')
+        expect(marker).to_have_text("low", timeout=5000)
+        assert "below its pool-low threshold of 50" in (marker.get_attribute("title") or "")
+        expect(watched.page.locator("#types [data-low]")).to_have_count(1)  # FREE, MEGADEAL: none
+        more = [
+            {"code": f"DASH-MORE-{i}", "type": "STANDARD", "discount": {"kind": "flat", "value": "5"},
+             "expires_at": "2099-01-01T00:00:00Z"}
+            for i in range(20)
+        ]  # fmt: skip
+        assert httpx.post(f"{server.url}/v1/coupons", json={"coupons": more}).status_code == 201
+        expect(watched.page.locator("#types [data-low]")).to_have_count(0, timeout=5000)
+        newest = watched.page.locator("#audit td[data-field=op]").first
+        expect(newest).to_have_text("pool_recovered", timeout=5000)
+        assert watched.errors() == []
+        watched.close()
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def keyed_server(redis_server: RedisServer) -> Iterator[LiveServer]:
     server = LiveServer(

@@ -1,6 +1,6 @@
-// The coupon-pool dashboard: polls /v1/stats, /v1/megadeal and /v1/audit every 2 seconds and
-// draws what it read. Every request goes to this page's own origin; rates are computed here
-// from successive counters, so the service does no work beyond those three reads.
+// The coupon-pool dashboard: polls /v1/stats, /v1/levels, /v1/megadeal and /v1/audit every 2
+// seconds and draws what it read. Every request goes to this page's own origin; rates are
+// computed here from successive counters, so the service does no work beyond those four reads.
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -74,7 +74,17 @@ function cell(row, text, field, type) {
   row.append(td);
 }
 
-function drawTypes(stats) {
+// Pool-low events: a "low" marker beside each type below its threshold (GET /v1/levels).
+function lowMarker(type, level) {
+  const marker = document.createElement("span");
+  marker.className = "low";
+  marker.dataset.low = type;
+  marker.textContent = "low";
+  marker.title = `${number(level.available)} available, below its pool-low threshold of ${number(level.threshold)}`;
+  return marker;
+}
+
+function drawTypes(stats, levels) {
   const latest = history[history.length - 1];
   const recent = sampleBefore(RATE_WINDOW_MS);
   const minuteAgo = sampleBefore(RUN_OUT_WINDOW_MS);
@@ -83,6 +93,8 @@ function drawTypes(stats) {
     const row = document.createElement("tr");
     if (type === "total") row.className = "totals";
     cell(row, type);
+    const level = levels.types[type];
+    if (level && level.low) row.firstChild.append(" ", lowMarker(type, level));
     for (const field of FIELDS) cell(row, number(counts[field]), field, type);
     const of = (sample) => (type === "total" ? sample.stats.totals : sample.stats.types[type]);
     const rate = perSecond(recent, latest, (s) => allocations(of(s)));
@@ -146,11 +158,13 @@ function drawAudit(page) {
 async function refresh() {
   const status = $("status");
   try {
-    const [stats, gate] = await Promise.all([read("/v1/stats"), read("/v1/megadeal")]);
+    const [stats, levels, gate] = await Promise.all(
+      [read("/v1/stats"), read("/v1/levels"), read("/v1/megadeal")],
+    );
     const at = Date.now();
     history.push({ at, stats });
     while (history.length > 2 && at - history[0].at > HISTORY_MS) history.shift();
-    drawTypes(stats);
+    drawTypes(stats, levels);
     drawChart();
     drawGate(gate);
     try {
