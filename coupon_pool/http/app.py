@@ -28,9 +28,10 @@ from .background import (
     trim_feeds_periodically,
 )
 from .bodies import BodyDeadlines
+from .delivery import ENDPOINT, Delivery
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
 from .inputs import Services
-from .metrics import RequestMetrics
+from .metrics import RequestMetrics, WebhookMetrics
 from .middleware import JsonLines, RequestTelemetry
 from .openapi import openapi_document
 from .problems import EXCEPTION_HANDLERS, unexpected
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     access_log = JsonLines()
     api_keys = ApiKeys(settings.admin_keys, settings.client_keys)
     request_metrics = RequestMetrics()
+    # Webhooks: metrics of their own, only while an endpoint is configured.
+    webhook_metrics = WebhookMetrics(request_metrics.registry, ENDPOINT) if settings.webhook_url else None
     services = Services(
         max_uploads=settings.max_uploads,
         max_body_bytes=settings.max_body_bytes,
@@ -95,6 +98,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         trimming = asyncio.create_task(
             trim_feeds_periodically(store, settings.feed_trim_interval_s, access_log, stop_background)
         )
+        # Webhooks: this process's share of the deliveries (http/delivery.py), beside the requests.
+        delivering = (
+            asyncio.create_task(Delivery(store, settings, access_log, stop_background, webhook_metrics).run())
+            if webhook_metrics is not None
+            else None
+        )
         try:
             yield
         finally:
@@ -108,6 +117,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.wait(
                 {purging, forgetting, settling, jobs, trimming}, timeout=2 * settings.redis_timeout_s + 1
             )
+            if delivering is not None:  # it stops its own tasks, giving up its leases
+                await asyncio.wait({delivering}, timeout=2 * settings.redis_timeout_s + 6)
             await store.aclose()
             await gate.aclose()
             if app.state.upload_worker:

@@ -276,10 +276,13 @@ JOB = declare(
     "job", keys="jobs owners", args="action job owner lease_ms", numbers="lease_ms", flags=("allow-oom",)
 )
 GENERATE = declare("generate", keys="batches record jobs owners", args="batch job stamp", more_args="fields")
+WEBHOOK_LEASE = declare(
+    "webhook_lease", keys="lease", args="action owner lease_ms", numbers="lease_ms", flags=("allow-oom",)
+)
 FUNCTIONS = (
     UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, VALIDATE, SETTLE, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
     MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP, BATCH_OPEN, BATCH_RULES, BATCH_RESERVE,
-    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE, FEED_TRIM,
+    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE, FEED_TRIM, WEBHOOK_LEASE,
 )  # fmt: skip
 
 
