@@ -73,9 +73,10 @@ class Deliveries:
         await self.redis.ltrim(key, -bound, -1)
         return length - bound
 
-    async def parked(self, stream: int, count: int) -> list[Parked]:
-        """The oldest ``count`` parked batches of ``stream``."""
-        raws: Any = await self.redis.lrange(self.slots[stream].webhook_parked(self.endpoint), 0, count - 1)
+    async def parked(self, stream: int, start: int, count: int) -> list[Parked]:
+        """Up to ``count`` parked batches of ``stream`` from the ``start``-th, oldest first."""
+        key = self.slots[stream].webhook_parked(self.endpoint)
+        raws: Any = await self.redis.lrange(key, start, start + count - 1)
         found = []
         for raw in raws:
             record = orjson.loads(raw)

@@ -1,0 +1,193 @@
+"""Signed webhooks (README, Events): every event of the trail POSTed at least once by the app
+processes, through a receiver that fails for a while, a process killed mid-delivery, and
+batches parked past the retry horizon then redelivered by command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from redis import Redis
+
+from coupon_pool.pool.keys import Layout
+from coupon_pool.webhooks import sign, verify
+from support import wait_until
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
+from support.webhooks import Receiver, compare, coupons, mixed_load, trail
+
+SECRET = "whsec-test-0123456789abcdef"
+SHARDS = 4
+
+
+@pytest.fixture(scope="module")
+def hooks_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("hooks-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    got = Receiver()
+    yield got
+    got.stop()
+
+
+def env_of(receiver: Receiver, namespace: str, **more: str) -> dict[str, str]:
+    return {
+        "KEY_NAMESPACE": namespace, "POOL_SHARDS": str(SHARDS), "WEBHOOK_URL": receiver.url,
+        "WEBHOOK_SECRET": SECRET, "WEBHOOK_BATCH": "20", "WEBHOOK_BACKOFF_S": "0.05",
+        "WEBHOOK_MAX_BACKOFF_S": "0.4", "WEBHOOK_LEASE_S": "1", **more,
+    }  # fmt: skip
+
+
+def upload(url: str, count: int = 300) -> None:
+    assert httpx.post(f"{url}/v1/coupons", json={"coupons": coupons(count)}, timeout=30).status_code == 201
+
+
+def all_delivered(receiver: Receiver, redis_url: str, namespace: str, timeout: float = 25) -> None:
+    def done() -> bool:
+        return not compare(receiver, trail(redis_url, namespace, SHARDS)).missing
+
+    wait_until(done, timeout=timeout)
+
+
+def test_a_signature_verifies_and_a_changed_body_or_a_stale_time_does_not() -> None:
+    body = b'{"events":[{"id":"1-0","op":"allocate"}]}'
+    header = sign(SECRET, body, now=1_800_000_000.5)
+    assert re.fullmatch(r"t=1800000000,v1=[0-9a-f]{64}", header)
+    assert verify(SECRET, header, body, now=1_800_000_100)
+    for i in range(len(body)):  # any one byte changed
+        changed = body[:i] + bytes([body[i] ^ 1]) + body[i + 1 :]
+        assert not verify(SECRET, header, changed, now=1_800_000_100)
+    assert not verify("another-secret-0123456789", header, body, now=1_800_000_100)
+    assert not verify(SECRET, header, body, now=1_800_000_301)  # past the 300 s window
+    assert verify(SECRET, header, body, now=1_800_000_600, tolerance_s=600)
+    assert not verify(SECRET, "v1=" + header.split("v1=")[1], body, now=1_800_000_000)  # no t
+    assert not verify(SECRET, "garbage", body, now=1_800_000_000)
+
+
+def test_two_processes_deliver_every_event_once_the_receiver_answers(
+    hooks_redis: RedisServer, tmp_path: Path
+) -> None:
+    receiver = Receiver(fail_s=3)
+    env = env_of(receiver, "hooks-two")
+    servers = [LiveServer(hooks_redis.url, log=tmp_path / f"app{i}.log", **env) for i in range(2)]
+    try:
+        upload(servers[0].url)
+        load = asyncio.run(mixed_load([s.url for s in servers], seconds=6, workers=4))
+        assert load.answers["allocate 201"] > 50
+        assert load.answers["redeem 201"]
+        assert load.answers["release 201"]
+        all_delivered(receiver, hooks_redis.url, "hooks-two")
+
+        outcome = compare(receiver, trail(hooks_redis.url, "hooks-two", SHARDS))
+        assert outcome.missing == []
+        assert outcome.extra == []
+        assert receiver.answered(500), "the receiver failed its first 3 s"
+        for r in receiver.received:  # every POST, failed or not, signed over its exact body
+            assert verify(SECRET, r.signature, r.body, now=r.at), r.signature
+            assert not verify(SECRET, r.signature, r.body + b" ", now=r.at)
+        ops = {e["op"] for r in receiver.answered(200) for e in orjson.loads(r.body)["events"]}
+        assert {"upload", "allocate", "redeem", "release"} <= ops
+    finally:
+        for server in servers:
+            server.stop()
+        receiver.stop()
+
+
+def test_the_batches_of_a_killed_process_are_delivered_by_the_other(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace, layout = "hooks-kill", Layout("hooks-kill", SHARDS)
+    receiver.failing = True
+    env = env_of(receiver, namespace)
+    first = LiveServer(hooks_redis.url, log=tmp_path / "first.log", **env)
+    second = None
+    try:
+        upload(first.url)
+        asyncio.run(mixed_load([first.url], seconds=1.5, workers=4))
+        # The first process holds every stream, and has batches handed to it, unacknowledged.
+        pending = sum(p["pending"] for p in pending_of(hooks_redis, layout))
+        assert pending > 0
+        second = LiveServer(hooks_redis.url, log=tmp_path / "second.log", **env)
+        first.process.kill()
+        first.process.wait(10)
+        receiver.failing = False
+        asyncio.run(mixed_load([second.url], seconds=1, workers=2))
+        all_delivered(receiver, hooks_redis.url, namespace)
+        assert compare(receiver, trail(hooks_redis.url, namespace, SHARDS)).extra == []
+    finally:
+        if first.process.poll() is None:
+            first.stop()
+        if second is not None:
+            second.stop()
+
+
+def pending_of(server: RedisServer, layout: Layout) -> list[dict[str, int]]:
+    with Redis.from_url(server.url, decode_responses=True) as redis:
+        return [{"pending": int(redis.xpending(k.audit, "webhook.default")["pending"])} for k in layout.slots]
+
+
+def test_a_batch_past_the_retry_horizon_is_parked_counted_and_redelivered_by_command(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-park"
+    receiver.failing = True
+    env = env_of(receiver, namespace, WEBHOOK_RETRY_HORIZON_S="1")
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
+    try:
+        upload(server.url, 20)
+        for i in range(10):
+            assert httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"p{i}"}).status_code == 201
+
+        def parked() -> bool:
+            text = httpx.get(f"{server.url}/metrics").text
+            return (
+                metric(text, "coupon_pool_webhook_batches_parked_total") >= 1
+                and metric(text, "coupon_pool_webhook_parked_batches") >= 1
+                and metric(text, "coupon_pool_webhook_failures_total") >= 2
+            )
+
+        wait_until(parked, timeout=20)
+        status = webhooks_command(hooks_redis, receiver, namespace, "status")
+        assert status.returncode == 0, status.stderr
+        shown = orjson.loads(status.stdout)
+        assert shown["parked"] >= 1
+        assert shown["endpoint"] == "default"
+
+        still = webhooks_command(hooks_redis, receiver, namespace, "redeliver")
+        assert still.returncode == 3, still.stderr  # the receiver still fails: kept parked
+        receiver.failing = False
+        done = webhooks_command(hooks_redis, receiver, namespace, "redeliver")
+        assert done.returncode == 0, done.stderr
+        all_delivered(receiver, hooks_redis.url, namespace, timeout=10)
+        after = webhooks_command(hooks_redis, receiver, namespace, "status")
+        assert orjson.loads(after.stdout)["parked"] == 0
+        assert all(verify(SECRET, r.signature, r.body, now=r.at) for r in receiver.received)
+    finally:
+        server.stop()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf'^{name}{{endpoint="default"}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def webhooks_command(
+    server: RedisServer, receiver: Receiver, namespace: str, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": server.url, **env_of(receiver, namespace)}
+    return subprocess.run(
+        [sys.executable, "-m", "coupon_pool", "webhooks", *argv],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
