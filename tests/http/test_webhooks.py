@@ -9,8 +9,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -19,11 +21,12 @@ from redis import Redis
 
 from coupon_pool.pool.keys import Layout
 from coupon_pool.webhooks import sign, verify
-from support import wait_until
+from support import REPO, wait_until
 from support.live_server import LiveServer
 from support.redis_server import RedisServer
 from support.webhooks import Receiver, compare, coupons, mixed_load, trail
 
+README = (REPO / "README.md").read_text()
 SECRET = "whsec-test-0123456789abcdef"
 SHARDS = 4
 
@@ -76,6 +79,24 @@ def test_a_signature_verifies_and_a_changed_body_or_a_stale_time_does_not() -> N
     assert not verify(SECRET, "garbage", body, now=1_800_000_000)
 
 
+def documented_verify() -> Callable[[str, str, bytes], bool]:
+    """README's snippet for receivers, as a receiver would copy it."""
+    section = README[README.index("## Webhooks") :]
+    snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert snippet is not None
+    scope: dict[str, Any] = {}
+    exec(snippet.group(1), scope)
+    return cast(Callable[[str, str, bytes], bool], scope["verify"])
+
+
+def test_readmes_snippet_verifies_as_verify_does() -> None:
+    body, now = b'{"events":[]}', time.time()
+    readme_verify = documented_verify()
+    assert readme_verify(SECRET, sign(SECRET, body, now), body)
+    assert not readme_verify(SECRET, sign(SECRET, body, now - 301), body)
+    assert not readme_verify(SECRET, sign(SECRET, body, now), body + b"\n")
+
+
 def test_two_processes_deliver_every_event_once_the_receiver_answers(
     hooks_redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -94,9 +115,12 @@ def test_two_processes_deliver_every_event_once_the_receiver_answers(
         assert outcome.missing == []
         assert outcome.extra == []
         assert receiver.answered(500), "the receiver failed its first 3 s"
+        readme_verify = documented_verify()
         for r in receiver.received:  # every POST, failed or not, signed over its exact body
             assert verify(SECRET, r.signature, r.body, now=r.at), r.signature
+            assert readme_verify(SECRET, r.signature, r.body)
             assert not verify(SECRET, r.signature, r.body + b" ", now=r.at)
+            assert not readme_verify(SECRET, r.signature, r.body[1:])
         ops = {e["op"] for r in receiver.answered(200) for e in orjson.loads(r.body)["events"]}
         assert {"upload", "allocate", "redeem", "release"} <= ops
     finally:
