@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from ..pool.connection import process_name
 from ..pool.deliveries import KIND, Deliveries
-from ..pool.feeds import Event
+from ..pool.feeds import Event, FeedError
 from ..pool.store import Store
 from ..settings import Settings
 from ..webhooks import Sender, body_of
@@ -33,6 +33,7 @@ from .middleware import JsonLines
 
 ENDPOINT = "default"  # the one endpoint WEBHOOK_URL configures
 IDLE_S = 0.15  # a held stream with nothing new is read again after this long
+ERROR_PAUSE_S = 1.0  # after Redis failed a stream's read or acknowledgement
 STATUS_EVERY_S = 2.0  # how often the gauges (parked, oldest undelivered) are read from Redis
 
 
@@ -125,8 +126,7 @@ class Delivery:
                 held = False
             if held:
                 await self._while_held(n)
-            else:
-                await self._pause(self.policy.lease_s / 4)
+            await self._pause(self.policy.lease_s / 4)
 
     @property
     def _lease_ms(self) -> int:
@@ -177,10 +177,12 @@ class Delivery:
                     continue
                 if await self._deliver(n, events, held):
                     await self.feeds.ack(self.group, n, [e.entry for e in events])
-            except RedisError as exc:
+            except (RedisError, FeedError) as exc:
                 self.lines.write(level="warning", event="webhook", stream=n, error=repr(exc))
                 claiming = True  # what was read and not acknowledged is still the group's pending
-                await self._pause(IDLE_S)
+                if isinstance(exc, FeedError) or "NOGROUP" in str(exc):  # dropped by an operator
+                    await self._create()
+                await self._pause(ERROR_PAUSE_S)
 
     async def _deliver(self, n: int, events: list[Event], held: asyncio.Event) -> bool:
         """POST the batch (its events of WEBHOOK_OPS) until taken, or parked: True then; False
