@@ -19,6 +19,7 @@ import orjson
 import pytest
 from redis import Redis
 
+from coupon_pool.http.delivery import Policy
 from coupon_pool.pool.keys import Layout
 from coupon_pool.webhooks import sign, verify
 from support import REPO, wait_until
@@ -31,11 +32,10 @@ SECRET = "whsec-test-0123456789abcdef"
 SHARDS = 4
 
 
-@pytest.fixture(scope="module")
-def hooks_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("hooks-redis")).start()
-    yield server
-    server.stop()
+@pytest.fixture
+def hooks_redis(redis_server: RedisServer) -> RedisServer:
+    """The suite's Redis, each test in a namespace of its own."""
+    return redis_server
 
 
 @pytest.fixture
@@ -155,6 +155,46 @@ def test_the_batches_of_a_killed_process_are_delivered_by_the_other(
             first.stop()
         if second is not None:
             second.stop()
+
+
+def test_events_of_other_ops_are_acknowledged_unsent(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-ops"
+    env = env_of(receiver, namespace, WEBHOOK_OPS="redeem")
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
+    try:
+        upload(server.url, 20)
+        for i in range(5):
+            code = httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"o{i}"}).json()["code"]
+            redeemed = httpx.post(f"{server.url}/v1/redemptions", json={"code": code, "user_id": f"o{i}"})
+            assert redeemed.status_code == 201
+        with Redis.from_url(hooks_redis.url, decode_responses=True) as redis:
+            redeems = set(redeem_ids(redis, Layout(namespace, SHARDS)))
+        assert len(redeems) == 5
+        wait_until(lambda: set(receiver.acknowledged_ids()) == redeems, timeout=15)
+        skipped = "coupon_pool_webhook_events_skipped_total"  # the upload's, the allocations'
+        wait_until(lambda: metric(httpx.get(f"{server.url}/metrics").text, skipped) >= 6)
+        assert all(e["op"] == "redeem" for r in receiver.received for e in orjson.loads(r.body)["events"])
+    finally:
+        server.stop()
+
+
+def redeem_ids(redis: Redis, layout: Layout) -> list[str]:
+    ids = []
+    for n, k in enumerate(layout.slots):
+        for entry, fields in redis.xrange(k.audit):
+            if fields["op"] == "redeem":
+                ids.append(f"{entry}-{n}")
+    return ids
+
+
+def test_a_retry_waits_at_random_up_to_the_capped_exponential_step() -> None:
+    policy = Policy(frozenset(), 100, 1000, backoff_s=0.5, max_backoff_s=4.0, lease_s=5, parked_max=10)
+    for attempt, cap in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (10, 4.0), (1000, 4.0)]:
+        waits = [policy.backoff(attempt) for _ in range(200)]
+        assert all(0 <= w <= cap for w in waits)
+        assert max(waits) > cap / 2  # spread over the range, not fixed
 
 
 def pending_of(server: RedisServer, layout: Layout) -> list[dict[str, int]]:
