@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from coupon_pool.pool.keys import Layout
 from coupon_pool.webhooks import HEADER
@@ -124,11 +125,12 @@ async def mixed_load(urls: list[str], seconds: float, workers: int = 8) -> Load:
     return Load(answers)
 
 
-def trail(redis_url: str, namespace: str, shards: int) -> dict[str, int]:
+def trail(redis_url: str, namespace: str, shards: int, cluster: bool = False) -> dict[str, int]:
     """Every entry of the pool's audit streams: its id as events name it -> its time, ms."""
     layout = Layout(namespace, shards)
     found: dict[str, int] = {}
-    with Redis.from_url(redis_url, decode_responses=True) as redis:
+    client = RedisCluster if cluster else Redis
+    with client.from_url(redis_url, decode_responses=True) as redis:
         for n, k in enumerate(layout.slots):
             after = "-"
             while entries := redis.xrange(k.audit, min=after, count=10_000):

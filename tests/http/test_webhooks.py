@@ -23,6 +23,7 @@ from coupon_pool.http.delivery import Policy
 from coupon_pool.pool.keys import Layout
 from coupon_pool.webhooks import sign, verify
 from support import REPO, wait_until
+from support.cluster import CLUSTER_SHARDS, Cluster
 from support.live_server import LiveServer
 from support.redis_server import RedisServer
 from support.webhooks import Receiver, compare, coupons, mixed_load, trail
@@ -123,6 +124,29 @@ def test_two_processes_deliver_every_event_once_the_receiver_answers(
             assert not readme_verify(SECRET, r.signature, r.body[1:])
         ops = {e["op"] for r in receiver.answered(200) for e in orjson.loads(r.body)["events"]}
         assert {"upload", "allocate", "redeem", "release"} <= ops
+    finally:
+        for server in servers:
+            server.stop()
+        receiver.stop()
+
+
+def test_on_a_redis_cluster_every_event_is_delivered_once_the_receiver_answers(
+    redis_cluster: Cluster, tmp_path: Path
+) -> None:
+    redis_cluster.flush()
+    receiver = Receiver(fail_s=1.5)
+    env = env_of(receiver, "cp", REDIS_CLUSTER="1", POOL_SHARDS=str(CLUSTER_SHARDS))
+    servers = [LiveServer(redis_cluster.url, log=tmp_path / f"app{i}.log", **env) for i in range(2)]
+    try:
+        upload(servers[0].url)
+        asyncio.run(mixed_load([s.url for s in servers], seconds=3, workers=4))
+
+        def done() -> bool:
+            return not compare(receiver, trail(redis_cluster.url, "cp", CLUSTER_SHARDS, cluster=True)).missing
+
+        wait_until(done, timeout=25)
+        assert compare(receiver, trail(redis_cluster.url, "cp", CLUSTER_SHARDS, cluster=True)).extra == []
+        assert receiver.answered(500)
     finally:
         for server in servers:
             server.stop()
