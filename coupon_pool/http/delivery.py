@@ -201,6 +201,8 @@ class Delivery:
         oldest_ms = min(entry_ms(e) for e in chosen)
         attempt = 0
         while held.is_set() and not self.stop.is_set():
+            if attempt:
+                self.metrics.retries.inc()
             outcome = await self.sender.post(body)
             if outcome.ok:
                 self.metrics.batches.inc()
@@ -218,7 +220,6 @@ class Delivery:
                 events=len(chosen), reason=outcome.reason, attempt=attempt, retry_in_s=round(wait_s, 3),
             )  # fmt: skip
             await self._pause(wait_s)
-            self.metrics.retries.inc()
         return False
 
     async def _park(self, n: int, events: list[Event], reason: str, now_ms: int) -> None:

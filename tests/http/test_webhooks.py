@@ -244,6 +244,7 @@ def test_a_batch_past_the_retry_horizon_is_parked_counted_and_redelivered_by_com
                 metric(text, "coupon_pool_webhook_batches_parked_total") >= 1
                 and metric(text, "coupon_pool_webhook_parked_batches") >= 1
                 and metric(text, "coupon_pool_webhook_failures_total") >= 2
+                and metric(text, "coupon_pool_webhook_retries_total") >= 1
             )
 
         wait_until(parked, timeout=20)
