@@ -99,11 +99,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             trim_feeds_periodically(store, settings.feed_trim_interval_s, access_log, stop_background)
         )
         # Webhooks: this process's share of the deliveries (http/delivery.py), beside the requests.
-        delivering = (
-            asyncio.create_task(Delivery(store, settings, access_log, stop_background, webhook_metrics).run())
-            if webhook_metrics is not None
-            else None
-        )
+        delivering = None
+        if webhook_metrics is not None:
+            delivery = Delivery(store, settings, access_log, stop_background, webhook_metrics)
+            await delivery.prepare()  # its group exists before the first request is served
+            delivering = asyncio.create_task(delivery.run())
         try:
             yield
         finally:

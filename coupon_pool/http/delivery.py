@@ -90,11 +90,17 @@ class Delivery:
         self.lines, self.stop, self.metrics = lines, stop, metrics
         self.consumer = consumer_name()
         self.owner = f"{process_name()}/{uuid.uuid4().hex[:8]}"  # the leases' value
+        self.created = False  # the group exists
+
+    async def prepare(self) -> None:
+        """Make the endpoint's group now, before the process serves, so every operation it
+        serves is delivered (if Redis fails, ``run`` tries again)."""
+        self.created = await self._create()
 
     async def run(self) -> None:
         """Deliver until ``stop`` is set: the group made first (from the next entry written)."""
         try:
-            while not await self._create():
+            while not self.created and not await self._create():
                 await self._pause(1.0)
             if self.stop.is_set():
                 return
