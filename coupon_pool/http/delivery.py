@@ -178,7 +178,8 @@ class Delivery:
                 events: list[Event] = []
                 if claiming:
                     events = await self.feeds.claim(self.group, self.consumer, n, self.policy.batch)
-                    claiming = bool(events)
+                    # A claim may meet only entries trimmed meanwhile (it drops them): more may follow.
+                    claiming = bool(events) or await self.deliveries.pending(n) > 0
                 if not claiming:
                     events = await self.feeds.read(self.group, self.consumer, n, self.policy.batch)
                 if not events:

@@ -61,6 +61,11 @@ class Deliveries:
         keys, args = WEBHOOK_LEASE.bind(lease=lease, action=action, owner=owner, lease_ms=lease_ms)
         return bool(await self.ctx.library.run(WEBHOOK_LEASE, keys, args))
 
+    async def pending(self, stream: int) -> int:
+        """Entries of ``stream`` handed to the group's consumers and not acknowledged."""
+        summary: Any = await self.redis.xpending(self.slots[stream].audit, self.group)
+        return int(summary["pending"])
+
     async def park(self, stream: int, events: list[Event], reason: str, now_ms: int, bound: int) -> int:
         """Store a batch its retries gave up on; returns the oldest parked batches dropped to stay
         within ``bound`` (0 unless the list was full)."""

@@ -48,6 +48,7 @@ async def test_parked_batches_keep_their_order_within_the_bound_and_go_one_by_on
     await feeds.create(deliveries.group, "start", "webhook")
     events = [e for n in range(feeds.streams) for e in await feeds.read(deliveries.group, "c", n, 100)]
     assert len(events) >= 6
+    assert sum([await deliveries.pending(n) for n in range(feeds.streams)]) == len(events)
 
     dropped = [await deliveries.park(0, [e], "HTTP 500", 1, bound=3) for e in events[:5]]
     assert dropped == [0, 0, 0, 1, 1]
