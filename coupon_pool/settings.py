@@ -124,8 +124,11 @@ def _redis_url(value: str) -> str | None:
     return None
 
 
+_URLS = ("redis_url", "webhook_url")  # shown without their password
+
+
 def redacted(url: str) -> str:
-    """A Redis URL without its password, for messages."""
+    """A Redis (or webhook) URL without its password, for messages."""
     scheme, found, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not found or not at or ":" not in credentials:
@@ -294,9 +297,7 @@ class Settings:
             problem = check(value) if check else None
             if problem:  # a secret is never echoed, nor a URL's password
                 shown = (
-                    ""
-                    if f.metadata["secret"]
-                    else f", not {redacted(value) if f.name == 'redis_url' else value!r}"
+                    "" if f.metadata["secret"] else f", not {redacted(value) if f.name in _URLS else value!r}"
                 )
                 problems.append(f"{f.metadata['env']}: {problem}{shown}")
         if self.feed_max_len < self.audit_max_len:
@@ -346,7 +347,7 @@ class Settings:
                 shown = "(set)" if value else "(not set)"
             elif f.metadata["secret"]:
                 shown = f"({len(value)} key{'s' if len(value) != 1 else ''})"
-            elif f.name == "redis_url":
+            elif f.name in _URLS:
                 shown = redacted(value)
             else:
                 shown = str(value)

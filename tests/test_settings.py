@@ -87,6 +87,8 @@ def test_a_webhook_endpoint_is_read_and_its_secret_never_shown() -> None:
     assert "whsec" not in repr(settings) + "".join(settings.described())
     assert Settings().webhook_url == ""
     assert "WEBHOOK_SECRET=(not set)" in Settings().described()
+    with_password = Settings(webhook_url="https://hooks:pw-secret@h.example/in", webhook_secret="s" * 16)
+    assert "WEBHOOK_URL=https://hooks:***@h.example/in" in with_password.described()
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({"WEBHOOK_SECRET": "bad secret value with blanks"})
     assert "bad secret" not in str(refused.value)

@@ -202,6 +202,8 @@ def test_events_of_other_ops_are_acknowledged_unsent(
         assert all(e["op"] == "redeem" for r in receiver.received for e in orjson.loads(r.body)["events"])
     finally:
         server.stop()
+    with Redis.from_url(hooks_redis.url) as redis:  # stopped, it gave its leases up
+        assert not redis.exists(*(k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots))
 
 
 def redeem_ids(redis: Redis, layout: Layout) -> list[str]:
