@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "events", help="write the audit trail as JSON Lines through a consumer group (see: events --help)"
     )
+    commands.add_parser(
+        "webhooks", help="the webhook endpoint's parked batches and backlog (see: webhooks --help)"
+    )
     argv = sys.argv[1:] if argv is None else argv
     # Each of these commands has its own options; its modules load only when asked for.
     if argv[:1] == ["bench"]:
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from .tools.events import main as events
 
         return events(argv[1:])
+    if argv[:1] == ["webhooks"]:
+        from .tools.webhooks import main as webhooks
+
+        return webhooks(argv[1:])
     if argv[:1] == ["inspect"]:
         from .tools.inspect import main as inspect
 

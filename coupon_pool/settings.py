@@ -124,8 +124,11 @@ def _redis_url(value: str) -> str | None:
     return None
 
 
+_URLS = ("redis_url", "webhook_url")  # shown without their password
+
+
 def redacted(url: str) -> str:
-    """A Redis URL without its password, for messages."""
+    """A Redis (or webhook) URL without its password, for messages."""
     scheme, found, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not found or not at or ":" not in credentials:
@@ -155,6 +158,42 @@ def _threshold(value: str) -> str | None:
         f"must be a count of available coupons, 0 to {MAX_LOW_COUNT:,}, or minutes of supply, "
         f"1m to {MAX_LOW_MINUTES:,}m (empty: off)"
     )
+
+
+# Webhooks (coupon_pool/webhooks.py, http/delivery.py): one endpoint, off while WEBHOOK_URL is empty.
+_WEBHOOK_URL_MAX = 2048
+_SECRET = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no blank
+_OP = re.compile(r"[a-z_]{1,32}")
+MAX_WEBHOOK_OPS = 32
+
+
+def _webhook_url(value: str) -> str | None:
+    if not value:
+        return None
+    if len(value) > _WEBHOOK_URL_MAX:
+        return f"must be at most {_WEBHOOK_URL_MAX:,} characters, not {len(value):,}"
+    scheme, _, rest = value.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if scheme not in ("http", "https") or not host or any(c.isspace() or not c.isprintable() for c in value):
+        return "must be an http:// or https:// URL with a host (or empty: webhooks off)"
+    return None
+
+
+def _webhook_secret(value: str) -> str | None:
+    ok = not value or _SECRET.fullmatch(value)
+    return None if ok else "must be 16-256 printable ASCII characters (no blank)"
+
+
+def _ops(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of audit ops; blanks ignored; empty: every op."""
+    return tuple(op.strip() for op in raw.split(",") if op.strip())
+
+
+def _valid_ops(ops: tuple[str, ...]) -> str | None:
+    if len(ops) > MAX_WEBHOOK_OPS:
+        return f"at most {MAX_WEBHOOK_OPS} ops, not {len(ops)}"
+    wrong = [op for op in ops if not _OP.fullmatch(op)]
+    return f"each op is 1-32 of a-z _ (allocate, redeem...), not {wrong[0]!r}" if wrong else None
 
 
 def env(
@@ -255,9 +294,24 @@ class Settings:
     port: int = env("PORT", 8080, _int, Range(1, 65_535))
     workers: int = env("WORKERS", 1, _int, Range(1, 64))
     log_level: str = env("LOG_LEVEL", "info", _lower, _log_level)
+    # Webhooks: where to POST the audit trail's events (empty: nowhere), signed with the secret.
+    webhook_url: str = env("WEBHOOK_URL", "", _text, _webhook_url)
+    webhook_ops: tuple[str, ...] = env("WEBHOOK_OPS", (), _ops, _valid_ops)  # empty: every op
+    webhook_batch: int = env("WEBHOOK_BATCH", 100, _int, Range(1, 1000))  # events per POST
+    webhook_timeout_s: float = env("WEBHOOK_TIMEOUT_S", 10.0, _float, Range(0, 300, above=True))
+    # A batch refused is retried with exponential backoff (full jitter) from the first wait to
+    # the longest, until its oldest event is this old; then it is parked.
+    webhook_retry_horizon_s: float = env("WEBHOOK_RETRY_HORIZON_S", 259_200.0, _float, Range(1, 30 * 86_400))
+    webhook_backoff_s: float = env("WEBHOOK_BACKOFF_S", 1.0, _float, Range(0.01, 3600))
+    webhook_max_backoff_s: float = env("WEBHOOK_MAX_BACKOFF_S", 300.0, _float, Range(0.01, 86_400))
+    # A stream's deliverer holds its lease this long; a dead one's stream is taken over after it.
+    webhook_lease_s: float = env("WEBHOOK_LEASE_S", 5.0, _float, Range(0.5, 300))
+    # Parked batches kept per stream; past it the oldest go (logged at error level).
+    webhook_parked_max: int = env("WEBHOOK_PARKED_MAX", 10_000, _int, Range(1, 1_000_000))
     # Secrets: never in a repr, a log line or an error message.
     admin_keys: tuple[str, ...] = env("COUPON_POOL_ADMIN_KEYS", (), _keys, _valid_keys, secret=True)
     client_keys: tuple[str, ...] = env("COUPON_POOL_CLIENT_KEYS", (), _keys, _valid_keys, secret=True)
+    webhook_secret: str = env("WEBHOOK_SECRET", "", _text, _webhook_secret, secret=True)
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail later, and more obscurely: every one at once."""
@@ -268,15 +322,20 @@ class Settings:
             problem = check(value) if check else None
             if problem:  # a secret is never echoed, nor a URL's password
                 shown = (
-                    ""
-                    if f.metadata["secret"]
-                    else f", not {redacted(value) if f.name == 'redis_url' else value!r}"
+                    "" if f.metadata["secret"] else f", not {redacted(value) if f.name in _URLS else value!r}"
                 )
                 problems.append(f"{f.metadata['env']}: {problem}{shown}")
         if self.feed_max_len < self.audit_max_len:
             problems.append(
                 f"FEED_MAX_LEN: must be at least AUDIT_MAX_LEN ({self.audit_max_len}), "
                 f"not {self.feed_max_len}"
+            )
+        if self.webhook_url and not self.webhook_secret:
+            problems.append("WEBHOOK_SECRET: must be set when WEBHOOK_URL is (16-256 printable ASCII)")
+        if self.webhook_max_backoff_s < self.webhook_backoff_s:
+            problems.append(
+                f"WEBHOOK_MAX_BACKOFF_S: must be at least WEBHOOK_BACKOFF_S ({self.webhook_backoff_s}), "
+                f"not {self.webhook_max_backoff_s}"
             )
         if set(self.admin_keys) & set(self.client_keys):
             problems.append("a key is in both COUPON_POOL_ADMIN_KEYS and COUPON_POOL_CLIENT_KEYS")
@@ -309,9 +368,11 @@ class Settings:
         lines = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.metadata["secret"]:
+            if f.metadata["secret"] and isinstance(value, str):
+                shown = "(set)" if value else "(not set)"
+            elif f.metadata["secret"]:
                 shown = f"({len(value)} key{'s' if len(value) != 1 else ''})"
-            elif f.name == "redis_url":
+            elif f.name in _URLS:
                 shown = redacted(value)
             else:
                 shown = str(value)

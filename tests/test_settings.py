@@ -67,11 +67,48 @@ def test_pool_low_thresholds_are_counts_or_minutes_and_empty_is_off() -> None:
         ({"POOL_LOW_INTERVAL_S": "0.05"}, "POOL_LOW_INTERVAL_S: must be 0.1 to 3,600"),
         ({"COUPON_POOL_CLIENT_KEYS": ",".join(f"client-key-{i:06d}" for i in range(101))},
          "COUPON_POOL_CLIENT_KEYS: at most 100 keys, not 101"),
+        ({"WEBHOOK_URL": "ftp://h.example/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: must be an http"),
+        ({"WEBHOOK_URL": "https:///in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: must be an http"),
+        ({"WEBHOOK_URL": "https://h/a b", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: must be an http"),
+        ({"WEBHOOK_URL": "https://h/" + "a" * 2040, "WEBHOOK_SECRET": "s" * 16},
+         "WEBHOOK_URL: must be at most 2,048 characters, not 2,050"),
+        ({"WEBHOOK_URL": "https://hooks.example/in"}, "WEBHOOK_SECRET: must be set when WEBHOOK_URL is"),
+        ({"WEBHOOK_SECRET": "too-short"}, "WEBHOOK_SECRET: must be 16-256 printable ASCII"),
+        ({"WEBHOOK_SECRET": "sixteen chars with blanks"}, "WEBHOOK_SECRET: must be 16-256 printable ASCII"),
+        ({"WEBHOOK_SECRET": "é" * 16}, "WEBHOOK_SECRET: must be 16-256 printable ASCII"),
+        ({"WEBHOOK_OPS": "allocate,Redeem"}, "WEBHOOK_OPS: each op is 1-32 of a-z _"),
+        ({"WEBHOOK_OPS": ",".join("op" + "_" * i for i in range(33))}, "WEBHOOK_OPS: at most 32 ops, not 33"),
+        ({"WEBHOOK_BATCH": "0"}, "WEBHOOK_BATCH: must be 1 to 1,000"),
+        ({"WEBHOOK_BATCH": "1001"}, "WEBHOOK_BATCH: must be 1 to 1,000"),
+        ({"WEBHOOK_TIMEOUT_S": "0"}, "WEBHOOK_TIMEOUT_S: must be above 0 and at most 300"),
+        ({"WEBHOOK_RETRY_HORIZON_S": "0.5"}, "WEBHOOK_RETRY_HORIZON_S: must be 1 to 2,592,000"),
+        ({"WEBHOOK_LEASE_S": "0.1"}, "WEBHOOK_LEASE_S: must be 0.5 to 300"),
+        ({"WEBHOOK_PARKED_MAX": "0"}, "WEBHOOK_PARKED_MAX: must be 1 to 1,000,000"),
+        ({"WEBHOOK_BACKOFF_S": "10", "WEBHOOK_MAX_BACKOFF_S": "5"},
+         "WEBHOOK_MAX_BACKOFF_S: must be at least WEBHOOK_BACKOFF_S"),
     ],
 )  # fmt: skip
 def test_bad_values_are_refused_at_start_up(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_a_webhook_endpoint_is_read_and_its_secret_never_shown() -> None:
+    settings = Settings.from_env(
+        {"WEBHOOK_URL": "https://hooks.example/in", "WEBHOOK_SECRET": "whsec-0123456789abcdef",
+         "WEBHOOK_OPS": " allocate, redeem ,", "WEBHOOK_RETRY_HORIZON_S": "1"}
+    )  # fmt: skip
+    assert settings.webhook_ops == ("allocate", "redeem")
+    assert settings.webhook_retry_horizon_s == 1
+    assert "WEBHOOK_SECRET=(set)" in settings.described()
+    assert "whsec" not in repr(settings) + "".join(settings.described())
+    assert Settings().webhook_url == ""
+    assert "WEBHOOK_SECRET=(not set)" in Settings().described()
+    with_password = Settings(webhook_url="https://hooks:pw-secret@h.example/in", webhook_secret="s" * 16)
+    assert "WEBHOOK_URL=https://hooks:***@h.example/in" in with_password.described()
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"WEBHOOK_SECRET": "bad secret value with blanks"})
+    assert "bad secret" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

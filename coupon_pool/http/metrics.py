@@ -8,7 +8,7 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -179,3 +179,28 @@ class _Low(Collector):
         for coupon_type in CouponType:
             gauge.add_metric([coupon_type.value], 1 if coupon_type in self.low else 0)
         yield gauge
+
+
+class WebhookMetrics:
+    """One endpoint's deliveries by this process (counters), and what it last read of the
+    endpoint's state in Redis (gauges); registered only while webhooks are on."""
+
+    def __init__(self, registry: CollectorRegistry, endpoint: str) -> None:
+        labels = ["endpoint"]
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"coupon_pool_webhook_{name}", doc, labels, registry=registry).labels(endpoint)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"coupon_pool_webhook_{name}", doc, labels, registry=registry).labels(endpoint)
+
+        self.batches = counter("batches_delivered", "Batches POSTed and answered 2xx, by this process")
+        self.events = counter("events_delivered", "Events in those batches")
+        self.skipped = counter("events_skipped", "Events acknowledged unsent: their op is not in WEBHOOK_OPS")
+        self.failures = counter("failures", "POSTs answered non-2xx, or failed (connection, timeout)")
+        self.retries = counter("retries", "Batches POSTed again after a failure, each time")
+        self.parked = counter("batches_parked", "Batches parked after their retries ran out, by this process")
+        self.parked_now = gauge("parked_batches", "Batches parked now, all processes (webhooks redeliver)")
+        self.oldest = gauge(
+            "oldest_undelivered_seconds", "Age of the oldest event the endpoint has not taken (0: none)"
+        )

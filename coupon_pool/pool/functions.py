@@ -280,10 +280,13 @@ GENERATE = declare("generate", keys="batches record jobs owners", args="batch jo
 POOL_LEVEL = declare(
     "pool_level", keys="levels audit_stream", args="audit_cap ticket", more_args="checks", numbers="ticket"
 )
+WEBHOOK_LEASE = declare(
+    "webhook_lease", keys="lease", args="action owner lease_ms", numbers="lease_ms", flags=("allow-oom",)
+)
 FUNCTIONS = (
     UPLOAD, UPLOAD_RECORD, ALLOCATE, REDEEM, VALIDATE, SETTLE, ROLLBACK, RELEASE, USER_COUPONS, STATS, PURGE,
     MEGADEAL_ENTER, MEGADEAL_LEAVE, MEGADEAL_FORGET, FAILED_LOOKUP, BATCH_OPEN, BATCH_RULES, BATCH_RESERVE,
-    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE, FEED_TRIM, POOL_LEVEL,
+    COUPON_SWITCH, BATCH_TIDY, EXPORT_PAGE, JOB, GENERATE, FEED_TRIM, POOL_LEVEL, WEBHOOK_LEASE,
 )  # fmt: skip
 
 

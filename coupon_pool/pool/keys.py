@@ -33,6 +33,10 @@ class Keys:
         # Pool-low events (levels.py), main slot: each type's level against its threshold.
         self.levels = self.slot + KeyPart.LEVELS
         self.purge_lock = f"{tag}:purge:lock"
+        # Webhooks (http/delivery.py): per endpoint, the lease on this slot's stream and the
+        # batches parked after their retries ran out (a list of JSON, oldest first).
+        self.webhook_lease_prefix = self.slot + KeyPart.WEBHOOK_LEASE  # then the endpoint
+        self.webhook_parked_prefix = self.slot + KeyPart.WEBHOOK_PARKED  # then the endpoint
         self.available_prefix = self.slot + KeyPart.AVAILABLE  # then the type
         self.draining_prefix = self.slot + KeyPart.DRAINING  # then the type
         self.due_prefix = self.slot + KeyPart.DUE  # then the type
@@ -122,6 +126,14 @@ class Keys:
         fingerprint, so the key is refused for another request whatever slots each writes."""
         return f"{self.tag}:idemkey:" + record[record.index(":idem:") + 6 :]
 
+    def webhook_lease(self, endpoint: str) -> str:
+        """Who delivers this slot's stream to ``endpoint`` (a name of feeds.GROUP_PATTERN)."""
+        return self.webhook_lease_prefix + endpoint
+
+    def webhook_parked(self, endpoint: str) -> str:
+        """The batches of this slot's stream that ``endpoint`` never took, parked."""
+        return self.webhook_parked_prefix + endpoint
+
     def megadeal_wake(self, ticket: str) -> str:
         """The list a MEGADEAL waiter blocks on; ``ticket`` comes from the ticket counter."""
         return self.megadeal_wake_prefix + ticket
@@ -171,6 +183,8 @@ class KeyPart(StrEnum):
     AUDIT_DROPPED = "audit:dropped"
     FEEDS = "feeds"  # main slot
     LEVELS = "levels"  # main slot
+    WEBHOOK_LEASE = "hook:lease:"  # then the endpoint
+    WEBHOOK_PARKED = "hook:parked:"  # then the endpoint
     AVAILABLE = "avail:"  # then the type
     DRAINING = "draining:"  # then the type
     HELD = "held:"  # then "<TYPE>:<user>"

@@ -1,0 +1,98 @@
+"""What webhook delivery keeps in Redis: per endpoint and audit stream, a lease (who delivers
+that stream) and the batches parked after their retries ran out.
+
+An endpoint reads the trail through its consumer group, ``webhook.<endpoint>`` (feeds.py). The
+process holding a stream's lease (lua/webhook_lease.lua) is the only one delivering that
+stream, so its events go out in stream order, a batch at a time; a dead holder's lease runs
+out and another process takes the stream over, with what the dead one was handed and never
+acknowledged. Both keys live in the stream's own slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .context import Context
+from .feeds import Event, checked
+from .functions import WEBHOOK_LEASE
+from .keys import Keys
+
+KIND = "webhook"  # the groups' kind in the registry ({ns}:feeds)
+
+
+def group_of(endpoint: str) -> str:
+    return f"webhook.{endpoint}"
+
+
+@dataclass(frozen=True)
+class Parked:
+    """A batch an endpoint did not take before its retries ran out, as stored (``raw``)."""
+
+    stream: int
+    raw: str
+    parked_at_ms: int
+    reason: str
+    events: list[dict[str, Any]]
+
+
+class Deliveries:
+    """One endpoint's leases and parked batches, on every slot of the pool."""
+
+    def __init__(self, ctx: Context, endpoint: str) -> None:
+        self.ctx = ctx
+        self.redis = ctx.redis
+        self.endpoint = checked(endpoint, "endpoint")
+        self.group = group_of(endpoint)
+        self.slots: list[Keys] = ctx.layout.slots
+
+    async def hold(self, stream: int, owner: str, lease_ms: int) -> bool:
+        """Take ``stream``'s lease, or renew it: True while ``owner`` holds it."""
+        return await self._lease("hold", stream, owner, lease_ms)
+
+    async def release(self, stream: int, owner: str) -> bool:
+        """Give the lease up (if ``owner`` holds it), so another process takes over at once."""
+        return await self._lease("release", stream, owner, 0)
+
+    async def _lease(self, action: str, stream: int, owner: str, lease_ms: int) -> bool:
+        lease = self.slots[stream].webhook_lease(self.endpoint)
+        keys, args = WEBHOOK_LEASE.bind(lease=lease, action=action, owner=owner, lease_ms=lease_ms)
+        return bool(await self.ctx.library.run(WEBHOOK_LEASE, keys, args))
+
+    async def pending(self, stream: int) -> int:
+        """Entries of ``stream`` handed to the group's consumers and not acknowledged."""
+        summary: Any = await self.redis.xpending(self.slots[stream].audit, self.group)
+        return int(summary["pending"])
+
+    async def park(self, stream: int, events: list[Event], reason: str, now_ms: int, bound: int) -> int:
+        """Store a batch its retries gave up on; returns the oldest parked batches dropped to stay
+        within ``bound`` (0 unless the list was full)."""
+        key = self.slots[stream].webhook_parked(self.endpoint)
+        record = {"stream": stream, "parked_at_ms": now_ms, "reason": reason}
+        record["events"] = [e.body for e in events]
+        length = int(await self.redis.rpush(key, orjson.dumps(record)))
+        if length <= bound:
+            return 0
+        await self.redis.ltrim(key, -bound, -1)
+        return length - bound
+
+    async def parked(self, stream: int, start: int, count: int) -> list[Parked]:
+        """Up to ``count`` parked batches of ``stream`` from the ``start``-th, oldest first."""
+        key = self.slots[stream].webhook_parked(self.endpoint)
+        raws: Any = await self.redis.lrange(key, start, start + count - 1)
+        found = []
+        for raw in raws:
+            record = orjson.loads(raw)
+            found.append(Parked(stream, raw, record["parked_at_ms"], record["reason"], record["events"]))
+        return found
+
+    async def unpark(self, batch: Parked) -> bool:
+        """Remove a parked batch once delivered; False if it was gone already."""
+        key = self.slots[batch.stream].webhook_parked(self.endpoint)
+        return bool(await self.redis.lrem(key, 1, batch.raw))
+
+    async def parked_counts(self) -> list[int]:
+        """Parked batches per stream."""
+        return [int(await self.redis.llen(k.webhook_parked(self.endpoint))) for k in self.slots]

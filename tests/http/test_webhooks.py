@@ -1,0 +1,284 @@
+"""Signed webhooks (README, Events): every event of the trail POSTed at least once by the app
+processes, through a receiver that fails for a while, a process killed mid-delivery, and
+batches parked past the retry horizon then redelivered by command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import orjson
+import pytest
+from redis import Redis
+
+from coupon_pool.http.delivery import Policy
+from coupon_pool.pool.keys import Layout
+from coupon_pool.webhooks import sign, verify
+from support import REPO, wait_until
+from support.cluster import CLUSTER_SHARDS, Cluster
+from support.live_server import LiveServer
+from support.redis_server import RedisServer
+from support.webhooks import Receiver, compare, coupons, mixed_load, trail
+
+README = (REPO / "README.md").read_text()
+SECRET = "whsec-test-0123456789abcdef"
+SHARDS = 4
+
+
+@pytest.fixture
+def hooks_redis(redis_server: RedisServer) -> RedisServer:
+    """The suite's Redis, each test in a namespace of its own."""
+    return redis_server
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    got = Receiver()
+    yield got
+    got.stop()
+
+
+def env_of(receiver: Receiver, namespace: str, **more: str) -> dict[str, str]:
+    return {
+        "KEY_NAMESPACE": namespace, "POOL_SHARDS": str(SHARDS), "WEBHOOK_URL": receiver.url,
+        "WEBHOOK_SECRET": SECRET, "WEBHOOK_BATCH": "20", "WEBHOOK_BACKOFF_S": "0.05",
+        "WEBHOOK_MAX_BACKOFF_S": "0.4", "WEBHOOK_LEASE_S": "1", **more,
+    }  # fmt: skip
+
+
+def upload(url: str, count: int = 300) -> None:
+    assert httpx.post(f"{url}/v1/coupons", json={"coupons": coupons(count)}, timeout=30).status_code == 201
+
+
+def all_delivered(receiver: Receiver, redis_url: str, namespace: str, timeout: float = 25) -> None:
+    def done() -> bool:
+        return not compare(receiver, trail(redis_url, namespace, SHARDS)).missing
+
+    wait_until(done, timeout=timeout)
+
+
+def test_a_signature_verifies_and_a_changed_body_or_a_stale_time_does_not() -> None:
+    body = b'{"events":[{"id":"1-0","op":"allocate"}]}'
+    header = sign(SECRET, body, now=1_800_000_000.5)
+    assert re.fullmatch(r"t=1800000000,v1=[0-9a-f]{64}", header)
+    assert verify(SECRET, header, body, now=1_800_000_100)
+    for i in range(len(body)):  # any one byte changed
+        changed = body[:i] + bytes([body[i] ^ 1]) + body[i + 1 :]
+        assert not verify(SECRET, header, changed, now=1_800_000_100)
+    assert not verify("another-secret-0123456789", header, body, now=1_800_000_100)
+    assert not verify(SECRET, header, body, now=1_800_000_301)  # past the 300 s window
+    assert verify(SECRET, header, body, now=1_800_000_600, tolerance_s=600)
+    assert not verify(SECRET, "v1=" + header.split("v1=")[1], body, now=1_800_000_000)  # no t
+    assert not verify(SECRET, "garbage", body, now=1_800_000_000)
+
+
+def documented_verify() -> Callable[[str, str, bytes], bool]:
+    """README's snippet for receivers, as a receiver would copy it."""
+    section = README[README.index("## Webhooks") :]
+    snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert snippet is not None
+    scope: dict[str, Any] = {}
+    exec(snippet.group(1), scope)
+    return cast(Callable[[str, str, bytes], bool], scope["verify"])
+
+
+def test_readmes_snippet_verifies_as_verify_does() -> None:
+    body, now = b'{"events":[]}', time.time()
+    readme_verify = documented_verify()
+    assert readme_verify(SECRET, sign(SECRET, body, now), body)
+    assert not readme_verify(SECRET, sign(SECRET, body, now - 301), body)
+    assert not readme_verify(SECRET, sign(SECRET, body, now), body + b"\n")
+
+
+def test_two_processes_deliver_every_event_once_the_receiver_answers(
+    hooks_redis: RedisServer, tmp_path: Path
+) -> None:
+    receiver = Receiver(fail_s=3)
+    env = env_of(receiver, "hooks-two")
+    servers = [LiveServer(hooks_redis.url, log=tmp_path / f"app{i}.log", **env) for i in range(2)]
+    try:
+        upload(servers[0].url)
+        load = asyncio.run(mixed_load([s.url for s in servers], seconds=6, workers=4))
+        assert load.answers["allocate 201"] > 50
+        assert load.answers["redeem 201"]
+        assert load.answers["release 201"]
+        all_delivered(receiver, hooks_redis.url, "hooks-two")
+
+        outcome = compare(receiver, trail(hooks_redis.url, "hooks-two", SHARDS))
+        assert outcome.missing == []
+        assert outcome.extra == []
+        assert receiver.answered(500), "the receiver failed its first 3 s"
+        readme_verify = documented_verify()
+        for r in receiver.received:  # every POST, failed or not, signed over its exact body
+            assert verify(SECRET, r.signature, r.body, now=r.at), r.signature
+            assert readme_verify(SECRET, r.signature, r.body)
+            assert not verify(SECRET, r.signature, r.body + b" ", now=r.at)
+            assert not readme_verify(SECRET, r.signature, r.body[1:])
+        ops = {e["op"] for r in receiver.answered(200) for e in orjson.loads(r.body)["events"]}
+        assert {"upload", "allocate", "redeem", "release"} <= ops
+    finally:
+        for server in servers:
+            server.stop()
+        receiver.stop()
+
+
+def test_on_a_redis_cluster_every_event_is_delivered_once_the_receiver_answers(
+    redis_cluster: Cluster, tmp_path: Path
+) -> None:
+    redis_cluster.flush()
+    receiver = Receiver(fail_s=1.5)
+    env = env_of(receiver, "cp", REDIS_CLUSTER="1", POOL_SHARDS=str(CLUSTER_SHARDS))
+    servers = [LiveServer(redis_cluster.url, log=tmp_path / f"app{i}.log", **env) for i in range(2)]
+    try:
+        upload(servers[0].url)
+        asyncio.run(mixed_load([s.url for s in servers], seconds=3, workers=4))
+
+        def done() -> bool:
+            return not compare(receiver, trail(redis_cluster.url, "cp", CLUSTER_SHARDS, cluster=True)).missing
+
+        wait_until(done, timeout=25)
+        assert compare(receiver, trail(redis_cluster.url, "cp", CLUSTER_SHARDS, cluster=True)).extra == []
+        assert receiver.answered(500)
+    finally:
+        for server in servers:
+            server.stop()
+        receiver.stop()
+
+
+def test_the_batches_of_a_killed_process_are_delivered_by_the_other(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace, layout = "hooks-kill", Layout("hooks-kill", SHARDS)
+    receiver.failing = True
+    env = env_of(receiver, namespace)
+    first = LiveServer(hooks_redis.url, log=tmp_path / "first.log", **env)
+    second = None
+    try:
+        upload(first.url)
+        asyncio.run(mixed_load([first.url], seconds=1.5, workers=4))
+        # The first process holds every stream, and has batches handed to it, unacknowledged.
+        pending = sum(p["pending"] for p in pending_of(hooks_redis, layout))
+        assert pending > 0
+        second = LiveServer(hooks_redis.url, log=tmp_path / "second.log", **env)
+        first.process.kill()
+        first.process.wait(10)
+        receiver.failing = False
+        asyncio.run(mixed_load([second.url], seconds=1, workers=2))
+        all_delivered(receiver, hooks_redis.url, namespace)
+        assert compare(receiver, trail(hooks_redis.url, namespace, SHARDS)).extra == []
+    finally:
+        if first.process.poll() is None:
+            first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_events_of_other_ops_are_acknowledged_unsent(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-ops"
+    env = env_of(receiver, namespace, WEBHOOK_OPS="redeem")
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
+    try:
+        upload(server.url, 20)
+        for i in range(5):
+            code = httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"o{i}"}).json()["code"]
+            redeemed = httpx.post(f"{server.url}/v1/redemptions", json={"code": code, "user_id": f"o{i}"})
+            assert redeemed.status_code == 201
+        with Redis.from_url(hooks_redis.url, decode_responses=True) as redis:
+            redeems = set(redeem_ids(redis, Layout(namespace, SHARDS)))
+        assert len(redeems) == 5
+        wait_until(lambda: set(receiver.acknowledged_ids()) == redeems, timeout=15)
+        skipped = "coupon_pool_webhook_events_skipped_total"  # the upload's, the allocations'
+        wait_until(lambda: metric(httpx.get(f"{server.url}/metrics").text, skipped) >= 6)
+        assert all(e["op"] == "redeem" for r in receiver.received for e in orjson.loads(r.body)["events"])
+    finally:
+        server.stop()
+    with Redis.from_url(hooks_redis.url) as redis:  # stopped, it gave its leases up
+        assert not redis.exists(*(k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots))
+
+
+def redeem_ids(redis: Redis, layout: Layout) -> list[str]:
+    ids = []
+    for n, k in enumerate(layout.slots):
+        for entry, fields in redis.xrange(k.audit):
+            if fields["op"] == "redeem":
+                ids.append(f"{entry}-{n}")
+    return ids
+
+
+def test_a_retry_waits_at_random_up_to_the_capped_exponential_step() -> None:
+    policy = Policy(frozenset(), 100, 1000, backoff_s=0.5, max_backoff_s=4.0, lease_s=5, parked_max=10)
+    for attempt, cap in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (10, 4.0), (1000, 4.0)]:
+        waits = [policy.backoff(attempt) for _ in range(200)]
+        assert all(0 <= w <= cap for w in waits)
+        assert max(waits) > cap / 2  # spread over the range, not fixed
+
+
+def pending_of(server: RedisServer, layout: Layout) -> list[dict[str, int]]:
+    with Redis.from_url(server.url, decode_responses=True) as redis:
+        return [{"pending": int(redis.xpending(k.audit, "webhook.default")["pending"])} for k in layout.slots]
+
+
+def test_a_batch_past_the_retry_horizon_is_parked_counted_and_redelivered_by_command(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-park"
+    receiver.failing = True
+    env = env_of(receiver, namespace, WEBHOOK_RETRY_HORIZON_S="1")
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
+    try:
+        upload(server.url, 20)
+        for i in range(10):
+            assert httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"p{i}"}).status_code == 201
+
+        def parked() -> bool:
+            text = httpx.get(f"{server.url}/metrics").text
+            return (
+                metric(text, "coupon_pool_webhook_batches_parked_total") >= 1
+                and metric(text, "coupon_pool_webhook_parked_batches") >= 1
+                and metric(text, "coupon_pool_webhook_failures_total") >= 2
+                and metric(text, "coupon_pool_webhook_retries_total") >= 1
+            )
+
+        wait_until(parked, timeout=20)
+        status = webhooks_command(hooks_redis, receiver, namespace, "status")
+        assert status.returncode == 0, status.stderr
+        shown = orjson.loads(status.stdout)
+        assert shown["parked"] >= 1
+        assert shown["endpoint"] == "default"
+
+        still = webhooks_command(hooks_redis, receiver, namespace, "redeliver")
+        assert still.returncode == 3, still.stderr  # the receiver still fails: kept parked
+        receiver.failing = False
+        done = webhooks_command(hooks_redis, receiver, namespace, "redeliver")
+        assert done.returncode == 0, done.stderr
+        all_delivered(receiver, hooks_redis.url, namespace, timeout=10)
+        after = webhooks_command(hooks_redis, receiver, namespace, "status")
+        assert orjson.loads(after.stdout)["parked"] == 0
+        assert all(verify(SECRET, r.signature, r.body, now=r.at) for r in receiver.received)
+    finally:
+        server.stop()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf'^{name}{{endpoint="default"}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def webhooks_command(
+    server: RedisServer, receiver: Receiver, namespace: str, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": server.url, **env_of(receiver, namespace)}
+    return subprocess.run(
+        [sys.executable, "-m", "coupon_pool", "webhooks", *argv],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
