@@ -118,7 +118,8 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
         "/v1/coupons", "/v1/coupons/{code}", "/v1/allocations", "/v1/redemptions", "/v1/releases",
-        "/v1/rollbacks", "/v1/validations", "/v1/users/{user_id}/coupons", "/v1/stats", "/v1/megadeal",
+        "/v1/rollbacks", "/v1/validations", "/v1/users/{user_id}/coupons", "/v1/stats",
+        "/v1/levels", "/v1/megadeal",
         "/v1/purge", "/v1/audit", "/metrics", "/healthz", "/readyz", "/openapi.json", "/v1/batches",
         "/v1/batches/{batch}", "/v1/batches/{batch}/disable", "/v1/batches/{batch}/enable",
         "/v1/coupons/{code}/disable", "/v1/coupons/{code}/enable", "/v1/batches/{batch}/coupons",
