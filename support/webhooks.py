@@ -87,15 +87,18 @@ def coupons(count: int, max_usages: int = 1000) -> list[dict[str, Any]]:
 
 @dataclass
 class Load:
-    """What a mixed load did: requests by operation and answer."""
+    """What a mixed load did: requests by operation and answer, and the allocations answered
+    201 (user, code): acknowledged to the caller."""
 
     answers: Counter[str]
+    allocated: list[tuple[str, str]]
 
 
 async def mixed_load(urls: list[str], seconds: float, workers: int = 8) -> Load:
     """For ``seconds``, ``workers`` clients spread over ``urls`` each allocate a coupon, then
     redeem it (half the time), release it (a quarter), or keep it."""
     answers: Counter[str] = Counter()
+    allocations: list[tuple[str, str]] = []
     until = time.monotonic() + seconds
     users = itertools.count()
 
@@ -106,6 +109,7 @@ async def mixed_load(urls: list[str], seconds: float, workers: int = 8) -> Load:
             answers[f"allocate {allocated.status_code}"] += 1
             if allocated.status_code != 201:
                 continue
+            allocations.append((user, allocated.json()["code"]))
             choice = hash(user) % 4
             if choice in (0, 1):
                 route, op = "/v1/redemptions", "redeem"
@@ -122,7 +126,7 @@ async def mixed_load(urls: list[str], seconds: float, workers: int = 8) -> Load:
     finally:
         for client in clients:
             await client.aclose()
-    return Load(answers)
+    return Load(answers, allocations)
 
 
 def trail(redis_url: str, namespace: str, shards: int, cluster: bool = False) -> dict[str, int]:
