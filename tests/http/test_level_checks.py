@@ -10,15 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from coupon_pool.http.app import create_app
 from coupon_pool.pool.keys import Keys, LevelField
-from coupon_pool.settings import Settings
-from support.cluster import CLUSTER_SHARDS, cluster_client
 from support.factories import coupon_json
 from support.redis_server import RedisServer
+from tests.http.conftest import app_on
 
 DEADLINE_S = 20.0
 
@@ -66,23 +63,8 @@ class App:
 @pytest.fixture(params=["redis-server", "cluster"])
 async def app(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[App]:
     low = {"pool_low_standard": "3", "pool_low_interval_s": 0.1}
-    if request.param == "cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        settings = Settings(redis_url=cluster.url, redis_cluster=True, pool_shards=CLUSTER_SHARDS, **low)
-        redis = cluster_client(cluster)
-    else:
-        with SyncRedis.from_url(redis_server.url) as flushing:
-            flushing.flushall()
-        settings = Settings(redis_url=redis_server.url, **low)
-        redis = Redis.from_url(redis_server.url, decode_responses=True)
-    service = create_app(settings)
-    async with (
-        service.router.lifespan_context(service),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=service), base_url="http://test") as http,
-    ):
+    async with app_on(request, redis_server, **low) as (http, redis, _):
         yield App(http, redis)
-    await redis.aclose()
 
 
 async def test_the_loop_fires_pool_low_once_and_pool_recovered_once_after_an_upload(app: App) -> None:
