@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
+from coupon_pool.audit import OPS
 from coupon_pool.models import CouponType
+from coupon_pool.pool.functions import lua_dir
 from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.levels import Threshold
 from coupon_pool.pool.megadeal import MegadealGate
 from coupon_pool.pool.store import Store
 from support.cluster import CLUSTER_SHARDS
 from support.factories import coupon, coupon_json, expired_coupon
+
+# How the scripts write an op: its name right after 'op' (audit(..., 'op', 'redeem', ...), or
+# { 'op', 'purge' } unpacked into audit), or a variable named op after it ('op', a.op or
+# 'op', op) whose values are assigned by name ({ op = 'release' }, local op = 'enable').
+_WRITTEN = re.compile(r"'op', ([\w.']+)")
+_ASSIGNED = re.compile(r"\bop = '(\w+)'")
+_FOLLOWED = ("a.op", "op")  # the variables _ASSIGNED finds the values of
+
+
+def scripts() -> str:
+    """lua/*.lua without their comment lines."""
+    lines = (line for p in sorted(lua_dir().glob("*.lua")) for line in p.read_text().splitlines())
+    return "\n".join(line for line in lines if not line.lstrip().startswith("--"))
 
 
 def without_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -153,3 +172,41 @@ async def test_a_coupon_shows_its_own_allocations_and_redemptions(client: httpx.
         ("a", None),
         ("b", redeemed["redeemed_at"]),
     ]
+
+
+def test_every_op_the_scripts_write_is_a_name_or_a_variable_the_registry_test_follows() -> None:
+    written = _WRITTEN.findall(scripts())
+    assert written
+    unfollowed = [w for w in written if not w.startswith("'") and w not in _FOLLOWED]
+    assert unfollowed == [], "write the op by name, or teach _FOLLOWED and _ASSIGNED that variable"
+
+
+def test_the_registry_names_exactly_the_ops_the_scripts_write() -> None:
+    lua = scripts()
+    named = {w.strip("'") for w in _WRITTEN.findall(lua) if w.startswith("'")}
+    assert named | set(_ASSIGNED.findall(lua)) == set(OPS)
+    assert len(set(OPS)) == len(OPS)
+
+
+async def test_a_run_of_every_operation_writes_each_registered_op_and_no_other(redis: Redis) -> None:
+    store = Store(redis, Keys("cp"))
+    await store.prepare()
+    low_at_3 = {CouponType.STANDARD: Threshold(3)}
+    await store.upload([coupon("A"), coupon("B")], batch="spring")
+    await store.levels.check(low_at_3)  # 2 available: pool_low
+    code = (await store.allocate("u1", CouponType.STANDARD)).code
+    await store.redeem(code, "u1", None)
+    await store.rollback(code, "u1", None)
+    await store.release(code, "u1", None)
+    held = await store.allocate("u2", CouponType.STANDARD, hold_s=1)
+    await store.batches.switch(code, None, disable=True)
+    await store.batches.switch(code, None, disable=False)
+    await store.batches.set_rules("spring", cap=10)
+    await store.upload([coupon("C"), coupon("D"), expired_coupon("OLD")])
+    await store.levels.check(low_at_3)  # 3 or more available again: pool_recovered
+    assert held.hold_expires_at is not None
+    await asyncio.sleep(max(0.0, held.hold_expires_at.timestamp() - time.time()) + 0.05)
+    await store.purge()  # the lapsed hold settled first: hold_expired; then OLD: purge
+
+    ops = [e.op for e in (await store.audit(1000, None)).entries]
+    assert set(ops) == set(OPS), ops
