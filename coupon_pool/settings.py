@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .audit import OPS
+
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")  # RFC 6750 token68, and long
 _NAMESPACE = re.compile(r"[a-z0-9_-]{1,32}")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -163,8 +165,6 @@ def _threshold(value: str) -> str | None:
 # Webhooks (coupon_pool/webhooks.py, http/delivery.py): one endpoint, off while WEBHOOK_URL is empty.
 _WEBHOOK_URL_MAX = 2048
 _SECRET = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no blank
-_OP = re.compile(r"[a-z_]{1,32}")
-MAX_WEBHOOK_OPS = 32
 
 
 def _webhook_url(value: str) -> str | None:
@@ -189,11 +189,13 @@ def _ops(name: str, raw: str) -> tuple[str, ...]:
     return tuple(op.strip() for op in raw.split(",") if op.strip())
 
 
-def _valid_ops(ops: tuple[str, ...]) -> str | None:
-    if len(ops) > MAX_WEBHOOK_OPS:
-        return f"at most {MAX_WEBHOOK_OPS} ops, not {len(ops)}"
-    wrong = [op for op in ops if not _OP.fullmatch(op)]
-    return f"each op is 1-32 of a-z _ (allocate, redeem...), not {wrong[0]!r}" if wrong else None
+def _known_ops(ops: tuple[str, ...]) -> str | None:
+    # A misspelt op would match no entry: its events would never be sent, and nothing would say so.
+    unknown = list(dict.fromkeys(op for op in ops if op not in OPS))
+    if not unknown:
+        return None
+    named = ", ".join(repr(op) for op in unknown)
+    return f"unknown op{'s' if len(unknown) > 1 else ''} {named}: each must be one of {', '.join(OPS)}"
 
 
 def env(
@@ -296,7 +298,7 @@ class Settings:
     log_level: str = env("LOG_LEVEL", "info", _lower, _log_level)
     # Webhooks: where to POST the audit trail's events (empty: nowhere), signed with the secret.
     webhook_url: str = env("WEBHOOK_URL", "", _text, _webhook_url)
-    webhook_ops: tuple[str, ...] = env("WEBHOOK_OPS", (), _ops, _valid_ops)  # empty: every op
+    webhook_ops: tuple[str, ...] = env("WEBHOOK_OPS", (), _ops, _known_ops)  # audit.OPS; empty: every op
     webhook_batch: int = env("WEBHOOK_BATCH", 100, _int, Range(1, 1000))  # events per POST
     webhook_timeout_s: float = env("WEBHOOK_TIMEOUT_S", 10.0, _float, Range(0, 300, above=True))
     # A batch refused is retried with exponential backoff (full jitter) from the first wait to

@@ -55,6 +55,12 @@ def test_every_audit_op_has_a_row_in_the_audit_table_in_the_registry_order() -> 
     assert tuple(row.split(" | ")[0].strip("|` ") for row in table.splitlines()[2:]) == OPS
 
 
+def test_readme_names_every_op_webhook_ops_accepts() -> None:
+    row = next(line for line in README.splitlines() if line.startswith("| `WEBHOOK_OPS` |"))
+    allowed = row.split(" | ")[2]
+    assert re.findall(r"`(\w+)`", allowed) == list(OPS)
+
+
 def test_the_megadeal_admission_steps_are_told_in_the_scripts_order() -> None:
     script = (REPO / "lua" / "megadeal_enter.lua").read_text()
     body = script[script.index("local k = ") :]
