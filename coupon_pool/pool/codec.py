@@ -192,6 +192,31 @@ def audit_entry(entry_id: str, fields: dict[str, str], stream_id: str | None = N
     )
 
 
+def audit_json(entry_id: str, fields: dict[str, str], stream_id: str) -> dict[str, Any]:
+    """``audit_entry(...).model_dump(mode="json")``, the same keys in the same order, built
+    directly: a webhook sends every entry, and the model's dump cost a tenth of a worker's
+    allocations under load (tests/pool/test_codec.py holds the two equal)."""
+    ms = int(stream_id.partition("-")[0])
+    body: dict[str, Any] = {"id": entry_id, "time": _json_time(ms)}
+    if "op" in fields:  # the model's fields come first, then the extra ones in their order
+        body["op"] = fields["op"]
+    for name, value in fields.items():
+        body[name] = _field(name, value)
+    return body
+
+
+def _json_time(ms: int) -> str:
+    """A moment of milliseconds as pydantic writes a UTC datetime: microseconds only when not 0."""
+    seconds, millis = divmod(ms, 1000)
+    whole = _json_second(seconds)
+    return f"{whole}.{millis:03d}000Z" if millis else f"{whole}Z"
+
+
+@functools.lru_cache(maxsize=256)  # entries come in runs of the same second
+def _json_second(seconds: int) -> str:
+    return (EPOCH + timedelta(0, seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _field(name: str, value: str) -> Any:
     if name in _COUNT_FIELDS or name.startswith(("purged_", "retired_")):
         return int(value)

@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 
 from redis.exceptions import ResponseError
 
-from .codec import audit_entry
+from .codec import audit_json
 from .context import Context
 from .functions import FEED_TRIM
 from .keys import Keys
@@ -92,8 +92,7 @@ class Feeds:
 
     def event(self, stream: int, entry: str, fields: dict[str, str]) -> Event:
         event_id = f"{entry}-{stream}" if self.layout.sharded else entry
-        body = audit_entry(event_id, fields, entry).model_dump(mode="json")
-        return Event(stream, entry, event_id, body)
+        return Event(stream, entry, event_id, audit_json(event_id, fields, entry))
 
     async def create(self, name: str, start: Start, kind: str) -> bool:
         """Group ``name`` on every stream (an existing one is kept, its position too), read from
