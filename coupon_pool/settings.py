@@ -299,7 +299,7 @@ class Settings:
     # Webhooks: where to POST the audit trail's events (empty: nowhere), signed with the secret.
     webhook_url: str = env("WEBHOOK_URL", "", _text, _webhook_url)
     webhook_ops: tuple[str, ...] = env("WEBHOOK_OPS", (), _ops, _known_ops)  # audit.OPS; empty: every op
-    webhook_batch: int = env("WEBHOOK_BATCH", 100, _int, Range(1, 1000))  # events per POST
+    webhook_batch: int = env("WEBHOOK_BATCH", 500, _int, Range(1, 1000))  # events per POST
     webhook_timeout_s: float = env("WEBHOOK_TIMEOUT_S", 10.0, _float, Range(0, 300, above=True))
     # A batch refused is retried with exponential backoff (full jitter) from the first wait to
     # the longest, until its oldest event is this old; then it is parked.

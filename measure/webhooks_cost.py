@@ -3,6 +3,7 @@ without, in one run, and the delivery lag meanwhile (issue 26: within 10 %, lag 
 the median).
 
     python measure/webhooks_cost.py [--rounds 3] [--duration 8] [--connections 50] [--shards 1]
+                                    [--batch N]
 
 Starts a redis-server and a receiver (support/webhooks.py, answering 200), then per round
 one `coupon-pool serve` without webhooks and one with (their order turning each round; the
@@ -57,6 +58,8 @@ def run(
     env = {"POOL_SHARDS": str(args.shards)}
     if hooks:
         env |= {"WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET}
+        if args.batch:
+            env["WEBHOOK_BATCH"] = str(args.batch)
     server = LiveServer(redis.url, log=work / "app.log", **env)
     try:
         throughput, ratio = bench(server.url, redis.url, args.duration, args.connections)
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--shards", type=int, default=1, help="POOL_SHARDS")
+    parser.add_argument("--batch", type=int, default=0, help="WEBHOOK_BATCH (default: the setting's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         redis = RedisServer(Path(work) / "redis").start()
@@ -109,6 +113,7 @@ def main() -> None:
             3,
         ),
         "lag_median_s": statistics.median(x["lag_median_s"] for x in runs if x["webhooks"]),
+        "lag_p99_s": statistics.median(x["lag_p99_s"] for x in runs if x["webhooks"]),
         "missing": sum(x["missing"] for x in runs if x["webhooks"]),
     }
     print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
