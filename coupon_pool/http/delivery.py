@@ -205,7 +205,7 @@ class Delivery:
         if not chosen:
             return True
         body = body_of([e.body for e in chosen])
-        oldest_ms = min(entry_ms(e) for e in chosen)
+        oldest_ms = entry_ms(chosen[0])  # a batch is in stream order (read or claimed)
         attempt = 0
         while held.is_set() and not self.stop.is_set():
             if attempt:
