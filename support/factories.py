@@ -1,4 +1,4 @@
-"""Builders for request bodies and validated coupons used across the tests."""
+"""Builders for request bodies, validated coupons and prepared stores used across the tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from coupon_pool.models import CouponIn, CouponType, FlatDiscount
+from coupon_pool.pool.keys import Keys
+from coupon_pool.pool.store import Store
 
 
 def coupon_json(
@@ -49,3 +52,10 @@ def expired_coupon(code: str, type: CouponType = CouponType.STANDARD, ago: float
         expires_at=datetime.now(UTC) - timedelta(seconds=ago),
         max_usages=1,
     )
+
+
+async def prepared(redis: Redis, **options: Any) -> Store:
+    """A pool in namespace cp on ``redis`` (``options`` as Store takes them), its functions loaded."""
+    store = Store(redis, Keys("cp"), **options)
+    await store.prepare()
+    return store

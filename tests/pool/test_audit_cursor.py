@@ -13,10 +13,9 @@ from redis.asyncio import Redis
 
 from coupon_pool import cursor
 from coupon_pool.models import CouponType
-from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
 from support.cluster import CLUSTER_SHARDS
-from support.factories import coupon
+from support.factories import coupon, prepared
 
 _PART = st.integers(0, 2**64 - 1)
 
@@ -47,14 +46,12 @@ def test_an_entry_id_starts_after_itself_in_merge_order() -> None:
 
 @pytest.fixture
 async def sixteen(redis: Redis) -> Store:
-    store = Store(redis, Keys("cp"), shards=16, upload_chunk_size=100)
-    await store.prepare()
-    return store
+    return await prepared(redis, shards=16, upload_chunk_size=100)
 
 
-@pytest.fixture(params=["sixteen-shards", "cluster"])
+@pytest.fixture(params=["sixteen", "sharded"])  # 16 shards on one Redis, or the cluster's (conftest.py)
 def pool(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("sixteen" if request.param == "sixteen-shards" else "sharded")
+    store: Store = request.getfixturevalue(request.param)
     return store
 
 

@@ -33,13 +33,19 @@ def test_edges() -> None:
 
 # An entry's fields as a stream holds them: text, some of it counts or rates, op anywhere.
 FIELDS = st.dictionaries(
-    st.sampled_from(["op", "code", "user_id", "type", "used", "created", "purged_FREE", "rate_per_min", "error"]),
+    st.sampled_from(
+        ["op", "code", "user_id", "type", "used", "created", "purged_FREE", "rate_per_min", "error"]
+    ),
     st.integers(min_value=-(10**12), max_value=10**12).map(str),
 )
 
 
-@given(st.integers(min_value=0, max_value=to_ms(datetime(9999, 12, 31, tzinfo=UTC))), st.integers(0, 99), FIELDS)
-def test_an_entry_as_json_is_the_models_dump_key_for_key_in_order(ms: int, seq: int, fields: dict[str, str]) -> None:
+@given(
+    st.integers(min_value=0, max_value=to_ms(datetime(9999, 12, 31, tzinfo=UTC))), st.integers(0, 99), FIELDS
+)
+def test_an_entry_as_json_is_the_models_dump_key_for_key_in_order(
+    ms: int, seq: int, fields: dict[str, str]
+) -> None:
     entry = f"{ms}-{seq}"
     expected = audit_entry(f"{entry}-3", fields, entry).model_dump(mode="json")
 

@@ -15,7 +15,7 @@ from coupon_pool.models import CouponType
 from coupon_pool.pool.feeds import Event, FeedError, Feeds
 from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.store import Store
-from support.factories import coupon
+from support.factories import coupon, prepared
 
 
 async def allocations(store: Store, count: int, first: int = 0) -> None:
@@ -49,15 +49,12 @@ async def trail_ids(store: Store) -> list[str]:
 
 @pytest.fixture
 async def one(redis: Redis) -> Store:
-    store = Store(redis, Keys("cp"), audit_max_len=10, feed_max_len=200)
-    await store.prepare()
-    return store
+    return await prepared(redis, audit_max_len=10, feed_max_len=200)
 
 
-@pytest.fixture(params=["one-redis", "sharded"])
+@pytest.fixture(params=["one", "sharded"])  # one Redis, or the cluster's (conftest.py)
 def pool(request: pytest.FixtureRequest) -> Store:
-    fixture = "one" if request.param == "one-redis" else "sharded"
-    store: Store = request.getfixturevalue(fixture)
+    store: Store = request.getfixturevalue(request.param)
     return store
 
 

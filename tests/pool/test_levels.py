@@ -18,7 +18,7 @@ from coupon_pool.pool.keys import Keys
 from coupon_pool.pool.levels import Crossing, Threshold, thresholds_of
 from coupon_pool.pool.store import Store
 from coupon_pool.results import TypeLevel
-from support.factories import coupon
+from support.factories import coupon, prepared
 
 STANDARD = CouponType.STANDARD
 LOW_AT_3 = {STANDARD: Threshold(3)}
@@ -26,14 +26,12 @@ LOW_AT_3 = {STANDARD: Threshold(3)}
 
 @pytest.fixture
 async def one(redis: Redis) -> Store:
-    store = Store(redis, Keys("cp"))
-    await store.prepare()
-    return store
+    return await prepared(redis)
 
 
-@pytest.fixture(params=["one-redis", "sharded"])
+@pytest.fixture(params=["one", "sharded"])  # one Redis, or the cluster's (conftest.py)
 def pool(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("one" if request.param == "one-redis" else "sharded")
+    store: Store = request.getfixturevalue(request.param)
     return store
 
 
