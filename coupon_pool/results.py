@@ -272,6 +272,32 @@ class MegadealStatus(_Body):
     max_wait_s: float = Field(description="MEGADEAL_MAX_WAIT_S: the longest a request waits")
 
 
+class WebhookEndpoint(_Body):
+    """One webhook endpoint's deliveries, as Redis holds them for every process."""
+
+    endpoint: str = Field(description="its name (default: the one WEBHOOK_URL configures)")
+    url: str = Field(description="WEBHOOK_URL without its user info or query (either may hold a credential)")
+    group: str = Field(description="its consumer group of the audit trail")
+    parked: int = Field(
+        description="batches parked after their retries ran out (WEBHOOK_RETRY_HORIZON_S), all streams; "
+        "`coupon-pool webhooks redeliver` sends them again"
+    )
+    parked_by_stream: list[int] = Field(description="parked batches per audit stream, the main slot's first")
+    pending: int = Field(description="events handed to a process and not yet acknowledged")
+    undelivered: int | None = Field(
+        description="events not yet handed to any process; null when Redis cannot tell (after a trim past "
+        "the group)"
+    )
+    oldest_undelivered_age_s: float = Field(
+        description="age of the oldest event the endpoint has not taken (pending or undelivered); 0: none"
+    )
+
+
+class WebhooksStatus(_Body):
+    configured: bool = Field(description="WEBHOOK_URL is set: the app processes deliver the trail")
+    endpoints: list[WebhookEndpoint] = Field(description="one (default) when configured; empty when not")
+
+
 class Health(_Body):
     status: Literal["ok"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,12 @@ def verify(secret: str, header: str, body: bytes, now: float, tolerance_s: float
         return False
     expected = signature(secret, t, body)
     return any(hmac.compare_digest(expected, s) for s in signatures)
+
+
+def shown_url(url: str) -> str:
+    """The endpoint without what may be a credential (user info, query), for operators."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def body_of(events: Sequence[dict[str, Any]]) -> bytes:

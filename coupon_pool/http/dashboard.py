@@ -1,7 +1,7 @@
 """The live dashboard: one page and its two assets, shipped in the package.
 
-The page reads /v1/stats, /v1/levels, /v1/megadeal and /v1/audit from its own origin every 2 seconds
-(static/dashboard.js); its Content-Security-Policy lets it reach nothing else. It is
+The page reads /v1/stats, /v1/levels, /v1/megadeal, /v1/audit and /v1/webhooks from its own origin
+every 2 seconds (static/dashboard.js); its Content-Security-Policy lets it reach nothing else. It is
 not an API operation, so it is not in /openapi.json. With API keys configured, the page
 asks for one and keeps it in the tab's sessionStorage.
 """

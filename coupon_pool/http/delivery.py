@@ -247,11 +247,9 @@ class Delivery:
         """Every STATUS_EVERY_S, the gauges: batches parked, and the oldest event not taken."""
         while not self.stop.is_set():
             try:
-                self.metrics.parked_now.set(sum(await self.deliveries.parked_counts()))
-                backlog = await self.feeds.backlog(self.group)
-                oldest = [b.oldest_ms for b in backlog if b.oldest_ms is not None]
-                age = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
-                self.metrics.oldest.set(age)
+                status = await self.deliveries.status(self.feeds, self.sender.url)
+                self.metrics.parked_now.set(status.parked)
+                self.metrics.oldest.set(status.oldest_undelivered_age_s)
             except RedisError as exc:
                 self.lines.write(level="warning", event="webhook", error=repr(exc), action="status")
             await self._pause(STATUS_EVERY_S)

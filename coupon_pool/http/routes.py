@@ -16,6 +16,7 @@ from ..models import (
     UserPath,
     ValidationRequest,
 )
+from ..pool.deliveries import Deliveries
 from ..results import (
     Allocation,
     AuditPage,
@@ -33,9 +34,11 @@ from ..results import (
     UploadResult,
     UserCouponsPage,
     Validation,
+    WebhooksStatus,
 )
 from .auth import Role
 from .batch_routes import BATCH_OPERATIONS
+from .delivery import ENDPOINT
 from .export_routes import EXPORT_OPERATIONS
 from .generation_routes import GENERATION_OPERATIONS
 from .inputs import Call
@@ -178,6 +181,16 @@ async def audit(call: Call, query: AuditQuery) -> AuditPage:
     return await call.store.audit(query.limit, query.after)
 
 
+async def webhooks(call: Call) -> WebhooksStatus:
+    """Webhook delivery, as `coupon-pool webhooks status` shows it: each endpoint's parked batches
+    and what it has not taken yet. Without WEBHOOK_URL, `configured` false and no endpoint."""
+    url = call.request.app.state.settings.webhook_url
+    if not url:
+        return WebhooksStatus(configured=False, endpoints=[])
+    endpoint = await Deliveries(call.store.ctx, ENDPOINT).status(call.store.feeds, url)
+    return WebhooksStatus(configured=True, endpoints=[endpoint])
+
+
 async def metrics(call: Call) -> bytes:
     """Request latencies of this process; the pool's counters, the MEGADEAL gate, Redis's
     memory, the consumer groups' backlogs and the types low on coupons, from Redis."""
@@ -281,6 +294,10 @@ OPERATIONS = (
     Operation(
         method="GET", path="/v1/audit", handler=audit, tag="pool",
         summary="The audit trail, oldest first", role=Role.ADMIN, query=AuditQuery, response=AuditPage,
+    ),
+    Operation(
+        method="GET", path="/v1/webhooks", handler=webhooks, tag="pool",
+        summary="Webhook delivery: parked batches and backlog", role=Role.ADMIN, response=WebhooksStatus,
     ),
     Operation(
         method="GET", path="/metrics", handler=metrics, tag="operations",

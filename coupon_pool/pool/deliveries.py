@@ -5,18 +5,22 @@ An endpoint reads the trail through its consumer group, ``webhook.<endpoint>`` (
 process holding a stream's lease (lua/webhook_lease.lua) is the only one delivering that
 stream, so its events go out in stream order, a batch at a time; a dead holder's lease runs
 out and another process takes the stream over, with what the dead one was handed and never
-acknowledged. Both keys live in the stream's own slot.
+acknowledged. Both keys live in the stream's own slot. ``status`` reads what an endpoint has
+not taken, for GET /v1/webhooks, ``coupon-pool webhooks status`` and the webhook gauges.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ..results import WebhookEndpoint
+from ..webhooks import shown_url
 from .context import Context
-from .feeds import Event, checked
+from .feeds import Event, Feeds, checked
 from .functions import WEBHOOK_LEASE
 from .keys import Keys
 
@@ -96,3 +100,24 @@ class Deliveries:
     async def parked_counts(self) -> list[int]:
         """Parked batches per stream."""
         return [int(await self.redis.llen(k.webhook_parked(self.endpoint))) for k in self.slots]
+
+    async def status(self, feeds: Feeds, url: str) -> WebhookEndpoint:
+        """Its parked batches and what its group has not acknowledged; ``url`` (WEBHOOK_URL) is
+        shown without what may be a credential."""
+        # A few commands per audit stream (LLEN; XINFO GROUPS, then XPENDING or XRANGE): bounded
+        # by the pool's streams, POOL_SHARDS + 1, which the settings fix. No caller input
+        # reaches it, so GET /v1/webhooks costs the same whoever asks.
+        parked = await self.parked_counts()
+        backlog = await feeds.backlog(self.group)
+        oldest = [b.oldest_ms for b in backlog if b.oldest_ms is not None]
+        lags = [b.lag for b in backlog]
+        return WebhookEndpoint(
+            endpoint=self.endpoint,
+            url=shown_url(url),
+            group=self.group,
+            parked=sum(parked),
+            parked_by_stream=parked,
+            pending=sum(b.pending for b in backlog),
+            undelivered=None if None in lags else sum(b.lag or 0 for b in backlog),
+            oldest_undelivered_age_s=round(max(0.0, time.time() - min(oldest) / 1000), 3) if oldest else 0.0,
+        )

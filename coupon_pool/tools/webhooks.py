@@ -2,10 +2,10 @@
 
 The app processes deliver the events (http/delivery.py); a batch the endpoint kept refusing
 until WEBHOOK_RETRY_HORIZON_S is parked in Redis (pool/deliveries.py). ``status`` prints, as
-JSON, the parked batches and what the endpoint's group has not acknowledged; ``redeliver``
-POSTs each parked batch again, signed anew, oldest first per stream, and removes it once
-answered 2xx. At the first refusal in a stream it stops there, so a stream's batches still
-reach the endpoint in order.
+JSON, the parked batches and what the endpoint's group has not acknowledged (Deliveries.status,
+which GET /v1/webhooks answers too); ``redeliver`` POSTs each parked batch again, signed anew,
+oldest first per stream, and removes it once answered 2xx. At the first refusal in a stream it
+stops there, so a stream's batches still reach the endpoint in order.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
-import urllib.parse
-from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -30,30 +27,6 @@ from .common import operator_settings
 
 DONE, FAILED, USAGE, REFUSED = 0, 1, 2, 3  # exit codes, as README lists them
 PAGE = 100  # parked batches read at a time
-
-
-def shown_url(url: str) -> str:
-    """The endpoint without what may be a credential (user info, query)."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
-
-
-async def status(store: Store, settings: Settings) -> dict[str, Any]:
-    deliveries = Deliveries(store.ctx, ENDPOINT)
-    parked = await deliveries.parked_counts()
-    backlog = await store.feeds.backlog(deliveries.group)
-    oldest = [b.oldest_ms for b in backlog if b.oldest_ms is not None]
-    lags = [b.lag for b in backlog]
-    return {
-        "endpoint": ENDPOINT,
-        "url": shown_url(settings.webhook_url),
-        "group": deliveries.group,
-        "parked": sum(parked),
-        "parked_by_stream": parked,
-        "pending": sum(b.pending for b in backlog),
-        "undelivered": None if None in lags else sum(b.lag or 0 for b in backlog),
-        "oldest_undelivered_age_s": round(max(0.0, time.time() - min(oldest) / 1000), 3) if oldest else 0.0,
-    }
 
 
 async def redeliver(store: Store, settings: Settings) -> int:
@@ -113,7 +86,8 @@ async def _main(settings: Settings, action: str) -> int:
     try:
         await store.prepare()
         if action == "status":
-            print(orjson.dumps(await status(store, settings)).decode())
+            shown = await Deliveries(store.ctx, ENDPOINT).status(store.feeds, settings.webhook_url)
+            print(shown.model_dump_json())
             return DONE
         return await redeliver(store, settings)
     finally:

@@ -46,7 +46,13 @@ async def test_an_admin_key_may_do_everything(guarded: httpx.AsyncClient) -> Non
     assert (await upload(guarded, ADMIN, "A1", "A2")).status_code == 201
     allocated = await guarded.post("/v1/allocations", json={"user_id": "u1"}, headers=bearer(ADMIN))
     assert allocated.status_code == 201
-    for path in ("/v1/audit", "/v1/stats", "/metrics", f"/v1/coupons/{allocated.json()['code']}"):
+    for path in (
+        "/v1/audit",
+        "/v1/webhooks",
+        "/v1/stats",
+        "/metrics",
+        f"/v1/coupons/{allocated.json()['code']}",
+    ):
         assert (await guarded.get(path, headers=bearer(ADMIN))).status_code == 200, path
     assert (await guarded.post("/v1/purge", headers=bearer(ADMIN))).status_code == 200
 
@@ -68,6 +74,7 @@ async def test_a_client_key_may_allocate_redeem_and_read_but_not_administer(
         await upload(guarded, CLIENT, "C2"),
         await guarded.post("/v1/purge", headers=bearer(CLIENT)),
         await guarded.get("/v1/audit", headers=bearer(CLIENT)),
+        await guarded.get("/v1/webhooks", headers=bearer(CLIENT)),
     ):
         assert response.status_code == 403
         assert response.headers["content-type"] == "application/problem+json"

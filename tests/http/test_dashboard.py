@@ -114,6 +114,7 @@ def test_the_page_shows_the_pool_as_stats_reads_it_and_reaches_nothing_else(
     ops = watched.page.locator("#audit td[data-field=op]").all_inner_texts()
     assert ops[:2] == ["redeem", "allocate"]  # newest first
     assert watched.page.locator("#chart polyline").count() == 2
+    expect(watched.page.locator("#webhooks")).to_be_hidden()  # no WEBHOOK_URL: nothing to show
     assert watched.errors() == []
     assert watched.origins() == {live_server.url}
     watched.close()
@@ -211,6 +212,38 @@ def test_a_type_below_its_pool_low_threshold_is_marked_low_until_an_upload(
         expect(watched.page.locator("#types [data-low]")).to_have_count(0, timeout=5000)
         newest = watched.page.locator("#audit td[data-field=op]").first
         expect(newest).to_have_text("pool_recovered", timeout=5000)
+        assert watched.errors() == []
+        watched.close()
+    finally:
+        server.stop()
+
+
+def test_webhooks_show_their_parked_batches_marked_once_retries_ran_out(
+    browser: Browser, redis_server: RedisServer, flushed: None
+) -> None:
+    # A server of its own, whose endpoint refuses every POST (nothing listens on port 9) and
+    # gives a batch up after a second: the upload's batch is parked.
+    server = LiveServer(
+        redis_server.url, KEY_NAMESPACE="dash-hooks", WEBHOOK_URL="http://127.0.0.1:9/hooks",
+        WEBHOOK_SECRET="whsec-test-0123456789abcdef", WEBHOOK_RETRY_HORIZON_S="1",
+        WEBHOOK_BACKOFF_S="0.05", WEBHOOK_MAX_BACKOFF_S="0.2",
+    )  # fmt: skip
+    try:
+        watched = Watched(browser)
+        watched.page.goto(f"{server.url}/dashboard")
+        expect(watched.page.locator("#webhooks")).to_be_visible(timeout=5000)
+        expect(watched.page.locator("#webhooks-parked")).to_have_text("0")
+        expect(watched.page.locator("#webhooks [data-parked]")).to_have_count(0)
+
+        fill_pool(server.url)
+
+        marker = watched.page.locator("#webhooks [data-parked]")
+        expect(marker).to_have_text("parked", timeout=10_000)
+        parked = httpx.get(f"{server.url}/v1/webhooks").json()["endpoints"][0]["parked"]
+        assert parked >= 1
+        assert "coupon-pool webhooks redeliver" in (marker.get_attribute("title") or "")
+        expect(watched.page.locator("#webhooks-parked")).to_contain_text(re.compile(r"^\d+ parked$"))
+        expect(watched.page.locator("#webhooks-oldest")).not_to_have_text("-")
         assert watched.errors() == []
         watched.close()
     finally:

@@ -119,7 +119,7 @@ async def test_openapi_describes_every_route_and_body(client: httpx.AsyncClient)
     assert set(doc["paths"]) == {
         "/v1/coupons", "/v1/coupons/{code}", "/v1/allocations", "/v1/redemptions", "/v1/releases",
         "/v1/rollbacks", "/v1/validations", "/v1/users/{user_id}/coupons", "/v1/stats",
-        "/v1/levels", "/v1/megadeal",
+        "/v1/levels", "/v1/megadeal", "/v1/webhooks",
         "/v1/purge", "/v1/audit", "/metrics", "/healthz", "/readyz", "/openapi.json", "/v1/batches",
         "/v1/batches/{batch}", "/v1/batches/{batch}/disable", "/v1/batches/{batch}/enable",
         "/v1/coupons/{code}/disable", "/v1/coupons/{code}/enable", "/v1/batches/{batch}/coupons",

@@ -1,6 +1,7 @@
-// The coupon-pool dashboard: polls /v1/stats, /v1/levels, /v1/megadeal and /v1/audit every 2
-// seconds and draws what it read. Every request goes to this page's own origin; rates are
-// computed here from successive counters, so the service does no work beyond those four reads.
+// The coupon-pool dashboard: polls /v1/stats, /v1/levels, /v1/megadeal, /v1/audit and
+// /v1/webhooks every 2 seconds and draws what it read. Every request goes to this page's own
+// origin; rates are computed here from successive counters, so the service does no work beyond
+// those five reads.
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -155,6 +156,26 @@ function drawAudit(page) {
   $("audit").tBodies[0].replaceChildren(...rows);
 }
 
+// Webhook delivery (GET /v1/webhooks), only while WEBHOOK_URL is set: an alert marker while
+// batches are parked (their retries ran out; `coupon-pool webhooks redeliver` sends them again).
+function drawWebhooks(hooks) {
+  $("webhooks").hidden = !hooks.configured;
+  if (!hooks.configured) return;
+  const parked = hooks.endpoints.reduce((sum, endpoint) => sum + endpoint.parked, 0);
+  const oldest = Math.max(0, ...hooks.endpoints.map((endpoint) => endpoint.oldest_undelivered_age_s));
+  const shown = $("webhooks-parked");
+  shown.replaceChildren(number(parked));
+  if (parked > 0) {
+    const marker = document.createElement("span");
+    marker.className = "alert";
+    marker.dataset.parked = parked;
+    marker.textContent = "parked";
+    marker.title = `${number(parked)} batches parked after their retries ran out: coupon-pool webhooks redeliver`;
+    shown.append(" ", marker);
+  }
+  $("webhooks-oldest").textContent = oldest > 0 ? duration(oldest) : "none";
+}
+
 async function refresh() {
   const status = $("status");
   try {
@@ -174,6 +195,12 @@ async function refresh() {
       if (error instanceof Unauthorized || error.status !== 403) throw error;
       $("audit-problem").textContent = "The audit trail needs an admin key.";
       $("audit-problem").hidden = false;
+    }
+    try {
+      drawWebhooks(await read("/v1/webhooks"));
+    } catch (error) {
+      if (error instanceof Unauthorized || error.status !== 403) throw error;
+      $("webhooks").hidden = true; // delivery is for admin keys; the audit note says so
     }
     status.textContent = `updated ${new Date(at).toLocaleTimeString("en-GB")}`;
     status.className = "status";
