@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import sys
 
 import uvicorn
 
+from .http.delivery import DeliveryProcess
 from .http.server import ConnectionLimits, protocol
+from .settings import Settings
 from .tools.common import settings_for
 
 SPARE_DESCRIPTORS = 256  # beside the connections: Redis pools, the upload worker, files
@@ -87,6 +90,42 @@ def main(argv: list[str] | None = None) -> int:
         max_header_bytes=settings.max_header_bytes,
         max_connections=connections,
     )
+    if not settings.webhook_url:
+        run_uvicorn(settings, limits)
+        return 0
+    # Webhooks: a process of their own beside the request workers (http/delivery.py), stopped
+    # once uvicorn has. While uvicorn runs, its handlers take SIGINT and SIGTERM; these take
+    # one that comes before it starts, or the one it raises again on its way out (so that the
+    # process ends by it), and unwind to stop the delivery process first.
+    caught: list[int] = []
+
+    def stopped(number: int, frame: object) -> None:
+        caught.append(number)
+        for again in (signal.SIGINT, signal.SIGTERM):  # a second one waits for the stop below
+            signal.signal(again, lambda number, frame: caught.append(number))
+        raise Signalled
+
+    for handled in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(handled, stopped)
+    delivery = DeliveryProcess(settings)
+    try:
+        delivery.start()
+        run_uvicorn(settings, limits)
+    except Signalled:
+        pass
+    finally:
+        delivery.stop()
+    for number in caught[:1]:  # ended by the signal, as without webhooks
+        signal.signal(number, signal.SIG_DFL)
+        signal.raise_signal(number)
+    return 0
+
+
+class Signalled(Exception):
+    """SIGINT or SIGTERM came while uvicorn was not handling it (``main``)."""
+
+
+def run_uvicorn(settings: Settings, limits: ConnectionLimits) -> None:
     uvicorn.run(
         "coupon_pool.http.app:create_app",
         factory=True,
@@ -101,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         # stuck request never keeps a deployment from stopping.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
-    return 0
 
 
 def connections_that_fit(connections: int, *, explicit: bool) -> int | None:

@@ -291,10 +291,19 @@ class WebhookEndpoint(_Body):
     oldest_undelivered_age_s: float = Field(
         description="age of the oldest event the endpoint has not taken (pending or undelivered); 0: none"
     )
+    # The endpoint's counters, all processes, since its keys were made (deliveries.COUNTS).
+    batches_delivered: int = Field(description="batches POSTed and answered 2xx")
+    events_delivered: int = Field(description="events in those batches")
+    events_skipped: int = Field(description="events acknowledged unsent: their op is not in WEBHOOK_OPS")
+    failures: int = Field(description="POSTs answered non-2xx, or failed (connection, timeout)")
+    retries: int = Field(description="batches POSTed again after a failure, each time")
+    batches_parked: int = Field(description="batches parked after their retries ran out, ever")
 
 
 class WebhooksStatus(_Body):
-    configured: bool = Field(description="WEBHOOK_URL is set: the app processes deliver the trail")
+    configured: bool = Field(
+        description="WEBHOOK_URL is set: each `coupon-pool serve` runs a process that delivers the trail"
+    )
     endpoints: list[WebhookEndpoint] = Field(description="one (default) when configured; empty when not")
 
 

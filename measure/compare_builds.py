@@ -6,6 +6,8 @@
     .venv/bin/python measure/compare_builds.py HEAD --new-hold-s 600         # a held allocation
     .venv/bin/python measure/compare_builds.py HEAD --new-scenario validate  # a validation
     .venv/bin/python measure/compare_builds.py HEAD --new-env WEBHOOK_URL=...  # a setting's cost
+    .venv/bin/python measure/compare_builds.py REV --env WEBHOOK_URL=... --env WEBHOOK_SECRET=...
+                                                   # both builds with a setting
 
 Starts a Redis of its own (redis.conf, a temporary directory, a free port), then the
 service of REV (a `git worktree` in a temporary directory) and this checkout's, each in a
@@ -88,10 +90,14 @@ def main() -> int:
     parser.add_argument("--new-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting of the new build's service only (repeatable): with REV = HEAD, "
                              "what the setting costs")  # fmt: skip
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of both builds' services (repeatable): what a change costs "
+                             "with the setting on")  # fmt: skip
     args = parser.parse_args()
-    if any("=" not in item for item in args.new_env):
-        parser.error("--new-env takes NAME=VALUE")
+    if any("=" not in item for item in args.new_env + args.env):
+        parser.error("--new-env and --env take NAME=VALUE")
     new_env = dict(item.split("=", 1) for item in args.new_env)
+    both_env = dict(item.split("=", 1) for item in args.env)
     if args.slices < 1 or args.slices % 2 == 0:
         parser.error("--slices must be odd: the bench keeps the middle one")
 
@@ -113,7 +119,8 @@ def main() -> int:
                 port = free_port()
                 env = {**os.environ, "REDIS_URL": redis_url, "KEY_NAMESPACE": f"cmp-{build}",
                        "PORT": str(port), "LOG_LEVEL": "warning", "PYTHONPATH": extra_path,
-                       "WORKERS": str(args.workers), **(new_env if build == "new" else {})}  # fmt: skip
+                       "WORKERS": str(args.workers), **both_env,
+                       **(new_env if build == "new" else {})}  # fmt: skip
                 tree = Path(extra_path)
                 check_source(build, tree, env)
                 # -P and the build's tree as the working directory: `python -m` would otherwise put
@@ -162,7 +169,7 @@ def main() -> int:
 
     summary: dict[str, object] = {"scenario": args.scenario, "old_rev": args.rev, "new_keyed": args.new_keyed,
                                   "new_hold_s": args.new_hold_s, "new_scenario": args.new_scenario,
-                                  "new_env": sorted(new_env),
+                                  "new_env": sorted(new_env), "env": sorted(both_env),
                                   "workers": args.workers, "slices": args.slices,
                                   "rounds": results}  # fmt: skip
     for build in ("old", "new"):

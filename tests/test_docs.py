@@ -29,7 +29,7 @@ def key_shapes() -> list[re.Pattern[str]]:
         k.idempotency(x, x), k.key_claim(k.idempotency(x, x)), k.megadeal_wake(x), str(guarded([k.stats])[0]),
         k.failed_lookups(x), k.megadeal_heard, k.due(t), k.lapsed(t, x), k.rules, k.batch_stats(x),
         k.batch_codes(x), k.batch(x), k.batches, k.jobs, k.job_owners, k.audit_dropped, k.feeds, k.levels,
-        k.webhook_lease(x), k.webhook_parked(x),
+        k.webhook_lease(x), k.webhook_parked(x), k.webhook_counts(x),
     ]  # fmt: skip
     shapes = []
     for key in built:

@@ -30,10 +30,10 @@ from .background import (
     trim_feeds_periodically,
 )
 from .bodies import BodyDeadlines
-from .delivery import ENDPOINT, Delivery
+from .delivery import prepare_group
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
 from .inputs import Services
-from .metrics import RequestMetrics, WebhookMetrics
+from .metrics import RequestMetrics
 from .middleware import JsonLines, RequestTelemetry
 from .openapi import openapi_document
 from .problems import EXCEPTION_HANDLERS, unexpected
@@ -49,8 +49,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     access_log = JsonLines()
     api_keys = ApiKeys(settings.admin_keys, settings.client_keys)
     request_metrics = RequestMetrics()
-    # Webhooks: metrics of their own, only while an endpoint is configured.
-    webhook_metrics = WebhookMetrics(request_metrics.registry, ENDPOINT) if settings.webhook_url else None
     services = Services(
         max_uploads=settings.max_uploads,
         max_body_bytes=settings.max_body_bytes,
@@ -107,12 +105,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 store, thresholds, settings.pool_low_interval_s, access_log, stop_background
             )
         )
-        # Webhooks: this process's share of the deliveries (http/delivery.py), beside the requests.
-        delivering = None
-        if webhook_metrics is not None:
-            delivery = Delivery(store, settings, access_log, stop_background, webhook_metrics)
-            await delivery.prepare()  # its group exists before the first request is served
-            delivering = asyncio.create_task(delivery.run())
+        # Webhooks: serve's delivery process delivers (http/delivery.py); the endpoint's group
+        # exists before the first request is served, so every operation served is delivered.
+        if settings.webhook_url:
+            await prepare_group(store.feeds, access_log)
         try:
             yield
         finally:
@@ -128,8 +124,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 {purging, forgetting, settling, jobs, trimming, levels},
                 timeout=2 * settings.redis_timeout_s + 1,
             )
-            if delivering is not None:  # it stops its own tasks, giving up its leases
-                await asyncio.wait({delivering}, timeout=2 * settings.redis_timeout_s + 6)
             await store.aclose()
             await gate.aclose()
             if app.state.upload_worker:

@@ -1,34 +1,48 @@
-"""Webhook delivery by the app processes: the audit trail's events POSTed to WEBHOOK_URL,
-signed (coupon_pool/webhooks.py), at least once, in stream order per stream.
+"""Webhook delivery: the audit trail's events POSTed to WEBHOOK_URL, signed
+(coupon_pool/webhooks.py), at least once, in stream order per stream.
 
-Each process runs one task per audit stream. A task that takes the stream's lease
+Each ``coupon-pool serve`` with WEBHOOK_URL set runs one delivery process beside its request
+workers (``DeliveryProcess``, started before uvicorn and stopped after it), so no delivery
+work shares a core's event loop with requests. The app's workers only make the endpoint's
+group before they serve (``prepare_group``), so every operation they serve is delivered.
+
+The delivery process runs one task per audit stream. A task that takes the stream's lease
 (pool/deliveries.py) delivers it as a consumer of the endpoint's group: first what the group
 was handed and never acknowledged (a dead holder's batch: XAUTOCLAIM), then what is new, a
 batch at a time, each acknowledged once answered 2xx (or parked). A batch that fails is sent
 again with exponential backoff and full jitter until its oldest event is older than
 WEBHOOK_RETRY_HORIZON_S, then parked. A task that does not hold the lease tries to take it
-every quarter of WEBHOOK_LEASE_S; the holder renews it every third. None of this is on the
-request path: the tasks share the process's event loop and Redis client, nothing more.
+every quarter of WEBHOOK_LEASE_S; the holder renews it every third. Several serve processes
+share the streams by their leases; one that dies (its delivery process stops within a
+second of it, or is killed with it) leaves its leases to run out, and another takes over.
+Every process adds to the endpoint's counters in Redis, which /metrics and GET
+/v1/webhooks read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import random
+import signal
+import threading
 import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from ..pool.connection import process_name
-from ..pool.deliveries import KIND, Deliveries
-from ..pool.feeds import Event, FeedError
+from ..pool.deliveries import KIND, Deliveries, group_of
+from ..pool.feeds import Event, FeedError, Feeds
+from ..pool.placement import LayoutMismatch
 from ..pool.store import Store
 from ..settings import Settings
 from ..webhooks import Sender, body_of
-from .metrics import WebhookMetrics
+from .diagnostics import dump_tasks_on_sigusr1
 from .middleware import JsonLines
 
 ENDPOINT = "default"  # the one endpoint WEBHOOK_URL configures
@@ -37,7 +51,9 @@ IDLE_S = 0.15  # a held stream with nothing new is read again after this long
 # stream then goes out in batches of about 0.1 s of events, not in many POSTs of a few each.
 LINGER_S = 0.1
 ERROR_PAUSE_S = 1.0  # after Redis failed a stream's read or acknowledgement
-STATUS_EVERY_S = 2.0  # how often the gauges (parked, oldest undelivered) are read from Redis
+PARENT_CHECK_S = 1.0  # how often the delivery process looks whether its serve process lives
+RESTART_PAUSE_S = 1.0  # a delivery process that died is started again after this long
+STOP_GRACE_S = 10.0  # at serve's end, the delivery process's time to give its leases up
 
 
 @dataclass(frozen=True)
@@ -79,33 +95,25 @@ def entry_ms(event: Event) -> int:
 class Delivery:
     """This process's share of one endpoint's deliveries."""
 
-    def __init__(
-        self, store: Store, settings: Settings, lines: JsonLines, stop: asyncio.Event, metrics: WebhookMetrics
-    ) -> None:
+    def __init__(self, store: Store, settings: Settings, lines: JsonLines, stop: asyncio.Event) -> None:
         self.feeds = store.feeds
         self.deliveries = Deliveries(store.ctx, ENDPOINT)
         self.group = self.deliveries.group
         self.policy = Policy.of(settings)
         self.sender = Sender(settings.webhook_url, settings.webhook_secret, settings.webhook_timeout_s)
-        self.lines, self.stop, self.metrics = lines, stop, metrics
+        self.lines, self.stop = lines, stop
         self.consumer = consumer_name()
         self.owner = f"{process_name()}/{uuid.uuid4().hex[:8]}"  # the leases' value
-        self.created = False  # the group exists
-
-    async def prepare(self) -> None:
-        """Make the endpoint's group now, before the process serves, so every operation it
-        serves is delivered (if Redis fails, ``run`` tries again)."""
-        self.created = await self._create()
 
     async def run(self) -> None:
-        """Deliver until ``stop`` is set: the group made first (from the next entry written)."""
+        """Deliver until ``stop`` is set: the group made first (from the next entry written),
+        if the app's workers have not made it already."""
         try:
-            while not self.created and not await self._create():
+            while not await self._create():
                 await self._pause(1.0)
             if self.stop.is_set():
                 return
             tasks = [asyncio.create_task(self._stream(n)) for n in range(self.feeds.streams)]
-            tasks.append(asyncio.create_task(self._status()))
             try:
                 await self.stop.wait()
             finally:
@@ -116,14 +124,7 @@ class Delivery:
             await self.sender.aclose()
 
     async def _create(self) -> bool:
-        if self.stop.is_set():
-            return True
-        try:
-            await self.feeds.create(self.group, "now", KIND)
-        except RedisError as exc:
-            self.lines.write(level="warning", event="webhook", error=repr(exc), action="create group")
-            return False
-        return True
+        return self.stop.is_set() or await prepare_group(self.feeds, self.lines)
 
     async def _stream(self, n: int) -> None:
         """Take stream ``n``'s lease when it is free, and deliver the stream while held."""
@@ -201,24 +202,25 @@ class Delivery:
         if the lease was lost or the process stops first (the batch stays pending)."""
         ops = self.policy.ops
         chosen = [e for e in events if not ops or e.body.get("op") in ops]
-        self.metrics.skipped.inc(len(events) - len(chosen))
+        skipped = len(events) - len(chosen)
         if not chosen:
+            await self._count(events_skipped=skipped)
             return True
         body = body_of([e.body for e in chosen])
         oldest_ms = entry_ms(chosen[0])  # a batch is in stream order (read or claimed)
         attempt = 0
         while held.is_set() and not self.stop.is_set():
             if attempt:
-                self.metrics.retries.inc()
+                await self._count(retries=1)
             outcome = await self.sender.post(body)
             if outcome.ok:
-                self.metrics.batches.inc()
-                self.metrics.events.inc(len(chosen))
+                await self._count(batches_delivered=1, events_delivered=len(chosen), events_skipped=skipped)
                 return True
-            self.metrics.failures.inc()
+            await self._count(failures=1)
             now_ms = round(time.time() * 1000)
             if now_ms - oldest_ms >= self.policy.horizon_ms:
                 await self._park(n, chosen, outcome.reason, now_ms)
+                await self._count(events_skipped=skipped)
                 return True
             wait_s = self.policy.backoff(attempt)
             attempt += 1
@@ -231,7 +233,7 @@ class Delivery:
 
     async def _park(self, n: int, events: list[Event], reason: str, now_ms: int) -> None:
         dropped = await self.deliveries.park(n, events, reason, now_ms, self.policy.parked_max)
-        self.metrics.parked.inc()
+        await self._count(batches_parked=1)
         self.lines.write(
             level="error", event="webhook_parked", endpoint=self.deliveries.endpoint, stream=n,
             events=len(events), first=events[0].id, last=events[-1].id, reason=reason,
@@ -243,19 +245,128 @@ class Delivery:
                 dropped=dropped, reason="WEBHOOK_PARKED_MAX reached: the oldest parked batches were dropped",
             )  # fmt: skip
 
-    async def _status(self) -> None:
-        """Every STATUS_EVERY_S, the gauges: batches parked, and the oldest event not taken."""
-        while not self.stop.is_set():
-            try:
-                status = await self.deliveries.status(self.feeds, self.sender.url)
-                self.metrics.parked_now.set(status.parked)
-                self.metrics.oldest.set(status.oldest_undelivered_age_s)
-            except RedisError as exc:
-                self.lines.write(level="warning", event="webhook", error=repr(exc), action="status")
-            await self._pause(STATUS_EVERY_S)
+    async def _count(self, **added: int) -> None:
+        """Add to the endpoint's counters in Redis; a failure is logged, and delivery goes on
+        (the counters then miss what this call added)."""
+        try:
+            await self.deliveries.count(**{name: n for name, n in added.items() if n})
+        except RedisError as exc:
+            self.lines.write(level="warning", event="webhook", error=repr(exc), action="count", counts=added)
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the process stops."""
         with suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self.stop.wait()
+
+
+async def prepare_group(feeds: Feeds, lines: JsonLines) -> bool:
+    """Make the endpoint's group (from the next entry written) unless it exists: False, with a
+    warning, if Redis failed (the delivery process tries again until it succeeds)."""
+    try:
+        await feeds.create(group_of(ENDPOINT), "now", KIND)
+    except RedisError as exc:
+        lines.write(level="warning", event="webhook", error=repr(exc), action="create group")
+        return False
+    return True
+
+
+class DeliveryProcess:
+    """``coupon-pool serve``'s delivery process: started before uvicorn, stopped (SIGTERM, so
+    it gives its leases up) after uvicorn returns, and started again if it dies meanwhile,
+    with an error line each time."""
+
+    def __init__(self, settings: Settings, lines: JsonLines | None = None) -> None:
+        self.settings = settings
+        self.lines = lines or JsonLines()
+        self._context = multiprocessing.get_context("spawn")  # nothing of uvicorn's inherited
+        self._process: Any = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, name="delivery-watch", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._watcher.start()
+
+    def _spawn(self) -> None:
+        process = self._context.Process(
+            target=main, args=(self.settings, os.getpid()), name="coupon-pool-delivery", daemon=True
+        )
+        process.start()
+        self._process = process
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            process = self._process
+            process.join()
+            if self._stopping.is_set():
+                return
+            self.lines.write(
+                level="error", event="delivery_process_exited", exitcode=process.exitcode, pid=process.pid,
+                message=f"the webhook delivery process exited; starting another in {RESTART_PAUSE_S:g} s",
+            )  # fmt: skip
+            if self._stopping.wait(RESTART_PAUSE_S):
+                return
+            with self._lock:
+                if not self._stopping.is_set():
+                    self._spawn()
+
+    def stop(self) -> None:
+        """SIGTERM, then up to STOP_GRACE_S for it to give its leases up; then SIGKILL."""
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        if process is None:
+            return
+        process.terminate()
+        process.join(STOP_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else int(self._process.pid)
+
+
+def main(settings: Settings, parent: int) -> None:
+    """The delivery process: deliver until SIGTERM, or until its serve process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: serve stops it
+    asyncio.run(_deliver(settings, parent))
+
+
+async def _deliver(settings: Settings, parent: int) -> None:
+    lines = JsonLines()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    dump_tasks_on_sigusr1()
+    store = Store.from_settings(settings)
+    try:
+        try:
+            await store.prepare()
+        except RedisError as exc:  # the library is loaded on first use
+            lines.write(level="warning", event="webhook", error=repr(exc), action="load the function library")
+        except LayoutMismatch as exc:  # the app refuses to start alike; serve then ends this process
+            lines.write(level="error", event="layout_mismatch", message=str(exc))
+            await _orphaned(parent, stop, lines)
+            return
+        watch = asyncio.create_task(_orphaned(parent, stop, lines))
+        await Delivery(store, settings, lines, stop).run()
+        watch.cancel()
+    finally:
+        await store.aclose()
+        lines.flush()
+
+
+async def _orphaned(parent: int, stop: asyncio.Event, lines: JsonLines) -> None:
+    """Set ``stop`` once the serve process ``parent`` is gone (this process then has another
+    parent), so a serve killed with SIGKILL does not leave its delivery process behind."""
+    while not stop.is_set():
+        if os.getppid() != parent:
+            lines.write(level="warning", event="webhook", message="serve process gone: delivery stops")
+            stop.set()
+            return
+        with suppress(TimeoutError):
+            async with asyncio.timeout(PARENT_CHECK_S):
+                await stop.wait()

@@ -8,7 +8,7 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -17,7 +17,7 @@ from ..models import CouponType
 from ..pool.feeds import FeedStatus
 from ..pool.megadeal import GateStatus
 from ..pool.upkeep import Memory
-from ..results import Stats
+from ..results import Stats, WebhookEndpoint
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # No "_created" timestamp series beside every counter and histogram: noise for a scraper.
@@ -54,11 +54,14 @@ class RequestMetrics:
         memory: Memory,
         feeds: FeedStatus,
         low: Sequence[CouponType] = (),  # pool-low events: the types low now
+        webhooks: Sequence[WebhookEndpoint] = (),  # the webhook endpoints, when configured
     ) -> bytes:
         """The exposition text: these request metrics, then the pool's state read just now."""
         snapshot = CollectorRegistry(auto_describe=False)
         snapshot.register(_Snapshot(stats, gate, memory, feeds))
         snapshot.register(_Low(low))
+        if webhooks:
+            snapshot.register(_Webhooks(webhooks))
         return generate_latest(self.registry) + generate_latest(snapshot)
 
 
@@ -181,26 +184,34 @@ class _Low(Collector):
         yield gauge
 
 
-class WebhookMetrics:
-    """One endpoint's deliveries by this process (counters), and what it last read of the
-    endpoint's state in Redis (gauges); registered only while webhooks are on."""
+class _Webhooks(Collector):
+    """Each webhook endpoint's counters and state, as Redis holds them for every process
+    (pool/deliveries.py: ``status``); only while WEBHOOK_URL is set."""
 
-    def __init__(self, registry: CollectorRegistry, endpoint: str) -> None:
-        labels = ["endpoint"]
+    COUNTERS = (
+        ("batches_delivered", "Batches POSTed and answered 2xx, all processes"),
+        ("events_delivered", "Events in those batches"),
+        ("events_skipped", "Events acknowledged unsent: their op is not in WEBHOOK_OPS"),
+        ("failures", "POSTs answered non-2xx, or failed (connection, timeout)"),
+        ("retries", "Batches POSTed again after a failure, each time"),
+        ("batches_parked", "Batches parked after their retries ran out"),
+    )
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(f"coupon_pool_webhook_{name}", doc, labels, registry=registry).labels(endpoint)
+    def __init__(self, endpoints: Sequence[WebhookEndpoint]) -> None:
+        self.endpoints = endpoints
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"coupon_pool_webhook_{name}", doc, labels, registry=registry).labels(endpoint)
-
-        self.batches = counter("batches_delivered", "Batches POSTed and answered 2xx, by this process")
-        self.events = counter("events_delivered", "Events in those batches")
-        self.skipped = counter("events_skipped", "Events acknowledged unsent: their op is not in WEBHOOK_OPS")
-        self.failures = counter("failures", "POSTs answered non-2xx, or failed (connection, timeout)")
-        self.retries = counter("retries", "Batches POSTed again after a failure, each time")
-        self.parked = counter("batches_parked", "Batches parked after their retries ran out, by this process")
-        self.parked_now = gauge("parked_batches", "Batches parked now, all processes (webhooks redeliver)")
-        self.oldest = gauge(
-            "oldest_undelivered_seconds", "Age of the oldest event the endpoint has not taken (0: none)"
-        )
+    def collect(self) -> Iterable[Metric]:
+        for name, doc in self.COUNTERS:
+            counter = CounterMetricFamily(f"coupon_pool_webhook_{name}", doc, labels=["endpoint"])
+            for endpoint in self.endpoints:
+                counter.add_metric([endpoint.endpoint], getattr(endpoint, name))
+            yield counter
+        for name, doc, field in (
+            ("parked_batches", "Batches parked now (coupon-pool webhooks redeliver)", "parked"),
+            ("oldest_undelivered_seconds", "Age of the oldest event the endpoint has not taken (0: none)",
+             "oldest_undelivered_age_s"),
+        ):  # fmt: skip
+            gauge = GaugeMetricFamily(f"coupon_pool_webhook_{name}", doc, labels=["endpoint"])
+            for endpoint in self.endpoints:
+                gauge.add_metric([endpoint.endpoint], getattr(endpoint, field))
+            yield gauge

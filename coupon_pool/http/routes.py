@@ -193,11 +193,14 @@ async def webhooks(call: Call) -> WebhooksStatus:
 
 async def metrics(call: Call) -> bytes:
     """Request latencies of this process; the pool's counters, the MEGADEAL gate, Redis's
-    memory, the consumer groups' backlogs and the types low on coupons, from Redis."""
+    memory, the consumer groups' backlogs, the types low on coupons and the webhook
+    endpoint's deliveries, from Redis."""
     stats, gate, memory = await call.store.stats(), await call.gate.status(), await call.store.memory()
     feeds = await call.store.feeds.status()
     low = await call.store.levels.low()
-    rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory, feeds, low)
+    url = call.request.app.state.settings.webhook_url
+    hooks = [await Deliveries(call.store.ctx, ENDPOINT).status(call.store.feeds, url)] if url else []
+    rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory, feeds, low, hooks)
     return rendered
 
 

@@ -25,6 +25,8 @@ from .functions import WEBHOOK_LEASE
 from .keys import Keys
 
 KIND = "webhook"  # the groups' kind in the registry ({ns}:feeds)
+# An endpoint's counters ({ns}:hook:counts:<endpoint>), added to by every delivering process.
+COUNTS = ("batches_delivered", "events_delivered", "events_skipped", "failures", "retries", "batches_parked")
 
 
 def group_of(endpoint: str) -> str:
@@ -101,6 +103,20 @@ class Deliveries:
         """Parked batches per stream."""
         return [int(await self.redis.llen(k.webhook_parked(self.endpoint))) for k in self.slots]
 
+    async def count(self, **added: int) -> None:
+        """Add to the endpoint's counters (names of COUNTS), in one round trip."""
+        key = self.slots[0].webhook_counts(self.endpoint)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for field, n in added.items():
+                pipe.hincrby(key, field, n)
+            await pipe.execute()
+
+    async def counts(self) -> dict[str, int]:
+        """The endpoint's counters, every one of COUNTS (0 until first added to)."""
+        found: Any = await self.redis.hgetall(self.slots[0].webhook_counts(self.endpoint))
+        values = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in found.items()}
+        return {name: values.get(name, 0) for name in COUNTS}
+
     async def status(self, feeds: Feeds, url: str) -> WebhookEndpoint:
         """Its parked batches and what its group has not acknowledged; ``url`` (WEBHOOK_URL) is
         shown without what may be a credential."""
@@ -108,6 +124,7 @@ class Deliveries:
         # by the pool's streams, POOL_SHARDS + 1, which the settings fix. No caller input
         # reaches it, so GET /v1/webhooks costs the same whoever asks.
         parked = await self.parked_counts()
+        counts = await self.counts()
         backlog = await feeds.backlog(self.group)
         oldest = [b.oldest_ms for b in backlog if b.oldest_ms is not None]
         lags = [b.lag for b in backlog]
@@ -120,4 +137,5 @@ class Deliveries:
             pending=sum(b.pending for b in backlog),
             undelivered=None if None in lags else sum(b.lag or 0 for b in backlog),
             oldest_undelivered_age_s=round(max(0.0, time.time() - min(oldest) / 1000), 3) if oldest else 0.0,
+            **counts,
         )

@@ -34,9 +34,11 @@ class Keys:
         self.levels = self.slot + KeyPart.LEVELS
         self.purge_lock = f"{tag}:purge:lock"
         # Webhooks (http/delivery.py): per endpoint, the lease on this slot's stream and the
-        # batches parked after their retries ran out (a list of JSON, oldest first).
+        # batches parked after their retries ran out (a list of JSON, oldest first); in the
+        # main slot, the endpoint's counters (deliveries, failures, retries, parked).
         self.webhook_lease_prefix = self.slot + KeyPart.WEBHOOK_LEASE  # then the endpoint
         self.webhook_parked_prefix = self.slot + KeyPart.WEBHOOK_PARKED  # then the endpoint
+        self.webhook_counts_prefix = self.slot + KeyPart.WEBHOOK_COUNTS  # main slot; then the endpoint
         self.available_prefix = self.slot + KeyPart.AVAILABLE  # then the type
         self.draining_prefix = self.slot + KeyPart.DRAINING  # then the type
         self.due_prefix = self.slot + KeyPart.DUE  # then the type
@@ -134,6 +136,10 @@ class Keys:
         """The batches of this slot's stream that ``endpoint`` never took, parked."""
         return self.webhook_parked_prefix + endpoint
 
+    def webhook_counts(self, endpoint: str) -> str:
+        """``endpoint``'s delivery counters, all processes (a hash; the main slot's only)."""
+        return self.webhook_counts_prefix + endpoint
+
     def megadeal_wake(self, ticket: str) -> str:
         """The list a MEGADEAL waiter blocks on; ``ticket`` comes from the ticket counter."""
         return self.megadeal_wake_prefix + ticket
@@ -185,6 +191,7 @@ class KeyPart(StrEnum):
     LEVELS = "levels"  # main slot
     WEBHOOK_LEASE = "hook:lease:"  # then the endpoint
     WEBHOOK_PARKED = "hook:parked:"  # then the endpoint
+    WEBHOOK_COUNTS = "hook:counts:"  # main slot; then the endpoint
     AVAILABLE = "avail:"  # then the type
     DRAINING = "draining:"  # then the type
     HELD = "held:"  # then "<TYPE>:<user>"

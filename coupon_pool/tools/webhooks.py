@@ -1,7 +1,7 @@
 """``coupon-pool webhooks status|redeliver``: the webhook endpoint's parked batches and backlog.
 
-The app processes deliver the events (http/delivery.py); a batch the endpoint kept refusing
-until WEBHOOK_RETRY_HORIZON_S is parked in Redis (pool/deliveries.py). ``status`` prints, as
+Each serve's delivery process delivers the events (http/delivery.py); a batch the endpoint kept
+refusing until WEBHOOK_RETRY_HORIZON_S is parked in Redis (pool/deliveries.py). ``status`` prints, as
 JSON, the parked batches and what the endpoint's group has not acknowledged (Deliveries.status,
 which GET /v1/webhooks answers too); ``redeliver`` POSTs each parked batch again, signed anew,
 oldest first per stream, and removes it once answered 2xx. At the first refusal in a stream it

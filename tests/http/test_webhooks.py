@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -214,6 +215,85 @@ def test_events_of_other_ops_are_acknowledged_unsent(
         assert not redis.exists(*(k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots))
 
 
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` started by multiprocessing's spawn (Linux's /proc), not its
+    resource tracker."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()  # a thread's children are listed under its task
+    found = {int(child) for task in tasks for child in (task / "children").read_text().split()}
+    return {child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited
+
+
+def test_serve_delivers_from_a_process_of_its_own_and_starts_it_again_when_it_dies(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-child"
+    log = tmp_path / "app.log"
+    server = LiveServer(hooks_redis.url, log=log, **env_of(receiver, namespace))
+    try:
+        wait_until(lambda: len(children(server.process.pid)) == 1)
+        (first,) = children(server.process.pid)
+        upload(server.url, 20)
+        all_delivered(receiver, hooks_redis.url, namespace)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: len(children(server.process.pid) - {first}) == 1 and not alive(first), timeout=15)
+        lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        exited = [line for line in lines if line.get("event") == "delivery_process_exited"]
+        assert [(e["level"], e["pid"], e["exitcode"]) for e in exited] == [("error", first, -signal.SIGKILL)]
+        assert httpx.post(f"{server.url}/v1/allocations", json={"user_id": "after"}).status_code == 201
+        all_delivered(receiver, hooks_redis.url, namespace)  # the new one delivers
+    finally:
+        server.stop()
+
+
+def test_a_killed_serves_delivery_process_stops_and_a_stopped_ones_gives_its_leases_up(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-orphan"
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env_of(receiver, namespace))
+    try:
+        wait_until(lambda: len(children(server.process.pid)) == 1)
+        (delivering,) = children(server.process.pid)
+        server.process.kill()
+        server.process.wait(10)
+        wait_until(lambda: not alive(delivering), timeout=10)
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+    with Redis.from_url(hooks_redis.url) as redis:  # it stopped as on SIGTERM: its leases given up
+        assert not redis.exists(*(k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots))
+
+
+def test_with_two_workers_one_delivery_process_delivers_and_sigterm_stops_them_all(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-workers"
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", WORKERS="2", **env_of(receiver, namespace))
+    try:
+        wait_until(lambda: len(children(server.process.pid)) == 3)  # two workers, one delivery process
+        started = children(server.process.pid)
+        upload(server.url, 20)
+        for i in range(6):
+            assert httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"w{i}"}).status_code == 201
+        all_delivered(receiver, hooks_redis.url, namespace)
+        with Redis.from_url(hooks_redis.url, decode_responses=True) as redis:
+            consumers = {c["name"] for k in Layout(namespace, SHARDS).slots
+                         for c in redis.xinfo_consumers(k.audit, "webhook.default")}  # fmt: skip
+        assert len(consumers) == 1  # one process delivers, not each worker
+    finally:
+        server.stop()
+    assert not any(alive(pid) for pid in started)
+    with Redis.from_url(hooks_redis.url) as redis:
+        assert not redis.exists(*(k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots))
+
+
 def redeem_ids(redis: Redis, layout: Layout) -> list[str]:
     ids = []
     for n, k in enumerate(layout.slots):
@@ -263,6 +343,11 @@ def test_a_batch_past_the_retry_horizon_is_parked_counted_and_redelivered_by_com
         shown = orjson.loads(status.stdout)
         assert shown["parked"] >= 1
         assert shown["endpoint"] == "default"
+        # The counters of every process, from Redis: as /metrics showed them, or more since.
+        assert shown["batches_parked"] >= 1
+        assert shown["failures"] >= 2
+        assert shown["retries"] >= 1
+        assert shown["batches_delivered"] == shown["events_delivered"] == 0
 
         still = webhooks_command(hooks_redis, receiver, namespace, "redeliver")
         assert still.returncode == 3, still.stderr  # the receiver still fails: kept parked
