@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         max_header_bytes=settings.max_header_bytes,
         max_connections=connections,
     )
-    if not settings.webhook_url:
+    if not settings.hooks:
         run_uvicorn(settings, limits)
         return 0
     # Webhooks: a process of their own beside the request workers (http/delivery.py), stopped

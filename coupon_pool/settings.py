@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -162,7 +163,8 @@ def _threshold(value: str) -> str | None:
     )
 
 
-# Webhooks (coupon_pool/webhooks.py, http/delivery.py): one endpoint, off while WEBHOOK_URL is empty.
+# Webhooks (coupon_pool/webhooks.py, http/delivery.py): the endpoint of WEBHOOK_URL ("default"),
+# and up to MAX_HOOKS more, named, in WEBHOOK_ENDPOINTS; off while both are empty.
 _WEBHOOK_URL_MAX = 2048
 _SECRET = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no blank
 
@@ -196,6 +198,74 @@ def _known_ops(ops: tuple[str, ...]) -> str | None:
         return None
     named = ", ".join(repr(op) for op in unknown)
     return f"unknown op{'s' if len(unknown) > 1 else ''} {named}: each must be one of {', '.join(OPS)}"
+
+
+DEFAULT_HOOK = "default"  # the endpoint of WEBHOOK_URL
+MAX_HOOKS = 8  # endpoints in WEBHOOK_ENDPOINTS (each has a task per audit stream in every serve)
+_HOOKS_MAX_BYTES = 64 * 1024
+_HOOK_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+_HOOK_FIELDS = {"name", "url", "secret", "ops"}
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A webhook endpoint: where its events go, the secret that signs them, which ops (empty: all)."""
+
+    name: str
+    url: str
+    secret: str = dataclasses.field(repr=False)
+    ops: tuple[str, ...] = ()
+
+
+def _hooks(name: str, raw: str) -> tuple[Hook, ...]:
+    """A JSON array of endpoints, each {"name", "url", "secret", "ops" (optional)}; empty: none."""
+    if not raw.strip():
+        return ()
+    if len(raw.encode()) > _HOOKS_MAX_BYTES:
+        raise SettingsError(f"{name} must be at most {_HOOKS_MAX_BYTES:,} bytes of JSON")
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a JSON array of endpoints (it does not parse)") from None
+    if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
+        raise SettingsError(f"{name} must be a JSON array of objects")
+    hooks = []
+    for i, item in enumerate(found, 1):
+        odd = sorted(set(item) - _HOOK_FIELDS)
+        missing = sorted({"name", "url", "secret"} - set(item))
+        if odd or missing:
+            raise SettingsError(f"{name}: endpoint {i} must have name, url, secret and optionally ops"
+                                f"{'; not ' + ', '.join(map(repr, odd)) if odd else ''}")  # fmt: skip
+        ops = item.get("ops", [])
+        texts = [item["name"], item["url"], item["secret"]]
+        if not all(isinstance(t, str) for t in texts) or not (
+            isinstance(ops, list) and all(isinstance(op, str) for op in ops)
+        ):
+            raise SettingsError(f"{name}: endpoint {i}: name, url and secret are strings, ops a list of them")
+        hooks.append(Hook(item["name"], item["url"], item["secret"], tuple(ops)))
+    return tuple(hooks)
+
+
+def _valid_hooks(hooks: tuple[Hook, ...]) -> str | None:
+    # The secrets are never shown; names and URLs (without their password) may be.
+    if len(hooks) > MAX_HOOKS:
+        return f"at most {MAX_HOOKS} endpoints, not {len(hooks)}"
+    names = [hook.name for hook in hooks]
+    for i, hook in enumerate(hooks, 1):
+        if not _HOOK_NAME.fullmatch(hook.name) or hook.name == DEFAULT_HOOK:
+            return (f"endpoint {i}: name must be 1-32 of a-z 0-9 _ - and not {DEFAULT_HOOK!r} "
+                    "(WEBHOOK_URL's)")  # fmt: skip
+        if names.count(hook.name) > 1:
+            return f"endpoint {i}: name {hook.name!r} is given twice"
+        problem = (
+            ("url " + (_webhook_url(hook.url) or "")) if not hook.url or _webhook_url(hook.url) else
+            ("secret must be set, 16-256 printable ASCII characters (no blank)")
+            if not hook.secret or _webhook_secret(hook.secret) else
+            ("ops: " + (_known_ops(hook.ops) or "")) if _known_ops(hook.ops) else None
+        )  # fmt: skip
+        if problem:
+            return f"endpoint {i} ({hook.name}): {problem.replace('(or empty: webhooks off)', '').strip()}"
+    return None
 
 
 def env(
@@ -314,6 +384,14 @@ class Settings:
     admin_keys: tuple[str, ...] = env("COUPON_POOL_ADMIN_KEYS", (), _keys, _valid_keys, secret=True)
     client_keys: tuple[str, ...] = env("COUPON_POOL_CLIENT_KEYS", (), _keys, _valid_keys, secret=True)
     webhook_secret: str = env("WEBHOOK_SECRET", "", _text, _webhook_secret, secret=True)
+    # More endpoints, each named, with a URL, a secret and ops of its own (JSON: they hold secrets).
+    webhook_endpoints: tuple[Hook, ...] = env("WEBHOOK_ENDPOINTS", (), _hooks, _valid_hooks, secret=True)
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        """Every webhook endpoint: WEBHOOK_URL's ("default") first, then WEBHOOK_ENDPOINTS'."""
+        first = (Hook(DEFAULT_HOOK, self.webhook_url, self.webhook_secret, self.webhook_ops),)
+        return (first if self.webhook_url else ()) + self.webhook_endpoints
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail later, and more obscurely: every one at once."""
@@ -372,6 +450,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata["secret"] and isinstance(value, str):
                 shown = "(set)" if value else "(not set)"
+            elif f.name == "webhook_endpoints":  # names and URLs shown; secrets never
+                shown = ", ".join(f"{hook.name} {redacted(hook.url)}" for hook in value) or "(none)"
             elif f.metadata["secret"]:
                 shown = f"({len(value)} key{'s' if len(value) != 1 else ''})"
             elif f.name in _URLS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -109,6 +110,62 @@ def test_a_webhook_endpoint_is_read_and_its_secret_never_shown() -> None:
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({"WEBHOOK_SECRET": "bad secret value with blanks"})
     assert "bad secret" not in str(refused.value)
+
+
+HOOK_SECRET = "crm-secret-0123456789abcdef"
+
+
+def hooks_env(*endpoints: dict[str, object]) -> dict[str, str]:
+    return {"WEBHOOK_ENDPOINTS": json.dumps(list(endpoints))}
+
+
+def crm(**more: object) -> dict[str, object]:
+    return {"name": "crm", "url": "https://crm.example/in", "secret": HOOK_SECRET, **more}
+
+
+def test_more_endpoints_are_read_after_webhook_urls_and_their_secrets_never_shown() -> None:
+    settings = Settings.from_env(
+        {"WEBHOOK_URL": "https://hooks.example/in", "WEBHOOK_SECRET": "whsec-0123456789abcdef",
+         **hooks_env(crm(url="https://u:pw-secret@crm.example/in"), crm(name="fraud", ops=["redeem"]))}
+    )  # fmt: skip
+    assert [(h.name, h.ops) for h in settings.hooks] == [("default", ()), ("crm", ()), ("fraud", ("redeem",))]
+    assert settings.hooks[2].secret == HOOK_SECRET
+    shown = repr(settings) + "".join(settings.described())
+    assert "WEBHOOK_ENDPOINTS=crm https://u:***@crm.example/in, fraud https://crm.example/in" in shown
+    assert "crm-secret" not in shown
+    assert "pw-secret" not in shown
+    assert Settings.from_env(hooks_env(crm())).hooks == Settings.from_env(hooks_env(crm())).webhook_endpoints
+    assert Settings().hooks == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WEBHOOK_ENDPOINTS": "{"}, "must be a JSON array of endpoints"),
+        ({"WEBHOOK_ENDPOINTS": '{"name": "crm"}'}, "must be a JSON array of objects"),
+        ({"WEBHOOK_ENDPOINTS": "[" + "1," * 40_000 + "1]"}, "must be at most 65,536 bytes"),
+        (hooks_env({"name": "crm", "url": "https://crm.example/in"}), "must have name, url, secret"),
+        (hooks_env(crm(headers={})), "and optionally ops; not 'headers'"),
+        (hooks_env(crm(ops="redeem")), "ops a list of them"),
+        (hooks_env(crm(name=7)), "name, url and secret are strings"),
+        (hooks_env(crm(name="default")), "endpoint 1: name must be 1-32 of a-z 0-9 _ - and not 'default'"),
+        (hooks_env(crm(name="CRM")), "endpoint 1: name must be 1-32"),
+        (hooks_env(crm(name="a" * 33)), "endpoint 1: name must be 1-32"),
+        (hooks_env(crm(), crm()), "name 'crm' is given twice"),
+        (hooks_env(*(crm(name=f"h{i}") for i in range(9))), "at most 8 endpoints, not 9"),
+        (hooks_env(crm(url="ftp://crm.example/in")), r"endpoint 1 \(crm\): url must be an http"),
+        (hooks_env(crm(secret="short")), r"endpoint 1 \(crm\): secret must be set, 16-256"),
+        (hooks_env(crm(secret="")), r"endpoint 1 \(crm\): secret must be set"),
+        (hooks_env(crm(ops=["alocate"])), r"endpoint 1 \(crm\): ops: unknown op 'alocate'"),
+    ],
+)  # fmt: skip
+def test_bad_endpoints_are_refused_at_start_up_never_echoing_a_secret(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message) as refused:
+        Settings.from_env(env)
+    assert "crm-secret" not in str(refused.value)
+    assert "'short'" not in str(refused.value)
 
 
 def test_an_op_no_audit_entry_carries_is_refused_naming_it_and_the_known_ones() -> None:

@@ -107,8 +107,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         # Webhooks: serve's delivery process delivers (http/delivery.py); the endpoint's group
         # exists before the first request is served, so every operation served is delivered.
-        if settings.webhook_url:
-            await prepare_group(store.feeds, access_log)
+        for hook in settings.hooks:
+            await prepare_group(store.feeds, hook.name, access_log)
         try:
             yield
         finally:

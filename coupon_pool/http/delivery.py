@@ -40,12 +40,11 @@ from ..pool.deliveries import KIND, Deliveries, group_of
 from ..pool.feeds import Event, FeedError, Feeds
 from ..pool.placement import LayoutMismatch
 from ..pool.store import Store
-from ..settings import Settings
+from ..settings import Hook, Settings
 from ..webhooks import Sender, body_of
 from .diagnostics import dump_tasks_on_sigusr1
 from .middleware import JsonLines
 
-ENDPOINT = "default"  # the one endpoint WEBHOOK_URL configures
 IDLE_S = 0.15  # a held stream with nothing new is read again after this long
 # After a batch that was not full, the next read waits this long: under a steady load a
 # stream then goes out in batches of about 0.1 s of events, not in many POSTs of a few each.
@@ -67,9 +66,9 @@ class Policy:
     parked_max: int
 
     @classmethod
-    def of(cls, settings: Settings) -> Policy:
+    def of(cls, settings: Settings, hook: Hook) -> Policy:
         return cls(
-            ops=frozenset(settings.webhook_ops),
+            ops=frozenset(hook.ops),
             batch=settings.webhook_batch,
             horizon_ms=round(settings.webhook_retry_horizon_s * 1000),
             backoff_s=settings.webhook_backoff_s,
@@ -95,12 +94,14 @@ def entry_ms(event: Event) -> int:
 class Delivery:
     """This process's share of one endpoint's deliveries."""
 
-    def __init__(self, store: Store, settings: Settings, lines: JsonLines, stop: asyncio.Event) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, hook: Hook, lines: JsonLines, stop: asyncio.Event
+    ) -> None:
         self.feeds = store.feeds
-        self.deliveries = Deliveries(store.ctx, ENDPOINT)
+        self.deliveries = Deliveries(store.ctx, hook.name)
         self.group = self.deliveries.group
-        self.policy = Policy.of(settings)
-        self.sender = Sender(settings.webhook_url, settings.webhook_secret, settings.webhook_timeout_s)
+        self.policy = Policy.of(settings, hook)
+        self.sender = Sender(hook.url, hook.secret, settings.webhook_timeout_s)
         self.lines, self.stop = lines, stop
         self.consumer = consumer_name()
         self.owner = f"{process_name()}/{uuid.uuid4().hex[:8]}"  # the leases' value
@@ -124,7 +125,7 @@ class Delivery:
             await self.sender.aclose()
 
     async def _create(self) -> bool:
-        return self.stop.is_set() or await prepare_group(self.feeds, self.lines)
+        return self.stop.is_set() or await prepare_group(self.feeds, self.deliveries.endpoint, self.lines)
 
     async def _stream(self, n: int) -> None:
         """Take stream ``n``'s lease when it is free, and deliver the stream while held."""
@@ -132,7 +133,13 @@ class Delivery:
             try:
                 held = await self.deliveries.hold(n, self.owner, self._lease_ms)
             except RedisError as exc:
-                self.lines.write(level="warning", event="webhook", stream=n, error=repr(exc))
+                self.lines.write(
+                    level="warning",
+                    event="webhook",
+                    endpoint=self.deliveries.endpoint,
+                    stream=n,
+                    error=repr(exc),
+                )
                 held = False
             if held:
                 await self._while_held(n)
@@ -166,7 +173,10 @@ class Delivery:
             work.cancel()
             await asyncio.wait({work}, timeout=5)
             if not work.cancelled() and work.done() and work.exception():
-                self.lines.write(level="error", event="webhook", stream=n, error=repr(work.exception()))
+                self.lines.write(
+                    level="error", event="webhook", endpoint=self.deliveries.endpoint, stream=n,
+                    error=repr(work.exception()),
+                )  # fmt: skip
             with suppress(RedisError):
                 await self.deliveries.release(n, self.owner)
 
@@ -191,7 +201,13 @@ class Delivery:
                 if len(events) < self.policy.batch:  # caught up: let the next batch fill a little
                     await self._pause(LINGER_S)
             except (RedisError, FeedError) as exc:
-                self.lines.write(level="warning", event="webhook", stream=n, error=repr(exc))
+                self.lines.write(
+                    level="warning",
+                    event="webhook",
+                    endpoint=self.deliveries.endpoint,
+                    stream=n,
+                    error=repr(exc),
+                )
                 claiming = True  # what was read and not acknowledged is still the group's pending
                 if isinstance(exc, FeedError) or "NOGROUP" in str(exc):  # dropped by an operator
                     await self._create()
@@ -251,7 +267,10 @@ class Delivery:
         try:
             await self.deliveries.count(**{name: n for name, n in added.items() if n})
         except RedisError as exc:
-            self.lines.write(level="warning", event="webhook", error=repr(exc), action="count", counts=added)
+            self.lines.write(
+                level="warning", event="webhook", endpoint=self.deliveries.endpoint, error=repr(exc),
+                action="count", counts=added,
+            )  # fmt: skip
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the process stops."""
@@ -260,13 +279,15 @@ class Delivery:
                 await self.stop.wait()
 
 
-async def prepare_group(feeds: Feeds, lines: JsonLines) -> bool:
-    """Make the endpoint's group (from the next entry written) unless it exists: False, with a
+async def prepare_group(feeds: Feeds, endpoint: str, lines: JsonLines) -> bool:
+    """Make ``endpoint``'s group (from the next entry written) unless it exists: False, with a
     warning, if Redis failed (the delivery process tries again until it succeeds)."""
     try:
-        await feeds.create(group_of(ENDPOINT), "now", KIND)
+        await feeds.create(group_of(endpoint), "now", KIND)
     except RedisError as exc:
-        lines.write(level="warning", event="webhook", error=repr(exc), action="create group")
+        lines.write(
+            level="warning", event="webhook", endpoint=endpoint, error=repr(exc), action="create group"
+        )
         return False
     return True
 
@@ -352,7 +373,7 @@ async def _deliver(settings: Settings, parent: int) -> None:
             await _orphaned(parent, stop, lines)
             return
         watch = asyncio.create_task(_orphaned(parent, stop, lines))
-        await Delivery(store, settings, lines, stop).run()
+        await asyncio.gather(*(Delivery(store, settings, hook, lines, stop).run() for hook in settings.hooks))
         watch.cancel()
     finally:
         await store.aclose()

@@ -16,7 +16,7 @@ from ..models import (
     UserPath,
     ValidationRequest,
 )
-from ..pool.deliveries import Deliveries
+from ..pool.deliveries import webhook_status
 from ..results import (
     Allocation,
     AuditPage,
@@ -38,7 +38,6 @@ from ..results import (
 )
 from .auth import Role
 from .batch_routes import BATCH_OPERATIONS
-from .delivery import ENDPOINT
 from .export_routes import EXPORT_OPERATIONS
 from .generation_routes import GENERATION_OPERATIONS
 from .inputs import Call
@@ -184,11 +183,12 @@ async def audit(call: Call, query: AuditQuery) -> AuditPage:
 async def webhooks(call: Call) -> WebhooksStatus:
     """Webhook delivery, as `coupon-pool webhooks status` shows it: each endpoint's parked batches
     and what it has not taken yet. Without WEBHOOK_URL, `configured` false and no endpoint."""
-    url = call.request.app.state.settings.webhook_url
-    if not url:
+    hooks = call.request.app.state.settings.hooks
+    if not hooks:
         return WebhooksStatus(configured=False, endpoints=[])
-    endpoint = await Deliveries(call.store.ctx, ENDPOINT).status(call.store.feeds, url)
-    return WebhooksStatus(configured=True, endpoints=[endpoint])
+    return WebhooksStatus(
+        configured=True, endpoints=await webhook_status(call.store.ctx, call.store.feeds, hooks)
+    )
 
 
 async def metrics(call: Call) -> bytes:
@@ -198,8 +198,7 @@ async def metrics(call: Call) -> bytes:
     stats, gate, memory = await call.store.stats(), await call.gate.status(), await call.store.memory()
     feeds = await call.store.feeds.status()
     low = await call.store.levels.low()
-    url = call.request.app.state.settings.webhook_url
-    hooks = [await Deliveries(call.store.ctx, ENDPOINT).status(call.store.feeds, url)] if url else []
+    hooks = await webhook_status(call.store.ctx, call.store.feeds, call.request.app.state.settings.hooks)
     rendered: bytes = call.request.app.state.metrics.render(stats, gate, memory, feeds, low, hooks)
     return rendered
 

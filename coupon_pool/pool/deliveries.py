@@ -12,12 +12,14 @@ not taken, for GET /v1/webhooks, ``coupon-pool webhooks status`` and the webhook
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..results import WebhookEndpoint
+from ..settings import Hook
 from ..webhooks import shown_url
 from .context import Context
 from .feeds import Event, Feeds, checked
@@ -139,3 +141,8 @@ class Deliveries:
             oldest_undelivered_age_s=round(max(0.0, time.time() - min(oldest) / 1000), 3) if oldest else 0.0,
             **counts,
         )
+
+
+async def webhook_status(ctx: Context, feeds: Feeds, hooks: Sequence[Hook]) -> list[WebhookEndpoint]:
+    """Each endpoint's status, in the settings' order (``Deliveries.status``)."""
+    return [await Deliveries(ctx, hook.name).status(feeds, hook.url) for hook in hooks]

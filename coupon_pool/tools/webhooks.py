@@ -17,11 +17,10 @@ import sys
 import orjson
 from redis.exceptions import RedisError
 
-from ..http.delivery import ENDPOINT
-from ..pool.deliveries import Deliveries
+from ..pool.deliveries import Deliveries, webhook_status
 from ..pool.placement import LayoutMismatch
 from ..pool.store import Store
-from ..settings import Settings
+from ..settings import Hook, Settings
 from ..webhooks import Sender, body_of
 from .common import operator_settings
 
@@ -29,9 +28,9 @@ DONE, FAILED, USAGE, REFUSED = 0, 1, 2, 3  # exit codes, as README lists them
 PAGE = 100  # parked batches read at a time
 
 
-async def redeliver(store: Store, settings: Settings) -> int:
-    deliveries = Deliveries(store.ctx, ENDPOINT)
-    sender = Sender(settings.webhook_url, settings.webhook_secret, settings.webhook_timeout_s, connections=1)
+async def redeliver(store: Store, settings: Settings, hook: Hook) -> int:
+    deliveries = Deliveries(store.ctx, hook.name)
+    sender = Sender(hook.url, hook.secret, settings.webhook_timeout_s, connections=1)
     delivered = kept = 0
     try:
         for n in range(store.feeds.streams):
@@ -48,47 +47,58 @@ async def redeliver(store: Store, settings: Settings) -> int:
                     left = (await deliveries.parked_counts())[n]
                     kept += left
                     print(
-                        f"coupon-pool webhooks: stream {n}: the endpoint refused a parked batch ({refused}): "
-                        f"it and the {left - 1} after it stay parked",
+                        f"coupon-pool webhooks: {hook.name}: stream {n}: the endpoint refused a parked batch "
+                        f"({refused}): it and the {left - 1} after it stay parked",
                         file=sys.stderr,
                     )
                     break
     finally:
         await sender.aclose()
-    print(orjson.dumps({"delivered": delivered, "kept": kept}).decode())
+    print(orjson.dumps({"endpoint": hook.name, "delivered": delivered, "kept": kept}).decode())
     return REFUSED if kept else DONE
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="coupon-pool webhooks",
-        description="The webhook endpoint of WEBHOOK_URL: its parked batches and backlog (status), or its "
-        "parked batches POSTed again (redeliver). Exit 0 when done, 1 when Redis failed, 2 on bad options "
-        "or settings (WEBHOOK_URL unset), 3 when the endpoint refused a parked batch again (kept parked).",
+        description="The webhook endpoints (WEBHOOK_URL's, named default, and WEBHOOK_ENDPOINTS'): their "
+        "parked batches and backlog (status, a JSON line per endpoint), or their parked batches POSTed "
+        "again (redeliver). Exit 0 when done, 1 when Redis failed, 2 on bad options or settings (no "
+        "endpoint), 3 when an endpoint refused a parked batch again (kept parked).",
     )
     parser.add_argument("action", choices=["status", "redeliver"])
+    parser.add_argument("--endpoint", help="this endpoint only (its name; default: every endpoint)")
     args = parser.parse_args(argv)
     settings = operator_settings("coupon-pool webhooks")
     if settings is None:
         return USAGE
-    if not settings.webhook_url:
-        print("coupon-pool webhooks: WEBHOOK_URL is not set: there is no endpoint", file=sys.stderr)
+    hooks = [hook for hook in settings.hooks if args.endpoint in (None, hook.name)]
+    if not settings.hooks:
+        print(
+            "coupon-pool webhooks: neither WEBHOOK_URL nor WEBHOOK_ENDPOINTS is set: no endpoint",
+            file=sys.stderr,
+        )
+        return USAGE
+    if not hooks:
+        names = ", ".join(hook.name for hook in settings.hooks)
+        print(f"coupon-pool webhooks: no endpoint {args.endpoint!r}; the endpoints: {names}", file=sys.stderr)
         return USAGE
     try:
-        return asyncio.run(_main(settings, args.action))
+        return asyncio.run(_main(settings, args.action, hooks))
     except (RedisError, LayoutMismatch) as exc:
         print(f"coupon-pool webhooks: {exc}", file=sys.stderr)
         return FAILED
 
 
-async def _main(settings: Settings, action: str) -> int:
+async def _main(settings: Settings, action: str, hooks: list[Hook]) -> int:
     store = Store.from_settings(settings, max_connections=4)
     try:
         await store.prepare()
         if action == "status":
-            shown = await Deliveries(store.ctx, ENDPOINT).status(store.feeds, settings.webhook_url)
-            print(shown.model_dump_json())
+            for shown in await webhook_status(store.ctx, store.feeds, hooks):
+                print(shown.model_dump_json())
             return DONE
-        return await redeliver(store, settings)
+        outcomes = [await redeliver(store, settings, hook) for hook in hooks]
+        return REFUSED if REFUSED in outcomes else DONE
     finally:
         await store.aclose()

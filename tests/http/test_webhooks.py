@@ -294,6 +294,67 @@ def test_with_two_workers_one_delivery_process_delivers_and_sigterm_stops_them_a
         assert not redis.exists(*(k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots))
 
 
+CRM_SECRET = "crm-secret-0123456789abcdef"
+
+
+def test_a_second_endpoint_gets_its_own_ops_signed_with_its_own_secret_and_a_refusing_one_holds_back_no_other(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    namespace = "hooks-two-endpoints"
+    crm = Receiver()
+    crm.failing = True
+    endpoints = [{"name": "crm", "url": crm.url, "secret": CRM_SECRET, "ops": ["redeem"]}]
+    env = env_of(receiver, namespace, WEBHOOK_ENDPOINTS=orjson.dumps(endpoints).decode())
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
+    try:
+        upload(server.url, 20)
+        for i in range(5):
+            code = httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"e{i}"}).json()["code"]
+            redeemed = httpx.post(f"{server.url}/v1/redemptions", json={"code": code, "user_id": f"e{i}"})
+            assert redeemed.status_code == 201
+        all_delivered(receiver, hooks_redis.url, namespace)  # default: every event, while crm refuses
+        wait_until(lambda: bool(crm.answered(500)))
+        assert crm.acknowledged_ids() == []
+        with Redis.from_url(hooks_redis.url, decode_responses=True) as redis:
+            redeems = set(redeem_ids(redis, Layout(namespace, SHARDS)))
+        crm.failing = False
+        wait_until(lambda: set(crm.acknowledged_ids()) == redeems, timeout=15)
+        for r in crm.received:  # its own secret signs its POSTs
+            assert verify(CRM_SECRET, r.signature, r.body, now=r.at)
+            assert not verify(SECRET, r.signature, r.body, now=r.at)
+        assert all(e["op"] == "redeem" for r in crm.answered(200) for e in orjson.loads(r.body)["events"])
+
+        def counted() -> dict[str, Any]:
+            shown = httpx.get(f"{server.url}/v1/webhooks").json()
+            return {e["endpoint"]: e for e in shown["endpoints"]}
+
+        wait_until(lambda: counted()["crm"]["events_delivered"] == 5)
+        status = counted()
+        assert list(status) == ["default", "crm"]
+        assert status["crm"]["group"] == "webhook.crm"
+        assert status["crm"]["failures"] >= 1
+        assert status["default"]["failures"] == 0
+        text = httpx.get(f"{server.url}/metrics").text
+        assert 'coupon_pool_webhook_events_delivered_total{endpoint="crm"} 5.0' in text
+        written = compare(receiver, trail(hooks_redis.url, namespace, SHARDS)).expected
+        assert metric(text, "coupon_pool_webhook_events_delivered_total") >= written  # default: every one
+
+        lines = webhooks_command(hooks_redis, receiver, namespace, "status", **env)
+        assert lines.returncode == 0, lines.stderr
+        assert [orjson.loads(line)["endpoint"] for line in lines.stdout.splitlines()] == ["default", "crm"]
+        one = webhooks_command(hooks_redis, receiver, namespace, "redeliver", "--endpoint", "crm", **env)
+        assert (one.returncode, orjson.loads(one.stdout)) == (
+            0,
+            {"endpoint": "crm", "delivered": 0, "kept": 0},
+        )
+        unknown = webhooks_command(hooks_redis, receiver, namespace, "status", "--endpoint", "nope", **env)
+        assert unknown.returncode == 2
+        assert "no endpoint 'nope'; the endpoints: default, crm" in unknown.stderr
+    finally:
+        server.stop()
+        crm.stop()
+
+
 def redeem_ids(redis: Redis, layout: Layout) -> list[str]:
     ids = []
     for n, k in enumerate(layout.slots):
@@ -368,9 +429,9 @@ def metric(text: str, name: str) -> float:
 
 
 def webhooks_command(
-    server: RedisServer, receiver: Receiver, namespace: str, *argv: str
+    server: RedisServer, receiver: Receiver, namespace: str, *argv: str, **more: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": server.url, **env_of(receiver, namespace)}
+    env = {**os.environ, "REDIS_URL": server.url, **env_of(receiver, namespace), **more}
     return subprocess.run(
         [sys.executable, "-m", "coupon_pool", "webhooks", *argv],
         env=env, capture_output=True, text=True, timeout=60, check=False,
