@@ -29,7 +29,10 @@ Volatile parts are normalised by the narrow rules of ``Normaliser`` (each checke
 - /metrics: the latency histogram's ``_bucket`` and ``_sum`` values and Redis's used
   memory -> ``<value>`` (every ``_count`` and counter is compared), and so its
   ``content-length``;
-- /openapi.json: its body by sha256 and length.
+- /openapi.json: its body by sha256 and length;
+- /v1/audit: each entry's ``id`` (``<ms>-<seq>``, its ms within this run) -> ``<entry-id>``,
+  its ``time`` (RFC 3339, within this run) -> ``<rfc3339>``, and ``next`` (an entry id or a
+  ``c1.`` cursor) -> ``<cursor>``, and so its ``content-length``.
 
 Re-record (only when an answer is meant to change, from a build known to be right):
 ``GOLDEN_RECORD=1 pytest tests/http/test_golden.py``. That run writes the file and fails,
@@ -397,6 +400,12 @@ def script() -> list[Request | Setup]:
     req("GET /v1/coupons/GOLD-NOPE", http("GET", "/v1/coupons/GOLD-NOPE"))
     req("GET /v1/coupons/ bad code", http("GET", "/v1/coupons/GOLD%20S1"))
     req("GET /v1/megadeal", http("GET", "/v1/megadeal"))
+    req("GET /v1/levels", http("GET", "/v1/levels"))
+    req("GET /v1/webhooks (admin; none configured)", http("GET", "/v1/webhooks", key=ADMIN))
+    req("GET /v1/webhooks with a client key", http("GET", "/v1/webhooks"))
+    req("GET /v1/audit?limit=3 (admin)", http("GET", "/v1/audit?limit=3", key=ADMIN))
+    req("GET /v1/audit?limit=0", http("GET", "/v1/audit?limit=0", key=ADMIN))
+    req("GET /v1/audit?after=nonsense", http("GET", "/v1/audit?after=nonsense", key=ADMIN))
     req("GET /healthz", http("GET", "/healthz", key=None))
     req("HEAD /healthz", http("HEAD", "/healthz", key=None))
     req("POST /healthz", http("POST", "/healthz", "{}", key=None))
@@ -457,6 +466,9 @@ METHOD = re.compile(r"[A-Z]+")
 LOG_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 STORE_TIME = re.compile(rb'"(allocated_at|redeemed_at|released_at|rolled_back_at|created_at)":"([^"]*)"')
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)")
+ENTRY_ID = re.compile(rb'"id":"([0-9]{13})-[0-9]+(-[0-9]+)?"')
+ENTRY_TIME = re.compile(rb'"time":"([^"]*)"')
+NEXT_CURSOR = re.compile(rb'"next":"(c1\.[A-Za-z0-9_-]+|[0-9]+-[0-9]+(-[0-9]+)?)"')
 CLIENT_ADDRESS = re.compile(r"127\.0\.0\.1:[1-9][0-9]{0,4}")
 # Metric samples whose values depend on timing or on Redis's memory.
 VOLATILE_SAMPLE = re.compile(
@@ -494,6 +506,25 @@ class Normaliser:
 
         return STORE_TIME.subn(replace, body)
 
+    def audit_entries(self, body: bytes, name: str) -> tuple[bytes, int]:
+        def entry_id(match: re.Match[bytes]) -> bytes:
+            when = datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
+            assert self.window[0] <= when <= self.window[1], (
+                f"{name}: entry {match.group(0)!r} is not of this run"
+            )
+            return b'"id":"<entry-id>"'
+
+        def entry_time(match: re.Match[bytes]) -> bytes:
+            value = match.group(1).decode()
+            assert RFC3339.fullmatch(value), f"{name}: time {value!r} is not RFC 3339"
+            assert self.window[0] <= datetime.fromisoformat(value) <= self.window[1], f"{name}: {value}"
+            return b'"time":"<rfc3339>"'
+
+        body, ids = ENTRY_ID.subn(entry_id, body)
+        body, times = ENTRY_TIME.subn(entry_time, body)
+        body, cursors = NEXT_CURSOR.subn(b'"next":"<cursor>"', body)
+        return body, ids + times + cursors
+
     def answer(self, request: Request, answer: Answer) -> dict[str, Any]:
         name = request.name
         path = request.raw.split(b" ", 2)[1]
@@ -507,6 +538,8 @@ class Normaliser:
         elif path == b"/metrics" and answer.status_line.endswith(b" 200 OK"):
             body_note = {"body_lines": metrics_lines(body)}
             changed = 1
+        elif path.startswith(b"/v1/audit") and answer.status_line.endswith(b" 200 OK"):
+            body, changed = self.audit_entries(body, name)
         else:
             body, changed = self.store_times(body, name)
         headers = []
