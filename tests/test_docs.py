@@ -4,6 +4,9 @@ the code that is no longer true is a bug."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 
@@ -76,3 +79,20 @@ async def test_readme_shows_every_field_of_the_health_answers(client: httpx.Asyn
         assert answer.status_code == 200
         for field in answer.json():
             assert f'"{field}"' in row, (path, field)
+
+
+def test_the_python_in_the_docs_passes_the_projects_lint_and_format(tmp_path: Path) -> None:
+    """Code a reader copies (README's verify, say) is held to the same ruff rules as ours."""
+    snippets = [
+        block
+        for doc in (README, ARCHITECTURE)
+        for block in re.findall(r"```python\n(.*?)```", doc, re.DOTALL)
+    ]
+    assert snippets  # README's verify at least
+    for i, snippet in enumerate(snippets):
+        (tmp_path / f"snippet_{i}.py").write_text(snippet)
+    config = ["--config", str(REPO / "pyproject.toml")]
+    for command in (["check", *config], ["format", "--check", "--diff", *config]):
+        done = subprocess.run([sys.executable, "-m", "ruff", *command, str(tmp_path)],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
