@@ -133,13 +133,7 @@ class Delivery:
             try:
                 held = await self.deliveries.hold(n, self.owner, self._lease_ms)
             except RedisError as exc:
-                self.lines.write(
-                    level="warning",
-                    event="webhook",
-                    endpoint=self.deliveries.endpoint,
-                    stream=n,
-                    error=repr(exc),
-                )
+                self._warn(stream=n, error=repr(exc))
                 held = False
             if held:
                 await self._while_held(n)
@@ -201,13 +195,7 @@ class Delivery:
                 if len(events) < self.policy.batch:  # caught up: let the next batch fill a little
                     await self._pause(LINGER_S)
             except (RedisError, FeedError) as exc:
-                self.lines.write(
-                    level="warning",
-                    event="webhook",
-                    endpoint=self.deliveries.endpoint,
-                    stream=n,
-                    error=repr(exc),
-                )
+                self._warn(stream=n, error=repr(exc))
                 claiming = True  # what was read and not acknowledged is still the group's pending
                 if isinstance(exc, FeedError) or "NOGROUP" in str(exc):  # dropped by an operator
                     await self._create()
@@ -261,16 +249,16 @@ class Delivery:
                 dropped=dropped, reason="WEBHOOK_PARKED_MAX reached: the oldest parked batches were dropped",
             )  # fmt: skip
 
+    def _warn(self, **fields: object) -> None:
+        self.lines.write(level="warning", event="webhook", endpoint=self.deliveries.endpoint, **fields)
+
     async def _count(self, **added: int) -> None:
         """Add to the endpoint's counters in Redis; a failure is logged, and delivery goes on
         (the counters then miss what this call added)."""
         try:
             await self.deliveries.count(**{name: n for name, n in added.items() if n})
         except RedisError as exc:
-            self.lines.write(
-                level="warning", event="webhook", endpoint=self.deliveries.endpoint, error=repr(exc),
-                action="count", counts=added,
-            )  # fmt: skip
+            self._warn(error=repr(exc), action="count", counts=added)
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the process stops."""

@@ -59,6 +59,14 @@ def upload(url: str, count: int = 300) -> None:
     assert httpx.post(f"{url}/v1/coupons", json={"coupons": coupons(count)}, timeout=30).status_code == 201
 
 
+def allocate_and_redeem(url: str, users: str, count: int) -> None:
+    """``count`` coupons allocated to users ``<users><i>`` and redeemed by them."""
+    for i in range(count):
+        code = httpx.post(f"{url}/v1/allocations", json={"user_id": f"{users}{i}"}).json()["code"]
+        redeemed = httpx.post(f"{url}/v1/redemptions", json={"code": code, "user_id": f"{users}{i}"})
+        assert redeemed.status_code == 201
+
+
 def all_delivered(receiver: Receiver, redis_url: str, namespace: str, timeout: float = 25) -> None:
     def done() -> bool:
         return not compare(receiver, trail(redis_url, namespace, SHARDS)).missing
@@ -198,10 +206,7 @@ def test_events_of_other_ops_are_acknowledged_unsent(
     server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
     try:
         upload(server.url, 20)
-        for i in range(5):
-            code = httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"o{i}"}).json()["code"]
-            redeemed = httpx.post(f"{server.url}/v1/redemptions", json={"code": code, "user_id": f"o{i}"})
-            assert redeemed.status_code == 201
+        allocate_and_redeem(server.url, "o", 5)
         with Redis.from_url(hooks_redis.url, decode_responses=True) as redis:
             redeems = set(redeem_ids(redis, Layout(namespace, SHARDS)))
         assert len(redeems) == 5
@@ -308,10 +313,7 @@ def test_a_second_endpoint_gets_its_own_ops_signed_with_its_own_secret_and_a_ref
     server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
     try:
         upload(server.url, 20)
-        for i in range(5):
-            code = httpx.post(f"{server.url}/v1/allocations", json={"user_id": f"e{i}"}).json()["code"]
-            redeemed = httpx.post(f"{server.url}/v1/redemptions", json={"code": code, "user_id": f"e{i}"})
-            assert redeemed.status_code == 201
+        allocate_and_redeem(server.url, "e", 5)
         all_delivered(receiver, hooks_redis.url, namespace)  # default: every event, while crm refuses
         wait_until(lambda: bool(crm.answered(500)))
         assert crm.acknowledged_ids() == []
