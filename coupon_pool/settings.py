@@ -12,9 +12,12 @@ import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 from .audit import OPS
 
@@ -169,16 +172,29 @@ _WEBHOOK_URL_MAX = 2048
 _SECRET = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no blank
 
 
-def _webhook_url(value: str) -> str | None:
-    if not value:
-        return None
+def _url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a webhook endpoint's URL, or None."""
     if len(value) > _WEBHOOK_URL_MAX:
         return f"must be at most {_WEBHOOK_URL_MAX:,} characters, not {len(value):,}"
-    scheme, _, rest = value.partition("://")
-    host = rest.split("/", 1)[0].rpartition("@")[2]
-    if scheme not in ("http", "https") or not host or any(c.isspace() or not c.isprintable() for c in value):
-        return "must be an http:// or https:// URL with a host (or empty: webhooks off)"
+    shape = "must be an http:// or https:// URL with a host"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return shape
+    unparsed = shape + " (if it has a port: 1 to 65535; if brackets: closed)"
+    try:  # both parsers: the one that shows the URL (webhooks.shown_url) and the one that posts to it
+        parts, sent = urllib.parse.urlsplit(value), httpx.URL(value)
+        ports = (parts.port, sent.port)
+    except (ValueError, httpx.InvalidURL):  # a port that is not a number, a bracket left open...
+        return unparsed
+    if any(port is not None and not 1 <= port <= 65535 for port in ports):
+        return unparsed
+    if parts.scheme not in ("http", "https") or not parts.hostname or not sent.host:
+        return shape
     return None
+
+
+def _webhook_url(value: str) -> str | None:
+    problem = value and _url_problem(value)
+    return f"{problem} (or empty: webhooks off)" if problem else None
 
 
 def _webhook_secret(value: str) -> str | None:
@@ -217,31 +233,52 @@ class Hook:
     ops: tuple[str, ...] = ()
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys: a second "url" would silently win.
+    keys = [key for key, _ in pairs]
+    twice = [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
+    if twice:
+        raise _DuplicateKey(", ".join(map(repr, twice)))
+    return dict(pairs)
+
+
 def _hooks(name: str, raw: str) -> tuple[Hook, ...]:
     """A JSON array of endpoints, each {"name", "url", "secret", "ops" (optional)}; empty: none."""
     if not raw.strip():
         return ()
-    if len(raw.encode()) > _HOOKS_MAX_BYTES:
+    try:
+        size = len(raw.encode())
+    except UnicodeEncodeError:  # bytes the environment held that are not UTF-8
+        raise SettingsError(f"{name} must be UTF-8 text") from None
+    if size > _HOOKS_MAX_BYTES:
         raise SettingsError(f"{name} must be at most {_HOOKS_MAX_BYTES:,} bytes of JSON")
     try:
-        found = json.loads(raw)
-    except ValueError:
+        found = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as twice:
+        raise SettingsError(f"{name}: an endpoint gives {twice} twice") from None
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise SettingsError(f"{name} must be a JSON array of endpoints (it does not parse)") from None
     if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
         raise SettingsError(f"{name} must be a JSON array of objects")
     hooks = []
     for i, item in enumerate(found, 1):
         odd = sorted(set(item) - _HOOK_FIELDS)
-        missing = sorted({"name", "url", "secret"} - set(item))
+        missing = [field for field in ("name", "url", "secret") if field not in item]
         if odd or missing:
             raise SettingsError(f"{name}: endpoint {i} must have name, url, secret and optionally ops"
+                                f"{'; it lacks ' + ', '.join(missing) if missing else ''}"
                                 f"{'; not ' + ', '.join(map(repr, odd)) if odd else ''}")  # fmt: skip
+        wrong = [field for field in ("name", "url", "secret") if not isinstance(item[field], str)]
         ops = item.get("ops", [])
-        texts = [item["name"], item["url"], item["secret"]]
-        if not all(isinstance(t, str) for t in texts) or not (
-            isinstance(ops, list) and all(isinstance(op, str) for op in ops)
-        ):
-            raise SettingsError(f"{name}: endpoint {i}: name, url and secret are strings, ops a list of them")
+        if not (isinstance(ops, list) and all(isinstance(op, str) for op in ops)):
+            wrong.append("ops")
+        if wrong:
+            raise SettingsError(f"{name}: endpoint {i}: name, url and secret are strings, ops a list "
+                                f"of them; not {', '.join(wrong)}")  # fmt: skip
         hooks.append(Hook(item["name"], item["url"], item["secret"], tuple(ops)))
     return tuple(hooks)
 
@@ -258,13 +295,14 @@ def _valid_hooks(hooks: tuple[Hook, ...]) -> str | None:
         if names.count(hook.name) > 1:
             return f"endpoint {i}: name {hook.name!r} is given twice"
         problem = (
-            ("url " + (_webhook_url(hook.url) or "")) if not hook.url or _webhook_url(hook.url) else
-            ("secret must be set, 16-256 printable ASCII characters (no blank)")
+            "url must be set, an http:// or https:// URL" if not hook.url else
+            f"url {_url_problem(hook.url)}" if _url_problem(hook.url) else
+            "secret must be set, 16-256 printable ASCII characters (no blank)"
             if not hook.secret or _webhook_secret(hook.secret) else
-            ("ops: " + (_known_ops(hook.ops) or "")) if _known_ops(hook.ops) else None
+            f"ops: {_known_ops(hook.ops)}" if _known_ops(hook.ops) else None
         )  # fmt: skip
         if problem:
-            return f"endpoint {i} ({hook.name}): {problem.replace('(or empty: webhooks off)', '').strip()}"
+            return f"endpoint {i} ({hook.name}): {problem}"
     return None
 
 

@@ -38,6 +38,9 @@ def test_pool_low_thresholds_are_counts_or_minutes_and_empty_is_off() -> None:
     assert Settings.from_env({}).pool_low == {}
 
 
+UNPARSED = ".*if it has a port: 1 to 65535; if brackets: closed"
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -72,6 +75,10 @@ def test_pool_low_thresholds_are_counts_or_minutes_and_empty_is_off() -> None:
         ({"WEBHOOK_URL": "ftp://h.example/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: must be an http"),
         ({"WEBHOOK_URL": "https:///in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: must be an http"),
         ({"WEBHOOK_URL": "https://h/a b", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: must be an http"),
+        ({"WEBHOOK_URL": "https://h:abc/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
+        ({"WEBHOOK_URL": "https://[::1/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
+        ({"WEBHOOK_URL": "https://h:99999/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
+        ({"WEBHOOK_URL": "https://h:0/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
         ({"WEBHOOK_URL": "https://h/" + "a" * 2040, "WEBHOOK_SECRET": "s" * 16},
          "WEBHOOK_URL: must be at most 2,048 characters, not 2,050"),
         ({"WEBHOOK_URL": "https://hooks.example/in"}, "WEBHOOK_SECRET: must be set when WEBHOOK_URL is"),
@@ -154,6 +161,15 @@ def test_more_endpoints_are_read_after_webhook_urls_and_their_secrets_never_show
         (hooks_env(crm(), crm()), "name 'crm' is given twice"),
         (hooks_env(*(crm(name=f"h{i}") for i in range(9))), "at most 8 endpoints, not 9"),
         (hooks_env(crm(url="ftp://crm.example/in")), r"endpoint 1 \(crm\): url must be an http"),
+        (hooks_env(crm(url="https://crm.example:abc/in")), r"endpoint 1 \(crm\): url " + UNPARSED),
+        (hooks_env(crm(url="https://crm.example:99999/in")), r"endpoint 1 \(crm\): url " + UNPARSED),
+        (hooks_env(crm(url="")), r"endpoint 1 \(crm\): url must be set, an http:// or https:// URL$"),
+        (hooks_env({"name": "crm", "url": "https://crm.example/in"}), "; it lacks secret$"),
+        (hooks_env(crm(url=7, ops=[1])), "ops a list of them; not url, ops$"),
+        ({"WEBHOOK_ENDPOINTS": '[{"name": "crm", "url": "https://a.example/", "url": "https://b.example/",'
+                               ' "secret": "whsec-0123456789abcdef"}]'}, "an endpoint gives 'url' twice"),
+        ({"WEBHOOK_ENDPOINTS": "[" * 30_000 + "]" * 30_000}, "JSON array of endpoints .it does not parse"),
+        ({"WEBHOOK_ENDPOINTS": '[{"name": "\udcff"}]'}, "must be UTF-8 text"),
         (hooks_env(crm(secret="short")), r"endpoint 1 \(crm\): secret must be set, 16-256"),
         (hooks_env(crm(secret="")), r"endpoint 1 \(crm\): secret must be set"),
         (hooks_env(crm(ops=["alocate"])), r"endpoint 1 \(crm\): ops: unknown op 'alocate'"),
