@@ -91,7 +91,8 @@ class Sender:
             answer = await self.http.post(self.url, content=body, headers=headers)
         except httpx.TimeoutException:
             return Outcome(False, None, "timeout")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
+            # InvalidURL is no HTTPError: a URL settings let through must not end a delivery task
             return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:200])
         return Outcome(200 <= answer.status_code < 300, answer.status_code, "")
 

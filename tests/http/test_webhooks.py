@@ -22,7 +22,7 @@ from redis import Redis
 
 from coupon_pool.http.delivery import Policy
 from coupon_pool.pool.keys import Layout
-from coupon_pool.webhooks import sign, verify
+from coupon_pool.webhooks import Outcome, Sender, sign, verify
 from support import REPO, wait_until
 from support.cluster import CLUSTER_SHARDS, Cluster
 from support.live_server import LiveServer
@@ -105,6 +105,20 @@ def test_readmes_snippet_verifies_as_verify_does() -> None:
     assert readme_verify(SECRET, sign(SECRET, body, now), body)
     assert not readme_verify(SECRET, sign(SECRET, body, now - 301), body)
     assert not readme_verify(SECRET, sign(SECRET, body, now), body + b"\n")
+
+
+@pytest.mark.parametrize("url", ["https://h:abc/in", "https://[::1/in"])
+def test_a_url_httpx_cannot_post_to_is_a_failed_post_not_an_exception(url: str) -> None:
+    async def post() -> Outcome:
+        sender = Sender(url, SECRET, timeout_s=1)
+        try:
+            return await sender.post(b'{"events":[]}')
+        finally:
+            await sender.aclose()
+
+    outcome = asyncio.run(post())
+    assert (outcome.ok, outcome.status) == (False, None)
+    assert outcome.reason.startswith("InvalidURL: ")
 
 
 def test_two_processes_deliver_every_event_once_the_receiver_answers(
