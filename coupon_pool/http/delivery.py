@@ -13,8 +13,8 @@ batch at a time, each acknowledged once answered 2xx (or parked). A batch that f
 again with exponential backoff and full jitter until its oldest event is older than
 WEBHOOK_RETRY_HORIZON_S, then parked. A task that does not hold the lease tries to take it
 every quarter of WEBHOOK_LEASE_S; the holder renews it every third. Several serve processes
-share the streams by their leases; one that dies (its delivery process stops within a
-second of it, or is killed with it) leaves its leases to run out, and another takes over.
+share the streams by their leases; one that dies (its delivery process stops at once, as
+their pipe closes, or is killed with it) leaves its leases to run out, and another takes over.
 Every process adds to the endpoint's counters in Redis, which /metrics and GET
 /v1/webhooks read.
 """
@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import random
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..pool.connection import process_name
 from ..pool.deliveries import KIND, Deliveries, group_of
@@ -50,8 +51,11 @@ IDLE_S = 0.15  # a held stream with nothing new is read again after this long
 # stream then goes out in batches of about 0.1 s of events, not in many POSTs of a few each.
 LINGER_S = 0.1
 ERROR_PAUSE_S = 1.0  # after Redis failed a stream's read or acknowledgement
-PARENT_CHECK_S = 1.0  # how often the delivery process looks whether its serve process lives
-RESTART_PAUSE_S = 1.0  # a delivery process that died is started again after this long
+RESTART_PAUSE_S = 1.0  # a delivery process that died is started again after this long,
+RESTART_MAX_PAUSE_S = 60.0  # doubled each time it dies again soon, up to this;
+RESTART_RESET_S = 60.0  # and back to RESTART_PAUSE_S once one has lived this long
+# What Redis may raise: a cluster's own failures (no node for a slot, a takeover) are not RedisErrors.
+REDIS_ERRORS = (RedisError, RedisClusterException)
 STOP_GRACE_S = 10.0  # at serve's end, the delivery process's time to give its leases up
 
 
@@ -132,7 +136,7 @@ class Delivery:
         while not self.stop.is_set():
             try:
                 held = await self.deliveries.hold(n, self.owner, self._lease_ms)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._warn(stream=n, error=repr(exc))
                 held = False
             if held:
@@ -159,7 +163,7 @@ class Delivery:
                     if not await self.deliveries.hold(n, self.owner, self._lease_ms):
                         break
                     renewed = time.monotonic()
-                except RedisError:
+                except REDIS_ERRORS:
                     if time.monotonic() - renewed > self.policy.lease_s * 0.8:
                         break
         finally:
@@ -171,7 +175,7 @@ class Delivery:
                     level="error", event="webhook", endpoint=self.deliveries.endpoint, stream=n,
                     error=repr(work.exception()),
                 )  # fmt: skip
-            with suppress(RedisError):
+            with suppress(*REDIS_ERRORS):
                 await self.deliveries.release(n, self.owner)
 
     async def _drain(self, n: int, held: asyncio.Event) -> None:
@@ -194,7 +198,7 @@ class Delivery:
                     await self.feeds.ack(self.group, n, [e.entry for e in events])
                 if len(events) < self.policy.batch:  # caught up: let the next batch fill a little
                     await self._pause(LINGER_S)
-            except (RedisError, FeedError) as exc:
+            except (*REDIS_ERRORS, FeedError) as exc:
                 self._warn(stream=n, error=repr(exc))
                 claiming = True  # what was read and not acknowledged is still the group's pending
                 if isinstance(exc, FeedError) or "NOGROUP" in str(exc):  # dropped by an operator
@@ -257,7 +261,7 @@ class Delivery:
         (the counters then miss what this call added)."""
         try:
             await self.deliveries.count(**{name: n for name, n in added.items() if n})
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._warn(error=repr(exc), action="count", counts=added)
 
     async def _pause(self, seconds: float) -> None:
@@ -272,7 +276,7 @@ async def prepare_group(feeds: Feeds, endpoint: str, lines: JsonLines) -> bool:
     warning, if Redis failed (the delivery process tries again until it succeeds)."""
     try:
         await feeds.create(group_of(endpoint), "now", KIND)
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         lines.write(
             level="warning", event="webhook", endpoint=endpoint, error=repr(exc), action="create group"
         )
@@ -281,15 +285,23 @@ async def prepare_group(feeds: Feeds, endpoint: str, lines: JsonLines) -> bool:
 
 
 class DeliveryProcess:
-    """``coupon-pool serve``'s delivery process: started before uvicorn, stopped (SIGTERM, so
-    it gives its leases up) after uvicorn returns, and started again if it dies meanwhile,
-    with an error line each time."""
+    """``coupon-pool serve``'s delivery process: started before uvicorn, told to stop after
+    uvicorn returns (it then gives its leases up), and started again if it dies meanwhile,
+    with an error line each time and a pause that doubles while it keeps dying.
+
+    It is told by a pipe, not by a signal: it ignores SIGINT and SIGTERM, which a terminal or
+    a service manager sends the whole process group while uvicorn may still be finishing its
+    requests (their events are delivered meanwhile). The pipe's end closing without a word
+    (serve killed) stops it too.
+    """
 
     def __init__(self, settings: Settings, lines: JsonLines | None = None) -> None:
         self.settings = settings
         self.lines = lines or JsonLines()
         self._context = multiprocessing.get_context("spawn")  # nothing of uvicorn's inherited
         self._process: Any = None
+        self._tell: Any = None  # the parent's end of the pipe to the process
+        self._started = 0.0  # time.monotonic() when the process was last started
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, name="delivery-watch", daemon=True)
@@ -299,36 +311,58 @@ class DeliveryProcess:
         self._watcher.start()
 
     def _spawn(self) -> None:
+        told, tell = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=main, args=(self.settings, os.getpid()), name="coupon-pool-delivery", daemon=True
+            target=main, args=(self.settings, told), name="coupon-pool-delivery", daemon=True
         )
-        process.start()
-        self._process = process
+        try:
+            process.start()
+        except BaseException:
+            tell.close()
+            raise
+        finally:
+            told.close()  # the process holds its own copy: its end closes with it
+        if self._tell is not None:
+            self._tell.close()  # the dead one's
+        self._process, self._tell, self._started = process, tell, time.monotonic()
 
     def _watch(self) -> None:
+        pause = RESTART_PAUSE_S
         while not self._stopping.is_set():
             process = self._process
             process.join()
             if self._stopping.is_set():
                 return
+            if time.monotonic() - self._started >= RESTART_RESET_S:  # it had settled: start soon
+                pause = RESTART_PAUSE_S
             self.lines.write(
                 level="error", event="delivery_process_exited", exitcode=process.exitcode, pid=process.pid,
-                message=f"the webhook delivery process exited; starting another in {RESTART_PAUSE_S:g} s",
+                message=f"the webhook delivery process exited; starting another in {pause:g} s",
             )  # fmt: skip
-            if self._stopping.wait(RESTART_PAUSE_S):
-                return
-            with self._lock:
-                if not self._stopping.is_set():
-                    self._spawn()
+            while not self._stopping.wait(pause):
+                pause = min(pause * 2, RESTART_MAX_PAUSE_S)
+                try:
+                    with self._lock:
+                        if self._stopping.is_set():
+                            return
+                        self._spawn()
+                    break
+                except Exception as exc:  # OSError (no memory, no process left...), and whatever else
+                    self.lines.write(
+                        level="error", event="delivery_process_not_started", error=repr(exc)[:500],
+                        message=f"the webhook delivery process did not start; trying again in {pause:g} s",
+                    )  # fmt: skip
 
     def stop(self) -> None:
-        """SIGTERM, then up to STOP_GRACE_S for it to give its leases up; then SIGKILL."""
+        """Tell it to stop; up to STOP_GRACE_S for it to give its leases up; then SIGKILL."""
         with self._lock:
             self._stopping.set()
-            process = self._process
+            process, tell = self._process, self._tell
         if process is None:
             return
-        process.terminate()
+        with suppress(OSError):
+            tell.send_bytes(STOP)
+        tell.close()
         process.join(STOP_GRACE_S)
         if process.is_alive():
             process.kill()
@@ -339,43 +373,53 @@ class DeliveryProcess:
         return None if self._process is None else int(self._process.pid)
 
 
-def main(settings: Settings, parent: int) -> None:
-    """The delivery process: deliver until SIGTERM, or until its serve process is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: serve stops it
-    asyncio.run(_deliver(settings, parent))
+STOP = b"stop"  # serve's word to its delivery process, on their pipe
 
 
-async def _deliver(settings: Settings, parent: int) -> None:
+def main(settings: Settings, told: Connection) -> None:
+    """The delivery process: deliver until serve says stop, or its end of the pipe closes."""
+    for number in (signal.SIGINT, signal.SIGTERM):  # sent to the group: serve tells it once uvicorn ends
+        signal.signal(number, signal.SIG_IGN)
+    asyncio.run(_deliver(settings, told))
+
+
+async def _deliver(settings: Settings, told: Connection) -> None:
     lines = JsonLines()
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    listening = _listen(told, stop, lines)
     dump_tasks_on_sigusr1()
     store = Store.from_settings(settings)
     try:
         try:
             await store.prepare()
-        except RedisError as exc:  # the library is loaded on first use
+        except REDIS_ERRORS as exc:  # the library is loaded on first use
             lines.write(level="warning", event="webhook", error=repr(exc), action="load the function library")
-        except LayoutMismatch as exc:  # the app refuses to start alike; serve then ends this process
+        except LayoutMismatch as exc:  # the app refuses to start alike; serve then stops this process
             lines.write(level="error", event="layout_mismatch", message=str(exc))
-            await _orphaned(parent, stop, lines)
+            await stop.wait()
             return
-        watch = asyncio.create_task(_orphaned(parent, stop, lines))
         await asyncio.gather(*(Delivery(store, settings, hook, lines, stop).run() for hook in settings.hooks))
-        watch.cancel()
     finally:
+        listening()
         await store.aclose()
         lines.flush()
 
 
-async def _orphaned(parent: int, stop: asyncio.Event, lines: JsonLines) -> None:
-    """Set ``stop`` once the serve process ``parent`` is gone (this process then has another
-    parent), so a serve killed with SIGKILL does not leave its delivery process behind."""
-    while not stop.is_set():
-        if os.getppid() != parent:
+def _listen(told: Connection, stop: asyncio.Event, lines: JsonLines) -> Callable[[], None]:
+    """Set ``stop`` when serve says so on ``told``, or when its end closes (serve killed: this
+    process then has no serve, and stops as told). Returns what stops listening."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        loop.remove_reader(told.fileno())
+        try:
+            told.recv_bytes()
+        except (EOFError, OSError):
             lines.write(level="warning", event="webhook", message="serve process gone: delivery stops")
-            stop.set()
-            return
-        with suppress(TimeoutError):
-            async with asyncio.timeout(PARENT_CHECK_S):
-                await stop.wait()
+        stop.set()
+
+    def done() -> None:
+        loop.remove_reader(told.fileno())
+
+    loop.add_reader(told.fileno(), readable)
+    return done
