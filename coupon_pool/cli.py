@@ -99,26 +99,37 @@ def main(argv: list[str] | None = None) -> int:
     # process ends by it), and unwind to stop the delivery process first.
     caught: list[int] = []
 
-    def stopped(number: int, frame: object) -> None:
+    def later(number: int, frame: object) -> None:
         caught.append(number)
-        for again in (signal.SIGINT, signal.SIGTERM):  # a second one waits for the stop below
-            signal.signal(again, lambda number, frame: caught.append(number))
+
+    def stopped(number: int, frame: object) -> None:
+        later(number, frame)
+        for again in STOPPING:  # a second one waits for the stop below
+            signal.signal(again, later)
         raise Signalled
 
-    for handled in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(handled, stopped)
     delivery = DeliveryProcess(settings)
     try:
+        for handled in STOPPING:
+            signal.signal(handled, stopped)
         delivery.start()
         run_uvicorn(settings, limits)
     except Signalled:
         pass
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)  # none may unwind the stop below
+        for again in STOPPING:
+            signal.signal(again, later)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
         delivery.stop()
-    for number in caught[:1]:  # ended by the signal, as without webhooks
-        signal.signal(number, signal.SIG_DFL)
-        signal.raise_signal(number)
+    for number in caught[:1]:  # ended as without webhooks: by SIGTERM; after SIGINT, 0 (uvicorn.run's)
+        if number == signal.SIGTERM:
+            signal.signal(number, signal.SIG_DFL)
+            signal.raise_signal(number)
     return 0
+
+
+STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 
 class Signalled(Exception):
