@@ -8,8 +8,10 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +22,11 @@ import orjson
 import pytest
 from redis import Redis
 
+from coupon_pool.http import delivery
 from coupon_pool.http.delivery import Policy
+from coupon_pool.http.middleware import JsonLines
 from coupon_pool.pool.keys import Layout
+from coupon_pool.settings import Settings
 from coupon_pool.webhooks import Outcome, Sender, sign, verify
 from support import REPO, wait_until
 from support.cluster import CLUSTER_SHARDS, Cluster
@@ -276,18 +281,156 @@ def test_a_killed_serves_delivery_process_stops_and_a_stopped_ones_gives_its_lea
     hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
 ) -> None:
     namespace = "hooks-orphan"
-    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env_of(receiver, namespace))
+    leases = [k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots]
+    # Leases that would outlive the test: gone at its end only if the process gave them up.
+    server = LiveServer(
+        hooks_redis.url, log=tmp_path / "app.log", **env_of(receiver, namespace, WEBHOOK_LEASE_S="60")
+    )
     try:
         wait_until(lambda: len(children(server.process.pid)) == 1)
         (delivering,) = children(server.process.pid)
+        with Redis.from_url(hooks_redis.url) as redis:
+            wait_until(lambda: redis.exists(*leases) == len(leases))
         server.process.kill()
         server.process.wait(10)
         wait_until(lambda: not alive(delivering), timeout=10)
     finally:
         if server.process.poll() is None:
             server.stop()
-    with Redis.from_url(hooks_redis.url) as redis:  # it stopped as on SIGTERM: its leases given up
+    with Redis.from_url(hooks_redis.url) as redis:  # it stopped as serve would have told it: leases given up
+        assert not redis.exists(*leases)
+
+
+def test_a_sigterm_to_the_whole_group_leaves_delivery_to_serve_which_stops_it_once_uvicorn_has(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    """As systemd stops a service (every process of its group gets SIGTERM): the delivery
+    process is neither ended early nor started again while uvicorn finishes a request."""
+    namespace = "hooks-group"
+    log = tmp_path / "app.log"
+    server = LiveServer(hooks_redis.url, log=log, SHUTDOWN_TIMEOUT_S="5", **env_of(receiver, namespace))
+    try:
+        wait_until(lambda: len(children(server.process.pid)) == 1)
+        (delivering,) = children(server.process.pid)
+        upload(server.url, 20)
+        all_delivered(receiver, hooks_redis.url, namespace)
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:  # its body never comes
+            slow.sendall(b"POST /v1/allocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 40\r\n\r\n{")  # fmt: skip
+            time.sleep(0.5)  # uvicorn has read the request: its graceful shutdown waits for it
+            for pid in (delivering, server.process.pid):
+                os.kill(pid, signal.SIGTERM)
+            seen = set()
+            while server.process.poll() is None:
+                seen |= children(server.process.pid)
+                time.sleep(0.05)
+        assert seen <= {delivering}  # none started again
+        assert server.process.returncode == -signal.SIGTERM
+        wait_until(lambda: not alive(delivering), timeout=10)
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert [line for line in lines if line.get("event", "").startswith("delivery_process")] == []
+    with Redis.from_url(hooks_redis.url) as redis:  # stopped by serve: its leases given up
         assert not redis.exists(*(k.webhook_lease("default") for k in Layout(namespace, SHARDS).slots))
+
+
+@pytest.mark.parametrize(
+    ("hooked", "number"), [(False, signal.SIGINT), (True, signal.SIGINT), (True, signal.SIGTERM)]
+)
+def test_serve_ends_by_sigint_and_sigterm_alike_with_webhooks_and_without(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path, hooked: bool, number: signal.Signals
+) -> None:
+    env = env_of(receiver, "hooks-signals") if hooked else {"KEY_NAMESPACE": "hooks-signals"}
+    server = LiveServer(hooks_redis.url, log=tmp_path / "app.log", **env)
+    try:
+        wait_until(lambda: len(children(server.process.pid)) == int(hooked))
+        started = children(server.process.pid)
+        server.process.send_signal(number)
+        server.process.wait(30)
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+    assert server.process.returncode == (0 if number == signal.SIGINT else -signal.SIGTERM)
+    assert not any(alive(pid) for pid in started)
+
+
+class Ended:
+    """A delivery process that has exited."""
+
+    pid = 4242
+
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def is_alive(self) -> bool:
+        return False
+
+
+class Running:
+    """A delivery process that runs until told to stop."""
+
+    pid, exitcode = 4343, None
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.ended.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return not self.ended.is_set()
+
+    def send_bytes(self, word: bytes) -> None:  # its pipe's end
+        self.ended.set()
+
+    def close(self) -> None:
+        pass
+
+
+class Recorded(JsonLines):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict[str, Any]] = []
+
+    def write(self, **fields: Any) -> None:
+        self.lines.append(fields)
+
+
+def test_a_delivery_process_that_dies_or_does_not_start_is_started_again_after_a_doubling_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(delivery, "RESTART_PAUSE_S", 0.01)
+    monkeypatch.setattr(delivery, "RESTART_MAX_PAUSE_S", 0.04)
+    lines = Recorded()
+    process = delivery.DeliveryProcess(Settings(), lines)
+    running = Running()
+    outcomes: list[object] = [Ended(1), OSError("no process left"), OSError("no process left"), running]
+
+    def spawn() -> None:
+        got = outcomes.pop(0)
+        if isinstance(got, Exception):
+            raise got
+        process._process, process._tell, process._started = got, running, time.monotonic()
+
+    monkeypatch.setattr(process, "_spawn", spawn)
+    process.start()
+    try:
+        wait_until(lambda: not outcomes)
+    finally:
+        process.stop()
+    process._watcher.join(5)
+    assert not process._watcher.is_alive()
+    assert [(line["event"], line.get("exitcode", line.get("error")), line["message"].rpartition(" in ")[2])
+            for line in lines.lines] == [
+        ("delivery_process_exited", 1, "0.01 s"),
+        ("delivery_process_not_started", "OSError('no process left')", "0.02 s"),
+        ("delivery_process_not_started", "OSError('no process left')", "0.04 s"),
+    ]  # fmt: skip
 
 
 def test_with_two_workers_one_delivery_process_delivers_and_sigterm_stops_them_all(
