@@ -30,7 +30,7 @@ from .background import (
     trim_feeds_periodically,
 )
 from .bodies import BodyDeadlines
-from .delivery import prepare_group
+from .delivery import prepare_group, started_by_serve
 from .diagnostics import dump_tasks_on_sigusr1, tune_gc
 from .inputs import Services
 from .metrics import RequestMetrics
@@ -109,6 +109,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # exists before the first request is served, so every operation served is delivered.
         for hook in settings.hooks:
             await prepare_group(store.feeds, hook.name, access_log)
+        if settings.hooks and not started_by_serve():
+            access_log.write(
+                level="warning", event="webhook",
+                message="WEBHOOK_URL or WEBHOOK_ENDPOINTS is set, but this app was not started by "
+                "`coupon-pool serve`: no process here delivers webhooks (their events wait in the "
+                "audit trail for a serve that does)",
+            )  # fmt: skip
         try:
             yield
         finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
 import signal
 import threading
@@ -307,6 +308,7 @@ class DeliveryProcess:
         self._watcher = threading.Thread(target=self._watch, name="delivery-watch", daemon=True)
 
     def start(self) -> None:
+        os.environ[SERVE_PID] = str(os.getpid())  # uvicorn's workers inherit it
         self._spawn()
         self._watcher.start()
 
@@ -374,6 +376,13 @@ class DeliveryProcess:
 
 
 STOP = b"stop"  # serve's word to its delivery process, on their pipe
+SERVE_PID = "COUPON_POOL_SERVE_PID"  # set by a serve with webhooks, for its workers to see
+
+
+def started_by_serve() -> bool:
+    """True in a serve process with a delivery process (``DeliveryProcess.start``), or in one
+    of its uvicorn workers."""
+    return os.environ.get(SERVE_PID) in (str(os.getpid()), str(os.getppid()))
 
 
 def main(settings: Settings, told: Connection) -> None:

@@ -28,7 +28,7 @@ from coupon_pool.http.middleware import JsonLines
 from coupon_pool.pool.keys import Layout
 from coupon_pool.settings import Settings
 from coupon_pool.webhooks import Outcome, Sender, sign, verify
-from support import REPO, wait_until
+from support import REPO, free_port, wait_until
 from support.cluster import CLUSTER_SHARDS, Cluster
 from support.live_server import LiveServer
 from support.redis_server import RedisServer
@@ -253,6 +253,35 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited
+
+
+def test_an_app_not_started_by_serve_warns_that_nothing_in_it_delivers(
+    hooks_redis: RedisServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    def warnings(log: Path) -> list[str]:
+        lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line.startswith(b"{")]
+        return [
+            line["message"] for line in lines if line.get("event") == "webhook" and line["level"] == "warning"
+        ]
+
+    env = env_of(receiver, "hooks-bare")
+    served = LiveServer(hooks_redis.url, log=tmp_path / "serve.log", **env)
+    served.stop()
+    port = free_port()
+    bare_log = tmp_path / "uvicorn.log"
+    with open(bare_log, "wb") as out:
+        app = ["uvicorn", "--factory", f"--port={port}", "coupon_pool.http.app:create_app"]
+        bare = subprocess.Popen(
+            [sys.executable, "-m", *app], env={**os.environ, "REDIS_URL": hooks_redis.url, **env}, stdout=out
+        )
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, timeout=20)
+    finally:
+        bare.terminate()
+        bare.wait(30)
+    assert warnings(tmp_path / "serve.log") == []
+    (warned,) = warnings(bare_log)
+    assert "not started by `coupon-pool serve`: no process here delivers webhooks" in warned
 
 
 def test_serve_delivers_from_a_process_of_its_own_and_starts_it_again_when_it_dies(
