@@ -7,6 +7,7 @@ lists the same variables (a test checks it does).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ipaddress
 import json
@@ -179,15 +180,15 @@ def _url_problem(value: str) -> str | None:
     shape = "must be an http:// or https:// URL with a host"
     if any(c.isspace() or not c.isprintable() for c in value):
         return shape
-    unparsed = shape + " (if it has a port: 1 to 65535; if brackets: closed)"
+    unparsed = shape + " (if it has a port: 1 to 65535; if brackets: closed; if IDNA: valid)"
     try:  # both parsers: the one that shows the URL (webhooks.shown_url) and the one that posts to it
         parts, sent = urllib.parse.urlsplit(value), httpx.URL(value)
-        ports = (parts.port, sent.port)
-    except (ValueError, httpx.InvalidURL):  # a port that is not a number, a bracket left open...
+        ports, hosts = (parts.port, sent.port), (parts.hostname, sent.host)  # .host decodes IDNA
+    except (ValueError, httpx.InvalidURL):  # a port that is not a number, a bracket left open, xn--a...
         return unparsed
     if any(port is not None and not 1 <= port <= 65535 for port in ports):
         return unparsed
-    if parts.scheme not in ("http", "https") or not parts.hostname or not sent.host:
+    if parts.scheme not in ("http", "https") or not all(hosts):
         return shape
     return None
 
@@ -239,11 +240,12 @@ class _DuplicateKey(ValueError):
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of two equal keys: a second "url" would silently win.
-    keys = [key for key, _ in pairs]
-    twice = [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
-    if twice:
-        raise _DuplicateKey(", ".join(map(repr, twice)))
-    return dict(pairs)
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        counted = collections.Counter(key for key, _ in pairs)
+        twice = [key for key, n in counted.items() if n > 1]
+        raise _DuplicateKey(", ".join(map(repr, twice[:3])) + (" and more" if len(twice) > 3 else ""))
+    return found
 
 
 def _hooks(name: str, raw: str) -> tuple[Hook, ...]:
@@ -271,7 +273,8 @@ def _hooks(name: str, raw: str) -> tuple[Hook, ...]:
         if odd or missing:
             raise SettingsError(f"{name}: endpoint {i} must have name, url, secret and optionally ops"
                                 f"{'; it lacks ' + ', '.join(missing) if missing else ''}"
-                                f"{'; not ' + ', '.join(map(repr, odd)) if odd else ''}")  # fmt: skip
+                                f"{'; not ' + ', '.join(map(repr, odd[:3])) if odd else ''}"
+                                f"{' and more' if len(odd) > 3 else ''}")  # fmt: skip
         wrong = [field for field in ("name", "url", "secret") if not isinstance(item[field], str)]
         ops = item.get("ops", [])
         if not (isinstance(ops, list) and all(isinstance(op, str) for op in ops)):

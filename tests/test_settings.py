@@ -38,7 +38,7 @@ def test_pool_low_thresholds_are_counts_or_minutes_and_empty_is_off() -> None:
     assert Settings.from_env({}).pool_low == {}
 
 
-UNPARSED = ".*if it has a port: 1 to 65535; if brackets: closed"
+UNPARSED = ".*if it has a port: 1 to 65535; if brackets: closed; if IDNA: valid"
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,7 @@ UNPARSED = ".*if it has a port: 1 to 65535; if brackets: closed"
         ({"WEBHOOK_URL": "https://[::1/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
         ({"WEBHOOK_URL": "https://h:99999/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
         ({"WEBHOOK_URL": "https://h:0/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
+        ({"WEBHOOK_URL": "https://xn--a.example/in", "WEBHOOK_SECRET": "s" * 16}, "WEBHOOK_URL: " + UNPARSED),
         ({"WEBHOOK_URL": "https://h/" + "a" * 2040, "WEBHOOK_SECRET": "s" * 16},
          "WEBHOOK_URL: must be at most 2,048 characters, not 2,050"),
         ({"WEBHOOK_URL": "https://hooks.example/in"}, "WEBHOOK_SECRET: must be set when WEBHOOK_URL is"),
@@ -163,6 +164,7 @@ def test_more_endpoints_are_read_after_webhook_urls_and_their_secrets_never_show
         (hooks_env(crm(url="ftp://crm.example/in")), r"endpoint 1 \(crm\): url must be an http"),
         (hooks_env(crm(url="https://crm.example:abc/in")), r"endpoint 1 \(crm\): url " + UNPARSED),
         (hooks_env(crm(url="https://crm.example:99999/in")), r"endpoint 1 \(crm\): url " + UNPARSED),
+        (hooks_env(crm(url="https://xn--a.example/in")), r"endpoint 1 \(crm\): url " + UNPARSED),
         (hooks_env(crm(url="")), r"endpoint 1 \(crm\): url must be set, an http:// or https:// URL$"),
         (hooks_env({"name": "crm", "url": "https://crm.example/in"}), "; it lacks secret$"),
         (hooks_env(crm(url=7, ops=[1])), "ops a list of them; not url, ops$"),
@@ -182,6 +184,20 @@ def test_bad_endpoints_are_refused_at_start_up_never_echoing_a_secret(
         Settings.from_env(env)
     assert "crm-secret" not in str(refused.value)
     assert "'short'" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "endpoints",
+    [
+        "[{" + ", ".join(f'"k{i}": 1' for i in range(5000)) + "}]",  # unknown keys
+        "[{" + ", ".join(f'"k{i % 2000}": 1' for i in range(5000)) + "}]",  # keys given twice
+    ],
+)
+def test_an_endpoint_of_thousands_of_keys_is_refused_in_a_line_naming_a_few(endpoints: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"WEBHOOK_ENDPOINTS": endpoints})
+    assert " and more" in str(refused.value)
+    assert len(str(refused.value)) < 300
 
 
 def test_an_op_no_audit_entry_carries_is_refused_naming_it_and_the_known_ones() -> None:
