@@ -93,10 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.hooks:
         run_uvicorn(settings, limits)
         return 0
-    # Webhooks: a process of their own beside the request workers (http/delivery.py), stopped
-    # once uvicorn has. While uvicorn runs, its handlers take SIGINT and SIGTERM; these take
-    # one that comes before it starts, or the one it raises again on its way out (so that the
-    # process ends by it), and unwind to stop the delivery process first.
+    return serve_with_delivery(settings, limits)
+
+
+def serve_with_delivery(settings: Settings, limits: ConnectionLimits) -> int:
+    """uvicorn with webhooks: their delivery process beside the request workers
+    (http/delivery.py), started first and stopped once uvicorn has.
+
+    While uvicorn runs, its handlers take SIGINT and SIGTERM; these take one that comes before
+    it starts, or the one it raises again on its way out (so that the process ends by it), and
+    unwind to stop the delivery process first."""
     caught: list[int] = []
 
     def later(number: int, frame: object) -> None:
@@ -117,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except Signalled:
         pass
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)  # none may unwind the stop below
-        for again in STOPPING:
-            signal.signal(again, later)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
+        while True:  # a signal may come as the handlers are swapped: it must not unwind the stop
+            try:
+                for again in STOPPING:
+                    signal.signal(again, later)
+                break
+            except Signalled:
+                continue
         delivery.stop()
     for number in caught[:1]:  # ended as without webhooks: by SIGTERM; after SIGINT, 0 (uvicorn.run's)
         if number == signal.SIGTERM:
