@@ -265,6 +265,7 @@ def test_an_app_not_started_by_serve_warns_that_nothing_in_it_delivers(
         ]
 
     env = env_of(receiver, "hooks-bare")
+    environ = {name: value for name, value in os.environ.items() if name != delivery.SERVE_PID}
     served = LiveServer(hooks_redis.url, log=tmp_path / "serve.log", **env)
     served.stop()
     port = free_port()
@@ -272,7 +273,7 @@ def test_an_app_not_started_by_serve_warns_that_nothing_in_it_delivers(
     with open(bare_log, "wb") as out:
         app = ["uvicorn", "--factory", f"--port={port}", "coupon_pool.http.app:create_app"]
         bare = subprocess.Popen(
-            [sys.executable, "-m", *app], env={**os.environ, "REDIS_URL": hooks_redis.url, **env}, stdout=out
+            [sys.executable, "-m", *app], env={**environ, "REDIS_URL": hooks_redis.url, **env}, stdout=out
         )
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, timeout=20)
@@ -343,16 +344,18 @@ def test_a_sigterm_to_the_whole_group_leaves_delivery_to_serve_which_stops_it_on
         (delivering,) = children(server.process.pid)
         upload(server.url, 20)
         all_delivered(receiver, hooks_redis.url, namespace)
-        with socket.create_connection(("127.0.0.1", server.port)) as slow:  # its body never comes
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:  # its body never comes
             slow.sendall(b"POST /v1/allocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 40\r\n\r\n{")  # fmt: skip
-            time.sleep(0.5)  # uvicorn has read the request: its graceful shutdown waits for it
+                         b"Expect: 100-continue\r\nContent-Length: 40\r\n\r\n")  # fmt: skip
+            # The app waits for the body: uvicorn's graceful shutdown will wait for the request.
+            assert slow.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
             for pid in (delivering, server.process.pid):
                 os.kill(pid, signal.SIGTERM)
-            seen = set()
+            signalled, seen = time.monotonic(), set()
             while server.process.poll() is None:
                 seen |= children(server.process.pid)
                 time.sleep(0.05)
+            assert time.monotonic() - signalled > 4  # SHUTDOWN_TIMEOUT_S: serve waited for the request
         assert seen <= {delivering}  # none started again
         assert server.process.returncode == -signal.SIGTERM
         wait_until(lambda: not alive(delivering), timeout=10)
@@ -436,6 +439,7 @@ def test_a_delivery_process_that_dies_or_does_not_start_is_started_again_after_a
     monkeypatch.setattr(delivery, "RESTART_PAUSE_S", 0.01)
     monkeypatch.setattr(delivery, "RESTART_MAX_PAUSE_S", 0.04)
     lines = Recorded()
+    monkeypatch.setenv(delivery.SERVE_PID, "")  # start() sets it: undone after the test
     process = delivery.DeliveryProcess(Settings(), lines)
     running = Running()
     outcomes: list[object] = [Ended(1), OSError("no process left"), OSError("no process left"), running]
